@@ -1,0 +1,685 @@
+"""
+model.py -- the multi-stream encoder-decoder transformer that hears a backing track
+and writes a saxophone solo, as EnCodec tokens (phase 1-3 and 5 of the proposal).
+
+Read it top to bottom:
+  1. settings and presets (tiny / small / base),
+  2. the MusicGen delay pattern that lets K codebooks be predicted in parallel,
+  3. attention, written out by hand (with a switch to the fused kernel),
+  4. the encoder-decoder itself: one embedding table per codebook (summed),
+     one linear head per codebook,
+  5. the loss (cross-entropy per codebook over real positions only),
+  6. sampling: the plain reference loop, the KV-cached loop, classifier-free
+     guidance, and the frame-by-frame streaming step of phase 5.
+
+Nothing here reads files or knows the codec: the number of codebooks K, the
+cardinality `card` and the frame rate come from the dataset's meta.json.
+
+Run it to print the presets and their parameter counts:
+    python model.py
+    tiny   d_model= 128 layers=2+2 heads= 4     2.5 M parameters
+    small  d_model= 512 layers=4+4 heads= 8    35.7 M parameters
+    base   d_model= 768 layers=8+8 heads=12   141.8 M parameters
+
+Letters used in the shape comments:
+    B batch, K codebooks, T frames, S delayed steps (S = T + K - 1),
+    D model width, H heads, hd head width (D / H), L new positions, C cache slots,
+    card codebook size (the special "no code" token has id card).
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------
+# 1. Settings
+# ----------------------------------------------------------------------------
+
+@dataclass
+class ModelConfig:
+    n_codebooks: int = 4          # K: parallel token streams (EnCodec 24 kHz at 3 kbps gives 4)
+    card: int = 1024              # codes per codebook; id `card` is the special "no code" token
+    frame_rate: float = 75.0      # codec frames per second; used only to turn frames into seconds
+    d_model: int = 128            # D: width of every token vector
+    n_heads: int = 4              # H: attention heads; D must divide by H and D / H must be even (RoPE)
+    n_enc_layers: int = 2         # encoder blocks (read the backing)
+    n_dec_layers: int = 2         # decoder blocks (write the solo)
+    d_ff: int = 512               # hidden width of each feed-forward block
+    dropout: float = 0.0          # dropout on attention outputs and feed-forward blocks
+    max_frames: int = 750         # longest window (in frames) trained on; generate.py windows longer tracks
+    causal_encoder: bool = False  # phase 5: encoder and cross-attention see only frames that have arrived
+    attn_window: Optional[int] = None  # phase 5: self/cross-attention sees at most this many past positions
+    attn_impl: str = "manual"     # "manual": attention written out below; "sdpa": F.scaled_dot_product_attention
+    cond_dropout: float = 0.1     # training: probability that a clip's backing is replaced by the null condition
+
+    def __post_init__(self):
+        assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} must divide by n_heads={self.n_heads}"
+        assert (self.d_model // self.n_heads) % 2 == 0, "head width must be even for rotary embeddings"
+        assert self.attn_impl in ("manual", "sdpa"), f"attn_impl must be 'manual' or 'sdpa', not {self.attn_impl!r}"
+        assert self.attn_window is None or self.causal_encoder, (
+            "attn_window bounds the caches of streaming (phase 5); set causal_encoder=True with it")
+        # The last decoder step (frame T-1 of codebook K-1) comes K-1 steps after the last
+        # backing frame; a shorter window would leave it no backing frame to look at.
+        assert self.attn_window is None or self.attn_window >= self.n_codebooks, (
+            f"attn_window={self.attn_window} must be at least n_codebooks={self.n_codebooks}")
+
+
+# The three sizes of the proposal. K, card and frame_rate are filled in from the dataset.
+PRESETS = {
+    # 2.5 M parameters: trains on a 2-core laptop CPU in minutes.
+    "tiny": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=512, dropout=0.0),
+    # 35.7 M parameters: an hour or two on one consumer GPU.
+    "small": dict(d_model=512, n_heads=8, n_enc_layers=4, n_dec_layers=4, d_ff=2048, dropout=0.1),
+    # 141.8 M parameters: the proposal's 10^8 scale, for a rented A100/H100.
+    "base": dict(d_model=768, n_heads=12, n_enc_layers=8, n_dec_layers=8, d_ff=3072, dropout=0.1),
+}
+
+
+def preset_config(name, **overrides):
+    """A ModelConfig for a preset name, with any field overridden (K, card, frame_rate...)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------
+# 2. The delay pattern (MusicGen)
+# ----------------------------------------------------------------------------
+# EnCodec gives K codes per frame, and codebook k refines what codebooks 0..k-1 left.
+# Predicting all K of frame t at once would make them independent guesses; predicting
+# them one after another would make the sequence K times longer. The delay pattern is
+# the compromise: codebook k of frame t is placed at step t + k, so at every step the
+# model predicts K codes at once, and each code already sees the coarser codes of its
+# own frame (they were placed at earlier steps). K = 4, T = 5 (S = T + K - 1 = 8):
+#
+#   step s ->   0    1    2    3    4    5    6    7
+#   k = 0      a0   a1   a2   a3   a4   .    .    .
+#   k = 1      .    b0   b1   b2   b3   b4   .    .
+#   k = 2      .    .    c0   c1   c2   c3   c4   .
+#   k = 3      .    .    .    d0   d1   d2   d3   d4
+#
+# "." holds the special token (id = card): it is fed to the model like any token, but
+# never predicted, and the loss skips it.
+
+def build_delay_pattern(codes, special):
+    """codes [B, K, T] -> delayed sequence [B, K, S] and the mask [K, S] of real positions."""
+    B, K, T = codes.shape
+    S = T + K - 1
+    seq = codes.new_full((B, K, S), special)                  # [B, K, S]
+    mask = torch.zeros(K, S, dtype=torch.bool, device=codes.device)
+    for k in range(K):
+        seq[:, k, k:k + T] = codes[:, k]                      # codebook k shifted right by k steps
+        mask[k, k:k + T] = True
+    return seq, mask
+
+
+def revert_delay_pattern(seq):
+    """delayed sequence [B, K, S] -> codes [B, K, T]; the exact inverse of build_delay_pattern."""
+    B, K, S = seq.shape
+    T = S - K + 1
+    return torch.stack([seq[:, k, k:k + T] for k in range(K)], dim=1)  # [B, K, T]
+
+
+# ----------------------------------------------------------------------------
+# 3. Attention
+# ----------------------------------------------------------------------------
+
+def attention(q, k, v, mask=None, impl="manual"):
+    """Scaled dot-product attention.
+
+    q [B, H, Lq, hd], k and v [B, H, Lk, hd]; mask [Lq, Lk] bool, True where a query
+    may look (None: everywhere). Returns [B, H, Lq, hd].
+    """
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # The same thing, written out: how well each query matches each key ...
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # [B, H, Lq, Lk]
+    if mask is not None:
+        # -inf, not -1e9: -1e9 overflows to -inf in fp16 anyway and is not a real
+        # number in bf16 either; -inf gives exactly zero weight after the softmax.
+        # Every query in this model keeps at least one key, so no row is all -inf.
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)                         # [B, H, Lq, Lk], rows sum to 1
+    return weights @ v                                       # [B, H, Lq, hd]
+
+
+def attention_mask(n_q, n_k, causal, window, device, q_start=0):
+    """Which keys each query may see: [n_q, n_k] bool, or None when it may see all.
+
+    Query i sits at position q_start + i, key j at position j. causal: only j <= i.
+    window: only the last `window` positions, j > i - window.
+    """
+    if not causal and window is None:
+        return None
+    q = torch.arange(q_start, q_start + n_q, device=device)[:, None]  # [n_q, 1]
+    k = torch.arange(n_k, device=device)[None, :]                     # [1, n_k]
+    mask = torch.ones(n_q, n_k, dtype=torch.bool, device=device)
+    if causal:
+        mask &= k <= q
+    if window is not None:
+        mask &= k > q - window
+    return mask
+
+
+def rope_angles(positions, head_dim):
+    """Rotary position embedding: cos and sin [L, hd] for integer positions [L].
+
+    Why rotary: a query at position i and a key at position j are rotated by angles
+    proportional to i and j, so their dot product depends only on i - j. The model
+    learns "what was two beats ago", not "what was at frame 312", which is what
+    lets generate.py slide over tracks longer than any training window and lets the
+    phase-5 streaming cache forget old positions without retraining.
+    """
+    inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)  # [hd/2]
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [L, hd/2]
+    angles = torch.cat((angles, angles), dim=-1)             # [L, hd]: pair i uses angle i twice
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x[i], x[i + hd/2]) of x [..., L, hd] by its angle; cos, sin [L, hd].
+
+    (x1, x2) turned by angle a is (x1 cos a - x2 sin a, x2 cos a + x1 sin a).
+    """
+    x1, x2 = x.chunk(2, dim=-1)                              # 2 x [..., L, hd/2]
+    turned = torch.cat((-x2, x1), dim=-1)                    # [..., L, hd]: each pair turned by 90 degrees
+    return x * cos.to(x.dtype) + turned * sin.to(x.dtype)    # [..., L, hd]
+
+
+class KVCache:
+    """Keys and values of past positions for one attention layer, preallocated once.
+
+    Writing in place into one buffer avoids re-allocating and copying the whole
+    history at every step (what torch.cat would do). With `capacity` smaller than the
+    sequence, it is a ring: position p goes to slot p % capacity and overwrites the
+    oldest one, so memory stays bounded (phase 5). The order of the slots does not
+    matter: the keys already carry their rotary position, and attention is a sum.
+    """
+
+    def __init__(self, batch, heads, capacity, head_dim, device, dtype):
+        self.k = torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype)  # [B, H, C, hd]
+        self.v = torch.zeros_like(self.k)                                                  # [B, H, C, hd]
+        self.capacity = capacity
+        self.n = 0  # positions written so far: position p lives in slot p % capacity
+
+    def append(self, k, v):
+        """Store k, v [B, H, 1, hd] for the next position."""
+        slot = self.n % self.capacity
+        self.k[:, :, slot] = k[:, :, 0]
+        self.v[:, :, slot] = v[:, :, 0]
+        self.n += 1
+
+    def filled(self):
+        """Keys and values of the filled slots: [B, H, min(n, C), hd] each."""
+        m = min(self.n, self.capacity)
+        return self.k[:, :, :m], self.v[:, :, :m]
+
+    def positions(self):
+        """The position held by each filled slot, [min(n, C)]: the latest p < n with p % C == slot."""
+        slots = torch.arange(min(self.n, self.capacity), device=self.k.device)
+        return self.n - 1 - (self.n - 1 - slots) % self.capacity
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (queries, keys and values from x) or cross-attention (keys and
+    values from the encoder output), with rotary positions on queries and keys."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool):
+        super().__init__()
+        self.cross, self.n_heads, self.impl = cross, cfg.n_heads, cfg.attn_impl
+        D = cfg.d_model
+        if cross:
+            self.q_proj = nn.Linear(D, D)
+            self.kv_proj = nn.Linear(D, 2 * D)   # keys and values in one matmul
+        else:
+            self.qkv_proj = nn.Linear(D, 3 * D)  # queries, keys and values in one matmul
+        self.out_proj = nn.Linear(D, D)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def split_heads(self, x):
+        B, L, D = x.shape
+        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # [B, L, D] -> [B, H, L, hd]
+
+    def merge_heads(self, x):
+        B, H, L, hd = x.shape
+        return x.transpose(1, 2).reshape(B, L, H * hd)                          # [B, H, L, hd] -> [B, L, D]
+
+    def project_kv(self, context, rope):
+        """Cross-attention keys and values of the encoder output [B, T, D], computed once."""
+        k, v = self.kv_proj(context).chunk(2, dim=-1)       # 2 x [B, T, D]
+        k, v = self.split_heads(k), self.split_heads(v)     # 2 x [B, H, T, hd]
+        return apply_rope(k, *rope), v
+
+    def forward(self, x, rope, mask=None, kv=None, cache=None, fused=False):
+        """x [B, L, D] -> [B, L, D].
+
+        rope: (cos, sin) for the L query positions. Cross-attention takes kv, the
+        (keys, values) from project_kv. Self-attention with a cache (generation) takes
+        one new position at a time and attends to everything the cache holds.
+        fused: use the fused kernel whatever cfg.attn_impl says (the sampling loops do:
+        one call instead of four matters when each step is a single frame).
+        """
+        if self.cross:
+            q = apply_rope(self.split_heads(self.q_proj(x)), *rope)  # [B, H, L, hd]
+            k, v = kv
+        else:
+            B, L, D = x.shape
+            qkv = self.qkv_proj(x).view(B, L, 3, self.n_heads, D // self.n_heads)  # [B, L, 3, H, hd]
+            qkv = qkv.permute(2, 0, 3, 1, 4)                          # [3, B, H, L, hd]
+            qk = apply_rope(qkv[:2], *rope)                           # [2, B, H, L, hd]: q and k rotated at once
+            q, k, v = qk[0], qk[1], qkv[2]                            # 3 x [B, H, L, hd]
+            if cache is not None:
+                cache.append(k, v)
+                k, v = cache.filled()                                 # [B, H, C, hd]: the past and now
+        y = attention(q, k, v, mask, "sdpa" if fused else self.impl)  # [B, H, L, hd]
+        return self.dropout(self.out_proj(self.merge_heads(y)))      # [B, L, D]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        # tanh-approximated GELU: the same curve within 1e-3, and several times cheaper on a CPU
+        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))  # [B, L, D] -> [B, L, d_ff] -> [B, L, D]
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attention(norm(x)), [x + cross(norm(x))], x + ffn(norm(x)).
+
+    Pre-norm (normalise the input of each sub-layer, not its output) keeps a clean
+    residual path from the embeddings to the heads, which is what lets deep stacks
+    train without a carefully tuned warm-up.
+    """
+
+    def __init__(self, cfg: ModelConfig, cross: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg, cross=False)
+        self.cross_attn = MultiHeadAttention(cfg, cross=True) if cross else None
+        self.norm2 = nn.LayerNorm(cfg.d_model) if cross else None
+        self.norm3 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, rope, self_mask=None, kv=None, cross_mask=None, cache=None, fused=False):
+        x = x + self.self_attn(self.norm1(x), rope, self_mask, cache=cache, fused=fused)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm2(x), rope, cross_mask, kv=kv, fused=fused)
+        return x + self.ffn(self.norm3(x))  # [B, L, D]
+
+
+# ----------------------------------------------------------------------------
+# 4. The encoder-decoder
+# ----------------------------------------------------------------------------
+
+class SoloTransformer(nn.Module):
+    """Encoder: backing codes [B, K, T] -> states [B, T, D].
+    Decoder: delayed solo tokens [B, K, S] + encoder states -> logits [B, K, S, card]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, D, V = cfg.n_codebooks, cfg.d_model, cfg.card + 1
+        # One embedding table per codebook, stored side by side as [K, card + 1, D] so that
+        # all K look-ups are one gather. Row `card` is the special token. The encoder and
+        # the decoder read different instruments, so each has its own tables.
+        self.enc_emb = nn.Parameter(torch.randn(K, V, D) * 0.02)  # [K, card + 1, D]
+        self.dec_emb = nn.Parameter(torch.randn(K, V, D) * 0.02)  # [K, card + 1, D]
+        self.encoder = nn.ModuleList(Block(cfg, cross=False) for _ in range(cfg.n_enc_layers))
+        self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.n_dec_layers))
+        self.enc_norm = nn.LayerNorm(D)
+        self.dec_norm = nn.LayerNorm(D)
+        # One linear head per codebook, stored side by side as [D, K, card] so that all K
+        # run as one matmul. card outputs, not card + 1: the special token is never predicted.
+        self.heads = nn.Parameter(torch.randn(D, K, cfg.card) * 0.02)  # [D, K, card]
+        self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)  # [1, K, 1]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def embed(self, table, tokens):
+        """tokens [B, K, L] -> the sum over K of each codebook's embedding: [B, L, D]."""
+        rows = table[self.k_index, tokens]                                          # [B, K, L, D]
+        return rows.sum(dim=1)                                                      # [B, L, D]
+
+    def rope(self, start, length, device):
+        positions = torch.arange(start, start + length, device=device)
+        return rope_angles(positions, self.cfg.d_model // self.cfg.n_heads)  # 2 x [L, hd/2]
+
+    def null_condition(self, backing, drop):
+        """Classifier-free guidance: rows of `drop` [B] get the null backing (all special tokens)."""
+        return torch.where(drop[:, None, None], torch.full_like(backing, self.cfg.card), backing)
+
+    def encode(self, backing):
+        """backing codes [B, K, T] -> encoder states [B, T, D]."""
+        cfg, T = self.cfg, backing.size(-1)
+        x = self.embed(self.enc_emb, backing)                                       # [B, T, D]
+        rope = self.rope(0, T, x.device)
+        mask = attention_mask(T, T, cfg.causal_encoder, cfg.attn_window, x.device)  # [T, T] or None
+        for block in self.encoder:
+            x = block(x, rope, self_mask=mask)
+        return self.enc_norm(x)                                                     # [B, T, D]
+
+    def logits(self, x):
+        """decoder states [B, L, D] -> logits [B, K, L, card], all K heads as one matmul."""
+        B, L, D = x.shape
+        _, K, card = self.heads.shape
+        out = self.dec_norm(x) @ self.heads.view(D, K * card)           # [B, L, K * card]
+        # (An einsum("bld,dkc->bklc") says the same, but may re-lay out the weights on
+        # every call: at one frame per step that copy cost more than the whole model.)
+        return out.view(B, L, K, card).transpose(1, 2)                  # [B, K, L, card]
+
+    def forward(self, backing, dec_in):
+        """Teacher forcing: backing [B, K, T] and decoder input [B, K, S] -> logits [B, K, S, card]."""
+        cfg, S = self.cfg, dec_in.size(-1)
+        memory = self.encode(backing)                                               # [B, T, D]
+        x = self.embed(self.dec_emb, dec_in)                                        # [B, S, D]
+        rope = self.rope(0, S, x.device)
+        enc_rope = self.rope(0, memory.size(1), x.device)
+        self_mask = attention_mask(S, S, True, cfg.attn_window, x.device)           # [S, S]: the past only
+        # Step s of the decoder is "about" frame s. A causal (streaming) model may read
+        # the backing only up to frame s; an offline one reads all of it.
+        cross_mask = attention_mask(S, memory.size(1), cfg.causal_encoder, cfg.attn_window, x.device)
+        for block in self.decoder:
+            kv = block.cross_attn.project_kv(memory, enc_rope)                      # 2 x [B, H, T, hd]
+            x = block(x, rope, self_mask=self_mask, kv=kv, cross_mask=cross_mask)
+        return self.logits(x)                                                        # [B, K, S, card]
+
+    # ------------------------------------------------------------------------
+    # 5. The loss
+    # ------------------------------------------------------------------------
+
+    def loss(self, backing, solo, cond_drop=None):
+        """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy [K]).
+
+        cond_drop [B] bool: rows whose backing is replaced by the null condition
+        (classifier-free guidance training; train.py draws it).
+        """
+        card = self.cfg.card
+        if cond_drop is not None:
+            backing = self.null_condition(backing, cond_drop)
+        target, _ = build_delay_pattern(solo, card)                       # [B, K, S]
+        # The decoder reads the sequence shifted right by one step; the special token
+        # doubles as the start token, so step 0 predicts from "nothing yet".
+        dec_in = F.pad(target[..., :-1], (1, 0), value=card)             # [B, K, S]
+        return codebook_cross_entropy(self(backing, dec_in), target, card)
+
+
+def codebook_cross_entropy(logits, target, card):
+    """Cross-entropy per codebook, over real positions only.
+
+    logits [B, K, S, card], target [B, K, S] (special token = card where the pattern
+    or the padding holds no code). Returns (mean over codebooks, [K]).
+    The positions that hold the special token are not the model's to predict: they
+    are fixed by the pattern. Counting them would reward the model for a certainty it
+    did not earn, and `card` is not even one of the logits' classes.
+    """
+    B, K, S, V = logits.shape
+    real = target != card                                                     # [B, K, S]
+    safe_target = target.masked_fill(~real, 0)                                # any valid class; masked below
+    ce = F.cross_entropy(logits.float().reshape(-1, V), safe_target.reshape(-1), reduction="none")
+    ce = torch.where(real, ce.view(B, K, S), 0.0)                             # where(), not *: inf * 0 is nan
+    per_codebook = ce.sum(dim=(0, 2)) / real.sum(dim=(0, 2)).clamp(min=1)     # [K]
+    return per_codebook.mean(), per_codebook
+
+
+# ----------------------------------------------------------------------------
+# 6. Sampling
+# ----------------------------------------------------------------------------
+
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """Draw one code per (row, codebook): logits [B, K, card] -> codes [B, K].
+
+    temperature 0 is greedy. top_k keeps the k most likely codes; top_p keeps the
+    smallest set whose probability reaches p. All codebooks are sampled at once.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[..., -1:]  # [B, K, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)             # [B, K, card]
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p                             # mass before this code already >= p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    # Inverse-CDF sampling: one uniform number per (row, codebook), and the first code
+    # whose cumulative probability exceeds it. Same distribution as torch.multinomial,
+    # at a fraction of its cost for one draw (it matters: this runs at every step).
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)                                  # [B, K, card]
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device) * cdf[..., -1:]  # [B, K, 1]
+    # right=True: a code of probability 0 adds nothing to the CDF and can never be picked.
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.size(-1) - 1)  # [B, K]
+
+
+def guided_logits(logits, cfg_coef):
+    """Classifier-free guidance. logits [2B, K, card]: the first B rows saw the backing,
+    the last B the null condition. Returns cond + (coef - 1) * (cond - uncond), [B, K, card].
+
+    That is uncond + coef * (cond - uncond) rearranged so that coef = 1 gives the
+    conditional logits bit for bit. coef > 1 pushes the solo further toward what the
+    backing suggests.
+    """
+    cond, uncond = logits.chunk(2, dim=0)
+    return cond + (cfg_coef - 1.0) * (cond - uncond)
+
+
+def generation_template(n_frames, n_codebooks, card, batch, device, prompt=None):
+    """What is already decided before sampling, as a delayed sequence [B, K, S].
+
+    card where the pattern has no code (forced), the prompt's codes where a prompt
+    [B, K, P] is given (forced: generate.py continues a previous window this way),
+    and -1 where the model must sample.
+    """
+    codes = torch.full((batch, n_codebooks, n_frames), -1, dtype=torch.long, device=device)
+    if prompt is not None:
+        codes[..., :prompt.size(-1)] = prompt
+    return build_delay_pattern(codes, card)[0]   # [B, K, S]
+
+
+def _prepare(model, backing, cfg_coef):
+    """Double the batch for guidance: conditional rows first, null-condition rows after."""
+    if cfg_coef is None:
+        return backing
+    null = model.null_condition(backing, torch.ones(backing.size(0), dtype=torch.bool, device=backing.device))
+    return torch.cat([backing, null])
+
+
+@torch.inference_mode()
+def generate_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
+                   seed=0, cfg_coef=None, prompt=None):
+    """The reference sampler: at every step, run the whole model on the whole prefix.
+
+    Quadratic work, no cache, easy to trust. generate() must give the same tokens.
+    backing [B, K, T] -> solo codes [B, K, n_frames].
+    """
+    cfg = model.cfg
+    B, K, T = backing.shape
+    n_frames = n_frames or T
+    template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
+    backing = _prepare(model, backing, cfg_coef)                                       # [B or 2B, K, T]
+    gen = torch.Generator(device=backing.device).manual_seed(seed)
+    tokens = torch.full((B, K, 1), cfg.card, dtype=torch.long, device=backing.device)  # start token
+    for s in range(template.size(-1)):
+        inp = tokens if cfg_coef is None else tokens.repeat(2, 1, 1)
+        logits = model(backing, inp)[:, :, -1]                                 # [B or 2B, K, card]
+        if cfg_coef is not None:
+            logits = guided_logits(logits, cfg_coef)
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)              # [B, K]
+        nxt = torch.where(template[..., s] >= 0, template[..., s], nxt)        # forced positions win
+        tokens = torch.cat([tokens, nxt[..., None]], dim=-1)
+    return revert_delay_pattern(tokens[..., 1:])                               # [B, K, n_frames]
+
+
+class Generator:
+    """Cached sampling state: one decoder self-attention KVCache per layer, and the
+    cross-attention keys and values of the encoder output, computed once.
+
+    The offline sampler fills the cross-attention keys from the whole backing at
+    once; the streaming sampler (phase 5) adds one encoder frame at a time.
+    """
+
+    def __init__(self, model, batch, total_steps, device, dtype):
+        cfg = model.cfg
+        self.model, self.step = model, 0
+        hd = cfg.d_model // cfg.n_heads
+        # Rotary angles of every step, computed once rather than at every step.
+        self.cos, self.sin = rope_angles(torch.arange(total_steps, device=device), hd)  # 2 x [total_steps, hd/2]
+        # A streaming model keeps only attn_window positions: memory stays bounded.
+        cap = total_steps if cfg.attn_window is None else min(total_steps, cfg.attn_window)
+        self.self_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.decoder]
+        self.cross_kv = None  # offline: per layer (keys, values) [B, H, T, hd] of the whole backing
+        self.cross_caches = None  # streaming: per layer KVCache of encoder frames seen so far
+        self.enc_caches = None  # streaming: per encoder layer KVCache
+        self.n_backing = 0  # encoder frames available
+
+    def decoder_step(self, tokens):
+        """tokens [B, K] (the previous step's codes) -> logits [B, K, card] for this step."""
+        model, cfg, s = self.model, self.model.cfg, self.step
+        x = model.embed(model.dec_emb, tokens[..., None])                      # [B, 1, D]
+        rope = self.cos[s:s + 1], self.sin[s:s + 1]
+        for i, (block, cache) in enumerate(zip(model.decoder, self.self_caches)):
+            if self.cross_kv is not None:
+                # Offline: the slice of backing frames that step s may see (all of them,
+                # or up to frame s and within the window for a causal model).
+                kv, mask = self.cross_kv[i], None
+                if cfg.causal_encoder:
+                    hi = min(s + 1, self.n_backing)
+                    lo = 0 if cfg.attn_window is None else max(0, s - cfg.attn_window + 1)
+                    kv = kv[0][:, :, lo:hi], kv[1][:, :, lo:hi]
+            else:
+                # Streaming: the cache holds the latest frames; after the backing has
+                # ended, positions that fell out of the window are masked as in training.
+                cache_x = self.cross_caches[i]
+                kv = cache_x.filled()
+                mask = (cache_x.positions() > s - cfg.attn_window)[None, :] if cfg.attn_window else None
+            x = block(x, rope, kv=kv, cross_mask=mask, cache=cache, fused=True)  # [B, 1, D]
+        self.step += 1
+        return model.logits(x)[:, :, 0]                                        # [B, K, card]
+
+    def encoder_step(self, frame):
+        """Phase 5: one new backing frame [B, K] through the causal encoder, with its own
+        KV cache; its state's cross-attention keys and values join the decoder's caches."""
+        model, cfg, t = self.model, self.model.cfg, self.n_backing
+        if self.enc_caches is None:
+            B, hd = frame.size(0), cfg.d_model // cfg.n_heads
+            cap = self.self_caches[0].capacity
+            dev, dtype = frame.device, self.self_caches[0].k.dtype
+            self.enc_caches = [KVCache(B, cfg.n_heads, cap, hd, dev, dtype) for _ in model.encoder]
+            self.cross_caches = [KVCache(B, cfg.n_heads, cap, hd, dev, dtype) for _ in model.decoder]
+        x = model.embed(model.enc_emb, frame[..., None])                        # [B, 1, D]
+        rope = self.cos[t:t + 1], self.sin[t:t + 1]
+        for block, cache in zip(model.encoder, self.enc_caches):
+            x = block(x, rope, cache=cache, fused=True)                         # [B, 1, D]
+        x = model.enc_norm(x)                                                   # [B, 1, D]
+        for block, cache in zip(model.decoder, self.cross_caches):
+            k, v = block.cross_attn.project_kv(x, rope)                         # 2 x [B, H, 1, hd]
+            cache.append(k, v)
+        self.n_backing += 1
+
+
+
+
+@torch.inference_mode()
+def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+             cfg_coef=None, prompt=None, progress=None):
+    """KV-cached sampling: backing [B, K, T] -> solo codes [B, K, n_frames].
+
+    The encoder runs once; each decoder layer's cross-attention keys and values are
+    projected once; each step feeds one new token column through the decoder.
+    cfg_coef: classifier-free guidance coefficient (None: plain conditional).
+    prompt [B, K, P]: solo codes to continue from (they are forced, not sampled).
+    progress: an optional callable, called once per step (generate.py's tqdm bar).
+    """
+    cfg = model.cfg
+    B, K, T = backing.shape
+    n_frames = n_frames or T
+    template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
+    S = template.size(-1)
+    cond = _prepare(model, backing, cfg_coef)                                     # [B or 2B, K, T]
+    memory = model.encode(cond)                                                  # [B or 2B, T, D]
+    state = Generator(model, cond.size(0), S, backing.device, memory.dtype)
+    enc_rope = model.rope(0, T, backing.device)
+    state.cross_kv = [blk.cross_attn.project_kv(memory, enc_rope) for blk in model.decoder]
+    state.n_backing = T
+    gen = torch.Generator(device=backing.device).manual_seed(seed)
+    tokens = torch.full((B, K), cfg.card, dtype=torch.long, device=backing.device)  # start token
+    out = torch.empty(B, K, S, dtype=torch.long, device=backing.device)
+    for s in range(S):
+        logits = state.decoder_step(tokens if cfg_coef is None else tokens.repeat(2, 1))
+        if cfg_coef is not None:
+            logits = guided_logits(logits, cfg_coef)
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)                 # [B, K]
+        tokens = torch.where(template[..., s] >= 0, template[..., s], nxt)        # forced positions win
+        out[..., s] = tokens
+        if progress is not None:
+            progress()
+    return revert_delay_pattern(out)                                              # [B, K, n_frames]
+
+
+class StreamingSampler:
+    """Phase 5: follow live backing frame by frame with a causal model.
+
+    push(frame [B, K]) takes one backing frame as it arrives and returns the solo
+    frame [B, K] that the delay pattern has just completed (None for the first K - 1
+    frames: codebook K-1 of frame t is only decided at step t + K - 1). finish()
+    returns the last K - 1 frames once the backing has ended. With the same seed it
+    gives exactly the tokens of generate() on the same causal model.
+    """
+
+    def __init__(self, model, n_frames, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=0, device="cpu"):
+        cfg = model.cfg
+        assert cfg.causal_encoder, "streaming needs a model trained with causal_encoder=True"
+        self.model, self.K, self.card = model, cfg.n_codebooks, cfg.card
+        self.opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.template = generation_template(n_frames, self.K, cfg.card, batch, device)  # [B, K, S]
+        self.state = Generator(model, batch, self.template.size(-1), device, torch.float32)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
+        self.recent = []  # the last K delayed columns, from which finished frames are read
+
+    @torch.inference_mode()
+    def _decode_one(self):
+        s = self.state.step
+        nxt = sample_next(self.state.decoder_step(self.tokens), generator=self.gen, **self.opts)  # [B, K]
+        self.tokens = torch.where(self.template[..., s] >= 0, self.template[..., s], nxt)
+        self.recent = (self.recent + [self.tokens])[-self.K:]
+        if s < self.K - 1:
+            return None
+        # Frame s - K + 1 is complete: codebook k of it was written at step s - K + 1 + k.
+        return torch.stack([self.recent[k][:, k] for k in range(self.K)], dim=1)  # [B, K]
+
+    @torch.inference_mode()
+    def push(self, frame):
+        self.state.encoder_step(frame)
+        return self._decode_one()
+
+    @torch.inference_mode()
+    def finish(self):
+        rest = [self._decode_one() for _ in range(self.template.size(-1) - self.state.step)]
+        return torch.stack(rest, dim=-1) if rest else None  # [B, K, K - 1]
+
+
+if __name__ == "__main__":
+    for name in PRESETS:
+        cfg = preset_config(name)
+        model = SoloTransformer(cfg)
+        print(f"{name:6s} d_model={cfg.d_model:4d} layers={cfg.n_enc_layers}+{cfg.n_dec_layers} "
+              f"heads={cfg.n_heads:2d}  {model.num_params() / 1e6:6.1f} M parameters")
+    print("settings of the tiny preset:", asdict(preset_config("tiny")))

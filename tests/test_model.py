@@ -1,0 +1,177 @@
+"""model.py: delay pattern, loss masking, causality, attention kernels, sampling, presets."""
+import pytest
+import torch
+
+from model import (PRESETS, ModelConfig, SoloTransformer, StreamingSampler, attention, attention_mask,
+                   build_delay_pattern, codebook_cross_entropy, generate, generate_plain, preset_config,
+                   revert_delay_pattern, sample_next)
+
+CARD = 32
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_codebooks=4, card=CARD, d_model=32, n_heads=4, n_enc_layers=2, n_dec_layers=2,
+                      d_ff=64, max_frames=64, **kw)
+    return SoloTransformer(cfg).eval()
+
+
+def random_codes(B, K, T, seed=1):
+    return torch.randint(0, CARD, (B, K, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("K,T", [(1, 1), (1, 7), (2, 3), (4, 5), (4, 50), (8, 2)])
+def test_delay_pattern_round_trip_and_positions(K, T):
+    codes = random_codes(3, K, T)
+    seq, mask = build_delay_pattern(codes, CARD)
+    assert seq.shape == (3, K, T + K - 1), f"delayed shape {tuple(seq.shape)}"
+    assert torch.equal(revert_delay_pattern(seq), codes), "revert(build(x)) != x"
+    for k in range(K):
+        for s in range(T + K - 1):
+            t = s - k
+            if 0 <= t < T:
+                assert mask[k, s] and torch.equal(seq[:, k, s], codes[:, k, t]), f"k={k} s={s} should hold frame {t}"
+            else:
+                assert not mask[k, s] and (seq[:, k, s] == CARD).all(), f"k={k} s={s} should be the special token"
+
+
+def test_loss_ignores_logits_at_special_positions():
+    torch.manual_seed(0)
+    codes = random_codes(2, 4, 6)
+    target, mask = build_delay_pattern(codes, CARD)
+    logits = torch.randn(2, 4, target.size(-1), CARD)
+    base, per_k = codebook_cross_entropy(logits, target, CARD)
+    changed = logits.clone()
+    changed[:, ~mask] = torch.randn_like(changed[:, ~mask]) * 100
+    changed[0, 3, 0] = float("inf")  # a padded position: must not turn the loss into nan
+    again, per_k2 = codebook_cross_entropy(changed, target, CARD)
+    assert torch.equal(base, again) and torch.equal(per_k, per_k2), "logits at special positions moved the loss"
+    real = logits.clone()
+    real[:, mask] += torch.randn_like(real[:, mask])
+    assert not torch.equal(codebook_cross_entropy(real, target, CARD)[0], base), "real positions must count"
+
+
+def _grad_of_output_wrt_inputs(model, backing, dec_in, out_step):
+    """d(logits at decoder step out_step)/d(embedded inputs), through input embeddings made leaf tensors."""
+    enc_x = model.embed(model.enc_emb, backing).detach().requires_grad_()
+    dec_x = model.embed(model.dec_emb, dec_in).detach().requires_grad_()
+    model.embed = lambda table, tokens: enc_x if table is model.enc_emb else dec_x
+    model(backing, dec_in)[:, :, out_step].sum().backward()
+    del model.embed
+    return enc_x.grad, dec_x.grad
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_causality_by_gradient(causal):
+    model = tiny_model(causal_encoder=causal)
+    backing, dec_in = random_codes(1, 4, 12), random_codes(1, 4, 15, seed=2)
+    step = 5
+    enc_grad, dec_grad = _grad_of_output_wrt_inputs(model, backing, dec_in, step)
+    future_dec = dec_grad[:, step + 1:].abs().sum()
+    assert future_dec == 0, f"decoder output at step {step} moved with future decoder inputs ({future_dec})"
+    assert dec_grad[:, :step + 1].abs().sum() > 0, "decoder output must depend on its past"
+    future_enc = enc_grad[:, step + 1:].abs().sum()
+    if causal:
+        assert future_enc == 0, f"causal encoder: step {step} saw future backing frames ({future_enc})"
+    else:
+        assert future_enc > 0, "offline encoder: the decoder should see the whole backing"
+
+
+def test_window_limits_what_is_seen():
+    model = tiny_model(causal_encoder=True, attn_window=4)
+    backing, dec_in = random_codes(1, 4, 30), random_codes(1, 4, 33, seed=2)
+    step = 25
+    enc_grad, dec_grad = _grad_of_output_wrt_inputs(model, backing, dec_in, step)
+    # Each attention hop reaches back at most window - 1 = 3 positions. Decoder inputs:
+    # two self-attention hops. Backing: the second layer's self-attention hop, then the
+    # first layer's cross-attention hop, then two encoder hops.
+    dec_reach, enc_reach = step - 2 * 3, step - 4 * 3
+    assert dec_grad[:, :dec_reach].abs().sum() == 0, "decoder window leaked"
+    assert enc_grad[:, :enc_reach].abs().sum() == 0, "encoder/cross window leaked"
+    assert dec_grad[:, dec_reach].abs().sum() > 0 and enc_grad[:, enc_reach].abs().sum() > 0, "reach too short"
+
+
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (True, 3)])
+def test_manual_attention_equals_fused(causal, window):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 11, 8), torch.randn(2, 4, 11, 8)
+    mask = attention_mask(9, 11, causal, window, "cpu", q_start=2)
+    a, b = attention(q, k, v, mask, "manual"), attention(q, k, v, mask, "sdpa")
+    assert torch.allclose(a, b, atol=1e-6), f"manual vs sdpa differ by {(a - b).abs().max()}"
+    m1, m2 = tiny_model(attn_impl="manual"), tiny_model(attn_impl="sdpa")
+    backing, dec_in = random_codes(2, 4, 10), random_codes(2, 4, 13, seed=3)
+    diff = (m1(backing, dec_in) - m2(backing, dec_in)).abs().max()
+    assert diff < 1e-5, f"whole model: manual vs sdpa differ by {diff}"
+
+
+@pytest.mark.parametrize("causal,cfg_coef", [(False, None), (True, None), (False, 3.0)])
+def test_cached_greedy_equals_plain_loop(causal, cfg_coef):
+    model = tiny_model(causal_encoder=causal)
+    backing = random_codes(2, 4, 10)
+    plain = generate_plain(model, backing, temperature=0, cfg_coef=cfg_coef)
+    cached = generate(model, backing, temperature=0, cfg_coef=cfg_coef)
+    assert plain.shape == (2, 4, 10) and torch.equal(plain, cached), "KV-cached tokens differ from the plain loop"
+    sampled_plain = generate_plain(model, backing, temperature=1.0, seed=7)
+    sampled_cached = generate(model, backing, temperature=1.0, seed=7)
+    assert torch.equal(sampled_plain, sampled_cached), "seeded sampling differs between the two loops"
+
+
+def test_prompt_is_kept():
+    model = tiny_model()
+    backing, prompt = random_codes(1, 4, 10), random_codes(1, 4, 4, seed=9)
+    out = generate(model, backing, prompt=prompt, seed=3)
+    assert torch.equal(out[..., :4], prompt), "the prompt frames must come back unchanged"
+
+
+def test_top_k_one_is_greedy_and_special_never_sampled():
+    model = tiny_model()
+    backing = random_codes(2, 4, 10)
+    assert torch.equal(generate(model, backing, temperature=1.0, top_k=1, seed=5),
+                       generate(model, backing, temperature=0)), "top-k=1 must equal greedy"
+    for kw in [dict(temperature=1.5), dict(temperature=1.0, top_p=0.9), dict(temperature=0.8, top_k=5)]:
+        out = generate(model, backing, seed=11, **kw)
+        assert out.max() < CARD and out.min() >= 0, f"sampled the special token with {kw}"
+    logits = torch.randn(3, 4, CARD)
+    assert (sample_next(logits, top_p=1e-6, generator=torch.Generator().manual_seed(0)) == logits.argmax(-1)).all(), \
+        "a tiny top-p must keep only the most likely code"
+
+
+def test_guidance_coefficient_one_is_conditional():
+    model = tiny_model()
+    backing = random_codes(2, 4, 10)
+    plain = generate(model, backing, temperature=1.0, seed=4)
+    guided_one = generate(model, backing, temperature=1.0, seed=4, cfg_coef=1.0)
+    assert torch.equal(plain, guided_one), "cfg_coef=1 must be exactly conditional sampling"
+    guided_three = generate(model, backing, temperature=0, cfg_coef=3.0)
+    assert not torch.equal(generate(model, backing, temperature=0), guided_three), \
+        "cfg_coef=3 should change something (the null condition is not the backing)"
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_streaming_equals_offline(window):
+    model = tiny_model(causal_encoder=True, attn_window=window)
+    backing = random_codes(1, 4, 20)
+    offline = generate(model, backing, temperature=1.0, seed=13)
+    sampler = StreamingSampler(model, n_frames=20, temperature=1.0, seed=13)
+    frames = [f for f in (sampler.push(backing[..., t]) for t in range(20)) if f is not None]
+    streamed = torch.cat([torch.stack(frames, dim=-1), sampler.finish()], dim=-1)
+    assert torch.equal(streamed, offline), "streamed tokens differ from offline generation"
+    if window:
+        assert sampler.state.self_caches[0].k.size(2) == window, "cache must be bounded by the window"
+
+
+@pytest.mark.parametrize("name,lo,hi", [("tiny", 1e6, 3e6), ("small", 25e6, 45e6), ("base", 100e6, 200e6)])
+def test_preset_sizes(name, lo, hi):
+    assert name in PRESETS
+    n = SoloTransformer(preset_config(name)).num_params()
+    assert lo <= n <= hi, f"{name} has {n / 1e6:.1f} M parameters, outside [{lo / 1e6}, {hi / 1e6}] M"
+
+
+def test_bf16_autocast_is_finite():
+    model = tiny_model(causal_encoder=True, attn_window=5)
+    backing, solo = random_codes(2, 4, 12), random_codes(2, 4, 12, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, per_k = model.loss(backing, solo, cond_drop=torch.tensor([True, False]))
+    assert torch.isfinite(loss) and torch.isfinite(per_k).all(), f"bf16 loss not finite: {per_k}"
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), "non-finite grad"
