@@ -1,0 +1,785 @@
+"""
+data.py -- from recordings (or a built-in synthetic jazz quartet) to token datasets.
+Phases 1 and 2 of the proposal.
+
+    python data.py                                  # the demo corpus -> data/demo
+    python data.py --input-dir my_jazz/ --out data/mine
+    python data.py --urls https://... --out data/web    (needs: pip install yt-dlp)
+    python data.py --input-dir my_jazz/ --augment 2 --out data/mine_aug   (phase 2)
+
+The pipeline, one song at a time:
+  1. load: any file soundfile can read (ffmpeg for the rest), resampled;
+  2. separate: Demucs htdemucs_6s at 44.1 kHz stereo -> backing (drums + bass + piano
+     + guitar) and solo (other + vocals: where a saxophone lands), at 24 kHz mono;
+     the demo corpus has its true stems and skips this unless --separate;
+  3. augment (phase 2): random pitch shifts and tempo changes, the same for both stems;
+  4. keep the sections where the solo plays, by RMS energy;
+  5. tokenize both stems with EnCodec 24 kHz at 3 kbps: 4 codebooks of 1024 codes, 75 Hz;
+  6. split by song into train / val / test and write meta.json + memory-mappable arrays.
+
+Every song is cached on disk by content and settings, so a rerun (or a run after a
+crash or kill -9) only does what is missing. Every file is written atomically.
+
+Expected output for the default demo corpus on a 2-core CPU (untrained codec, offline):
+    songs: 100%|####| 32/32 ...
+    kept 32 songs (0 skipped) -> data/demo: train 26, val 3, test 3 songs
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import typing
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+CODEC_RATE = 24_000       # EnCodec 24 kHz model: sample rate of everything tokenized
+DEMUCS_RATE = 44_100      # Demucs models are trained on 44.1 kHz stereo
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".opus", ".webm"}
+
+
+def opt(default, help):
+    """A settings field with its help text (shown by --help)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    out: str = opt("data/demo", "dataset folder to write")
+    input_dir: str = opt("", "folder of your recordings; empty: the built-in demo corpus")
+    urls: list = opt([], "links to download with yt-dlp (optional dependency)")
+    demo_songs: int = opt(32, "demo corpus: number of songs")
+    demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds")
+    separate: bool = opt(False, "demo corpus: run Demucs on the mix instead of using the true stems")
+    demucs_model: str = opt("htdemucs_6s", "Demucs model name (demucs_unittest: small, random, offline)")
+    demucs_repo: str = opt("", "local folder holding Demucs weights (offline machines)")
+    backing_sources: list = opt(["drums", "bass", "piano", "guitar"], "Demucs stems summed into the backing")
+    solo_sources: list = opt(["other", "vocals"], "Demucs stems summed into the solo (a sax lands here)")
+    encodec_weights: str = opt("pretrained", "'pretrained' (download once), a local .th file, or 'untrained'")
+    bandwidth: float = opt(3.0, "EnCodec bandwidth in kbps: 3.0 gives 4 codebooks")
+    rms_rel_db: float = opt(-30.0, "solo plays where its RMS is within this many dB of its loud frames")
+    rms_abs_db: float = opt(-45.0, "... and above this absolute level (dBFS)")
+    min_section_s: float = opt(2.0, "shortest section kept, in seconds")
+    merge_gap_s: float = opt(0.75, "silences shorter than this inside a section are kept")
+    min_song_s: float = opt(1.0, "shorter recordings are skipped")
+    augment: int = opt(0, "phase 2: random pitch/tempo copies of each training song")
+    pitch_semitones: float = opt(2.0, "augmentation: pitch shift drawn from [-x, +x] semitones")
+    tempo_range: float = opt(0.1, "augmentation: tempo ratio drawn from [1 - x, 1 + x]")
+    val_fraction: float = opt(0.1, "share of songs for validation (at least one song)")
+    test_fraction: float = opt(0.1, "share of songs for testing (at least one song when there are 3+)")
+    seed: int = opt(0, "seed for the demo corpus, the splits, augmentation and the untrained codec")
+    device: str = opt("auto", "'auto' (GPU when there is one), 'cpu' or 'cuda'")
+
+
+def parse_settings(cls, argv=None, description=None):
+    """argparse from a settings dataclass: every field becomes --field-name with its help."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(cls):
+        default = f.default_factory() if f.default is MISSING else f.default
+        name, kind = "--" + f.name.replace("_", "-"), f.type
+        if kind is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+        elif kind is list:
+            parser.add_argument(name, nargs="*", default=default, help=f.metadata["help"])
+        else:
+            if typing.get_origin(kind) is typing.Union:  # Optional[int]: an int, or "none"
+                inner = typing.get_args(kind)[0]
+                kind = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
+            parser.add_argument(name, type=kind, default=default, help=f.metadata["help"])
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def pick_device(name):
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+# ----------------------------------------------------------------------------
+# Atomic writes: a temporary file in the same folder, then a rename, which the
+# file system does in one step. A crash leaves the old file or the new one, never half.
+# ----------------------------------------------------------------------------
+
+def atomic_write(path, write_fn, mode="wb"):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, mode) as f:
+        write_fn(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False), mode="w")
+
+
+def write_audio(path, audio, rate):
+    atomic_write(path, lambda f: sf.write(f, audio, rate, format=Path(path).suffix[1:].upper()))
+
+
+# ----------------------------------------------------------------------------
+# 1. Loading audio
+# ----------------------------------------------------------------------------
+
+class SkipSong(Exception):
+    """A recording that cannot be used; the message is the reason shown and stored."""
+
+
+def load_audio(path):
+    """Any audio file -> (float32 [channels, samples], rate). soundfile first, then ffmpeg."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise SkipSong("empty file (0 bytes)")
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
+        return audio.T, rate
+    except Exception as err:  # soundfile cannot read mp3 on old libsndfile, nor m4a/webm
+        sf_error = str(err).splitlines()[0]
+    if shutil.which("ffmpeg") is None:
+        raise SkipSong(f"cannot decode ({sf_error}); install ffmpeg to read more formats")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(DEMUCS_RATE), "-"]
+    run = subprocess.run(cmd, capture_output=True)  # a list of arguments, never a shell
+    if run.returncode != 0 or not run.stdout:
+        raise SkipSong(f"cannot decode (soundfile: {sf_error}; ffmpeg: {run.stderr.decode(errors='replace').strip()[:200]})")
+    return np.frombuffer(run.stdout, dtype=np.float32).reshape(-1, 2).T.copy(), DEMUCS_RATE
+
+
+def resample(audio, rate_from, rate_to):
+    """float32 [..., samples] from one sample rate to another (band-limited, torchaudio)."""
+    if rate_from == rate_to:
+        return audio
+    import torchaudio.functional as AF  # imported here: encodec needs torchaudio anyway
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), int(rate_from), int(rate_to)).numpy()
+
+
+def channels(audio, n):
+    """[C, samples] -> [n, samples]: average to mono, or repeat mono to stereo."""
+    mono = audio.mean(axis=0, keepdims=True)
+    return mono if n == 1 else (audio if audio.shape[0] == n else np.repeat(mono, n, axis=0))
+
+
+# ----------------------------------------------------------------------------
+# 2. The demo corpus: a synthetic jazz quartet, rendered with numpy
+# ----------------------------------------------------------------------------
+# Each song: a random key and swing tempo, a chord progression, a walking bass, piano
+# comping, ride / hi-hat / kick, and a monophonic reed-like lead that improvises on
+# chord and scale tones in phrases separated by rests. Everything is known, so the
+# metadata keeps the chords, tempo and lead notes for scoring generated solos later.
+
+CHORD_TONES = {"maj7": [0, 4, 7, 11], "m7": [0, 3, 7, 10], "7": [0, 4, 7, 10], "m7b5": [0, 3, 6, 10], "m6": [0, 3, 7, 9]}
+SCALES = {"maj7": [0, 2, 4, 5, 7, 9, 11], "m7": [0, 2, 3, 5, 7, 9, 10], "7": [0, 2, 4, 5, 7, 9, 10],
+          "m7b5": [0, 1, 3, 5, 6, 8, 10], "m6": [0, 2, 3, 5, 7, 9, 11]}
+# (semitones above the key, quality) per bar
+FORMS = {
+    "ii-V-I": [(2, "m7"), (7, "7"), (0, "maj7"), (0, "maj7")],
+    "blues": [(0, "7"), (5, "7"), (0, "7"), (0, "7"), (5, "7"), (5, "7"), (0, "7"), (0, "7"),
+              (2, "m7"), (7, "7"), (0, "7"), (7, "7")],
+    "I-vi-ii-V": [(0, "maj7"), (9, "m7"), (2, "m7"), (7, "7")],
+    "minor ii-V": [(2, "m7b5"), (7, "7"), (0, "m6"), (0, "m6")],
+}
+NOTE_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
+
+
+def midi_hz(m):
+    return 440.0 * 2 ** ((m - 69) / 12)
+
+
+def add_tone(buf, start_s, dur_s, hz, amp, harmonics, decay, rate, vibrato=0.0, attack=0.005):
+    """Add one additive-synthesis note to buf (in place)."""
+    i0, n = int(start_s * rate), int(dur_s * rate)
+    n = min(n, len(buf) - i0)
+    if n <= 0:
+        return
+    t = np.arange(n) / rate
+    phase = 2 * np.pi * hz * (t + vibrato * np.sin(2 * np.pi * 5.5 * t) / (2 * np.pi * 5.5))
+    wave = sum(a * np.sin(h * phase) for h, a in harmonics)
+    env = np.minimum(1.0, t / attack) * np.exp(-t / decay) * np.minimum(1.0, (n - np.arange(n)) / (0.02 * rate))
+    buf[i0:i0 + n] += amp * wave * env
+
+
+def add_noise_hit(buf, start_s, dur_s, amp, decay, rate, rng, bright=True):
+    i0, n = int(start_s * rate), min(int(dur_s * rate), len(buf) - int(start_s * rate))
+    if n <= 0:
+        return
+    noise = rng.standard_normal(n)
+    if bright:  # a first difference tilts the noise toward the high frequencies of cymbals
+        noise = np.diff(noise, prepend=0.0)
+    buf[i0:i0 + n] += amp * noise * np.exp(-np.arange(n) / (decay * rate))
+
+
+def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
+    """One deterministic demo song -> (backing [N], solo [N], truth dict)."""
+    rng = np.random.default_rng([seed, index])
+    key = int(rng.integers(12))
+    form_name = list(FORMS)[int(rng.integers(len(FORMS)))]
+    bpm = float(rng.uniform(110, 200))
+    beat = 60.0 / bpm
+    swing = beat * 2 / 3  # the swung eighth: the "and" falls two thirds into the beat
+    n_bars = math.ceil(seconds / (4 * beat))
+    N = int(seconds * rate)
+    bass, piano, drums, lead = (np.zeros(N) for _ in range(4))
+    chords, notes = [], []
+    form = FORMS[form_name]
+    prev_lead = 70
+    playing = bool(rng.random() < 0.5)  # whether the lead is in a phrase or a rest
+    phrase_left = int(rng.integers(1, 3))  # bars left in the current phrase or rest
+    for bar in range(n_bars):
+        offset, quality = form[bar % len(form)]
+        root = (key + offset) % 12
+        t_bar = bar * 4 * beat
+        tones = [(root + i) % 12 for i in CHORD_TONES[quality]]
+        scale = [(root + i) % 12 for i in SCALES[quality]]
+        chords.append({"bar": bar, "start_s": round(t_bar, 4), "end_s": round(t_bar + 4 * beat, 4),
+                       "symbol": NOTE_NAMES[root] + quality, "pitch_classes": tones})
+        next_root = (key + form[(bar + 1) % len(form)][0]) % 12
+        # Walking bass: root on beat 1, chord tones on 2 and 3, a chromatic approach on 4.
+        for b in range(4):
+            if b == 0:
+                pc = root
+            elif b == 3:
+                pc = (next_root + (1 if rng.random() < 0.5 else -1)) % 12
+            else:
+                pc = tones[int(rng.integers(1, 4))]
+            add_tone(bass, t_bar + b * beat, beat * 0.95, midi_hz(36 + pc), 0.35,
+                     [(1, 1.0), (2, 0.4), (3, 0.15)], 0.5, rate)
+        # Piano: a rootless voicing (3rd, 5th, 7th) on two or three swung off-beats.
+        for b in sorted(rng.choice(8, size=int(rng.integers(2, 4)), replace=False)):
+            t_hit = t_bar + (b // 2) * beat + (b % 2) * swing
+            for pc in tones[1:]:
+                add_tone(piano, t_hit, beat * 1.5, midi_hz(55 + (pc - 7) % 12 + 5), 0.08,
+                         [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)], 0.35, rate)
+        # Drums: ride on every beat and the swung "let" of 2 and 4, hi-hat on 2 and 4, a soft kick.
+        for b in range(4):
+            add_noise_hit(drums, t_bar + b * beat, 0.4, 0.06, 0.12, rate, rng)
+            if b in (1, 3):
+                add_noise_hit(drums, t_bar + b * beat + swing, 0.3, 0.04, 0.08, rate, rng)
+                add_noise_hit(drums, t_bar + b * beat, 0.08, 0.05, 0.02, rate, rng)
+            if b == 0 or rng.random() < 0.2:
+                add_tone(drums, t_bar + b * beat, 0.25, 55.0, 0.25, [(1, 1.0)], 0.08, rate)
+        # Lead: phrases of 2 to 5 bars, rests of 1 or 2 bars between them.
+        if phrase_left == 0:
+            playing = not playing
+            phrase_left = int(rng.integers(2, 6)) if playing else int(rng.integers(1, 3))
+        phrase_left -= 1
+        if not playing:
+            continue
+        for e in range(8):  # swung eighth notes, some held, some skipped
+            if rng.random() < 0.15:
+                continue
+            start = t_bar + (e // 2) * beat + (e % 2) * swing
+            dur = (swing if e % 2 == 0 else beat - swing) * (2 if rng.random() < 0.2 else 1)
+            pool = tones if e % 2 == 0 else scale  # chord tones on the beat, scale tones between
+            cands = [m for m in range(58, 83) if m % 12 in pool]
+            near = sorted(cands, key=lambda m: abs(m - prev_lead) + rng.random() * 3)[:3]
+            midi = int(near[int(rng.integers(len(near)))])
+            prev_lead = midi
+            add_tone(lead, start, dur * 0.95, midi_hz(midi), 0.22,
+                     [(h, 1.0 / h) for h in range(1, 9)], 1.5, rate, vibrato=0.004, attack=0.03)
+            notes.append({"start_s": round(start, 4), "end_s": round(start + dur * 0.95, 4), "midi": midi})
+    # A short low-pass softens the lead's upper harmonics, a little like a reed's.
+    lead = np.convolve(lead, [0.25, 0.5, 0.25], mode="same")
+    backing = bass + piano + drums
+    gain = min(1.0, 0.9 / (np.abs(backing + lead).max() + 1e-9))  # the mix never clips
+    backing, lead = backing * gain, lead * gain
+    truth = {"key": NOTE_NAMES[key], "tempo_bpm": round(bpm, 2), "form": form_name, "swing_ratio": 2.0,
+             "chords": chords, "lead_notes": notes}
+    return backing.astype(np.float32), lead.astype(np.float32), truth
+
+
+# ----------------------------------------------------------------------------
+# 3. Separation with Demucs
+# ----------------------------------------------------------------------------
+
+OFFLINE_HELP = ("Three ways out: (1) run once on a machine with internet so the weights are cached; "
+                "(2) point at local weights ({flag}); (3) use {fallback} (audio is then not meaningful, "
+                "but every step runs).")
+
+
+def load_separator(name, repo=""):
+    """A Demucs model by name, from the Hugging Face Hub / the legacy URL, or a local folder."""
+    from demucs.pretrained import get_model
+    try:
+        model = get_model(name, repo=Path(repo) if repo else None)
+    except (Exception, SystemExit) as err:  # demucs calls sys.exit on some failures
+        where = f"the local folder {repo}" if repo else "the Hugging Face Hub and the legacy download URL"
+        raise SystemExit(f"Could not load the Demucs model {name!r} from {where}: {err}\n" + OFFLINE_HELP.format(
+            flag="--demucs-repo DIR", fallback="--demucs-model demucs_unittest")) from None
+    return model.eval()
+
+
+def _sum_sources(stems, sources, wanted):
+    picked = [stems[sources.index(s)] for s in wanted if s in sources]
+    if not picked:
+        raise SystemExit(f"none of the stems {wanted} is in this Demucs model's sources {sources}; "
+                         "fix --backing-sources / --solo-sources")
+    return sum(picked)
+
+
+@torch.no_grad()
+def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=60.0):
+    """Any audio [C, N] -> backing and solo at 24 kHz mono, [N'] each.
+
+    Long files go through in chunks of chunk_s seconds, each reduced to two mono
+    24 kHz stems at once, so memory stays bounded whatever the length (the price: a
+    possible small seam every chunk_s seconds).
+    """
+    from demucs.apply import apply_model
+    sources = list(model.sources)
+    mix = channels(resample(audio, rate, model.samplerate), model.audio_channels)  # [2, N44]
+    chunk = int(chunk_s * model.samplerate)
+    backs, solos = [], []
+    for start in tqdm(range(0, mix.shape[1], chunk), desc="separate", leave=False, unit="chunk"):
+        x = torch.from_numpy(mix[:, start:start + chunk]).to(device)
+        ref = x.mean(0)
+        mean, std = ref.mean(), ref.std() + 1e-8  # Demucs expects a normalised mix
+        stems = apply_model(model, ((x - mean) / std)[None], device=device, split=True, overlap=0.25)[0]
+        stems = (stems * std + mean).cpu().numpy()  # [sources, 2, n]
+        for out, wanted in ((backs, backing_sources), (solos, solo_sources)):
+            stem = channels(_sum_sources(stems, sources, wanted), 1)[0]
+            out.append(resample(stem, model.samplerate, CODEC_RATE))
+    return np.concatenate(backs).astype(np.float32), np.concatenate(solos).astype(np.float32)
+
+
+def sdr_db(reference, estimate):
+    """Signal-to-distortion ratio in dB (the plain definition, no scale invariance)."""
+    n = min(len(reference), len(estimate))
+    err = reference[:n] - estimate[:n]
+    return float(10 * np.log10((np.sum(reference[:n] ** 2) + 1e-12) / (np.sum(err ** 2) + 1e-12)))
+
+
+# ----------------------------------------------------------------------------
+# 4. Where the solo plays: RMS energy per codec frame
+# ----------------------------------------------------------------------------
+
+def frame_rms_db(audio, hop):
+    """RMS level in dBFS of each hop-sized frame: [ceil(N / hop)], aligned with codec frames."""
+    n = math.ceil(len(audio) / hop)
+    frames = np.pad(audio, (0, n * hop - len(audio))).reshape(n, hop)
+    return 20 * np.log10(np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1)) + 1e-9)
+
+
+def select_sections(rms_db, frame_rate, rel_db, abs_db, min_section_s, merge_gap_s):
+    """Frames where the solo plays -> list of (start, end) frame ranges, end exclusive.
+
+    A frame is active when it is above abs_db and within rel_db of the loud frames
+    (the 95th percentile), so a quiet recording is judged against itself. Silences
+    shorter than merge_gap_s inside a phrase are kept (breaths, rests between notes);
+    what is left shorter than min_section_s is dropped (a stray note is not a solo).
+    """
+    if len(rms_db) == 0:
+        return []
+    threshold = max(abs_db, np.percentile(rms_db, 95) + rel_db)
+    active = rms_db > threshold
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+    runs = list(zip(edges[::2], edges[1::2]))  # [(start, end), ...] of active frames
+    merged = []
+    for start, end in runs:
+        if merged and start - merged[-1][1] < merge_gap_s * frame_rate:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return [(int(s), int(e)) for s, e in merged if e - s >= min_section_s * frame_rate]
+
+
+# ----------------------------------------------------------------------------
+# 5. Phase 2: pitch and tempo augmentation
+# ----------------------------------------------------------------------------
+
+def time_stretch(audio, rate, n_fft=1024, hop=256):
+    """Phase vocoder: play audio [N] `rate` times faster, same pitch -> [round(N / rate)].
+
+    The STFT frames are read at a step of `rate` frames; magnitudes are interpolated
+    between neighbours and each bin's phase advances by its measured frequency, so
+    sustained tones stay smooth. Its known limit: transients (drum hits, note attacks)
+    are smeared over a frame (~40 ms), the familiar "phasey" sound.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)      # [F, M]
+    spec = torch.nn.functional.pad(spec, (0, 2))                               # frames i + 1 always exist
+    omega = torch.linspace(0, math.pi * hop, spec.size(0))[:, None]            # expected advance per hop, [F, 1]
+    steps = torch.arange(0, spec.size(1) - 2, rate)                            # fractional frame positions
+    i = steps.floor().long()
+    frac = (steps - i)[None, :]
+    a, b = spec[:, i], spec[:, i + 1]                                          # [F, M'] each
+    mag = (1 - frac) * a.abs() + frac * b.abs()
+    dphi = b.angle() - a.angle() - omega
+    dphi = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi))              # wrap to [-pi, pi]
+    advance = torch.cat([torch.zeros_like(dphi[:, :1]), (omega + dphi)[:, :-1]], dim=1).cumsum(dim=1)
+    phase = spec[:, :1].angle() + advance
+    out = torch.istft(torch.polar(mag, phase), n_fft, hop, window=window, length=round(len(audio) / rate))
+    return out.numpy()
+
+
+def pitch_tempo(audio, rate, semitones, tempo):
+    """Shift pitch by `semitones` and play `tempo` times faster: [N] -> [~N / tempo].
+
+    Stretch by tempo / f (f = 2 ** (semitones / 12)), then resample by f, which raises
+    every frequency by f and brings the duration back. The resampling ratio is rounded
+    to a 50 Hz grid so that its filter stays small: the pitch is off by under 2 cents.
+    """
+    f = 2 ** (semitones / 12)
+    stretched = time_stretch(audio, tempo / f)
+    return resample(stretched, int(round(rate * f / 50) * 50), rate)
+
+
+# ----------------------------------------------------------------------------
+# 6. EnCodec
+# ----------------------------------------------------------------------------
+
+class CodecUnavailable(SystemExit):
+    """The pretrained EnCodec weights could not be fetched (offline machine)."""
+
+
+def load_codec(weights, bandwidth, device):
+    """EnCodec 24 kHz: weights 'pretrained' (torch hub cache), a local .th path, or 'untrained'."""
+    from encodec import EncodecModel
+    warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated")  # encodec 0.1.1's own, harmless
+    if weights == "untrained":
+        codec = EncodecModel.encodec_model_24khz(pretrained=False)
+    elif weights == "pretrained":
+        try:
+            codec = EncodecModel.encodec_model_24khz(pretrained=True)
+        except Exception as err:
+            raise CodecUnavailable(
+                f"Could not download the EnCodec 24 kHz weights (torch hub, from the encodec release URL): {err}\n"
+                + OFFLINE_HELP.format(flag="--encodec-weights path/to/encodec_24khz-d7cc33bc.th",
+                                      fallback="--encodec-weights untrained")) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise SystemExit(f"--encodec-weights {weights}: no such file; give the path of encodec_24khz-d7cc33bc.th")
+        codec = EncodecModel.encodec_model_24khz(pretrained=False)
+        codec.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    codec.set_target_bandwidth(bandwidth)  # without it, all 32 codebooks are used
+    return codec.eval().to(device)
+
+
+def codec_info(codec, weights):
+    K = codec.quantizer.get_num_quantizers_for_bandwidth(codec.frame_rate, codec.bandwidth)
+    return {"name": "encodec_24khz", "weights": weights, "bandwidth_kbps": codec.bandwidth,
+            "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate, "hop": codec.sample_rate // codec.frame_rate,
+            "n_codebooks": K, "card": codec.quantizer.bins, "untrained": weights == "untrained"}
+
+
+@torch.no_grad()
+def fill_untrained_codebooks(codec, audio, seed):
+    """Give an untrained EnCodec codebooks that depend on the audio (its are all zero).
+
+    Stage by stage: set the codebook's rows to frames drawn (seeded) from the current
+    residual of the encoder's output, quantize, subtract, go on to the next stage.
+    Quick where EnCodec's own k-means init is not. Tokens then vary with the audio,
+    but decoded audio is noise: for testing the plumbing only.
+    """
+    x = torch.from_numpy(audio)[None, None].to(next(codec.parameters()).device)  # [1, 1, N]
+    residual = codec.encoder(x)[0].T                                              # [F, D]
+    gen = torch.Generator().manual_seed(seed)
+    K = codec_info(codec, "untrained")["n_codebooks"]
+    for layer in codec.quantizer.vq.layers[:K]:
+        book = layer._codebook
+        rows = torch.randint(0, residual.size(0), (book.codebook_size,), generator=gen)
+        book.embed.copy_(residual[rows.to(residual.device)])
+        book.inited.fill_(1)
+        residual = residual - book.decode(book.encode(residual))
+
+
+@torch.no_grad()
+def encode_audio(codec, audio, chunk_s=30.0):
+    """24 kHz mono [N] -> codes int16 [K, ceil(N / hop)], in chunks so memory stays bounded."""
+    hop = codec.sample_rate // codec.frame_rate
+    chunk = int(chunk_s * codec.frame_rate) * hop  # a whole number of frames per chunk
+    device = next(codec.parameters()).device
+    parts = []
+    for start in range(0, len(audio), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(audio[start:start + chunk]))[None, None].to(device)  # [1, 1, n]
+        frames = codec.encode(x)                                              # [(codes [1, K, F], scale)]
+        parts.append(torch.cat([c for c, _ in frames], dim=-1)[0].cpu())     # [K, F]
+    return torch.cat(parts, dim=-1).numpy().astype(np.int16)                 # [K, F]; card 1024 fits int16
+
+
+@torch.no_grad()
+def decode_codes(codec, codes):
+    """codes [K, F] -> 24 kHz mono audio [F * hop] (EnCodec may add a few samples: trimmed)."""
+    device = next(codec.parameters()).device
+    x = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None].to(device)  # [1, K, F]
+    audio = codec.decode([(x, None)])[0, 0].cpu().numpy()
+    return audio[:codes.shape[-1] * (codec.sample_rate // codec.frame_rate)]
+
+
+def prepare_codec(cfg, out, calibration, device, fallback_ok):
+    """The dataset's codec: loaded, or (untrained mode) filled once and saved in `out`.
+
+    fallback_ok (the demo corpus only): when the download fails, go on untrained with
+    a banner. Your own recordings never fall back silently.
+    """
+    from safetensors.torch import load_file, save
+    if cfg.encodec_weights != "untrained":
+        try:
+            codec = load_codec(cfg.encodec_weights, cfg.bandwidth, device)
+            return codec, codec_info(codec, cfg.encodec_weights)
+        except CodecUnavailable as err:
+            if not fallback_ok:
+                raise
+            print("=" * 78 + f"\n{err}\n\nThe demo corpus goes on with the UNTRAINED codec: training and its\n"
+                  "metrics are real, but the audio you will hear is noise. For real audio, get\n"
+                  "the weights (docs/troubleshooting.md) and rerun with --encodec-weights PATH.\n" + "=" * 78)
+    state_file = Path(out) / "codec.safetensors"
+    torch.manual_seed(cfg.seed)  # the untrained encoder and decoder: seeded random weights
+    codec = load_codec("untrained", cfg.bandwidth, device)
+    if state_file.exists():  # a rerun: the very same codebooks, or the cached tokens would not match
+        codec.load_state_dict(load_file(str(state_file), device=str(device)))
+    else:
+        fill_untrained_codebooks(codec, calibration(), cfg.seed)
+        state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
+        atomic_write(state_file, lambda f: f.write(save(state)))
+    return codec, codec_info(codec, "untrained")
+
+
+def load_dataset_codec(data_dir, info, device, weights=None):
+    """The codec a dataset was tokenized with (generate.py decodes with it)."""
+    from safetensors.torch import load_file
+    if info["untrained"]:
+        state_file = Path(data_dir) / "codec.safetensors"
+        if not state_file.exists():
+            raise SystemExit(f"{state_file} is missing: this dataset was made with the untrained codec, whose "
+                             "codebooks live there. Rebuild the dataset with data.py.")
+        codec = load_codec("untrained", info["bandwidth_kbps"], device)
+        codec.load_state_dict(load_file(str(state_file), device=str(device)))
+        return codec
+    return load_codec(weights or info["weights"], info["bandwidth_kbps"], device)
+
+
+# ----------------------------------------------------------------------------
+# 7. One song, cached
+# ----------------------------------------------------------------------------
+
+def song_stems(source, cfg, separator, device):
+    """A source -> (backing, solo) at 24 kHz mono and what is known about the song."""
+    if source["kind"] == "demo":
+        backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed)
+        info = {"truth": truth}
+        if cfg.separate:
+            est_backing, est_solo = separate(separator, (backing + solo)[None], CODEC_RATE,
+                                             cfg.backing_sources, cfg.solo_sources, device)
+            info["separation_sdr_db"] = {"solo": sdr_db(solo, est_solo), "backing": sdr_db(backing, est_backing)}
+            backing, solo = est_backing, est_solo
+        return backing, solo, info
+    audio, rate = load_audio(source["path"])
+    seconds = audio.shape[1] / rate
+    if seconds < cfg.min_song_s:
+        raise SkipSong(f"too short: {seconds:.2f} s, at least {cfg.min_song_s} s needed")
+    if np.abs(audio).max() < 1e-4:
+        raise SkipSong("silent: the whole file is below -80 dBFS")
+    backing, solo = separate(separator, audio, rate, cfg.backing_sources, cfg.solo_sources, device)
+    return backing, solo, {"original_rate": rate, "original_channels": audio.shape[0]}
+
+
+def process_song(source, cfg, codec, info, separator, device, cache_dir, settings_key):
+    """Separate, augment, select and tokenize one song; cached by content and settings."""
+    key = hashlib.sha256((source["fingerprint"] + settings_key).encode()).hexdigest()[:20]
+    cached = cache_dir / f"{key}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    backing, solo, extra = song_stems(source, cfg, separator, device)
+    rng = np.random.default_rng([cfg.seed, int(key[:8], 16)])
+    variants = [(0.0, 1.0)]
+    if source["split"] == "train":
+        variants += [(float(rng.uniform(-cfg.pitch_semitones, cfg.pitch_semitones)),
+                      float(rng.uniform(1 - cfg.tempo_range, 1 + cfg.tempo_range))) for _ in range(cfg.augment)]
+    record = {"id": source["id"], "source": source["name"], "split": source["split"],
+              "duration_s": round(len(solo) / CODEC_RATE, 3), **extra, "variants": []}
+    for v, (semitones, tempo) in enumerate(variants):
+        b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, CODEC_RATE, semitones, tempo),
+                                               pitch_tempo(solo, CODEC_RATE, semitones, tempo))
+        sections = select_sections(frame_rms_db(s, info["hop"]), info["frame_rate"], cfg.rms_rel_db,
+                                   cfg.rms_abs_db, cfg.min_section_s, cfg.merge_gap_s)
+        if not sections:
+            if v == 0:
+                raise SkipSong("no section where the solo plays (solo RMS never above the threshold "
+                               f"for {cfg.min_section_s} s; see --rms-rel-db / --rms-abs-db)")
+            continue
+        codes_file = cache_dir / f"{key}_{v}.npz"
+        bk, sk = encode_audio(codec, b), encode_audio(codec, s)  # [K, F] each
+        atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk))
+        kept = sum(e - st for st, e in sections)
+        record["variants"].append({"semitones": round(semitones, 3), "tempo": round(tempo, 4),
+                                   "codes": codes_file.name, "frames": int(bk.shape[1]), "sections": sections,
+                                   "kept_s": round(kept / info["frame_rate"], 2),
+                                   "kept_fraction": round(kept / max(bk.shape[1], 1), 3)})
+    write_json(cached, record)  # last: the song counts as done only once everything is on disk
+    return record
+
+
+# ----------------------------------------------------------------------------
+# 8. The dataset: sources, splits, arrays, meta.json
+# ----------------------------------------------------------------------------
+
+def list_sources(cfg, out):
+    """The songs to process: demo songs, files of --input-dir, downloads of --urls."""
+    if not cfg.input_dir and not cfg.urls:
+        return [{"kind": "demo", "index": i, "id": f"demo{i:03d}", "name": f"demo song {i}",
+                 "fingerprint": f"demo:{cfg.seed}:{i}:{cfg.demo_seconds}"} for i in range(cfg.demo_songs)]
+    paths = []
+    if cfg.input_dir:
+        folder = Path(cfg.input_dir)
+        if not folder.is_dir():
+            raise SystemExit(f"--input-dir {folder}: no such folder")
+        paths += sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if cfg.urls:
+        paths += download_urls(cfg.urls, Path(out) / "downloads")
+    sources = []
+    for p in paths:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        safe = "".join(c if c.isalnum() else "_" for c in p.stem)[:40]
+        sources.append({"kind": "file", "path": str(p), "id": f"{safe}_{digest[:8]}", "name": str(p),
+                        "fingerprint": f"file:{digest}"})
+    if not sources:
+        raise SystemExit(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) found in {cfg.input_dir or cfg.urls}")
+    return sources
+
+
+def download_urls(urls, folder):
+    """Download each link's audio with yt-dlp (optional); files already there are reused."""
+    try:
+        import yt_dlp
+    except ImportError:
+        raise SystemExit("--urls needs yt-dlp: pip install yt-dlp (and ffmpeg to decode what it fetches)") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    opts = {"format": "bestaudio/best", "outtmpl": str(folder / "%(id)s.%(ext)s"), "nooverwrites": True,
+            "quiet": True, "noprogress": True}
+    paths = []
+    with yt_dlp.YoutubeDL(opts) as ydl:
+        for url in tqdm(urls, desc="download", unit="url"):
+            info = ydl.extract_info(url, download=True)
+            paths.append(Path(ydl.prepare_filename(info)))
+    return paths
+
+
+def assign_splits(sources, cfg):
+    """Split by song, never by window, so no song is heard on both sides."""
+    order = np.random.default_rng(cfg.seed).permutation(len(sources))
+    n = len(sources)
+    n_val = max(1, round(cfg.val_fraction * n)) if n >= 2 else 0
+    n_test = max(1, round(cfg.test_fraction * n)) if n >= 3 else 0
+    for rank, i in enumerate(order):
+        sources[i]["split"] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+
+
+def write_split_arrays(out, split, records, cache_dir):
+    """Concatenate the kept sections of a split into backing / solo arrays [K, N] (int16)."""
+    backs, solos, segments, offset = [], [], [], 0
+    for rec in records:
+        for v, var in enumerate(rec["variants"]):
+            codes = np.load(cache_dir / var["codes"])
+            for start, end in var["sections"]:
+                backs.append(codes["backing"][:, start:end])
+                solos.append(codes["solo"][:, start:end])
+                segments.append({"song": rec["id"], "variant": v, "start": offset, "length": end - start,
+                                 "song_frame": start})
+                offset += end - start
+    for name, parts in (("backing", backs), ("solo", solos)):
+        array = np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), dtype=np.int16)
+        atomic_write(Path(out) / f"{split}_{name}.npy", lambda f: np.save(f, array))
+    return segments
+
+
+def build_dataset(cfg):
+    """The whole pipeline; returns the meta dict written to <out>/meta.json."""
+    t0 = time.time()
+    out, device = Path(cfg.out), pick_device(cfg.device)
+    cache_dir = out / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob(".*.tmp*"):  # left by a run that was killed mid-write
+        stale.unlink()
+    sources = list_sources(cfg, out)
+    assign_splits(sources, cfg)
+    is_demo = sources[0]["kind"] == "demo"
+    separator = None if (is_demo and not cfg.separate) else load_separator(cfg.demucs_model, cfg.demucs_repo)
+
+    def calibration():  # up to 60 s of audio for the untrained codec's codebooks
+        parts, total = [], 0
+        for src in sources:
+            try:
+                audio = (sum(render_demo_song(src["index"], cfg.demo_seconds, cfg.seed)[:2]) if is_demo else
+                         channels(resample(*load_audio(src["path"]), CODEC_RATE), 1)[0])
+            except (SkipSong, OSError):
+                continue
+            parts.append(audio.astype(np.float32))
+            total += len(audio)
+            if total >= 60 * CODEC_RATE:
+                break
+        if not parts:
+            raise SystemExit(f"No song could be used: none of the {len(sources)} files can be read "
+                             "(not even to fill the untrained codec's codebooks); nothing written.")
+        return np.concatenate(parts)[:60 * CODEC_RATE]
+
+    codec, info = prepare_codec(cfg, out, calibration, device, fallback_ok=is_demo)
+    codebook_id = hashlib.sha256(b"".join(
+        layer._codebook.embed.cpu().numpy().tobytes() for layer in codec.quantizer.vq.layers[:info["n_codebooks"]]
+    )).hexdigest()[:16]
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "input_dir", "urls", "device", "demo_songs")}
+    settings_key = json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
+
+    records, skipped = [], []
+    bar = tqdm(sources, desc="songs", unit="song")
+    for src in bar:
+        bar.set_postfix_str(src["name"][-30:])
+        try:
+            records.append(process_song(src, cfg, codec, info, separator, device, cache_dir, settings_key))
+        except SkipSong as why:
+            tqdm.write(f"skipped {src['name']}: {why}")
+            skipped.append({"source": src["name"], "reason": str(why)})
+    if not records:
+        raise SystemExit(f"No song could be used ({len(skipped)} skipped, reasons above); nothing written to {out}.")
+
+    splits = {}
+    for split in tqdm(("train", "val", "test"), desc="write", unit="split"):
+        chosen = [r for r in records if r["split"] == split]
+        segments = write_split_arrays(out, split, chosen, cache_dir)
+        splits[split] = {"songs": [r["id"] for r in chosen], "segments": segments,
+                         "frames": sum(s["length"] for s in segments)}
+    meta = {"format": 1, "codec": info, "separation": None if separator is None else {
+                "model": cfg.demucs_model, "backing_sources": cfg.backing_sources, "solo_sources": cfg.solo_sources},
+            "settings": asdict(cfg), "splits": splits, "songs": records, "skipped": skipped,
+            "demo": is_demo, "build_seconds": round(time.time() - t0, 1)}
+    write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
+    counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
+    print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} songs; "
+          f"{splits['train']['frames'] / info['frame_rate']:.0f} s of training audio; {meta['build_seconds']} s")
+    if info["untrained"]:
+        print("NOTE: tokens come from the UNTRAINED codec: decoded audio is noise (docs/troubleshooting.md).")
+    return meta
+
+
+def load_dataset(data_dir):
+    """meta.json of a dataset folder, with a clear message when it is missing."""
+    meta_file = Path(data_dir) / "meta.json"
+    if not meta_file.exists():
+        raise SystemExit(f"{meta_file} not found: build the dataset first (python data.py --out {data_dir})")
+    return json.loads(meta_file.read_text())
+
+
+def load_split(data_dir, split):
+    """Memory-mapped (backing [K, N], solo [K, N]) of one split: nothing is read until used."""
+    return tuple(np.load(Path(data_dir) / f"{split}_{name}.npy", mmap_mode="r") for name in ("backing", "solo"))
+
+
+if __name__ == "__main__":
+    config = parse_settings(DataConfig, description=__doc__.split("\n\n")[0])
+    print("settings:", json.dumps(asdict(config)))
+    build_dataset(config)
+    sys.exit(0)

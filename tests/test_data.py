@@ -1,0 +1,186 @@
+"""data.py: demo corpus, RMS selection, augmentation, separation, tokenization, splits, bad input, resume."""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import data
+from data import (DataConfig, build_dataset, encode_audio, fill_untrained_codebooks, frame_rms_db, load_codec,
+                  load_split, pitch_tempo, render_demo_song, select_sections, separate, time_stretch)
+
+RATE = data.CODEC_RATE
+
+
+def test_demo_song_is_deterministic_and_aligned():
+    b1, s1, t1 = render_demo_song(3, 6.0, seed=1)
+    b2, s2, t2 = render_demo_song(3, 6.0, seed=1)
+    assert np.array_equal(b1, b2) and np.array_equal(s1, s2) and t1 == t2, "same seed, different song"
+    b3, _, _ = render_demo_song(4, 6.0, seed=1)
+    assert not np.array_equal(b1, b3), "different songs must differ"
+    assert len(b1) == len(s1) == 6 * RATE, f"stems {len(b1)} and {len(s1)} samples, expected {6 * RATE}"
+    assert np.abs(b1 + s1).max() <= 0.9 + 1e-6, "the mix must not clip"
+    assert t1["chords"] and t1["lead_notes"] and 110 <= t1["tempo_bpm"] <= 200, "truth is incomplete"
+
+
+def test_demo_lead_is_silent_in_its_rests():
+    _, solo, truth = render_demo_song(0, 24.0, seed=0)
+    playing = np.zeros(len(solo), dtype=bool)
+    for n in truth["lead_notes"]:  # a note sounds from start to end, plus a short filter tail
+        playing[int(n["start_s"] * RATE):int((n["end_s"] + 0.01) * RATE)] = True
+    assert (~playing).mean() > 0.2, "the demo lead should rest for a good part of the song"
+    assert np.abs(solo[~playing]).max() < 1e-3, "the lead sounds where its notes say it rests"
+    assert np.abs(solo[playing]).max() > 0.05, "the lead should be audible where it plays"
+
+
+def test_rms_selection_on_crafted_signal():
+    frame_rate, hop = 75, 320
+    t = np.arange(12 * RATE) / RATE
+    x = 1e-4 * np.random.default_rng(0).standard_normal(len(t))  # a noise floor at about -80 dB
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    for a, b in [(1.0, 3.0), (3.4, 5.0), (7.0, 7.5), (9.0, 11.0)]:  # a 0.4 s gap, a 0.5 s blip
+        x[int(a * RATE):int(b * RATE)] += tone[int(a * RATE):int(b * RATE)]
+    sections = select_sections(frame_rms_db(x, hop), frame_rate, rel_db=-30, abs_db=-45,
+                               min_section_s=1.0, merge_gap_s=0.75)
+    got = [(round(s / frame_rate, 1), round(e / frame_rate, 1)) for s, e in sections]
+    assert got == [(1.0, 5.0), (9.0, 11.0)], f"sections {got}: the gap should merge and the blip be dropped"
+    assert select_sections(frame_rms_db(np.zeros(RATE), hop), frame_rate, -30, -45, 1.0, 0.75) == [], \
+        "silence has no section"
+
+
+def _peak_hz(x):
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.argmax(spectrum) * RATE / len(x)
+
+
+@pytest.mark.parametrize("semitones,tempo", [(0.0, 1.1), (2.0, 1.0), (-1.5, 0.92)])
+def test_augmentation_keeps_alignment_and_ratios(semitones, tempo):
+    t = np.arange(3 * RATE) / RATE
+    backing = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    solo = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    b, s = pitch_tempo(backing, RATE, semitones, tempo), pitch_tempo(solo, RATE, semitones, tempo)
+    assert len(b) == len(s), "backing and solo must stay the same length"
+    assert abs(len(b) - len(backing) / tempo) < 0.01 * len(backing), f"length {len(b)} vs {len(backing) / tempo:.0f}"
+    want = 440 * 2 ** (semitones / 12)
+    got = _peak_hz(s[RATE // 4:-RATE // 4])
+    assert abs(got - want) < 0.01 * want, f"pitch {got:.1f} Hz, expected {want:.1f} Hz"
+    assert len(time_stretch(solo, 2.0)) == len(solo) // 2, "time_stretch(rate=2) halves the length"
+
+
+@pytest.mark.parametrize("kind", ["hdemucs_4src", "htdemucs_6src"])
+def test_separation_with_random_demucs(kind):
+    torch.manual_seed(0)
+    if kind == "hdemucs_4src":
+        from demucs.pretrained import get_model
+        model = get_model("demucs_unittest")
+    else:
+        from demucs.htdemucs import HTDemucs
+        model = HTDemucs(sources=["drums", "bass", "other", "vocals", "guitar", "piano"], channels=8, t_layers=1)
+    model.eval()
+    audio = np.random.default_rng(0).standard_normal((2, 2 * 44100)).astype(np.float32) * 0.1
+    backing, solo = separate(model, audio, 44100, ["drums", "bass", "piano", "guitar"], ["other", "vocals"], "cpu")
+    assert len(backing) == len(solo) and abs(len(solo) - 2 * RATE) <= 2, f"{len(solo)} samples at 24 kHz"
+    assert np.isfinite(backing).all() and np.abs(solo).sum() > 0, "separation output empty or not finite"
+
+
+def test_tokenization_with_untrained_codec():
+    torch.manual_seed(0)
+    codec = load_codec("untrained", 3.0, "cpu")
+    backing, solo, _ = render_demo_song(1, 6.0, seed=0)
+    zero_codes = encode_audio(codec, solo[:RATE])
+    assert (zero_codes == 0).all(), "an untrained EnCodec gives code 0 everywhere (DESIGN.md)"
+    # The codebooks are drawn from frames of the calibration audio: it needs many more
+    # frames than the 1024 codes, or later stages see an all-zero residual. 60 s here.
+    calibration = np.concatenate([sum(render_demo_song(i, 20.0, seed=0)[:2]) for i in (5, 6, 7)])
+    fill_untrained_codebooks(codec, calibration, seed=0)
+    codes = encode_audio(codec, solo, chunk_s=2.0)  # chunks must join to the full length
+    info = data.codec_info(codec, "untrained")
+    assert (info["n_codebooks"], info["card"], info["frame_rate"]) == (4, 1024, 75), f"codec numbers {info}"
+    assert codes.shape == (4, 6 * 75), f"codes {codes.shape}: 4 codebooks at 75 Hz for 6 s"
+    distinct = [len(np.unique(c)) for c in codes]
+    assert min(distinct) > 20, f"tokens must vary with the audio: distinct codes per codebook {distinct}"
+
+
+def test_splits_are_by_song(demo_dataset):
+    out, meta = demo_dataset
+    songs = {split: set(v["songs"]) for split, v in meta["splits"].items()}
+    assert not (songs["train"] & songs["val"]) and not (songs["train"] & songs["test"]) and \
+        not (songs["val"] & songs["test"]), f"a song is in two splits: {songs}"
+    assert all(songs.values()), f"each split should have a song with 5 demo songs: {songs}"
+    for split, v in meta["splits"].items():
+        assert {s["song"] for s in v["segments"]} <= songs[split], f"{split} holds segments of other songs"
+        backing, solo = load_split(out, split)
+        assert backing.shape == solo.shape == (4, v["frames"]), f"{split} arrays {backing.shape}"
+        assert backing.dtype == np.int16 and solo.max() < 1024, "tokens must be int16 below card"
+    assert meta["codec"]["untrained"] and meta["demo"], "meta must say untrained codec and demo corpus"
+    assert meta["songs"][0]["truth"]["chords"], "demo truth must be kept in meta.json"
+
+
+def _write_bad_folder(folder):
+    folder.mkdir()
+    b, s, _ = render_demo_song(0, 6.0, seed=0)
+    mix = b + s
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" + bytes(range(256)) * 4)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.wav").write_text("this is a text file, not audio\n")
+    sf.write(folder / "short.wav", mix[:int(0.3 * RATE)], RATE)
+    sf.write(folder / "silent.wav", np.zeros(3 * RATE, dtype=np.float32), RATE)
+    eight_k = data.resample(mix[None], RATE, 8000)[0]
+    sf.write(folder / "mono 8k.wav", eight_k, 8000)
+    stereo = data.resample(np.stack([mix, 0.8 * mix]), RATE, 48000)
+    sf.write(folder / "stéréo 48k ballade à deux.flac", stereo.T, 48000)
+    return {"mono 8k.wav", "stéréo 48k ballade à deux.flac"}
+
+
+def test_bad_input_folder(tmp_path):
+    good = _write_bad_folder(tmp_path / "in")
+    cfg = DataConfig(out=str(tmp_path / "out"), input_dir=str(tmp_path / "in"), demucs_model="demucs_unittest",
+                     encodec_weights="untrained", device="cpu", rms_rel_db=-40, min_section_s=1.0)
+    torch.manual_seed(0)
+    meta = build_dataset(cfg)
+    kept = {r["source"].split("/")[-1] for r in meta["songs"]}
+    skipped = {s["source"].split("/")[-1]: s["reason"] for s in meta["skipped"]}
+    assert kept == good, f"kept {kept}, expected {good}; skipped: {skipped}"
+    assert set(skipped) == {"corrupt.wav", "empty.wav", "notes.wav", "short.wav", "silent.wav"}, skipped
+    assert "empty" in skipped["empty.wav"] and "too short" in skipped["short.wav"] and \
+        "silent" in skipped["silent.wav"] and "cannot decode" in skipped["notes.wav"], skipped
+    # All bad: a non-zero exit with a message, and nothing written.
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "empty.wav").write_bytes(b"")
+    run = subprocess.run([sys.executable, "data.py", "--input-dir", str(only_bad), "--out", str(tmp_path / "o2"),
+                          "--demucs-model", "demucs_unittest", "--encodec-weights", "untrained", "--device", "cpu"],
+                         capture_output=True, text=True, cwd=data.Path(data.__file__).parent)
+    assert run.returncode != 0 and "No song could be used" in run.stderr, run.stderr[-500:]
+    assert not (tmp_path / "o2" / "meta.json").exists(), "no meta.json when nothing was kept"
+
+
+def test_resume_after_kill(tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "data.py", "--out", str(out), "--demo-songs", "6", "--demo-seconds", "6",
+            "--encodec-weights", "untrained", "--device", "cpu"]
+    cwd = data.Path(data.__file__).parent
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "cache").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    done_before = len(list((out / "cache").glob("*.json")))
+    assert 2 <= done_before < 6 and not (out / "meta.json").exists(), f"kill came too late ({done_before} songs)"
+    rerun = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-800:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert len(meta["songs"]) + len(meta["skipped"]) == 6, "the rerun must account for every song"
+    assert not list(out.rglob(".*.tmp*")), "the rerun left temporary files"
+    fresh = build_dataset(DataConfig(out=str(tmp_path / "fresh"), demo_songs=6, demo_seconds=6.0,
+                                     encodec_weights="untrained", device="cpu"))
+    for split in ("train", "val", "test"):
+        for a, b in zip(load_split(out, split), load_split(tmp_path / "fresh", split)):
+            assert np.array_equal(a, b), f"{split}: resumed dataset differs from a clean build"
+    assert fresh["splits"] == meta["splits"] and fresh["skipped"] == meta["skipped"], \
+        "segments or skipped songs differ between resumed and clean builds"
