@@ -60,7 +60,7 @@ class DataConfig:
     out: str = opt("data/demo", "dataset folder to write")
     input_dir: str = opt("", "folder of your recordings; empty: the built-in demo corpus")
     urls: list = opt([], "links to download with yt-dlp (optional dependency)")
-    demo_songs: int = opt(32, "demo corpus: number of songs")
+    demo_songs: int = opt(64, "demo corpus: number of songs")
     demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds")
     separate: bool = opt(False, "demo corpus: run Demucs on the mix instead of using the true stems")
     demucs_model: str = opt("htdemucs_6s", "Demucs model name (demucs_unittest: small, random, offline)")
@@ -590,7 +590,8 @@ def song_stems(source, cfg, separator, device):
 
 def process_song(source, cfg, codec, info, separator, device, cache_dir, settings_key):
     """Separate, augment, select and tokenize one song; cached by content and settings."""
-    key = hashlib.sha256((source["fingerprint"] + settings_key).encode()).hexdigest()[:20]
+    # The split is part of the key: augmented copies are made for training songs only.
+    key = hashlib.sha256((source["fingerprint"] + source["split"] + settings_key).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
     if cached.exists():
         return json.loads(cached.read_text())

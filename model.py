@@ -71,7 +71,7 @@ class ModelConfig:
 # The three sizes of the proposal. K, card and frame_rate are filled in from the dataset.
 PRESETS = {
     # 2.5 M parameters: trains on a 2-core laptop CPU in minutes.
-    "tiny": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=512, dropout=0.0),
+    "tiny": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=512, dropout=0.1),
     # 35.7 M parameters: an hour or two on one consumer GPU.
     "small": dict(d_model=512, n_heads=8, n_enc_layers=4, n_dec_layers=4, d_ff=2048, dropout=0.1),
     # 141.8 M parameters: the proposal's 10^8 scale, for a rented A100/H100.

@@ -19,3 +19,29 @@ def demo_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     cfg = DataConfig(out=str(out), demo_songs=5, demo_seconds=8.0, encodec_weights="untrained", device="cpu")
     return out, build_dataset(cfg)
+
+
+def quick_train_config(data_dir, out, **overrides):
+    """TrainConfig for tests: the tiny preset on 1 s windows, a handful of steps, CPU."""
+    from train import TrainConfig
+    settings = dict(data=str(data_dir), out=str(out), preset="tiny", window_s=1.0, batch_size=4, target_batch=8,
+                    max_steps=6, warmup_steps=2, eval_every=3, save_every=3, eval_windows=8, device="cpu", seed=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def trained(demo_dataset, tmp_path_factory):
+    """(run folder, summary) of a short tiny-model run on the demo dataset."""
+    from train import train
+    out = tmp_path_factory.mktemp("run")
+    return out, train(quick_train_config(demo_dataset[0], out))
+
+
+@pytest.fixture(scope="session")
+def trained_causal(demo_dataset, tmp_path_factory):
+    """A short run of a causal (streamable) tiny model with a 40-frame attention window."""
+    from train import train
+    out = tmp_path_factory.mktemp("causal")
+    train(quick_train_config(demo_dataset[0], out, causal_encoder=True, attn_window=40, max_steps=3))
+    return out

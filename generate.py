@@ -1,0 +1,318 @@
+"""
+generate.py -- a saxophone solo for a backing track: tokens -> sampling -> audio (phases 3-5).
+
+    python generate.py                                   # first validation clip, runs/tiny/best -> samples/
+    python generate.py --backing my_trio.wav --out samples/trio
+    python generate.py --backing full_mix.wav --separate # remove the existing lead with Demucs first
+    python generate.py --checkpoint you/jazz-sax-tiny    # a model from the Hugging Face Hub (phase 4)
+    python generate.py --stream --checkpoint runs/causal/best   # phase 5: frame by frame, with latencies
+
+Writes to the output folder (never over existing files without --overwrite):
+    solo.wav      the generated saxophone
+    mix.wav       backing + solo, level-matched, never clipping
+    backing.wav   the backing as the model heard it (24 kHz mono)
+    solo.png      spectrograms of backing and solo, and the solo's tokens
+    generation.json  settings, timings (real-time factor) and token statistics
+
+Backings longer than the model's window are generated in overlapping windows: each
+window after the first is prompted with the end of the previous one (the way
+MusicGen extends a piece), so any length works with bounded memory.
+"""
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+from data import opt, parse_settings, write_audio, write_json
+from model import StreamingSampler, generate
+from train import load_model
+
+
+@dataclass
+class GenerateConfig:
+    checkpoint: str = opt("runs/tiny/best", "checkpoint folder, or a Hugging Face Hub id (user/name)")
+    backing: str = opt("", "backing track (any audio file); empty: a validation clip of the checkpoint's dataset")
+    separate: bool = opt(False, "the backing is a full mix: remove its lead with Demucs first")
+    from_val: int = opt(0, "which validation clip (section) to use when no --backing is given")
+    out: str = opt("samples", "output folder")
+    overwrite: bool = opt(False, "replace files already in the output folder")
+    duration: float = opt(0.0, "seconds to generate (0: the whole backing)")
+    temperature: float = opt(1.0, "sampling temperature (0: greedy)")
+    top_k: int = opt(250, "sample among the k most likely codes (0: all)")
+    top_p: float = opt(1.0, "sample among the codes holding this much probability (1: all)")
+    cfg_coef: Optional[float] = opt(None, "classifier-free guidance coefficient, e.g. 3 (none: off; 1: same as off)")
+    num_samples: int = opt(1, "solos to generate for the same backing")
+    seed: int = opt(0, "sampling seed")
+    stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
+    stream: bool = opt(False, "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
+    chunk_ms: float = opt(80.0, "streaming: audio chunk size in milliseconds")
+    context_ms: float = opt(500.0, "streaming: past audio the codec re-reads with each chunk")
+    encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
+    demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")
+    demucs_repo: str = opt("", "local Demucs weights folder for --separate")
+    device: str = opt("auto", "auto, cpu or cuda")
+
+
+def fetch_checkpoint(name):
+    """A local checkpoint folder, or a Hub repo id downloaded to the local cache."""
+    if Path(name).exists() or Path(name).with_name(f".{Path(name).name}.old").exists():
+        return Path(name)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+        try:
+            return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors", "codec.safetensors",
+                                                                "README.md"]))
+        except Exception as err:
+            raise SystemExit(f"--checkpoint {name}: not a local folder, and the Hub download failed: {err}") from None
+    raise SystemExit(f"--checkpoint {name}: no such folder. Train first (python train.py) or give a Hub id user/name.")
+
+
+def load_codec_for(config, folder, weights, device):
+    """The codec the checkpoint's dataset was tokenized with, checked against the model."""
+    info = config["data"]["codec"]
+    if info["untrained"]:
+        homes = [Path(folder), Path(config["data"]["dir"])]
+        home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
+        codec = data.load_dataset_codec(home, info, device)
+    else:
+        codec = data.load_codec(weights or info["weights"], info["bandwidth_kbps"], device)
+    got, m = data.codec_info(codec, info["weights"]), config["model"]
+    mismatch = [(k, got[k], m[k]) for k in ("n_codebooks", "card", "frame_rate") if got[k] != m[k]]
+    if mismatch:
+        raise SystemExit("the codec does not match the checkpoint: " + ", ".join(
+            f"{k} is {a} in the codec but {b} in the model" for k, a, b in mismatch)
+            + f". Use the codec settings the model was trained with ({info}).")
+    return codec, got
+
+
+def backing_tokens(cfg, config, codec, info, device):
+    """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came from)."""
+    if cfg.backing:
+        path = Path(cfg.backing)
+        if not path.is_file():
+            raise SystemExit(f"--backing {path}: no such file")
+        try:
+            audio, rate = data.load_audio(path)
+        except data.SkipSong as why:
+            raise SystemExit(f"--backing {path}: {why}. Convert it to WAV or FLAC, or install ffmpeg.") from None
+        if audio.shape[1] < rate:
+            raise SystemExit(f"--backing {path}: {audio.shape[1] / rate:.2f} s long; give at least 1 s of backing")
+        if cfg.separate:
+            separator = data.load_separator(cfg.demucs_model, cfg.demucs_repo)
+            defaults = data.DataConfig()  # the same stem mapping as data.py's default
+            mono, _ = data.separate(separator, audio, rate, defaults.backing_sources, defaults.solo_sources, device)
+        else:
+            mono = data.resample(data.channels(audio, 1), rate, data.CODEC_RATE)[0]
+        if cfg.duration:
+            mono = mono[:int(cfg.duration * data.CODEC_RATE)]
+        return data.encode_audio(codec, mono).astype(np.int64), mono, str(path)
+    data_dir = config["data"]["dir"]
+    meta = data.load_dataset(data_dir)
+    segments = meta["splits"]["val"]["segments"] or meta["splits"]["train"]["segments"]
+    if not 0 <= cfg.from_val < len(segments):
+        raise SystemExit(f"--from-val {cfg.from_val}: the dataset {data_dir} has {len(segments)} validation clips")
+    seg = segments[cfg.from_val]
+    split = "val" if meta["splits"]["val"]["segments"] else "train"
+    codes = np.asarray(data.load_split(data_dir, split)[0][:, seg["start"]:seg["start"] + seg["length"]], dtype=np.int64)
+    if cfg.duration:
+        codes = codes[:, :round(cfg.duration * info["frame_rate"])]
+    return codes, data.decode_codes(codec, codes), f"{data_dir} {split} clip {cfg.from_val} (song {seg['song']})"
+
+
+def windowed_generate(model, backing, cfg, frame_rate, progress):
+    """backing [B, K, T] -> solo [B, K, T], window by window for any T.
+
+    Window w covers frames [start, start + W). Its first W - stride frames were written
+    by the previous window: they are given as a prompt (forced, not sampled), and only
+    the last stride frames are new. Memory is that of one window, whatever T is.
+    """
+    W, T = model.cfg.max_frames, backing.size(-1)
+    stride = round(cfg.stride_s * frame_rate) or W // 2
+    stride = max(1, min(stride, W))
+    opts = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.cfg_coef)
+    solo = generate(model, backing[..., :W], seed=cfg.seed, progress=progress, **opts)  # [B, K, min(T, W)]
+    start, w = stride, 1
+    while solo.size(-1) < T:
+        end = min(start + W, T)
+        prompt = solo[..., start:]                                                        # [B, K, W - stride]
+        part = generate(model, backing[..., start:end], seed=cfg.seed + w, prompt=prompt, progress=progress, **opts)
+        solo = torch.cat([solo, part[..., prompt.size(-1):]], dim=-1)
+        start, w = start + stride, w + 1
+    return solo
+
+
+def mix_audio(backing, solo):
+    """Level-match the solo to the backing (equal RMS), add, and scale down only if it would clip."""
+    n = min(len(backing), len(solo))
+    b, s = backing[:n], solo[:n]
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)) + 1e-9)  # noqa: E731
+    s = s * (rms(b) / rms(s))
+    mix = b + s
+    peak = np.abs(mix).max()
+    return (mix * (0.98 / peak) if peak > 0.98 else mix).astype(np.float32), s.astype(np.float32)
+
+
+def token_stats(codes, card):
+    """Distinct codes and entropy (nats) per codebook of codes [K, T]."""
+    out = []
+    for row in codes:
+        p = np.bincount(row, minlength=card) / len(row)
+        out.append({"distinct": int((p > 0).sum()), "entropy_nats": round(float(-(p[p > 0] * np.log(p[p > 0])).sum()), 3)})
+    return out
+
+
+def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    for ax, audio, title in ((axes[0], backing_audio, "backing"), (axes[1], solo_audio, "generated solo")):
+        ax.specgram(audio + 1e-9, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
+        ax.set_ylim(0, 6000)
+        ax.set_ylabel("Hz")
+        ax.set_title(title)
+    K, T = solo_codes.shape
+    axes[2].imshow(solo_codes, aspect="auto", interpolation="nearest", cmap="viridis",
+                   extent=(0, T / frame_rate, K + 0.5, 0.5))
+    axes[2].set_ylabel("codebook")
+    axes[2].set_title("solo tokens (colour = code id)")
+    axes[2].set_xlabel("seconds")
+    fig.tight_layout()
+    data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
+
+
+def stream(model, codec, backing_audio, cfg, info):
+    """Phase 5: feed the backing in chunks as if it arrived live; return (solo codes [1, K, T], report).
+
+    Per chunk: the codec encodes it (re-reading context_ms of past audio, so the
+    causal encoder's convolutions see what came before), the transformer takes each
+    new frame (encoder step, then decoder step), and the solo frames the delay pattern
+    has completed are decoded to audio, again with past frames as context.
+    """
+    hop, rate, K = info["hop"], info["sample_rate"], info["n_codebooks"]
+    chunk = max(1, round(cfg.chunk_ms / 1000 * info["frame_rate"])) * hop   # whole frames per chunk
+    context = round(cfg.context_ms / 1000 * info["frame_rate"]) * hop
+    n_frames = len(backing_audio) // hop
+    sampler = StreamingSampler(model, n_frames, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                               seed=cfg.seed)
+    ctx_frames = context // hop
+    solo_frames, audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
+
+    def decode_new(frames, done):
+        """Audio of frames[done:], decoded together with up to ctx_frames earlier frames."""
+        lo = max(0, done - ctx_frames)
+        audio = data.decode_codes(codec, torch.stack(frames[lo:], dim=-1)[0].numpy())   # [(n - lo) * hop]
+        return audio[(done - lo) * hop:]
+    for start in tqdm(range(0, n_frames * hop, chunk), desc="stream", unit="chunk"):
+        arrived = time.perf_counter()  # the chunk's last sample has just arrived
+        end = min(start + chunk, n_frames * hop)
+        t0 = time.perf_counter()
+        codes = data.encode_audio(codec, backing_audio[max(0, start - context):end])      # [K, F]
+        new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64))       # [K, n]
+        codec_ms.append((time.perf_counter() - t0) * 1e3)
+        for f in range(new.size(-1)):
+            t1 = time.perf_counter()
+            done = sampler.push(new[None, :, f])
+            frame_ms.append((time.perf_counter() - t1) * 1e3)
+            if done is not None:
+                solo_frames.append(done)
+        if len(solo_frames) > decoded:  # decode what is complete, with past frames as context
+            t2 = time.perf_counter()
+            audio_out.append(decode_new(solo_frames, decoded))
+            codec_ms[-1] += (time.perf_counter() - t2) * 1e3
+            decoded = len(solo_frames)
+            delay_ms.append((time.perf_counter() - arrived) * 1e3)
+    solo_frames.extend(sampler.finish().unbind(-1))  # the backing has ended: the last K - 1 frames
+    audio_out.append(decode_new(solo_frames, decoded))
+    solo = torch.stack(solo_frames, dim=-1)                                            # [1, K, T]
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
+    pattern_ms = (K - 1) * 1e3 / info["frame_rate"]
+    report = {"transformer_frame_ms": {"median": pct(frame_ms, 50), "p99": pct(frame_ms, 99)},
+              "codec_chunk_ms": {"median": pct(codec_ms, 50), "p99": pct(codec_ms, 99)},
+              "compute_delay_ms": {"median": pct(delay_ms, 50), "p99": pct(delay_ms, 99)},
+              "chunk_ms": chunk / rate * 1e3, "delay_pattern_ms": pattern_ms,
+              "end_to_end_delay_ms": {"median": chunk / rate * 1e3 + pattern_ms + pct(delay_ms, 50),
+                                      "p99": chunk / rate * 1e3 + pattern_ms + pct(delay_ms, 99)},
+              "frame_budget_ms": 1e3 / info["frame_rate"]}
+    return solo, np.concatenate(audio_out), report
+
+
+def main(cfg):
+    """Generate and write everything; returns the path of generation.json."""
+    out = Path(cfg.out)
+    names = ["solo.wav", "mix.wav", "backing.wav", "solo.png", "generation.json"]
+    if cfg.num_samples > 1:
+        names += [f"{k}_{i}.wav" for i in range(cfg.num_samples) for k in ("solo", "mix")]
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not cfg.overwrite:
+        raise SystemExit(f"{out} already holds {', '.join(clash)}; pass --overwrite or choose another --out")
+    device = data.pick_device(cfg.device)
+    folder = fetch_checkpoint(cfg.checkpoint)
+    model, config = load_model(folder, device)
+    codec, info = load_codec_for(config, folder, cfg.encodec_weights, device)
+    codes, backing_audio, source = backing_tokens(cfg, config, codec, info, device)
+    print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {codes.shape[1] / info['frame_rate']:.1f} s")
+    if config["data"]["codec"]["untrained"]:
+        print("NOTE: this model uses the UNTRAINED codec: the audio will be noise (docs/troubleshooting.md)")
+    t0 = time.perf_counter()
+    report = None
+    if cfg.stream:
+        if not model.cfg.causal_encoder:
+            raise SystemExit(f"--stream needs a causal model: {folder} was trained without --causal-encoder")
+        solo, streamed_audio, report = stream(model, codec, backing_audio[:codes.shape[1] * info["hop"]], cfg, info)
+    else:
+        backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)  # [B, K, T]
+        W = model.cfg.max_frames
+        stride = round(cfg.stride_s * info["frame_rate"]) or W // 2
+        windows = 1 + max(0, -(-(codes.shape[1] - W) // max(1, min(stride, W))))
+        total_steps = windows * (min(W, codes.shape[1]) + info["n_codebooks"] - 1)
+        with tqdm(total=total_steps, desc="generate", unit="step") as bar:
+            solo = windowed_generate(model, backing, cfg, info["frame_rate"], lambda: bar.update(1))
+    token_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
+    solos = [streamed_audio] if cfg.stream else [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
+    decode_s = time.perf_counter() - t1
+    seconds = codes.shape[1] / info["frame_rate"]
+    rate = info["sample_rate"]
+    write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
+    for i, s in enumerate(solos):
+        mix, level = mix_audio(backing_audio, s)
+        suffix = f"_{i}" if cfg.num_samples > 1 else ""
+        write_audio(out / f"solo{suffix}.wav", level, rate)
+        write_audio(out / f"mix{suffix}.wav", mix, rate)
+        if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
+            write_audio(out / "solo.wav", level, rate)
+            write_audio(out / "mix.wav", mix, rate)
+    plot(out / "solo.png", backing_audio[:len(solos[0])], mix_audio(backing_audio, solos[0])[1],
+         solo[0].cpu().numpy(), rate, info["frame_rate"])
+    result = {"settings": asdict(cfg), "checkpoint": str(folder), "step": config["step"], "backing": source,
+              "seconds": seconds, "codec": info,
+              "timings": {"tokens_s": token_s, "decode_s": decode_s,
+                          "tokens_realtime_factor": seconds * cfg.num_samples / token_s,
+                          "total_realtime_factor": seconds * cfg.num_samples / (token_s + decode_s)},
+              "solo_tokens": [token_stats(s.cpu().numpy(), info["card"]) for s in solo],
+              "backing_tokens": token_stats(codes, info["card"]), "streaming": report}
+    write_json(out / "generation.json", result)
+    print(f"wrote {out}/solo.wav, mix.wav, backing.wav, solo.png, generation.json: {seconds:.1f} s of audio; "
+          f"tokens {result['timings']['tokens_realtime_factor']:.1f}x real time, "
+          f"with decoding {result['timings']['total_realtime_factor']:.1f}x")
+    if report:
+        print("streaming: transformer per frame median {median:.2f} ms, p99 {p99:.2f} ms".format(
+            **report["transformer_frame_ms"]) + f" (budget {report['frame_budget_ms']:.1f} ms); codec per chunk "
+              f"median {report['codec_chunk_ms']['median']:.1f} ms; end-to-end delay median "
+              f"{report['end_to_end_delay_ms']['median']:.0f} ms")
+    return out / "generation.json"
+
+
+if __name__ == "__main__":
+    main(parse_settings(GenerateConfig, description=__doc__.split("\n\n")[0]))
+    sys.exit(0)

@@ -1,0 +1,108 @@
+"""generate.py: end to end, determinism, windows, guidance, streaming, bad input."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import generate as G
+from data import CODEC_RATE, render_demo_song
+from model import ModelConfig, SoloTransformer
+
+
+def run(checkpoint, out, **kw):
+    cfg = G.GenerateConfig(checkpoint=str(checkpoint), out=str(out), device="cpu", **kw)
+    return json.loads(G.main(cfg).read_text())
+
+
+def test_end_to_end_from_validation_clip(trained, tmp_path):
+    out, _ = trained
+    result = run(out / "best", tmp_path / "s", duration=2.0)
+    for name in ("solo.wav", "mix.wav", "backing.wav"):
+        audio, rate = sf.read(tmp_path / "s" / name)
+        assert rate == CODEC_RATE and len(audio) == 2 * CODEC_RATE, f"{name}: {len(audio)} samples at {rate} Hz"
+        assert np.abs(audio).max() <= 0.98 + 1e-4, f"{name} clips"
+    assert (tmp_path / "s" / "solo.png").stat().st_size > 10_000, "the picture is missing or empty"
+    stats = result["solo_tokens"][0]
+    assert len(stats) == 4 and all(s["distinct"] > 1 for s in stats), f"token statistics {stats}"
+    assert result["timings"]["tokens_realtime_factor"] > 0
+
+
+def test_seed_makes_it_deterministic(trained, tmp_path):
+    out, _ = trained
+    a = sf.read(tmp_path / "a" / "solo.wav")[0] if run(out / "best", tmp_path / "a", duration=1.5, seed=3) else None
+    b = sf.read(tmp_path / "b" / "solo.wav")[0] if run(out / "best", tmp_path / "b", duration=1.5, seed=3) else None
+    c = sf.read(tmp_path / "c" / "solo.wav")[0] if run(out / "best", tmp_path / "c", duration=1.5, seed=4) else None
+    assert np.array_equal(a, b), "same seed, different solo"
+    assert not np.array_equal(a, c), "different seeds gave the same solo"
+
+
+def test_windows_join_over_their_overlap():
+    torch.manual_seed(0)
+    model = SoloTransformer(ModelConfig(card=32, d_model=32, n_heads=4, d_ff=64, max_frames=20)).eval()
+    backing = torch.randint(0, 32, (2, 4, 53))
+    cfg = G.GenerateConfig(stride_s=8 / 75, seed=5, top_k=0)
+    solo = G.windowed_generate(model, backing, cfg, 75.0, progress=None)
+    assert solo.shape == (2, 4, 53) and solo.max() < 32, f"solo {tuple(solo.shape)}"
+    # Window 2 starts at frame 8 and was prompted with frames 8..19 of window 1: running it
+    # again by hand must give back exactly the frames the loop kept.
+    from model import generate
+    again = generate(model, backing[..., 8:28], seed=6, prompt=solo[..., 8:20], top_k=0)
+    assert torch.equal(again, solo[..., 8:28]), "window 2 does not continue window 1 consistently"
+
+
+def test_guidance_path(trained, tmp_path):
+    out, _ = trained
+    plain = run(out / "best", tmp_path / "p", duration=1.0, temperature=0.0)
+    one = run(out / "best", tmp_path / "one", duration=1.0, temperature=0.0, cfg_coef=1.0)
+    three = run(out / "best", tmp_path / "three", duration=1.0, temperature=0.0, cfg_coef=3.0)
+    assert plain["solo_tokens"] == one["solo_tokens"], "cfg_coef 1 must equal plain sampling"
+    assert np.array_equal(sf.read(tmp_path / "p" / "solo.wav")[0], sf.read(tmp_path / "one" / "solo.wav")[0])
+    assert three["settings"]["cfg_coef"] == 3.0
+
+
+def test_backing_file_and_bad_inputs(trained, tmp_path):
+    out, _ = trained
+    backing, _, _ = render_demo_song(2, 3.0, seed=0)
+    sf.write(tmp_path / "trio.wav", backing, CODEC_RATE)
+    result = run(out / "best", tmp_path / "f", backing=str(tmp_path / "trio.wav"))
+    assert abs(result["seconds"] - 3.0) < 0.02 and len(sf.read(tmp_path / "f" / "solo.wav")[0]) == 3 * CODEC_RATE
+    with pytest.raises(SystemExit, match="already holds"):
+        run(out / "best", tmp_path / "f", backing=str(tmp_path / "trio.wav"))
+    (tmp_path / "junk.wav").write_text("not audio")
+    with pytest.raises(SystemExit, match=r"junk\.wav: cannot decode"):
+        run(out / "best", tmp_path / "g", backing=str(tmp_path / "junk.wav"))
+    sf.write(tmp_path / "short.wav", backing[:CODEC_RATE // 2], CODEC_RATE)
+    with pytest.raises(SystemExit, match=r"short\.wav: 0\.50 s long; give at least 1 s"):
+        run(out / "best", tmp_path / "h", backing=str(tmp_path / "short.wav"))
+    bad = tmp_path / "bad_ckpt"
+    bad.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (bad / name).write_bytes((out / "best" / name).read_bytes())
+    config = json.loads((bad / "config.json").read_text())
+    config["data"]["dir"] = str(out.parent / "missing")  # its codec must then come from the folder
+    (bad / "codec.safetensors").write_bytes((trained_data_dir(out) / "codec.safetensors").read_bytes())
+    config["model"]["card"] = 2048
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="card is 1024 in the codec but 2048 in the model"):
+        G.load_codec_for(config, bad, "", "cpu")
+
+
+def trained_data_dir(run_dir):
+    return __import__("pathlib").Path(json.loads((run_dir / "best" / "config.json").read_text())["data"]["dir"])
+
+
+def test_streaming_generation(trained_causal, tmp_path):
+    result = run(trained_causal / "best", tmp_path / "st", duration=1.0, stream=True, chunk_ms=40)
+    report = result["streaming"]
+    assert report["transformer_frame_ms"]["p99"] > 0 and report["codec_chunk_ms"]["median"] > 0, report
+    assert report["end_to_end_delay_ms"]["median"] >= report["chunk_ms"] + report["delay_pattern_ms"]
+    audio, rate = sf.read(tmp_path / "st" / "solo.wav")
+    assert rate == CODEC_RATE and len(audio) == CODEC_RATE, f"streamed solo {len(audio)} samples"
+
+
+def test_stream_needs_a_causal_model(trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(SystemExit, match="needs a causal model"):
+        run(out / "best", tmp_path / "x", duration=1.0, stream=True)

@@ -1,0 +1,199 @@
+"""train.py: learning, exact resume, precision policy, checkpoints, the Hub, an end-to-end smoke run."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, quick_train_config
+
+import train as T
+from model import ModelConfig, SoloTransformer
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = SoloTransformer(ModelConfig(card=64, d_model=64, n_heads=4, d_ff=128, max_frames=24))
+    backing = torch.randint(0, 64, (4, 4, 24))
+    solo = torch.randint(0, 64, (4, 4, 24))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss, _ = model.loss(backing, solo)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.5 and loss.item() < 0.5, f"loss went from {first:.2f} to {loss.item():.2f}; expected below 0.5"
+
+
+def _losses(metrics_file):
+    return {r["step"]: r["loss"] for r in map(json.loads, metrics_file.read_text().splitlines()) if "loss" in r}
+
+
+def test_resume_after_kill_is_exact(demo_dataset, tmp_path):
+    """Three real processes with the same settings: one straight through 12 steps, one
+    killed with SIGKILL after step 6, then resumed from its last checkpoint (step 4 or 8)."""
+    def cmd(out, *extra):
+        return [sys.executable, "train.py", "--data", str(demo_dataset[0]), "--out", str(out), "--window-s", "1",
+                "--batch-size", "4", "--target-batch", "8", "--warmup-steps", "2", "--eval-windows", "8",
+                "--device", "cpu", "--max-steps", "12", "--save-every", "4", "--eval-every", "6", *extra]
+    # One thread in every process: the same arithmetic, in the same order, in all three.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run(cmd(tmp_path / "straight"), cwd=ROOT, env=env, check=True, capture_output=True)
+    straight = _losses(tmp_path / "straight" / "metrics.jsonl")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and max(_losses(metrics), default=0) >= 6:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(out / "metrics.jsonl"))
+    assert 6 <= killed_at < 12, f"the kill should land mid-run, not at step {killed_at}"
+    subprocess.run(cmd(out, "--resume"), cwd=ROOT, env=env, check=True, capture_output=True)
+    resumed = _losses(out / "metrics.jsonl")
+    assert sorted(resumed) == list(range(1, 13)), f"steps logged after resume: {sorted(resumed)}"
+    for step in range(1, 13):
+        assert resumed[step] == straight[step], f"step {step}: {resumed[step]} after resume, {straight[step]} straight"
+
+
+def test_mismatched_backing_comes_from_other_songs():
+    backing = torch.arange(5).view(5, 1, 1)
+    rolled = T.mismatched_backing(backing, ["a", "a", "b", "b", "c"], spare=None)
+    picked = [int(x) for x in rolled.flatten()]
+    assert all(["a", "a", "b", "b", "c"][j] != s for j, s in zip(picked, ["a", "a", "b", "b", "c"])), picked
+    spare = torch.full((2, 1, 1), 9)
+    assert (T.mismatched_backing(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
+
+
+def test_bf16_autocast_runs_on_cpu(demo_dataset, tmp_path):
+    summary = T.train(quick_train_config(demo_dataset[0], tmp_path, dtype="bf16", max_steps=3))
+    assert math.isfinite(summary["val_ce"]), f"bf16 validation loss {summary['val_ce']}"
+
+
+@pytest.mark.parametrize("requested,device,cap,want", [
+    ("auto", "cuda", (7, 5), (torch.float16, True)),    # T4: fp16 + GradScaler
+    ("auto", "cuda", (8, 0), (torch.bfloat16, False)),  # A100: bf16, no scaler
+    ("auto", "cpu", None, (None, False)),
+    ("bf16", "cpu", None, (torch.bfloat16, False)),
+    ("fp32", "cuda", (9, 0), (None, False)),
+])
+def test_precision_policy(requested, device, cap, want):
+    assert T.choose_precision(requested, device, cap) == want, f"{requested} on {device} {cap}"
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        T.choose_precision("fp16", "cpu")
+
+
+def test_grad_scaler_skips_and_counts_non_finite_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # the same logic CUDA's fp16 path runs
+    before = model.weight.detach().clone()
+    scaler.scale(model(torch.full((2, 4), float("inf"))).sum()).backward()
+    _, skipped = T.scaled_step(model, opt, scaler, grad_clip=1.0)
+    assert skipped and torch.equal(model.weight, before), "an inf gradient must skip the step"
+    opt.zero_grad()
+    scaler.scale(model(torch.ones(2, 4)).sum()).backward()
+    _, skipped = T.scaled_step(model, opt, scaler, grad_clip=1.0)
+    assert not skipped and not torch.equal(model.weight, before), "a finite gradient must update the weights"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_training_step_on_cuda(demo_dataset, tmp_path):
+    summary = T.train(quick_train_config(demo_dataset[0], tmp_path, dtype="fp16", device="cuda", max_steps=3))
+    assert math.isfinite(summary["val_ce"])
+
+
+def test_non_finite_loss_stops_with_a_message(demo_dataset, tmp_path, monkeypatch):
+    def nan_loss(self, backing, solo, cond_drop=None):
+        p = next(self.parameters())
+        return p.sum() * float("nan"), torch.zeros(4)
+    monkeypatch.setattr(SoloTransformer, "loss", nan_loss)
+    with pytest.raises(SystemExit, match=r"step 0: the loss is nan.*learning rate"):
+        T.train(quick_train_config(demo_dataset[0], tmp_path, max_steps=3))
+
+
+def test_checkpoint_is_safetensors_and_weights_only(trained):
+    out, _ = trained
+    from safetensors.torch import load_file
+    weights = load_file(str(out / "best" / "model.safetensors"))
+    assert not any(k.startswith("_orig_mod.") for k in weights), "compiled-model keys leaked into the checkpoint"
+    state = torch.load(out / "latest" / "state.pt", weights_only=True)
+    assert state["step"] == 6 and "optimizer" in state and "rng_data" in state, f"state keys {list(state)}"
+    model, config = T.load_model(out / "best")
+    assert config["model"]["card"] == 1024 and model.cfg.n_codebooks == 4
+    assert not list(out.glob(".*.tmp")) and not list(out.glob(".*.old")), "temporary checkpoint folders left behind"
+
+
+def test_smoke_end_to_end(trained):
+    out, summary = trained
+    for name in ("metrics.jsonl", "loss.png", "summary.json", "settings.json", "best/config.json", "latest/state.pt"):
+        assert (out / name).exists(), f"{name} missing from the run folder"
+    assert summary["steps"] == 6 and math.isfinite(summary["val_ce"]), summary
+    assert {"ce_q1", "ce_q4", "val_ppl", "cond_gain", "unigram_baseline"} <= set(summary), f"summary keys {summary}"
+    assert abs(summary["val_ppl"] - math.exp(summary["val_ce"])) < 1e-3 * summary["val_ppl"]
+
+
+def test_exported_folder_gives_identical_logits(trained):
+    out, _ = trained
+    from safetensors.torch import load_file
+    model, config = T.load_model(out / "best")
+    fresh = SoloTransformer(model.cfg)
+    fresh.load_state_dict(load_file(str(out / "best" / "model.safetensors")))
+    fresh.eval()
+    backing, dec_in = torch.randint(0, 1024, (1, 4, 20)), torch.randint(0, 1025, (1, 4, 23))
+    assert torch.equal(model(backing, dec_in), fresh(backing, dec_in)), "reloaded weights give other logits"
+
+
+def test_model_card_is_valid(trained):
+    from huggingface_hub import ModelCard
+    out, _ = trained
+    config = json.loads((out / "best" / "config.json").read_text())
+    card = ModelCard(T.model_card(config, "someone/jazz-sax-tiny"))
+    assert card.data.license == "mit" and "jazz" in card.data.tags, card.data
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert abs(results["val_ce"] - config["metrics"]["val_ce"]) < 1e-3, f"card metrics {results}"
+    assert "python generate.py --checkpoint someone/jazz-sax-tiny" in card.text
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.HfApi at the boundary: records what would be sent."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+
+    def upload_folder(self, **kw):
+        self.calls.append(("upload_folder", kw["repo_id"], kw))
+
+    def upload_file(self, **kw):
+        self.calls.append(("upload_file", kw["repo_id"], kw))
+
+
+def test_push_to_hub_up_to_the_client(trained, monkeypatch, capsys):
+    out, _ = trained
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    hub = FakeHub()
+    T.push_to_hub(out / "best", "someone/jazz-sax-tiny", private=True, api=hub)
+    kinds = [c[0] for c in hub.calls]
+    assert kinds[:2] == ["create_repo", "upload_folder"], kinds
+    assert hub.calls[0][2]["private"] is True and hub.calls[0][2]["exist_ok"] is True
+    folder = hub.calls[1][2]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(folder["allow_patterns"]), folder
+    assert (out / "best" / "README.md").exists(), "the model card must be written into the folder"
+    assert "upload_file" in kinds, "an untrained-codec model must ship its codebooks (codec.safetensors)"
+    assert "hf_secret_token_value" not in capsys.readouterr().out, "the token must never be printed"
