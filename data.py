@@ -84,7 +84,11 @@ class DataConfig:
 
 
 def parse_settings(cls, argv=None, description=None):
-    """argparse from a settings dataclass: every field becomes --field-name with its help."""
+    """argparse from a settings dataclass: every field becomes --field-name with its help.
+
+    One source of truth: the dataclass is what the code reads, what --help prints and
+    what is stored as JSON next to every output. train.py and generate.py use it too.
+    """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in fields(cls):
@@ -113,6 +117,8 @@ def pick_device(name):
 # ----------------------------------------------------------------------------
 
 def atomic_write(path, write_fn, mode="wb"):
+    """Write a file through write_fn(f), atomically. fsync before the rename: otherwise
+    a power cut can leave the new name pointing at data the disk never received."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -142,7 +148,7 @@ class SkipSong(Exception):
 def load_audio(path):
     """Any audio file -> (float32 [channels, samples], rate). soundfile first, then ffmpeg."""
     path = Path(path)
-    if path.stat().st_size == 0:
+    if path.stat().st_size == 0:  # said plainly, rather than as a decoder's puzzling error
         raise SkipSong("empty file (0 bytes)")
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
@@ -167,7 +173,11 @@ def resample(audio, rate_from, rate_to):
 
 
 def channels(audio, n):
-    """[C, samples] -> [n, samples]: average to mono, or repeat mono to stereo."""
+    """[C, samples] -> [n, samples]: average to mono, or repeat mono to stereo.
+
+    Demucs wants stereo (it was trained on it); EnCodec 24 kHz is mono. Averaging the
+    channels keeps centre-panned instruments at full level and halves hard-panned ones.
+    """
     mono = audio.mean(axis=0, keepdims=True)
     return mono if n == 1 else (audio if audio.shape[0] == n else np.repeat(mono, n, axis=0))
 
@@ -199,7 +209,13 @@ def midi_hz(m):
 
 
 def add_tone(buf, start_s, dur_s, hz, amp, harmonics, decay, rate, vibrato=0.0, attack=0.005):
-    """Add one additive-synthesis note to buf (in place)."""
+    """Add one additive-synthesis note to buf (in place).
+
+    harmonics: (multiple of hz, amplitude) pairs, which set the timbre: 1/h amplitudes
+    give the bright, buzzy spectrum of a reed, a few low ones a round bass. The
+    envelope rises over `attack`, decays exponentially, and fades out over the last
+    20 ms so that no note ends with a click. vibrato: depth of a 5.5 Hz pitch wobble.
+    """
     i0, n = int(start_s * rate), int(dur_s * rate)
     n = min(n, len(buf) - i0)
     if n <= 0:
@@ -212,6 +228,7 @@ def add_tone(buf, start_s, dur_s, hz, amp, harmonics, decay, rate, vibrato=0.0, 
 
 
 def add_noise_hit(buf, start_s, dur_s, amp, decay, rate, rng, bright=True):
+    """Add a decaying noise burst (a cymbal or hi-hat stroke) to buf (in place)."""
     i0, n = int(start_s * rate), min(int(dur_s * rate), len(buf) - int(start_s * rate))
     if n <= 0:
         return
@@ -222,7 +239,12 @@ def add_noise_hit(buf, start_s, dur_s, amp, decay, rate, rng, bright=True):
 
 
 def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
-    """One deterministic demo song -> (backing [N], solo [N], truth dict)."""
+    """One deterministic demo song -> (backing [N], solo [N], truth dict).
+
+    Rendered straight at 24 kHz mono, the codec's format, as two stems: the band
+    (bass + piano + drums) and the lead. Song `index` of seed `seed` is always the
+    same song, on any machine: all randomness comes from one numpy generator.
+    """
     rng = np.random.default_rng([seed, index])
     key = int(rng.integers(12))
     form_name = list(FORMS)[int(rng.integers(len(FORMS)))]
@@ -310,7 +332,11 @@ OFFLINE_HELP = ("Three ways out: (1) run once on a machine with internet so the 
 
 
 def load_separator(name, repo=""):
-    """A Demucs model by name, from the Hugging Face Hub / the legacy URL, or a local folder."""
+    """A Demucs model by name, from the Hugging Face Hub / the legacy URL, or a local folder.
+
+    htdemucs_6s is the only released Demucs with piano and guitar stems, which is what
+    lets the backing keep the piano and the solo keep (mostly) the horn.
+    """
     from demucs.pretrained import get_model
     try:
         model = get_model(name, repo=Path(repo) if repo else None)
@@ -355,7 +381,11 @@ def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=
 
 
 def sdr_db(reference, estimate):
-    """Signal-to-distortion ratio in dB (the plain definition, no scale invariance)."""
+    """Signal-to-distortion ratio in dB (the plain definition, no scale invariance).
+
+    10 log10(|s|^2 / |s - s_hat|^2): 0 dB means the error is as loud as the signal;
+    each +10 dB divides the error's energy by 10.
+    """
     n = min(len(reference), len(estimate))
     err = reference[:n] - estimate[:n]
     return float(10 * np.log10((np.sum(reference[:n] ** 2) + 1e-12) / (np.sum(err ** 2) + 1e-12)))
@@ -446,7 +476,11 @@ class CodecUnavailable(SystemExit):
 
 
 def load_codec(weights, bandwidth, device):
-    """EnCodec 24 kHz: weights 'pretrained' (torch hub cache), a local .th path, or 'untrained'."""
+    """EnCodec 24 kHz: weights 'pretrained' (torch hub cache), a local .th path, or 'untrained'.
+
+    A local file is read with torch.load(weights_only=True): tensors only, no code
+    can run. (encodec's own loader unpickles freely; it is not used here.)
+    """
     from encodec import EncodecModel
     warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated")  # encodec 0.1.1's own, harmless
     if weights == "untrained":
@@ -470,6 +504,7 @@ def load_codec(weights, bandwidth, device):
 
 
 def codec_info(codec, weights):
+    """The codec's numbers, as stored in meta.json: model.py reads K, card, frame_rate here."""
     K = codec.quantizer.get_num_quantizers_for_bandwidth(codec.frame_rate, codec.bandwidth)
     return {"name": "encodec_24khz", "weights": weights, "bandwidth_kbps": codec.bandwidth,
             "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate, "hop": codec.sample_rate // codec.frame_rate,
@@ -499,7 +534,13 @@ def fill_untrained_codebooks(codec, audio, seed):
 
 @torch.no_grad()
 def encode_audio(codec, audio, chunk_s=30.0):
-    """24 kHz mono [N] -> codes int16 [K, ceil(N / hop)], in chunks so memory stays bounded."""
+    """24 kHz mono [N] -> codes int16 [K, ceil(N / hop)], in chunks so memory stays bounded.
+
+    Each chunk is a whole number of frames, so the chunks' codes join into exactly
+    the frames a whole-file encode would number. The encoder's state does not cross
+    a chunk boundary: a frame right after one may differ slightly from a whole-file
+    encode, a price paid once every 30 s.
+    """
     hop = codec.sample_rate // codec.frame_rate
     chunk = int(chunk_s * codec.frame_rate) * hop  # a whole number of frames per chunk
     device = next(codec.parameters()).device
@@ -568,7 +609,10 @@ def load_dataset_codec(data_dir, info, device, weights=None):
 # ----------------------------------------------------------------------------
 
 def song_stems(source, cfg, separator, device):
-    """A source -> (backing, solo) at 24 kHz mono and what is known about the song."""
+    """A source -> (backing, solo) at 24 kHz mono and what is known about the song.
+
+    The cheap checks (length, silence) come before separation, the expensive step.
+    """
     if source["kind"] == "demo":
         backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed)
         info = {"truth": truth}
@@ -589,7 +633,12 @@ def song_stems(source, cfg, separator, device):
 
 
 def process_song(source, cfg, codec, info, separator, device, cache_dir, settings_key):
-    """Separate, augment, select and tokenize one song; cached by content and settings."""
+    """Separate, augment, select and tokenize one song; cached by content and settings.
+
+    The cache key hashes the file's bytes (a renamed file is not redone, an edited one
+    is) and every setting that changes the result, including the codec's codebooks.
+    Variant 0 is the song as recorded; variants 1.. are its augmented copies.
+    """
     # The split is part of the key: augmented copies are made for training songs only.
     key = hashlib.sha256((source["fingerprint"] + source["split"] + settings_key).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
@@ -604,6 +653,7 @@ def process_song(source, cfg, codec, info, separator, device, cache_dir, setting
     record = {"id": source["id"], "source": source["name"], "split": source["split"],
               "duration_s": round(len(solo) / CODEC_RATE, 3), **extra, "variants": []}
     for v, (semitones, tempo) in enumerate(variants):
+        # The same transformation on both stems: they stay aligned frame for frame.
         b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, CODEC_RATE, semitones, tempo),
                                                pitch_tempo(solo, CODEC_RATE, semitones, tempo))
         sections = select_sections(frame_rms_db(s, info["hop"]), info["frame_rate"], cfg.rms_rel_db,
@@ -614,6 +664,8 @@ def process_song(source, cfg, codec, info, separator, device, cache_dir, setting
                                f"for {cfg.min_section_s} s; see --rms-rel-db / --rms-abs-db)")
             continue
         codes_file = cache_dir / f"{key}_{v}.npz"
+        # The whole song is tokenized, then cut: tokens at a section's edge were made
+        # with the audio around them, as at generation time.
         bk, sk = encode_audio(codec, b), encode_audio(codec, s)  # [K, F] each
         atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk))
         kept = sum(e - st for st, e in sections)
@@ -671,7 +723,11 @@ def download_urls(urls, folder):
 
 
 def assign_splits(sources, cfg):
-    """Split by song, never by window, so no song is heard on both sides."""
+    """Split by song, never by window, so no song is heard on both sides.
+
+    Windows of one song share its tune, key and sound: with windows split at random,
+    validation would reward memorising songs, and look better than the model is.
+    """
     order = np.random.default_rng(cfg.seed).permutation(len(sources))
     n = len(sources)
     n_val = max(1, round(cfg.val_fraction * n)) if n >= 2 else 0
@@ -681,7 +737,12 @@ def assign_splits(sources, cfg):
 
 
 def write_split_arrays(out, split, records, cache_dir):
-    """Concatenate the kept sections of a split into backing / solo arrays [K, N] (int16)."""
+    """Concatenate the kept sections of a split into backing / solo arrays [K, N] (int16).
+
+    One flat array per stem and split, plus a list of segments (where each section
+    starts and how long it is): train.py memory-maps the arrays and reads only the
+    windows it draws, so a dataset larger than memory trains just as well.
+    """
     backs, solos, segments, offset = [], [], [], 0
     for rec in records:
         for v, var in enumerate(rec["variants"]):
@@ -735,6 +796,8 @@ def build_dataset(cfg):
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "input_dir", "urls", "device", "demo_songs")}
     settings_key = json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
 
+    # A bad file costs its own song only: it is skipped, with its reason shown now and
+    # kept in meta.json, and the loop goes on.
     records, skipped = [], []
     bar = tqdm(sources, desc="songs", unit="song")
     for src in bar:

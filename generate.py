@@ -61,7 +61,11 @@ class GenerateConfig:
 
 
 def fetch_checkpoint(name):
-    """A local checkpoint folder, or a Hub repo id downloaded to the local cache."""
+    """A local checkpoint folder, or a Hub repo id downloaded to the local cache.
+
+    A local path wins: a folder named like "runs/tiny" has one slash too, and must not
+    be sent to the Hub. Only the files a checkpoint needs are downloaded.
+    """
     if Path(name).exists() or Path(name).with_name(f".{Path(name).name}.old").exists():
         return Path(name)
     if name.count("/") == 1 and not name.startswith((".", "/")):
@@ -75,7 +79,14 @@ def fetch_checkpoint(name):
 
 
 def load_codec_for(config, folder, weights, device):
-    """The codec the checkpoint's dataset was tokenized with, checked against the model."""
+    """The codec the checkpoint's dataset was tokenized with, checked against the model.
+
+    Tokens mean something only for the codec that made them: a model trained on one
+    codebook set and decoded with another plays noise without any error. So the
+    numbers the model was built for (K, card, frame rate) are compared with the codec's
+    before anything runs. An untrained codec's codebooks travel with the checkpoint
+    (codec.safetensors, from a Hub download) or stay in its dataset folder.
+    """
     info = config["data"]["codec"]
     if info["untrained"]:
         homes = [Path(folder), Path(config["data"]["dir"])]
@@ -93,7 +104,12 @@ def load_codec_for(config, folder, weights, device):
 
 
 def backing_tokens(cfg, config, codec, info, device):
-    """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came from)."""
+    """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came from).
+
+    From a file: read, checked, optionally separated, tokenized exactly as data.py
+    tokenized the training data. From the dataset: the validation clip's codes, and
+    their decoded audio as the backing to mix with (what the model "heard").
+    """
     if cfg.backing:
         path = Path(cfg.backing)
         if not path.is_file():
@@ -133,6 +149,10 @@ def windowed_generate(model, backing, cfg, frame_rate, progress):
     by the previous window: they are given as a prompt (forced, not sampled), and only
     the last stride frames are new. Memory is that of one window, whatever T is.
     """
+    # The model never saw a sequence longer than W frames in training: its attention
+    # patterns past W are untested. So each call sees at most W frames. The overlap
+    # (W - stride frames) is what carries the solo's line from one window to the next:
+    # a longer overlap gives smoother joins, a shorter one fewer wasted steps.
     W, T = model.cfg.max_frames, backing.size(-1)
     stride = round(cfg.stride_s * frame_rate) or W // 2
     stride = max(1, min(stride, W))
@@ -142,6 +162,8 @@ def windowed_generate(model, backing, cfg, frame_rate, progress):
     while solo.size(-1) < T:
         end = min(start + W, T)
         prompt = solo[..., start:]                                                        # [B, K, W - stride]
+        # A new seed per window: with the same seed, window w would redraw the random
+        # numbers of window 0 and could echo its phrases.
         part = generate(model, backing[..., start:end], seed=cfg.seed + w, prompt=prompt, progress=progress, **opts)
         solo = torch.cat([solo, part[..., prompt.size(-1):]], dim=-1)
         start, w = start + stride, w + 1
@@ -149,7 +171,12 @@ def windowed_generate(model, backing, cfg, frame_rate, progress):
 
 
 def mix_audio(backing, solo):
-    """Level-match the solo to the backing (equal RMS), add, and scale down only if it would clip."""
+    """Level-match the solo to the backing (equal RMS), add, and scale down only if it would clip.
+
+    The codec does not keep loudness exactly, and a model's solo may come out much
+    quieter or louder than the band; equal RMS is a neutral starting point for
+    listening. Scaling the sum down (never clipping it) keeps the waveform intact.
+    """
     n = min(len(backing), len(solo))
     b, s = backing[:n], solo[:n]
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)) + 1e-9)  # noqa: E731
@@ -160,7 +187,11 @@ def mix_audio(backing, solo):
 
 
 def token_stats(codes, card):
-    """Distinct codes and entropy (nats) per codebook of codes [K, T]."""
+    """Distinct codes and entropy (nats) per codebook of codes [K, T].
+
+    A quick check without ears: a solo stuck on a few codes (entropy near 0) is a
+    drone or silence; one spread over all 1024 (entropy near log 1024 = 6.9) is noise.
+    """
     out = []
     for row in codes:
         p = np.bincount(row, minlength=card) / len(row)
@@ -197,6 +228,11 @@ def stream(model, codec, backing_audio, cfg, info):
     new frame (encoder step, then decoder step), and the solo frames the delay pattern
     has completed are decoded to audio, again with past frames as context.
     """
+    # Latency has three parts. (1) The chunk: audio must arrive before it is encoded,
+    # so a chunk of 80 ms adds up to 80 ms. (2) The delay pattern: codebook K-1 of frame
+    # t is written at step t + K - 1, so a frame's audio is complete K - 1 frames (40 ms
+    # at 75 Hz) after its backing. (3) Compute: codec encode, transformer, codec decode.
+    # The report gives all three; real time needs (3) below the chunk's duration.
     hop, rate, K = info["hop"], info["sample_rate"], info["n_codebooks"]
     chunk = max(1, round(cfg.chunk_ms / 1000 * info["frame_rate"])) * hop   # whole frames per chunk
     context = round(cfg.context_ms / 1000 * info["frame_rate"]) * hop
@@ -215,6 +251,9 @@ def stream(model, codec, backing_audio, cfg, info):
         arrived = time.perf_counter()  # the chunk's last sample has just arrived
         end = min(start + chunk, n_frames * hop)
         t0 = time.perf_counter()
+        # EnCodec 24 kHz is causal: a frame depends only on audio up to its end. Re-reading
+        # context_ms of the past gives its convolutions (and, approximately, its LSTM)
+        # the history a whole-file encode would have had; only the new frames are kept.
         codes = data.encode_audio(codec, backing_audio[max(0, start - context):end])      # [K, F]
         new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64))       # [K, n]
         codec_ms.append((time.perf_counter() - t0) * 1e3)
@@ -247,6 +286,7 @@ def stream(model, codec, backing_audio, cfg, info):
 
 def main(cfg):
     """Generate and write everything; returns the path of generation.json."""
+    # Refuse before any work: a student's favourite take is never overwritten by accident.
     out = Path(cfg.out)
     names = ["solo.wav", "mix.wav", "backing.wav", "solo.png", "generation.json"]
     if cfg.num_samples > 1:
@@ -269,6 +309,7 @@ def main(cfg):
             raise SystemExit(f"--stream needs a causal model: {folder} was trained without --causal-encoder")
         solo, streamed_audio, report = stream(model, codec, backing_audio[:codes.shape[1] * info["hop"]], cfg, info)
     else:
+        # Several samples for one backing run as one batch: the same cost per step as one.
         backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)  # [B, K, T]
         W = model.cfg.max_frames
         stride = round(cfg.stride_s * info["frame_rate"]) or W // 2
@@ -294,6 +335,7 @@ def main(cfg):
             write_audio(out / "mix.wav", mix, rate)
     plot(out / "solo.png", backing_audio[:len(solos[0])], mix_audio(backing_audio, solos[0])[1],
          solo[0].cpu().numpy(), rate, info["frame_rate"])
+    # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
     result = {"settings": asdict(cfg), "checkpoint": str(folder), "step": config["step"], "backing": source,
               "seconds": seconds, "codec": info,
               "timings": {"tokens_s": token_s, "decode_s": decode_s,

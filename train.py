@@ -36,7 +36,10 @@ from data import opt, parse_settings, write_json
 from model import ModelConfig, SoloTransformer, build_delay_pattern, codebook_cross_entropy, preset_config
 
 DEFAULT_DATA = "data/demo"
-DEFAULT_LR = {"tiny": 2e-3, "small": 6e-4, "base": 3e-4}  # bigger models want smaller steps
+# Bigger models want smaller steps: a wider layer sums more terms, so the same step
+# size moves its output further. These are the usual orders of magnitude for
+# transformers of these sizes trained with AdamW, not values tuned on this project.
+DEFAULT_LR = {"tiny": 2e-3, "small": 6e-4, "base": 3e-4}
 
 
 @dataclass
@@ -84,7 +87,10 @@ class TrainConfig:
 # Why not trust torch.cuda.is_bf16_supported(): it says True on a T4, where bf16 is emulated and slow.
 
 def choose_precision(requested, device_type, capability=None):
-    """-> (autocast dtype or None, use a GradScaler). capability: (major, minor) on CUDA."""
+    """-> (autocast dtype or None, use a GradScaler). capability: (major, minor) on CUDA.
+
+    A pure function of its arguments, so the table above is unit-tested on a CPU.
+    """
     if requested == "auto":
         requested = ("bf16" if capability[0] >= 8 else "fp16") if device_type == "cuda" else "fp32"
     if requested == "fp16" and device_type != "cuda":
@@ -93,7 +99,11 @@ def choose_precision(requested, device_type, capability=None):
 
 
 def scaled_step(model, optimizer, scaler, grad_clip):
-    """Unscale, clip, step. Returns (grad norm, whether the GradScaler skipped the step)."""
+    """Unscale, clip, step. Returns (grad norm, whether the GradScaler skipped the step).
+
+    With the scaler disabled (fp32, bf16) every call here is a plain pass-through, so
+    the training loop has one code path for all precisions.
+    """
     scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     scale_before = scaler.get_scale()
@@ -111,6 +121,9 @@ class Windows:
 
     Arrays stay memory-mapped: a window reads T frames from disk, not the dataset.
     A segment shorter than T is padded with the special token: the loss skips it.
+    Windows never cross a segment boundary: two sections of a song are not
+    contiguous in time, and a window across the cut would teach a jump that no
+    recording contains.
     """
 
     def __init__(self, data_dir, split, meta, T):
@@ -132,6 +145,10 @@ class Windows:
 
     def sample(self, batch, gen):
         """A random batch: (backing, solo) [B, K, T], drawn with the generator gen (saved in checkpoints)."""
+        # Segments are picked in proportion to their length, so every frame of the split
+        # is about equally likely to be seen, whatever way the solo was cut into sections.
+        # All randomness goes through `gen`, whose state the checkpoint keeps: that is what
+        # makes a resumed run draw exactly the batches the uninterrupted run would have.
         picks = torch.multinomial(self.weights, batch, replacement=True, generator=gen).tolist()
         pairs = []
         for i in picks:
@@ -142,7 +159,11 @@ class Windows:
 
     def fixed(self, limit):
         """Deterministic evaluation windows: each segment cut in consecutive windows.
-        Returns (backing, solo [N, K, T], song id of each window)."""
+        Returns (backing, solo [N, K, T], song id of each window).
+
+        The same windows at every evaluation, so two evaluations differ only because
+        the model changed, never because the sample did.
+        """
         pairs, songs = [], []
         for seg in self.segments:
             for start in range(0, seg["length"], self.T):
@@ -155,7 +176,12 @@ class Windows:
 
 def unigram_entropy(solo, card):
     """Entropy (nats) of each codebook's code frequencies in the training solo: [K].
-    The cross-entropy of a model that ignores all context; learning means going below it."""
+
+    The cross-entropy of a model that ignores all context and only knows how often
+    each code occurs. A trained model must go below it; one that sits at it has
+    learned the code frequencies and nothing else. (A uniform guess would score
+    log(card) = 6.93 nats for 1024 codes.)
+    """
     out = []
     for row in solo:
         p = np.bincount(np.asarray(row, dtype=np.int64), minlength=card) / max(len(row), 1)
@@ -185,11 +211,13 @@ def evaluate(model, backing, solo, other_backing, batch, device, autocast):
     card, K = model.cfg.card, model.cfg.n_codebooks
 
     def mean_ce(backings):
+        # Averaged over real positions, not over batches: padded windows hold fewer
+        # real codes, and a plain mean of batch means would give them too much weight.
         total, count = torch.zeros(K), torch.zeros(K)
         for i in range(0, len(solo), batch):
             b, s = backings[i:i + batch].to(device), solo[i:i + batch].to(device)
             target, _ = build_delay_pattern(s, card)                           # [B, K, S]
-            dec_in = torch.nn.functional.pad(target[..., :-1], (1, 0), value=card)
+            dec_in = torch.nn.functional.pad(target[..., :-1], (1, 0), value=card)  # [B, K, S], shifted right
             with autocast():
                 logits = model(b, dec_in)
             n = (target != card).sum(dim=(0, 2)).float().cpu()                 # real positions per codebook
@@ -212,6 +240,9 @@ def evaluate(model, backing, solo, other_backing, batch, device, autocast):
 def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extra):
     """config.json + model.safetensors + state.pt, atomically (a crash leaves the old folder)."""
     from safetensors.torch import save_file
+    # Three files must change together, and no file system renames three files at once.
+    # So the whole folder is written under a temporary name and swapped in with two
+    # renames; a crash between them leaves `.latest.old`, which resolve_checkpoint finds.
     folder = Path(folder)
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -222,6 +253,9 @@ def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extr
     write_json(tmp / "config.json", config)
     # The weights of the plain module: a compiled model's keys carry an "_orig_mod." prefix.
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    # Everything a resumed run needs to continue bit for bit: the optimizer's moments,
+    # the GradScaler's scale, and every random generator (dropout, data order).
+    # Only tensors, numbers and strings: loadable with torch.load(weights_only=True).
     state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
              "rng_torch": torch.get_rng_state(), "rng_data": gen.get_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -339,7 +373,14 @@ def plot_curves(metrics_file, png):
 # ----------------------------------------------------------------------------
 
 def peak_flops(device):
-    """Dense bf16/fp16 tensor-core peak of the GPU, for MFU (None when unknown)."""
+    """Dense bf16/fp16 tensor-core peak of the GPU, for MFU (None when unknown).
+
+    MFU (model FLOPs utilisation) is the share of the GPU's peak that the model's own
+    arithmetic uses (Chowdhery et al. 2022, appendix B; docs/references.bib): 6 x parameters x tokens per step (2 for the
+    forward pass, 4 for the backward), divided by the step time and the peak. 30-50%
+    is good for a model this size; a few percent means the GPU waits on something else.
+    Peaks are the vendors' dense (no sparsity) tensor-core figures.
+    """
     name = torch.cuda.get_device_name(device)
     for key, peak in [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12), ("L4", 121e12),
                       ("A10", 125e12), ("4090", 165e12), ("3090", 71e12), ("V100", 125e12), ("T4", 65e12)]:
@@ -349,7 +390,11 @@ def peak_flops(device):
 
 
 def ensure_dataset(cfg):
-    """The dataset's meta.json; the default demo dataset is built on first use."""
+    """The dataset's meta.json; the default demo dataset is built on first use.
+
+    Only the default path builds anything: a mistyped --data stops with a message
+    rather than silently training on synthetic music.
+    """
     if not (Path(cfg.data) / "meta.json").exists() and cfg.data == DEFAULT_DATA:
         print(f"no dataset in {cfg.data}: building the demo corpus first (python data.py does the same)")
         data.build_dataset(data.DataConfig(out=cfg.data, device=cfg.device))
@@ -369,7 +414,7 @@ def train(cfg):
     mcfg = preset_config(cfg.preset, n_codebooks=codec["n_codebooks"], card=codec["card"],
                          frame_rate=codec["frame_rate"], max_frames=T, causal_encoder=cfg.causal_encoder,
                          attn_window=cfg.attn_window, attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout)
-    model = SoloTransformer(mcfg).to(device)
+    model = SoloTransformer(mcfg).to(device)  # K, card and the frame rate come from the data, not from code
     lr = cfg.lr or DEFAULT_LR[cfg.preset]
     assert cfg.target_batch % cfg.batch_size == 0, \
         f"--target-batch {cfg.target_batch} must be a multiple of --batch-size {cfg.batch_size}"
@@ -388,16 +433,20 @@ def train(cfg):
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     def autocast():
+        # Matmuls run in bf16/fp16 inside this context; the weights, the optimizer and
+        # the loss's softmax (codebook_cross_entropy casts to float) stay in fp32.
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
     gen = torch.Generator().manual_seed(cfg.seed)  # data order and condition dropout
     train_w = Windows(cfg.data, "train", meta, T)
+    # Evaluation data is built once: fixed windows, and for each the backing of another
+    # song, for the conditioning gain. Above zero, the decoder listens to the backing.
     val_split = "val" if meta["splits"]["val"]["segments"] else "train"
     if val_split == "train":
         print("WARNING: the dataset has no validation songs; evaluating on training songs (add recordings)")
     val_b, val_s, val_songs = Windows(cfg.data, val_split, meta, T).fixed(cfg.eval_windows)
     val_other = mismatched_backing(val_b, val_songs, train_w.fixed(cfg.eval_windows)[0])
-    baseline = unigram_entropy(train_w.solo, codec["card"])
+    baseline = unigram_entropy(train_w.solo, codec["card"])  # what "learned nothing" scores
 
     step, best_val, skipped = 0, float("inf"), 0
     metrics_file = out / "metrics.jsonl"
@@ -424,6 +473,8 @@ def train(cfg):
         print(f"resumed from {ckpt} at step {step}")
     elif metrics_file.exists():
         metrics_file.unlink()
+    # The compiled module shares its weights with `model`; checkpoints save `model`, so
+    # their keys never carry torch.compile's "_orig_mod." prefix.
     train_model = torch.compile(model) if cfg.compile else model
 
     print("settings:", json.dumps(asdict(cfg)))
@@ -437,6 +488,8 @@ def train(cfg):
     write_json(out / "settings.json", {"train": asdict(cfg), "model": asdict(mcfg)})
 
     def log(row):
+        # JSON lines: one object per line, appended as training goes; any tool (pandas,
+        # jq, a spreadsheet) reads it, and a crash loses at most the line being written.
         with open(metrics_file, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -444,6 +497,8 @@ def train(cfg):
         save_checkpoint(out / name, model, optimizer, scaler, step, gen, cfg, meta,
                         {"best_val": best_val, "skipped_steps": skipped, "unigram_baseline": baseline, **(extra or {})})
 
+    # Throughput in frames per second is comparable across machines and presets: at
+    # 75 Hz, 7500 frames/s means 100 s of (backing + solo) audio learned per second.
     peak = peak_flops(device) if device.type == "cuda" else None
     frames_per_step = cfg.target_batch * T
     flops_per_step = 6 * model.num_params() * frames_per_step  # forward + backward, ignoring attention
@@ -455,7 +510,11 @@ def train(cfg):
     try:
         while step < cfg.max_steps:
             t0 = time.time()
-            # Linear warm-up, then cosine decay to min_lr_ratio * lr.
+            # Linear warm-up, then cosine decay to min_lr_ratio * lr [SGDR, Loshchilov & Hutter].
+            # Warm-up: at step 0 Adam's moment estimates rest on a single batch, and a
+            # full-size step taken on them can throw the weights far off; growing the
+            # rate over the first steps lets the estimates settle first. Cosine decay:
+            # large steps early to move fast, small steps late to settle into a minimum.
             if step < cfg.warmup_steps:
                 lr_now = lr * (step + 1) / cfg.warmup_steps
             else:
@@ -465,22 +524,28 @@ def train(cfg):
                 group["lr"] = lr_now
             loss_sum = 0.0
             for _ in range(accum):
-                backing, solo = train_w.sample(cfg.batch_size, gen)
-                drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_dropout  # guidance training
+                backing, solo = train_w.sample(cfg.batch_size, gen)              # [B, K, T] each
+                # Classifier-free guidance needs one model that knows both p(solo | backing)
+                # and p(solo): some windows are trained with the null backing instead.
+                drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_dropout  # [B]
                 with autocast():
                     loss, _ = train_model.loss(backing.to(device), solo.to(device), drop.to(device))
                 # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
                 # sum is then the gradient of the mean loss over the whole target batch.
                 scaler.scale(loss / accum).backward()
                 loss_sum += loss.item() / accum
+            # Under fp16 an overflow is routine: the GradScaler skips that step and lowers
+            # its scale. Anywhere else a non-finite loss is a real fault: stop and say so.
             if not math.isfinite(loss_sum) and not use_scaler:
                 checkpoint("latest")
                 raise SystemExit(
                     f"step {step}: the loss is {loss_sum}. Likely causes: a learning rate too high (--lr {lr}), "
                     f"fp16 overflow (try --dtype bf16 or fp32), or corrupt tokens in {cfg.data}. "
                     f"The last good state is in {out / 'latest'}.")
+            # Clipping caps the size of one update: a rare batch with a huge gradient (a
+            # burst of unusual codes) then nudges the weights instead of wrecking them.
             norm, was_skipped = scaled_step(model, optimizer, scaler, cfg.grad_clip)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)  # None, not zeros: the next backward writes, not adds
             skipped += was_skipped
             step += 1
             dt = time.time() - t0
@@ -492,6 +557,7 @@ def train(cfg):
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr_now:.1e}", fps=f"{frames_per_step / dt:.0f}",
                             **({"mfu": f"{row['mfu']:.1%}"} if peak else {}), **({"skipped": skipped} if skipped else {}))
+            # Every eval_every steps: validation metrics, the overfitting check, best/, the plot.
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 last = evaluate(model, val_b, val_s, val_other, cfg.batch_size, device, autocast)
                 last["train_loss"] = float(np.mean(recent))
@@ -500,6 +566,8 @@ def train(cfg):
                            f"{last['val_ppl']:.1f})  " + " ".join(f"ce_q{k + 1} {last[f'ce_q{k + 1}']:.3f}"
                                                            for k in range(mcfg.n_codebooks))
                            + f"  cond_gain {last['cond_gain']:+.3f}")
+                # Overfitting, the failure reported by earlier implementations of this idea:
+                # validation loss rising twice in a row while the training loss keeps falling.
                 history.append((last["train_loss"], last["val_ce"]))
                 if len(history) >= 3 and history[-1][1] > history[-2][1] > history[-3][1] \
                         and history[-1][0] < history[-3][0]:
@@ -511,7 +579,7 @@ def train(cfg):
                 plot_curves(metrics_file, out / "loss.png")
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 checkpoint("latest", {"metrics": last})
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: keep the work done so far, then stop cleanly
         checkpoint("latest", {"metrics": last})
         bar.close()
         print(f"\ninterrupted: saved {out / 'latest'} at step {step}; continue with --resume")
