@@ -53,7 +53,7 @@ class GenerateConfig:
     stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
     stream: bool = opt(False, "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
     chunk_ms: float = opt(80.0, "streaming: audio chunk size in milliseconds")
-    context_ms: float = opt(500.0, "streaming: past audio the codec re-reads with each chunk")
+    context_ms: float = opt(200.0, "streaming: past audio the codec re-reads with each chunk")
     encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
     demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")
     demucs_repo: str = opt("", "local Demucs weights folder for --separate")
