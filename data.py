@@ -20,9 +20,10 @@ The pipeline, one song at a time:
 Every song is cached on disk by content and settings, so a rerun (or a run after a
 crash or kill -9) only does what is missing. Every file is written atomically.
 
-Expected output for the default demo corpus on a 2-core CPU (untrained codec, offline):
-    songs: 100%|####| 32/32 ...
-    kept 32 songs (0 skipped) -> data/demo: train 26, val 3, test 3 songs
+Expected output for the default demo corpus on a 2-core CPU (offline, so after a banner
+saying that it falls back to the untrained codec), in about 4 minutes:
+    songs: 100%|####| 64/64 [03:50<00:00, 3.6s/song]
+    kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 788 s of training audio; 230.9 s
 """
 import argparse
 import hashlib

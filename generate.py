@@ -32,7 +32,7 @@ from tqdm import tqdm
 import data
 from data import opt, parse_settings, write_audio, write_json
 from model import StreamingSampler, generate
-from train import load_model
+from train import load_model, resolve_checkpoint
 
 
 @dataclass
@@ -66,7 +66,7 @@ def fetch_checkpoint(name):
     A local path wins: a folder named like "runs/tiny" has one slash too, and must not
     be sent to the Hub. Only the files a checkpoint needs are downloaded.
     """
-    if Path(name).exists() or Path(name).with_name(f".{Path(name).name}.old").exists():
+    if resolve_checkpoint(name).exists():
         return Path(name)
     if name.count("/") == 1 and not name.startswith((".", "/")):
         from huggingface_hub import snapshot_download
@@ -142,6 +142,20 @@ def backing_tokens(cfg, config, codec, info, device):
     return codes, data.decode_codes(codec, codes), f"{data_dir} {split} clip {cfg.from_val} (song {seg['song']})"
 
 
+def window_plan(T, W, stride):
+    """The (start, end) frame ranges of the windows that cover T frames: [(0, W), (stride, stride + W), ...]."""
+    plan = [(0, min(W, T))]
+    while plan[-1][1] < T:
+        start = plan[-1][0] + stride
+        plan.append((start, min(start + W, T)))
+    return plan
+
+
+def window_stride(cfg, frame_rate, W):
+    """Frames between window starts: --stride-s, or half a window; at least 1, at most W."""
+    return max(1, min(round(cfg.stride_s * frame_rate) or W // 2, W))
+
+
 def windowed_generate(model, backing, cfg, frame_rate, progress):
     """backing [B, K, T] -> solo [B, K, T], window by window for any T.
 
@@ -154,19 +168,14 @@ def windowed_generate(model, backing, cfg, frame_rate, progress):
     # (W - stride frames) is what carries the solo's line from one window to the next:
     # a longer overlap gives smoother joins, a shorter one fewer wasted steps.
     W, T = model.cfg.max_frames, backing.size(-1)
-    stride = round(cfg.stride_s * frame_rate) or W // 2
-    stride = max(1, min(stride, W))
     opts = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.cfg_coef)
-    solo = generate(model, backing[..., :W], seed=cfg.seed, progress=progress, **opts)  # [B, K, min(T, W)]
-    start, w = stride, 1
-    while solo.size(-1) < T:
-        end = min(start + W, T)
-        prompt = solo[..., start:]                                                        # [B, K, W - stride]
+    solo = None
+    for w, (start, end) in enumerate(window_plan(T, W, window_stride(cfg, frame_rate, W))):
+        prompt = None if solo is None else solo[..., start:]                             # [B, K, W - stride]
         # A new seed per window: with the same seed, window w would redraw the random
         # numbers of window 0 and could echo its phrases.
         part = generate(model, backing[..., start:end], seed=cfg.seed + w, prompt=prompt, progress=progress, **opts)
-        solo = torch.cat([solo, part[..., prompt.size(-1):]], dim=-1)
-        start, w = start + stride, w + 1
+        solo = part if prompt is None else torch.cat([solo, part[..., prompt.size(-1):]], dim=-1)  # [B, K, end]
     return solo
 
 
@@ -312,9 +321,8 @@ def main(cfg):
         # Several samples for one backing run as one batch: the same cost per step as one.
         backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)  # [B, K, T]
         W = model.cfg.max_frames
-        stride = round(cfg.stride_s * info["frame_rate"]) or W // 2
-        windows = 1 + max(0, -(-(codes.shape[1] - W) // max(1, min(stride, W))))
-        total_steps = windows * (min(W, codes.shape[1]) + info["n_codebooks"] - 1)
+        plan = window_plan(codes.shape[1], W, window_stride(cfg, info["frame_rate"], W))
+        total_steps = sum(end - start + info["n_codebooks"] - 1 for start, end in plan)  # decoder steps
         with tqdm(total=total_steps, desc="generate", unit="step") as bar:
             solo = windowed_generate(model, backing, cfg, info["frame_rate"], lambda: bar.update(1))
     token_s = time.perf_counter() - t0

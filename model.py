@@ -527,7 +527,7 @@ def generate_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_
     return revert_delay_pattern(tokens[..., 1:])                               # [B, K, n_frames]
 
 
-class Generator:
+class SamplerState:
     """Cached sampling state: one decoder self-attention KVCache per layer, and the
     cross-attention keys and values of the encoder output, computed once.
 
@@ -614,7 +614,7 @@ def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
     S = template.size(-1)
     cond = _prepare(model, backing, cfg_coef)                                     # [B or 2B, K, T]
     memory = model.encode(cond)                                                  # [B or 2B, T, D]
-    state = Generator(model, cond.size(0), S, backing.device, memory.dtype)
+    state = SamplerState(model, cond.size(0), S, backing.device, memory.dtype)
     enc_rope = model.rope(0, T, backing.device)
     state.cross_kv = [blk.cross_attn.project_kv(memory, enc_rope) for blk in model.decoder]
     state.n_backing = T
@@ -649,7 +649,7 @@ class StreamingSampler:
         self.model, self.K, self.card = model, cfg.n_codebooks, cfg.card
         self.opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.template = generation_template(n_frames, self.K, cfg.card, batch, device)  # [B, K, S]
-        self.state = Generator(model, batch, self.template.size(-1), device, torch.float32)
+        self.state = SamplerState(model, batch, self.template.size(-1), device, torch.float32)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
         self.recent = []  # the last K delayed columns, from which finished frames are read
