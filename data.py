@@ -570,7 +570,6 @@ def prepare_codec(cfg, out, calibration, device, fallback_ok):
     fallback_ok (the demo corpus only): when the download fails, go on untrained with
     a banner. Your own recordings never fall back silently.
     """
-    from safetensors.torch import load_file, save
     if cfg.encodec_weights != "untrained":
         try:
             codec = load_codec(cfg.encodec_weights, cfg.bandwidth, device)
@@ -581,30 +580,31 @@ def prepare_codec(cfg, out, calibration, device, fallback_ok):
             print("=" * 78 + f"\n{err}\n\nThe demo corpus goes on with the UNTRAINED codec: training and its\n"
                   "metrics are real, but the audio you will hear is noise. For real audio, get\n"
                   "the weights (docs/troubleshooting.md) and rerun with --encodec-weights PATH.\n" + "=" * 78)
-    state_file = Path(out) / "codec.safetensors"
-    torch.manual_seed(cfg.seed)  # the untrained encoder and decoder: seeded random weights
-    codec = load_codec("untrained", cfg.bandwidth, device)
-    if state_file.exists():  # a rerun: the very same codebooks, or the cached tokens would not match
-        codec.load_state_dict(load_file(str(state_file), device=str(device)))
-    else:
-        fill_untrained_codebooks(codec, calibration(), cfg.seed)
-        state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
-        atomic_write(state_file, lambda f: f.write(save(state)))
+    codec = untrained_codec(out, cfg.bandwidth, device, seed=cfg.seed, calibration=calibration)
     return codec, codec_info(codec, "untrained")
 
 
-def load_dataset_codec(data_dir, info, device, weights=None):
-    """The codec a dataset was tokenized with (generate.py decodes with it)."""
-    from safetensors.torch import load_file
-    if info["untrained"]:
-        state_file = Path(data_dir) / "codec.safetensors"
-        if not state_file.exists():
-            raise SystemExit(f"{state_file} is missing: this dataset was made with the untrained codec, whose "
-                             "codebooks live there. Rebuild the dataset with data.py.")
-        codec = load_codec("untrained", info["bandwidth_kbps"], device)
+def untrained_codec(folder, bandwidth, device, seed=0, calibration=None):
+    """The untrained codec whose codebooks are saved in folder/codec.safetensors.
+
+    When the file is missing and calibration (a function returning audio) is given,
+    the codebooks are filled from that audio and saved there, once: every later run,
+    and generate.py, must decode with the very same codebooks or the tokens mean nothing.
+    """
+    from safetensors.torch import load_file, save
+    state_file = Path(folder) / "codec.safetensors"
+    torch.manual_seed(seed)  # the untrained encoder and decoder: seeded random weights
+    codec = load_codec("untrained", bandwidth, device)
+    if state_file.exists():
         codec.load_state_dict(load_file(str(state_file), device=str(device)))
-        return codec
-    return load_codec(weights or info["weights"], info["bandwidth_kbps"], device)
+    elif calibration is not None:
+        fill_untrained_codebooks(codec, calibration(), seed)
+        state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
+        atomic_write(state_file, lambda f: f.write(save(state)))
+    else:
+        raise SystemExit(f"{state_file} is missing: this model was trained on tokens of the untrained codec, "
+                         "whose codebooks live there. Rebuild the dataset with data.py.")
+    return codec
 
 
 # ----------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def load_codec_for(config, folder, weights, device):
     if info["untrained"]:
         homes = [Path(folder), Path(config["data"]["dir"])]
         home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
-        codec = data.load_dataset_codec(home, info, device)
+        codec = data.untrained_codec(home, info["bandwidth_kbps"], device)
     else:
         codec = data.load_codec(weights or info["weights"], info["bandwidth_kbps"], device)
     got, m = data.codec_info(codec, info["weights"]), config["model"]
