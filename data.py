@@ -22,7 +22,7 @@ crash or kill -9) only does what is missing. Every file is written atomically.
 
 Expected output for the default demo corpus on a 2-core CPU (offline, so after a banner
 saying that it falls back to the untrained codec), in about 4 minutes:
-    songs: 100%|####| 64/64 [03:50<00:00, 3.6s/song]
+    songs: 100%|####| 64/64 [03:44<00:00,  3.51s/song]
     kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 788 s of training audio; 230.9 s
 """
 import argparse
@@ -372,11 +372,14 @@ def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=
     chunk = int(chunk_s * model.samplerate)
     backs, solos = [], []
     for start in tqdm(range(0, mix.shape[1], chunk), desc="separate", leave=False, unit="chunk"):
-        x = torch.from_numpy(mix[:, start:start + chunk]).to(device)
-        ref = x.mean(0)
-        mean, std = ref.mean(), ref.std() + 1e-8  # Demucs expects a normalised mix
+        x = torch.from_numpy(mix[:, start:start + chunk]).to(device)              # [2, n]
+        # Demucs was trained on mixes normalised to zero mean and unit variance (as its
+        # own command line does); the stems are scaled back to the input's level after.
+        ref = x.mean(0)                                                            # [n], the mono mix
+        mean, std = ref.mean(), ref.std() + 1e-8
         stems = apply_model(model, ((x - mean) / std)[None], device=device, split=True, overlap=0.25)[0]
-        stems = (stems * std + mean).cpu().numpy()  # [sources, 2, n]
+        stems = (stems * std + mean).cpu().numpy()                                 # [sources, 2, n]
+        # Sum the chosen stems, then mono, then 24 kHz: two small arrays leave this chunk.
         for out, wanted in ((backs, backing_sources), (solos, solo_sources)):
             stem = channels(_sum_sources(stems, sources, wanted), 1)[0]
             out.append(resample(stem, model.samplerate, CODEC_RATE))
@@ -399,9 +402,13 @@ def sdr_db(reference, estimate):
 # ----------------------------------------------------------------------------
 
 def frame_rms_db(audio, hop):
-    """RMS level in dBFS of each hop-sized frame: [ceil(N / hop)], aligned with codec frames."""
+    """RMS level in dBFS of each hop-sized frame: [ceil(N / hop)], aligned with codec frames.
+
+    With hop = the codec's hop (320 samples at 24 kHz), frame i of the RMS is token
+    frame i, so a section found here is a slice of the token arrays, no conversion.
+    """
     n = math.ceil(len(audio) / hop)
-    frames = np.pad(audio, (0, n * hop - len(audio))).reshape(n, hop)
+    frames = np.pad(audio, (0, n * hop - len(audio))).reshape(n, hop)          # [F, hop]
     return 20 * np.log10(np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1)) + 1e-9)
 
 
@@ -416,7 +423,9 @@ def select_sections(rms_db, frame_rate, rel_db, abs_db, min_section_s, merge_gap
     if len(rms_db) == 0:
         return []
     threshold = max(abs_db, np.percentile(rms_db, 95) + rel_db)
-    active = rms_db > threshold
+    active = rms_db > threshold                                                  # [F] bool
+    # Where `active` switches on (+1) and off (-1): padding with 0 at both ends makes
+    # every run start and end inside the array.
     edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
     runs = list(zip(edges[::2], edges[1::2]))  # [(start, end), ...] of active frames
     merged = []
@@ -685,7 +694,11 @@ def process_song(source, cfg, codec, info, separator, device, cache_dir, setting
 # ----------------------------------------------------------------------------
 
 def list_sources(cfg, out):
-    """The songs to process: demo songs, files of --input-dir, downloads of --urls."""
+    """The songs to process: demo songs, files of --input-dir, downloads of --urls.
+
+    Each gets an id (readable name + content hash, unique even for two files with the
+    same name in different folders) and a fingerprint of its content for the cache.
+    """
     if not cfg.input_dir and not cfg.urls:
         return [{"kind": "demo", "index": i, "id": f"demo{i:03d}", "name": f"demo song {i}",
                  "fingerprint": f"demo:{cfg.seed}:{i}:{cfg.demo_seconds}"} for i in range(cfg.demo_songs)]
@@ -770,9 +783,12 @@ def build_dataset(cfg):
     cache_dir.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".*.tmp*"):  # left by a run that was killed mid-write
         stale.unlink()
+    # Splits are decided before any work, from the list of songs alone: augmentation
+    # needs to know which songs are for training.
     sources = list_sources(cfg, out)
     assign_splits(sources, cfg)
     is_demo = sources[0]["kind"] == "demo"
+    # Demucs is loaded only when something needs separating (the demo has true stems).
     separator = None if (is_demo and not cfg.separate) else load_separator(cfg.demucs_model, cfg.demucs_repo)
 
     def calibration():  # up to 60 s of audio for the untrained codec's codebooks
@@ -796,6 +812,8 @@ def build_dataset(cfg):
         return np.concatenate(parts)[:60 * CODEC_RATE]
 
     codec, info = prepare_codec(cfg, out, calibration, device, fallback_ok=is_demo)
+    # The cache key of every song includes the codebooks themselves: tokens made with
+    # other codebooks (another codec, another untrained fill) must never be reused.
     codebook_id = hashlib.sha256(b"".join(
         layer._codebook.embed.cpu().numpy().tobytes() for layer in codec.quantizer.vq.layers[:info["n_codebooks"]]
     )).hexdigest()[:16]
@@ -816,6 +834,8 @@ def build_dataset(cfg):
     if not records:
         raise SystemExit(f"No song could be used ({len(skipped)} skipped, reasons above); nothing written to {out}.")
 
+    # The arrays are rebuilt from the cache at every run (cheap: tokens only), so a
+    # rerun with more songs or after a crash always writes a consistent dataset.
     splits = {}
     for split in tqdm(("train", "val", "test"), desc="write", unit="split"):
         chosen = [r for r in records if r["split"] == split]

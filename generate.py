@@ -209,6 +209,12 @@ def token_stats(codes, card):
 
 
 def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate):
+    """Spectrograms of backing and solo over the same time axis, and the solo's tokens.
+
+    Lined up, they show at a glance whether the solo plays when the band plays, in a
+    sensible register (a sax's fundamentals sit below 1 kHz), and whether the tokens
+    change with the music or sit on one code.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -218,7 +224,7 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate):
         ax.set_ylim(0, 6000)
         ax.set_ylabel("Hz")
         ax.set_title(title)
-    K, T = solo_codes.shape
+    K, T = solo_codes.shape  # one row per codebook, one column per frame
     axes[2].imshow(solo_codes, aspect="auto", interpolation="nearest", cmap="viridis",
                    extent=(0, T / frame_rate, K + 0.5, 0.5))
     axes[2].set_ylabel("codebook")
@@ -246,6 +252,7 @@ def stream(model, codec, backing_audio, cfg, info):
     chunk = max(1, round(cfg.chunk_ms / 1000 * info["frame_rate"])) * hop   # whole frames per chunk
     context = round(cfg.context_ms / 1000 * info["frame_rate"]) * hop
     n_frames = len(backing_audio) // hop
+    # The sampler holds the caches; each push() is one encoder step and one decoder step.
     sampler = StreamingSampler(model, n_frames, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                seed=cfg.seed)
     ctx_frames = context // hop
@@ -272,6 +279,8 @@ def stream(model, codec, backing_audio, cfg, info):
             frame_ms.append((time.perf_counter() - t1) * 1e3)
             if done is not None:
                 solo_frames.append(done)
+        # The chunk's compute ends when its completed solo frames are audio: that moment,
+        # minus the chunk's arrival, is the compute delay reported below.
         if len(solo_frames) > decoded:  # decode what is complete, with past frames as context
             t2 = time.perf_counter()
             audio_out.append(decode_new(solo_frames, decoded))
@@ -304,6 +313,7 @@ def main(cfg):
     if clash and not cfg.overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}; pass --overwrite or choose another --out")
     device = data.pick_device(cfg.device)
+    # Checkpoint, then codec (checked against it), then the backing as tokens.
     folder = fetch_checkpoint(cfg.checkpoint)
     model, config = load_model(folder, device)
     codec, info = load_codec_for(config, folder, cfg.encodec_weights, device)
@@ -326,13 +336,14 @@ def main(cfg):
         with tqdm(total=total_steps, desc="generate", unit="step") as bar:
             solo = windowed_generate(model, backing, cfg, info["frame_rate"], lambda: bar.update(1))
     token_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t1 = time.perf_counter()  # decoding is timed apart: it is the codec's cost, not the model's
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
     solos = [streamed_audio] if cfg.stream else [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
     decode_s = time.perf_counter() - t1
     seconds = codes.shape[1] / info["frame_rate"]
     rate = info["sample_rate"]
     write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
+    # Written atomically, like everything else: a killed run leaves no half file.
     for i, s in enumerate(solos):
         mix, level = mix_audio(backing_audio, s)
         suffix = f"_{i}" if cfg.num_samples > 1 else ""

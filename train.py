@@ -291,7 +291,13 @@ def load_model(folder, device="cpu"):
 # ----------------------------------------------------------------------------
 
 def model_card(config, repo_id):
-    """README.md for the Hub: YAML metadata (license, tags, data, metrics) and how to use it."""
+    """README.md for the Hub: YAML metadata (license, tags, data, metrics) and how to use it.
+
+    The YAML block between the --- lines is what the Hub indexes: the license and tags
+    make the model findable, and model-index puts the validation metrics on its page.
+    Everything in the card comes from the checkpoint's own config.json, so the card
+    cannot claim what the checkpoint does not hold.
+    """
     m, codec = config["model"], config["data"]["codec"]
     metrics = {k: v for k, v in config.get("metrics", {}).items() if isinstance(v, (int, float))}
     dataset = "synthetic demo corpus (data.py)" if config["data"].get("demo") else "user recordings (data.py)"
@@ -328,9 +334,10 @@ def push_to_hub(folder, repo_id, private=False, api=None):
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     data.atomic_write(folder / "README.md", lambda f: f.write(model_card(config, repo_id)), mode="w")
-    api = api or HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api = api or HfApi()  # tests pass a stand-in here, to stop at the client's boundary
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)  # exist_ok: re-uploads work
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                      # state.pt (optimizer moments, RNG) is for resuming, not for users:
                       allow_patterns=["config.json", "model.safetensors", "README.md"],
                       commit_message=f"Upload checkpoint at step {config['step']}")
     codec_file = Path(config["data"]["dir"]) / "codec.safetensors"
@@ -344,6 +351,10 @@ def push_to_hub(folder, repo_id, private=False, api=None):
 # ----------------------------------------------------------------------------
 
 def plot_curves(metrics_file, png):
+    """loss.png from metrics.jsonl: train and validation loss above, conditioning gain below.
+
+    Drawn from the file, not from memory, so a resumed run's plot shows the whole run.
+    """
     import matplotlib
     matplotlib.use("Agg")  # no screen needed
     import matplotlib.pyplot as plt
@@ -353,6 +364,7 @@ def plot_curves(metrics_file, png):
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     if train:
         steps, losses = zip(*train)
+        # Per-step losses jump with each random batch; a 10-step mean shows the trend.
         smooth = np.convolve(losses, np.ones(10) / 10, mode="valid") if len(losses) >= 10 else losses
         ax1.plot(steps[len(steps) - len(smooth):], smooth, label="train (10-step mean)")
     if val:
