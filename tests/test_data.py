@@ -184,3 +184,13 @@ def test_resume_after_kill(tmp_path):
             assert np.array_equal(a, b), f"{split}: resumed dataset differs from a clean build"
     assert fresh["splits"] == meta["splits"] and fresh["skipped"] == meta["skipped"], \
         "segments or skipped songs differ between resumed and clean builds"
+
+
+def test_settings_parse_from_the_dataclass():
+    from data import parse_settings
+    from train import TrainConfig
+    cfg = parse_settings(TrainConfig, ["--attn-window", "300", "--causal-encoder", "--batch-size", "8"])
+    assert (cfg.attn_window, cfg.causal_encoder, cfg.batch_size) == (300, True, 8), cfg
+    assert parse_settings(TrainConfig, ["--attn-window", "none"]).attn_window is None
+    dcfg = parse_settings(DataConfig, ["--solo-sources", "other", "--augment", "2"])
+    assert dcfg.solo_sources == ["other"] and dcfg.augment == 2 and dcfg.backing_sources[0] == "drums", dcfg
