@@ -194,3 +194,14 @@ def test_settings_parse_from_the_dataclass():
     assert parse_settings(TrainConfig, ["--attn-window", "none"]).attn_window is None
     dcfg = parse_settings(DataConfig, ["--solo-sources", "other", "--augment", "2"])
     assert dcfg.solo_sources == ["other"] and dcfg.augment == 2 and dcfg.backing_sources[0] == "drums", dcfg
+
+
+def test_codec_loads_from_a_local_weights_file(tmp_path):
+    torch.manual_seed(3)
+    reference = load_codec("untrained", 3.0, "cpu")
+    torch.save(reference.state_dict(), tmp_path / "encodec_24khz-local.th")  # the format of the release file
+    local = load_codec(str(tmp_path / "encodec_24khz-local.th"), 3.0, "cpu")
+    for (name, a), (_, b) in zip(reference.state_dict().items(), local.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs after loading the local file"
+    with pytest.raises(SystemExit, match="no such file"):
+        load_codec(str(tmp_path / "missing.th"), 3.0, "cpu")
