@@ -205,3 +205,9 @@ def test_codec_loads_from_a_local_weights_file(tmp_path):
         assert torch.equal(a, b), f"{name} differs after loading the local file"
     with pytest.raises(SystemExit, match="no such file"):
         load_codec(str(tmp_path / "missing.th"), 3.0, "cpu")
+
+
+def test_missing_demucs_weights_give_the_three_ways_out(tmp_path):
+    with pytest.raises(SystemExit, match=r"(?s)Could not load the Demucs model 'htdemucs_6s' from the local folder.*"
+                                         r"Three ways out.*--demucs-repo.*demucs_unittest"):
+        data.load_separator("htdemucs_6s", repo=str(tmp_path))
