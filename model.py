@@ -358,7 +358,7 @@ class SoloTransformer(nn.Module):
 
     def rope(self, start, length, device):
         positions = torch.arange(start, start + length, device=device)
-        return rope_angles(positions, self.cfg.d_model // self.cfg.n_heads)  # 2 x [L, hd/2]
+        return rope_angles(positions, self.cfg.d_model // self.cfg.n_heads)  # 2 x [L, hd]
 
     def null_condition(self, backing, drop):
         """Classifier-free guidance: rows of `drop` [B] get the null backing (all special tokens)."""
@@ -540,7 +540,7 @@ class SamplerState:
         self.model, self.step = model, 0
         hd = cfg.d_model // cfg.n_heads
         # Rotary angles of every step, computed once rather than at every step.
-        self.cos, self.sin = rope_angles(torch.arange(total_steps, device=device), hd)  # 2 x [total_steps, hd/2]
+        self.cos, self.sin = rope_angles(torch.arange(total_steps, device=device), hd)  # 2 x [total_steps, hd]
         # A streaming model keeps only attn_window positions: memory stays bounded.
         cap = total_steps if cfg.attn_window is None else min(total_steps, cfg.attn_window)
         self.self_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.decoder]
@@ -592,8 +592,6 @@ class SamplerState:
             k, v = block.cross_attn.project_kv(x, rope)                         # 2 x [B, H, 1, hd]
             cache.append(k, v)
         self.n_backing += 1
-
-
 
 
 @torch.inference_mode()
