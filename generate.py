@@ -32,7 +32,7 @@ from tqdm import tqdm
 import data
 from data import opt, parse_settings, write_audio, write_json
 from model import StreamingSampler, generate
-from train import load_model, resolve_checkpoint
+from train import load_model, resolve_checkpoint, unigram_entropy
 
 
 @dataclass
@@ -201,11 +201,8 @@ def token_stats(codes, card):
     A quick check without ears: a solo stuck on a few codes (entropy near 0) is a
     drone or silence; one spread over all 1024 (entropy near log 1024 = 6.9) is noise.
     """
-    out = []
-    for row in codes:
-        p = np.bincount(row, minlength=card) / len(row)
-        out.append({"distinct": int((p > 0).sum()), "entropy_nats": round(float(-(p[p > 0] * np.log(p[p > 0])).sum()), 3)})
-    return out
+    return [{"distinct": int(len(np.unique(row))), "entropy_nats": round(h, 3)}
+            for row, h in zip(codes, unigram_entropy(codes, card))]
 
 
 def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate):
@@ -344,15 +341,17 @@ def main(cfg):
     rate = info["sample_rate"]
     write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
     # Written atomically, like everything else: a killed run leaves no half file.
+    levelled = []
     for i, s in enumerate(solos):
         mix, level = mix_audio(backing_audio, s)
+        levelled.append(level)
         suffix = f"_{i}" if cfg.num_samples > 1 else ""
         write_audio(out / f"solo{suffix}.wav", level, rate)
         write_audio(out / f"mix{suffix}.wav", mix, rate)
         if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
             write_audio(out / "solo.wav", level, rate)
             write_audio(out / "mix.wav", mix, rate)
-    plot(out / "solo.png", backing_audio[:len(solos[0])], mix_audio(backing_audio, solos[0])[1],
+    plot(out / "solo.png", backing_audio[:len(solos[0])], levelled[0],
          solo[0].cpu().numpy(), rate, info["frame_rate"])
     # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
     result = {"settings": asdict(cfg), "checkpoint": str(folder), "step": config["step"], "backing": source,

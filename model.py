@@ -409,14 +409,20 @@ class SoloTransformer(nn.Module):
         cond_drop [B] bool: rows whose backing is replaced by the null condition
         (classifier-free guidance training; train.py draws it).
         """
-        card = self.cfg.card
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
-        target, _ = build_delay_pattern(solo, card)                       # [B, K, S]
-        # The decoder reads the sequence shifted right by one step; the special token
-        # doubles as the start token, so step 0 predicts from "nothing yet".
-        dec_in = F.pad(target[..., :-1], (1, 0), value=card)             # [B, K, S]
-        return codebook_cross_entropy(self(backing, dec_in), target, card)
+        target, dec_in = teacher_forcing(solo, self.cfg.card)            # [B, K, S] each
+        return codebook_cross_entropy(self(backing, dec_in), target, self.cfg.card)
+
+
+def teacher_forcing(solo, card):
+    """solo codes [B, K, T] -> (target, decoder input), both delayed [B, K, S].
+
+    The decoder reads the target shifted right by one step; the special token doubles
+    as the start token, so step 0 predicts from "nothing yet".
+    """
+    target, _ = build_delay_pattern(solo, card)                           # [B, K, S]
+    return target, F.pad(target[..., :-1], (1, 0), value=card)            # [B, K, S] each
 
 
 def codebook_cross_entropy(logits, target, card):

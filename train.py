@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import data
 from data import opt, parse_settings, write_json
-from model import ModelConfig, SoloTransformer, build_delay_pattern, codebook_cross_entropy, preset_config
+from model import ModelConfig, SoloTransformer, codebook_cross_entropy, preset_config, teacher_forcing
 
 DEFAULT_DATA = "data/demo"
 # Bigger models want smaller steps: a wider layer sums more terms, so the same step
@@ -216,8 +216,7 @@ def evaluate(model, backing, solo, other_backing, batch, device, autocast):
         total, count = torch.zeros(K), torch.zeros(K)
         for i in range(0, len(solo), batch):
             b, s = backings[i:i + batch].to(device), solo[i:i + batch].to(device)
-            target, _ = build_delay_pattern(s, card)                           # [B, K, S]
-            dec_in = torch.nn.functional.pad(target[..., :-1], (1, 0), value=card)  # [B, K, S], shifted right
+            target, dec_in = teacher_forcing(s, card)                          # [B, K, S] each
             with autocast():
                 logits = model(b, dec_in)
             n = (target != card).sum(dim=(0, 2)).float().cpu()                 # real positions per codebook
