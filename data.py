@@ -186,23 +186,35 @@ def channels(audio, n):
 # ----------------------------------------------------------------------------
 # 2. The demo corpus: a synthetic jazz quartet, rendered with numpy
 # ----------------------------------------------------------------------------
-# Each song: a random key and swing tempo, a chord progression, a walking bass, piano
-# comping, ride / hi-hat / kick, and a monophonic reed-like lead that improvises on
-# chord and scale tones in phrases separated by rests. Everything is known, so the
-# metadata keeps the chords, tempo and lead notes for scoring generated solos later.
+# A demo corpus has one job: to be a place where listening to the band pays. In an
+# earlier version the harmony looped a fixed 4-bar form and the lead improvised its own
+# rhythm, so inside a 4 s window the solo's own past predicted almost everything the
+# backing could say, and the model learned to ignore the band (docs/phase1). Here the
+# band carries three things the solo's past cannot tell:
+#   harmony   two-bar units (ii-V, V-I, a tritone substitute, ...) whose key changes at
+#             random, so the next chord is a surprise that only the backing reveals;
+#   rhythm    in each bar the band plays 2 to 4 "kicks" on random swung eighths (piano
+#             chord, kick drum and a snare accent together), and the lead plays its
+#             notes on those kicks, as a soloist does on an arrangement's hits;
+#   dynamics  band and lead swell and fade together, to a level drawn per two bars.
+# The lead also rests for a bar between phrases of 2 to 4 bars (the RMS rule of
+# section 4 drops those rests). Everything is known, so meta.json keeps the chords,
+# kicks, dynamics and lead notes: the ground truth that train.py and generate.py
+# score listening against.
 
 CHORD_TONES = {"maj7": [0, 4, 7, 11], "m7": [0, 3, 7, 10], "7": [0, 4, 7, 10], "m7b5": [0, 3, 6, 10], "m6": [0, 3, 7, 9]}
-SCALES = {"maj7": [0, 2, 4, 5, 7, 9, 11], "m7": [0, 2, 3, 5, 7, 9, 10], "7": [0, 2, 4, 5, 7, 9, 10],
-          "m7b5": [0, 1, 3, 5, 6, 8, 10], "m6": [0, 2, 3, 5, 7, 9, 11]}
-# (semitones above the key, quality) per bar
-FORMS = {
-    "ii-V-I": [(2, "m7"), (7, "7"), (0, "maj7"), (0, "maj7")],
-    "blues": [(0, "7"), (5, "7"), (0, "7"), (0, "7"), (5, "7"), (5, "7"), (0, "7"), (0, "7"),
-              (2, "m7"), (7, "7"), (0, "7"), (7, "7")],
-    "I-vi-ii-V": [(0, "maj7"), (9, "m7"), (2, "m7"), (7, "7")],
-    "minor ii-V": [(2, "m7b5"), (7, "7"), (0, "m6"), (0, "m6")],
+# Two-bar units: (semitones above the unit's key, quality) for each bar.
+UNITS = {
+    "ii-V": [(2, "m7"), (7, "7")],
+    "V-I": [(7, "7"), (0, "maj7")],
+    "ii-bII7": [(2, "m7"), (1, "7")],      # tritone substitution: Db7 stands in for G7 in C
+    "I-vi": [(0, "maj7"), (9, "m7")],
+    "minor ii-V": [(2, "m7b5"), (7, "7")],
+    "i-IV7": [(0, "m6"), (5, "7")],
 }
 NOTE_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
+MODULATION_P = 0.5  # chance that a two-bar unit moves to a new key drawn at random
+DEMO_VERSION = 2    # part of every demo song's cache key and of meta.json: a new corpus is never mixed with an old one
 
 
 def midi_hz(m):
@@ -229,7 +241,7 @@ def add_tone(buf, start_s, dur_s, hz, amp, harmonics, decay, rate, vibrato=0.0, 
 
 
 def add_noise_hit(buf, start_s, dur_s, amp, decay, rate, rng, bright=True):
-    """Add a decaying noise burst (a cymbal or hi-hat stroke) to buf (in place)."""
+    """Add a decaying noise burst (a cymbal, hi-hat or snare stroke) to buf (in place)."""
     i0, n = int(start_s * rate), min(int(dur_s * rate), len(buf) - int(start_s * rate))
     if n <= 0:
         return
@@ -237,6 +249,20 @@ def add_noise_hit(buf, start_s, dur_s, amp, decay, rate, rng, bright=True):
     if bright:  # a first difference tilts the noise toward the high frequencies of cymbals
         noise = np.diff(noise, prepend=0.0)
     buf[i0:i0 + n] += amp * noise * np.exp(-np.arange(n) / (decay * rate))
+
+
+def demo_harmony(n_bars, rng):
+    """One chord per bar: a chain of two-bar units, each in the last key or a random new one.
+
+    Returns [(root pitch class, quality, unit name, key pitch class)] per bar.
+    """
+    key, bars = int(rng.integers(12)), []
+    while len(bars) < n_bars:
+        if bars and rng.random() < MODULATION_P:
+            key = int(rng.integers(12))
+        name = list(UNITS)[int(rng.integers(len(UNITS)))]
+        bars += [((key + offset) % 12, quality, name, key) for offset, quality in UNITS[name]]
+    return bars[:n_bars]
 
 
 def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
@@ -247,80 +273,115 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
     same song, on any machine: all randomness comes from one numpy generator.
     """
     rng = np.random.default_rng([seed, index])
-    key = int(rng.integers(12))
-    form_name = list(FORMS)[int(rng.integers(len(FORMS)))]
-    bpm = float(rng.uniform(110, 200))
+    bpm = float(rng.uniform(100, 190))
     beat = 60.0 / bpm
     swing = beat * 2 / 3  # the swung eighth: the "and" falls two thirds into the beat
     n_bars = math.ceil(seconds / (4 * beat))
     N = int(seconds * rate)
     bass, piano, drums, lead = (np.zeros(N) for _ in range(4))
+    harmony = demo_harmony(n_bars + 1, rng)  # one bar more: the bass approaches the next root
+    # Kicks: 2 to 4 distinct swung-eighth positions (0..7) per bar, drawn at random.
+    kicks = [sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)), replace=False)) for _ in range(n_bars)]
+    kick_times = [t for bar in range(n_bars) for e in kicks[bar]
+                  if (t := bar * 4 * beat + (e // 2) * beat + (e % 2) * swing) < seconds - 0.05]
+    # Phrases: the lead plays 2 to 4 bars, then rests one bar while the band goes on.
+    playing, bar = np.zeros(n_bars, dtype=bool), int(rng.integers(0, 2))
+    while bar < n_bars:
+        length = int(rng.integers(2, 5))
+        playing[bar:bar + length] = True
+        bar += length + 1
     chords, notes = [], []
-    form = FORMS[form_name]
     prev_lead = 70
-    playing = bool(rng.random() < 0.5)  # whether the lead is in a phrase or a rest
-    phrase_left = int(rng.integers(1, 3))  # bars left in the current phrase or rest
     for bar in range(n_bars):
-        offset, quality = form[bar % len(form)]
-        root = (key + offset) % 12
+        root, quality, unit, key = harmony[bar]
         t_bar = bar * 4 * beat
         tones = [(root + i) % 12 for i in CHORD_TONES[quality]]
-        scale = [(root + i) % 12 for i in SCALES[quality]]
         chords.append({"bar": bar, "start_s": round(t_bar, 4), "end_s": round(t_bar + 4 * beat, 4),
-                       "symbol": NOTE_NAMES[root] + quality, "pitch_classes": tones})
-        next_root = (key + form[(bar + 1) % len(form)][0]) % 12
+                       "symbol": NOTE_NAMES[root] + quality, "pitch_classes": tones,
+                       "unit": unit, "key": NOTE_NAMES[key]})
         # Walking bass: root on beat 1, chord tones on 2 and 3, a chromatic approach on 4.
         for b in range(4):
             if b == 0:
                 pc = root
             elif b == 3:
-                pc = (next_root + (1 if rng.random() < 0.5 else -1)) % 12
+                pc = (harmony[bar + 1][0] + (1 if rng.random() < 0.5 else -1)) % 12
             else:
                 pc = tones[int(rng.integers(1, 4))]
             add_tone(bass, t_bar + b * beat, beat * 0.95, midi_hz(36 + pc), 0.35,
                      [(1, 1.0), (2, 0.4), (3, 0.15)], 0.5, rate)
-        # Piano: a rootless voicing (3rd, 5th, 7th) on two or three swung off-beats.
-        for b in sorted(rng.choice(8, size=int(rng.integers(2, 4)), replace=False)):
-            t_hit = t_bar + (b // 2) * beat + (b % 2) * swing
-            for pc in tones[1:]:
-                add_tone(piano, t_hit, beat * 1.5, midi_hz(55 + (pc - 7) % 12 + 5), 0.08,
-                         [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)], 0.35, rate)
-        # Drums: ride on every beat and the swung "let" of 2 and 4, hi-hat on 2 and 4, a soft kick.
+        # Drums: ride on every beat and the swung "let" of 2 and 4, hi-hat on 2 and 4.
         for b in range(4):
             add_noise_hit(drums, t_bar + b * beat, 0.4, 0.06, 0.12, rate, rng)
             if b in (1, 3):
                 add_noise_hit(drums, t_bar + b * beat + swing, 0.3, 0.04, 0.08, rate, rng)
                 add_noise_hit(drums, t_bar + b * beat, 0.08, 0.05, 0.02, rate, rng)
-            if b == 0 or rng.random() < 0.2:
-                add_tone(drums, t_bar + b * beat, 0.25, 55.0, 0.25, [(1, 1.0)], 0.08, rate)
-        # Lead: phrases of 2 to 5 bars, rests of 1 or 2 bars between them.
-        if phrase_left == 0:
-            playing = not playing
-            phrase_left = int(rng.integers(2, 6)) if playing else int(rng.integers(1, 3))
-        phrase_left -= 1
-        if not playing:
-            continue
-        for e in range(8):  # swung eighth notes, some held, some skipped
-            if rng.random() < 0.15:
+        # The kicks: the piano's rootless voicing (3rd, 5th, 7th), the bass drum and a
+        # snare accent together. The lead, in a phrase bar, plays a chord tone on each,
+        # near its last note (voice leading), held until the next kick (at most 2 beats).
+        bar_kicks = [t for t in kick_times if t_bar <= t < t_bar + 4 * beat]
+        for i, t_hit in enumerate(bar_kicks):
+            for pc in tones[1:]:
+                add_tone(piano, t_hit, beat * 1.5, midi_hz(55 + (pc - 7) % 12 + 5), 0.09,
+                         [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)], 0.35, rate)
+            add_tone(drums, t_hit, 0.25, 55.0, 0.3, [(1, 1.0)], 0.08, rate)
+            add_noise_hit(drums, t_hit, 0.15, 0.08, 0.04, rate, rng, bright=False)
+            if not playing[bar]:
                 continue
-            start = t_bar + (e // 2) * beat + (e % 2) * swing
-            dur = (swing if e % 2 == 0 else beat - swing) * (2 if rng.random() < 0.2 else 1)
-            pool = tones if e % 2 == 0 else scale  # chord tones on the beat, scale tones between
-            cands = [m for m in range(58, 83) if m % 12 in pool]
+            later = [t for t in kick_times if t > t_hit]
+            dur = min((later[0] if later else seconds) - t_hit, 2 * beat) * 0.9
+            cands = [m for m in range(58, 83) if m % 12 in tones]
             near = sorted(cands, key=lambda m: abs(m - prev_lead) + rng.random() * 3)[:3]
-            midi = int(near[int(rng.integers(len(near)))])
-            prev_lead = midi
-            add_tone(lead, start, dur * 0.95, midi_hz(midi), 0.22,
-                     [(h, 1.0 / h) for h in range(1, 9)], 1.5, rate, vibrato=0.004, attack=0.03)
-            notes.append({"start_s": round(start, 4), "end_s": round(start + dur * 0.95, 4), "midi": midi})
+            midi = prev_lead = int(near[int(rng.integers(len(near)))])
+            add_tone(lead, t_hit, dur, midi_hz(midi), 0.22, [(h, 1.0 / h) for h in range(1, 9)], 1.5, rate,
+                     vibrato=0.004, attack=0.02)
+            notes.append({"start_s": round(t_hit, 4), "end_s": round(t_hit + dur, 4), "midi": midi})
     # A short low-pass softens the lead's upper harmonics, a little like a reed's.
     lead = np.convolve(lead, [0.25, 0.5, 0.25], mode="same")
-    backing = bass + piano + drums
+    # Dynamics: a level per two bars (-12 to 0 dB), joined by linear swells and fades,
+    # applied to band and lead alike: they rise and fall together.
+    levels_db = rng.uniform(-12, 0, size=math.ceil(n_bars / 2) + 1)
+    unit_times = np.arange(len(levels_db)) * 8 * beat
+    envelope = 10 ** (np.interp(np.arange(N) / rate, unit_times, levels_db) / 20)
+    backing = (bass + piano + drums) * envelope
+    lead = lead * envelope
     gain = min(1.0, 0.9 / (np.abs(backing + lead).max() + 1e-9))  # the mix never clips
     backing, lead = backing * gain, lead * gain
-    truth = {"key": NOTE_NAMES[key], "tempo_bpm": round(bpm, 2), "form": form_name, "swing_ratio": 2.0,
-             "chords": chords, "lead_notes": notes}
+    truth = {"tempo_bpm": round(bpm, 2), "swing_ratio": 2.0, "chords": chords,
+             "kicks_s": [round(t, 4) for t in kick_times], "lead_notes": notes,
+             "dynamics": [{"start_s": round(float(t), 4), "level_db": round(float(d), 2)}
+                          for t, d in zip(unit_times, levels_db)]}
     return backing.astype(np.float32), lead.astype(np.float32), truth
+
+
+def chord_tone_fit(audio, chords, rate, offset_s=0.0, frame_s=0.01):
+    """Share of a solo's pitched 10 ms frames whose pitch class is a tone of the chord
+    sounding then: how well the solo fits the band's harmony, from audio.
+
+    audio [N] (a decoded solo), chords: a demo song's truth["chords"], offset_s: where
+    audio starts in the song. The pitch comes from torchaudio's detect_pitch_frequency
+    (normalised autocorrelation with median smoothing): torchaudio is a dependency
+    already, and a solo is one line, which is what such a tracker handles. Its
+    octave errors do not matter here: only the pitch class counts. Frames more than 30
+    dB below the solo's loud frames, or outside every chord, are not counted. About a
+    third of the 12 pitch classes are chord tones, so a solo deaf to the harmony scores
+    near 0.33; the demo's true lead scores near 1 (tests/test_data.py).
+    """
+    import torchaudio.functional as AF
+    # freq_low 200 Hz keeps the tracker off the sub-octaves it otherwise locks onto with
+    # reed-like spectra; a low note then reads an octave up, with the right pitch class.
+    hz = AF.detect_pitch_frequency(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), rate,
+                                   frame_time=frame_s, win_length=9, freq_low=200, freq_high=1000).numpy()
+    hop = len(audio) / max(len(hz), 1)                                 # samples per pitch frame
+    level = frame_rms_db(audio, int(round(hop)))[:len(hz)]
+    loud = level > np.percentile(level, 95) - 30 if len(level) else level
+    times = offset_s + (np.arange(len(hz)) + 0.5) * hop / rate
+    pitch_class = np.round(12 * np.log2(np.maximum(hz, 1e-6) / 440.0) + 69).astype(int) % 12
+    hits = total = 0
+    for chord in chords:
+        inside = loud & (times >= chord["start_s"]) & (times < chord["end_s"])
+        hits += int(np.isin(pitch_class[inside], chord["pitch_classes"]).sum())
+        total += int(inside.sum())
+    return hits / total if total else float("nan")
 
 
 # ----------------------------------------------------------------------------
@@ -701,7 +762,7 @@ def list_sources(cfg, out):
     """
     if not cfg.input_dir and not cfg.urls:
         return [{"kind": "demo", "index": i, "id": f"demo{i:03d}", "name": f"demo song {i}",
-                 "fingerprint": f"demo:{cfg.seed}:{i}:{cfg.demo_seconds}"} for i in range(cfg.demo_songs)]
+                 "fingerprint": f"demo{DEMO_VERSION}:{cfg.seed}:{i}:{cfg.demo_seconds}"} for i in range(cfg.demo_songs)]
     paths = []
     if cfg.input_dir:
         folder = Path(cfg.input_dir)
@@ -845,7 +906,7 @@ def build_dataset(cfg):
     meta = {"format": 1, "codec": info, "separation": None if separator is None else {
                 "model": cfg.demucs_model, "backing_sources": cfg.backing_sources, "solo_sources": cfg.solo_sources},
             "settings": asdict(cfg), "splits": splits, "songs": records, "skipped": skipped,
-            "demo": is_demo, "build_seconds": round(time.time() - t0, 1)}
+            "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1)}
     write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
     counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
     print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} songs; "

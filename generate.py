@@ -32,7 +32,7 @@ from tqdm import tqdm
 import data
 from data import opt, parse_settings, write_audio, write_json
 from model import StreamingSampler, generate
-from train import load_model, resolve_checkpoint, unigram_entropy
+from train import Windows, fit_onset_detector, kick_auc, listening_masks, load_model, resolve_checkpoint, unigram_entropy
 
 
 @dataclass
@@ -140,6 +140,44 @@ def backing_tokens(cfg, config, codec, info, device):
     if cfg.duration:
         codes = codes[:, :round(cfg.duration * info["frame_rate"])]
     return codes, data.decode_codes(codec, codes), f"{data_dir} {split} clip {cfg.from_val} (song {seg['song']})"
+
+
+def listening_figures(model, codec, config, cfg, solo, n_frames, device):
+    """For a demo validation clip: how the solo follows the band, next to a solo written
+    over another song's backing and scored against this clip's band (the sanity check).
+
+    kick AUC (tokens, any codec): do the solo's note attacks fall on the band's kicks?
+    chord-tone fit (audio, the pretrained codec only): do its pitches fit the chords?
+    Returns None when the backing is not a demo validation clip (no truth to score against).
+    """
+    meta = data.load_dataset(config["data"]["dir"])
+    segments = meta["splits"]["val"]["segments"]
+    if cfg.backing or not meta.get("demo") or not segments:
+        return None
+    data_dir, fr, card = config["data"]["dir"], meta["codec"]["frame_rate"], meta["codec"]["card"]
+    seg = segments[cfg.from_val]
+    # The first clip of another validation song; with one validation song, of a training song.
+    other_split = "val" if any(s["song"] != seg["song"] for s in segments) else "train"
+    other = next(s for s in meta["splits"][other_split]["segments"] if s["song"] != seg["song"])
+    own_b, true_solo = Windows(data_dir, "val", meta, n_frames).window(seg, 0)   # [K, n_frames] each
+    other_b, _ = Windows(data_dir, other_split, meta, n_frames).window(other, 0)
+    mismatched = generate(model, other_b[None].to(device), top_k=cfg.top_k, temperature=cfg.temperature,
+                          seed=cfg.seed).cpu()                                 # [1, K, n_frames]
+    where = [(seg["song"], seg["variant"], seg["song_frame"])]
+    kicks = listening_masks(meta, where, n_frames, fr)["kicks"]                # [1, n_frames]
+    valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]            # [1, n_frames]: real audio
+    _, train_solo, train_where = Windows(data_dir, "train", meta, n_frames).fixed(10 ** 9)
+    detector = fit_onset_detector(train_solo, listening_masks(meta, train_where, n_frames, fr)["kicks"], card)
+    figures = {"kick_auc": kick_auc(detector, solo[:1, :, :n_frames].cpu(), kicks, valid),
+               "kick_auc_mismatched": kick_auc(detector, mismatched, kicks, valid),
+               "kick_auc_true_lead": kick_auc(detector, true_solo[None], kicks, valid),
+               "mismatched_backing": f"{other_split} clip of song {other['song']}"}
+    if not meta["codec"]["untrained"]:  # pitches mean something only when the codec decodes real audio
+        chords = next(s for s in meta["songs"] if s["id"] == seg["song"])["truth"]["chords"]
+        offset, rate = seg["song_frame"] / fr, meta["codec"]["sample_rate"]
+        for name, codes in (("chord_tone_fit", solo[0, :, :n_frames]), ("chord_tone_fit_mismatched", mismatched[0])):
+            figures[name] = data.chord_tone_fit(data.decode_codes(codec, codes.cpu().numpy()), chords, rate, offset)
+    return figures
 
 
 def window_plan(T, W, stride):
@@ -360,11 +398,19 @@ def main(cfg):
                           "tokens_realtime_factor": seconds * cfg.num_samples / token_s,
                           "total_realtime_factor": seconds * cfg.num_samples / (token_s + decode_s)},
               "solo_tokens": [token_stats(s.cpu().numpy(), info["card"]) for s in solo],
-              "backing_tokens": token_stats(codes, info["card"]), "streaming": report}
+              "backing_tokens": token_stats(codes, info["card"]), "streaming": report,
+              "listening": listening_figures(model, codec, config, cfg, solo, min(codes.shape[1], model.cfg.max_frames),
+                                             device)}
     write_json(out / "generation.json", result)
     print(f"wrote {out}/solo.wav, mix.wav, backing.wav, solo.png, generation.json: {seconds:.1f} s of audio; "
           f"tokens {result['timings']['tokens_realtime_factor']:.1f}x real time, "
           f"with decoding {result['timings']['total_realtime_factor']:.1f}x")
+    if result["listening"]:
+        fig = result["listening"]
+        print(f"listening: kick AUC {fig['kick_auc']:.3f} over its own backing, {fig['kick_auc_mismatched']:.3f} for a "
+              f"solo written over another song's (0.5: deaf to the band; the true lead {fig['kick_auc_true_lead']:.3f})"
+              + (f"; chord-tone fit {fig['chord_tone_fit']:.2f} vs {fig['chord_tone_fit_mismatched']:.2f}"
+                 if "chord_tone_fit" in fig else ""))
     if report:
         print("streaming: transformer per frame median {median:.2f} ms, p99 {p99:.2f} ms".format(
             **report["transformer_frame_ms"]) + f" (budget {report['frame_budget_ms']:.1f} ms); codec per chunk "

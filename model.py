@@ -55,6 +55,7 @@ class ModelConfig:
     attn_window: Optional[int] = None  # phase 5: self/cross-attention sees at most this many past positions
     attn_impl: str = "manual"     # "manual": attention written out below; "sdpa": F.scaled_dot_product_attention
     cond_dropout: float = 0.1     # training: probability that a clip's backing is replaced by the null condition
+    aligned_backing: bool = False  # also add backing frames s-K+1..s (encoder states) to the decoder input at step s
 
     def __post_init__(self):
         assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} must divide by n_heads={self.n_heads}"
@@ -339,6 +340,15 @@ class SoloTransformer(nn.Module):
         # One linear head per codebook, stored side by side as [D, K, card] so that all K
         # run as one matmul. card outputs, not card + 1: the special token is never predicted.
         self.heads = nn.Parameter(torch.randn(D, K, cfg.card) * 0.02)  # [D, K, card]
+        # The time-aligned path, beside cross-attention: step s of the decoder also gets
+        # the encoder states of backing frames s-K+1 .. s, mixed by a causal convolution
+        # of width K and added to its input. Those are exactly the frames whose codes step
+        # s predicts (codebook k of frame s - k, by the delay pattern). Cross-attention
+        # must first learn *where* to look; this path hands each step the band at its own
+        # moment from the first update on, so the model starts to listen early instead of
+        # settling into a solo-only language model first (StemGen sums time-aligned
+        # context into its input for the same reason).
+        self.align_conv = nn.Conv1d(D, D, kernel_size=K) if cfg.aligned_backing else None
         self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)  # [1, K, 1]
         self.apply(self._init_weights)
 
@@ -374,6 +384,16 @@ class SoloTransformer(nn.Module):
             x = block(x, rope, self_mask=mask)
         return self.enc_norm(x)                                                     # [B, T, D]
 
+    def aligned(self, memory, S):
+        """encoder states [B, T, D] -> the aligned input [B, S, D]: step s gets frames s-K+1 .. s.
+
+        K - 1 zero frames on the left make the convolution causal (step 0 sees frame 0
+        only); on the right, steps past the last backing frame see what is left of it.
+        """
+        K = self.cfg.n_codebooks
+        x = F.pad(memory.transpose(1, 2), (K - 1, K - 1))                           # [B, D, T + 2K - 2]
+        return self.align_conv(x).transpose(1, 2)[:, :S]                            # [B, T + K - 1, D] -> [B, S, D]
+
     def logits(self, x):
         """decoder states [B, L, D] -> logits [B, K, L, card], all K heads as one matmul."""
         B, L, D = x.shape
@@ -388,6 +408,8 @@ class SoloTransformer(nn.Module):
         cfg, S = self.cfg, dec_in.size(-1)
         memory = self.encode(backing)                                               # [B, T, D]
         x = self.embed(self.dec_emb, dec_in)                                        # [B, S, D]
+        if self.align_conv is not None:
+            x = x + self.aligned(memory, S)                                         # [B, S, D]
         rope = self.rope(0, S, x.device)
         enc_rope = self.rope(0, memory.size(1), x.device)
         self_mask = attention_mask(S, S, True, cfg.attn_window, x.device)           # [S, S]: the past only
@@ -425,11 +447,10 @@ def teacher_forcing(solo, card):
     return target, F.pad(target[..., :-1], (1, 0), value=card)            # [B, K, S] each
 
 
-def codebook_cross_entropy(logits, target, card):
-    """Cross-entropy per codebook, over real positions only.
+def position_cross_entropy(logits, target, card):
+    """Cross-entropy at every position: logits [B, K, S, card], target [B, K, S] ->
+    (ce [B, K, S], 0 where the target is the special token; real [B, K, S] bool).
 
-    logits [B, K, S, card], target [B, K, S] (special token = card where the pattern
-    or the padding holds no code). Returns (mean over codebooks, [K]).
     The positions that hold the special token are not the model's to predict: they
     are fixed by the pattern. Counting them would reward the model for a certainty it
     did not earn, and `card` is not even one of the logits' classes.
@@ -438,7 +459,12 @@ def codebook_cross_entropy(logits, target, card):
     real = target != card                                                     # [B, K, S]
     safe_target = target.masked_fill(~real, 0)                                # any valid class; masked below
     ce = F.cross_entropy(logits.float().reshape(-1, V), safe_target.reshape(-1), reduction="none")
-    ce = torch.where(real, ce.view(B, K, S), 0.0)                             # where(), not *: inf * 0 is nan
+    return torch.where(real, ce.view(B, K, S), 0.0), real                     # where(), not *: inf * 0 is nan
+
+
+def codebook_cross_entropy(logits, target, card):
+    """Cross-entropy per codebook over real positions only: (mean over codebooks, [K])."""
+    ce, real = position_cross_entropy(logits, target, card)                   # [B, K, S] each
     per_codebook = ce.sum(dim=(0, 2)) / real.sum(dim=(0, 2)).clamp(min=1)     # [K]
     return per_codebook.mean(), per_codebook
 
@@ -553,12 +579,22 @@ class SamplerState:
         self.cross_kv = None  # offline: per layer (keys, values) [B, H, T, hd] of the whole backing
         self.cross_caches = None  # streaming: per layer KVCache of encoder frames seen so far
         self.enc_caches = None  # streaming: per encoder layer KVCache
+        self.aligned = None  # aligned-path input of every step, offline: [B, S, D]
+        self.recent = None  # streaming: encoder states of the last K frames [B, K, D], oldest first
         self.n_backing = 0  # encoder frames available
 
     def decoder_step(self, tokens):
         """tokens [B, K] (the previous step's codes) -> logits [B, K, card] for this step."""
         model, cfg, s = self.model, self.model.cfg, self.step
         x = model.embed(model.dec_emb, tokens[..., None])                      # [B, 1, D]
+        if self.aligned is not None:
+            x = x + self.aligned[:, s:s + 1]                                   # [B, 1, D]
+        elif self.recent is not None:
+            if s >= self.n_backing:  # the backing has ended: zeros enter the window, as in training
+                self.recent = torch.cat([self.recent[:, 1:], torch.zeros_like(self.recent[:, :1])], dim=1)
+            conv = model.align_conv  # the training convolution, at one output position
+            x = x + F.linear(self.recent.transpose(1, 2).reshape(x.size(0), -1),
+                             conv.weight.reshape(conv.out_channels, -1), conv.bias)[:, None]  # [B, 1, D]
         rope = self.cos[s:s + 1], self.sin[s:s + 1]
         for i, (block, cache) in enumerate(zip(model.decoder, self.self_caches)):
             if self.cross_kv is not None:
@@ -594,6 +630,10 @@ class SamplerState:
         for block, cache in zip(model.encoder, self.enc_caches):
             x = block(x, rope, cache=cache, fused=True)                         # [B, 1, D]
         x = model.enc_norm(x)                                                   # [B, 1, D]
+        if model.align_conv is not None:  # the aligned path's window: this frame and the K - 1 before
+            if self.recent is None:
+                self.recent = x.new_zeros(x.size(0), cfg.n_codebooks, cfg.d_model)  # [B, K, D]
+            self.recent = torch.cat([self.recent[:, 1:], x], dim=1)             # [B, K, D]
         for block, cache in zip(model.decoder, self.cross_caches):
             k, v = block.cross_attn.project_kv(x, rope)                         # 2 x [B, H, 1, hd]
             cache.append(k, v)
@@ -621,6 +661,7 @@ def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
     state = SamplerState(model, cond.size(0), S, backing.device, memory.dtype)
     enc_rope = model.rope(0, T, backing.device)
     state.cross_kv = [blk.cross_attn.project_kv(memory, enc_rope) for blk in model.decoder]
+    state.aligned = model.aligned(memory, S) if model.align_conv is not None else None  # [B or 2B, S, D]
     state.n_backing = T
     gen = torch.Generator(device=backing.device).manual_seed(seed)
     tokens = torch.full((B, K), cfg.card, dtype=torch.long, device=backing.device)  # start token

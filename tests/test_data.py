@@ -24,7 +24,7 @@ def test_demo_song_is_deterministic_and_aligned():
     assert not np.array_equal(b1, b3), "different songs must differ"
     assert len(b1) == len(s1) == 6 * RATE, f"stems {len(b1)} and {len(s1)} samples, expected {6 * RATE}"
     assert np.abs(b1 + s1).max() <= 0.9 + 1e-6, "the mix must not clip"
-    assert t1["chords"] and t1["lead_notes"] and 110 <= t1["tempo_bpm"] <= 200, "truth is incomplete"
+    assert t1["chords"] and t1["lead_notes"] and t1["kicks_s"] and 100 <= t1["tempo_bpm"] <= 190, "truth incomplete"
 
 
 def test_demo_lead_is_silent_in_its_rests():
@@ -35,6 +35,48 @@ def test_demo_lead_is_silent_in_its_rests():
     assert (~playing).mean() > 0.2, "the demo lead should rest for a good part of the song"
     assert np.abs(solo[~playing]).max() < 1e-3, "the lead sounds where its notes say it rests"
     assert np.abs(solo[playing]).max() > 0.05, "the lead should be audible where it plays"
+
+
+@pytest.mark.parametrize("index", [0, 5])
+def test_demo_truth_matches_the_audio(index):
+    """The band's kicks, the lead's notes and the chords are where the truth says."""
+    backing, solo, truth = render_demo_song(index, 24.0, seed=0)
+    kicks = np.array(truth["kicks_s"])
+    onsets = np.array([n["start_s"] for n in truth["lead_notes"]])
+    assert len(onsets) > 10 and np.isin(onsets, kicks).all(), "every lead note must start on one of the band's kicks"
+    # Every kick adds a kick drum and a piano chord: the band's level jumps there.
+    def level(x, t, ms):
+        return np.sqrt(np.mean(x[int(t * RATE):int(t * RATE + ms * RATE / 1000)] ** 2))
+    jumps = [level(backing, t, 30) / (level(backing, t - 0.03, 30) + 1e-9) for t in kicks[1:] if t > 0.05]
+    assert np.median(jumps) > 1.5, f"the backing should get louder at its kicks (median ratio {np.median(jumps):.2f})"
+    # The lead's pitch: a chord tone of the bar it is played in, at the frequency the truth gives.
+    for note in truth["lead_notes"][:8]:
+        chord = next(c for c in truth["chords"] if c["start_s"] <= note["start_s"] < c["end_s"])
+        assert note["midi"] % 12 in chord["pitch_classes"], f"{note} is not a tone of {chord['symbol']}"
+        a, length = int((note["start_s"] + 0.03) * RATE), min(0.15, note["end_s"] - note["start_s"] - 0.04)
+        if length > 0.1:
+            got = _peak_hz(solo[a:a + int(length * RATE)])
+            want = data.midi_hz(note["midi"])
+            assert abs(got - want) < 0.06 * want, f"lead at {got:.0f} Hz where the truth says {want:.0f} Hz"
+
+
+def test_demo_harmony_is_not_a_loop():
+    """The band announces the chords: the key changes at random, so the past does not predict them."""
+    symbols = [tuple(c["symbol"] for c in render_demo_song(i, 24.0, seed=0)[2]["chords"]) for i in range(8)]
+    keys = {c["key"] for i in range(8) for c in render_demo_song(i, 24.0, seed=0)[2]["chords"]}
+    assert len(set(symbols)) == 8 and len(keys) >= 8, f"8 songs gave {len(set(symbols))} progressions in keys {keys}"
+    bars = symbols[0]
+    assert any(bars[i:i + 4] != bars[i + 4:i + 8] for i in range(0, len(bars) - 8, 2)), "the harmony loops"
+
+
+def test_chord_tone_fit_knows_the_true_lead_own_harmony():
+    """The audio metric: the true lead fits its own song's chords far better than another's."""
+    own, other = [], []
+    for i in range(4):
+        _, solo, truth = render_demo_song(i, 12.0, seed=0)
+        own.append(data.chord_tone_fit(solo, truth["chords"], RATE))
+        other.append(data.chord_tone_fit(solo, render_demo_song(i + 10, 12.0, seed=0)[2]["chords"], RATE))
+    assert min(own) > 0.7 and max(other) < 0.5, f"chord-tone fit own {own}, another song's chords {other}"
 
 
 def test_rms_selection_on_crafted_signal():

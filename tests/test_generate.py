@@ -27,6 +27,9 @@ def test_end_to_end_from_validation_clip(trained, tmp_path):
     stats = result["solo_tokens"][0]
     assert len(stats) == 4 and all(s["distinct"] > 1 for s in stats), f"token statistics {stats}"
     assert result["timings"]["tokens_realtime_factor"] > 0
+    fig = result["listening"]  # a demo validation clip: scored against its band's kicks
+    assert all(0 <= fig[k] <= 1 for k in ("kick_auc", "kick_auc_mismatched", "kick_auc_true_lead")), fig
+    assert "chord_tone_fit" not in fig, "pitches of the untrained codec's audio mean nothing: no chord-tone fit"
 
 
 def test_seed_makes_it_deterministic(trained, tmp_path):

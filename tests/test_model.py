@@ -61,9 +61,9 @@ def _grad_of_output_wrt_inputs(model, backing, dec_in, out_step):
     return enc_x.grad, dec_x.grad
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_causality_by_gradient(causal):
-    model = tiny_model(causal_encoder=causal)
+@pytest.mark.parametrize("causal,aligned", [(False, False), (True, False), (True, True)])
+def test_causality_by_gradient(causal, aligned):
+    model = tiny_model(causal_encoder=causal, aligned_backing=aligned)
     backing, dec_in = random_codes(1, 4, 12), random_codes(1, 4, 15, seed=2)
     step = 5
     enc_grad, dec_grad = _grad_of_output_wrt_inputs(model, backing, dec_in, step)
@@ -78,14 +78,15 @@ def test_causality_by_gradient(causal):
 
 
 def test_window_limits_what_is_seen():
-    model = tiny_model(causal_encoder=True, attn_window=4)
+    model = tiny_model(causal_encoder=True, attn_window=4, aligned_backing=True)
     backing, dec_in = random_codes(1, 4, 30), random_codes(1, 4, 33, seed=2)
     step = 25
     enc_grad, dec_grad = _grad_of_output_wrt_inputs(model, backing, dec_in, step)
     # Each attention hop reaches back at most window - 1 = 3 positions. Decoder inputs:
-    # two self-attention hops. Backing: the second layer's self-attention hop, then the
-    # first layer's cross-attention hop, then two encoder hops.
-    dec_reach, enc_reach = step - 2 * 3, step - 4 * 3
+    # two self-attention hops. Backing: the aligned path's convolution (K - 1 = 3 frames
+    # back) into the decoder input, then the decoder's two self-attention hops, and
+    # before it two encoder hops (the cross-attention route reaches less far).
+    dec_reach, enc_reach = step - 2 * 3, step - 3 - 2 * 3 - 2 * 3
     assert dec_grad[:, :dec_reach].abs().sum() == 0, "decoder window leaked"
     assert enc_grad[:, :enc_reach].abs().sum() == 0, "encoder/cross window leaked"
     assert dec_grad[:, dec_reach].abs().sum() > 0 and enc_grad[:, enc_reach].abs().sum() > 0, "reach too short"
@@ -104,9 +105,10 @@ def test_manual_attention_equals_fused(causal, window):
     assert diff < 1e-5, f"whole model: manual vs sdpa differ by {diff}"
 
 
-@pytest.mark.parametrize("causal,cfg_coef", [(False, None), (True, None), (False, 3.0)])
-def test_cached_greedy_equals_plain_loop(causal, cfg_coef):
-    model = tiny_model(causal_encoder=causal)
+@pytest.mark.parametrize("causal,cfg_coef,aligned", [(False, None, False), (True, None, False), (False, 3.0, False),
+                                                     (False, None, True), (True, 3.0, True)])
+def test_cached_greedy_equals_plain_loop(causal, cfg_coef, aligned):
+    model = tiny_model(causal_encoder=causal, aligned_backing=aligned)
     backing = random_codes(2, 4, 10)
     plain = generate_plain(model, backing, temperature=0, cfg_coef=cfg_coef)
     cached = generate(model, backing, temperature=0, cfg_coef=cfg_coef)
@@ -147,9 +149,9 @@ def test_guidance_coefficient_one_is_conditional():
         "cfg_coef=3 should change something (the null condition is not the backing)"
 
 
-@pytest.mark.parametrize("window", [None, 6])
-def test_streaming_equals_offline(window):
-    model = tiny_model(causal_encoder=True, attn_window=window)
+@pytest.mark.parametrize("window,aligned", [(None, False), (6, False), (None, True), (6, True)])
+def test_streaming_equals_offline(window, aligned):
+    model = tiny_model(causal_encoder=True, attn_window=window, aligned_backing=aligned)
     backing = random_codes(1, 4, 20)
     offline = generate(model, backing, temperature=1.0, seed=13)
     sampler = StreamingSampler(model, n_frames=20, temperature=1.0, seed=13)
