@@ -22,8 +22,8 @@ crash or kill -9) only does what is missing. Every file is written atomically.
 
 Expected output for the default demo corpus on a 2-core CPU (offline, so after a banner
 saying that it falls back to the untrained codec), in about 4 minutes:
-    songs: 100%|####| 64/64 [03:44<00:00,  3.51s/song]
-    kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 788 s of training audio; 230.9 s
+    songs: 100%|####| 64/64 [04:14<00:00,  3.98s/song]
+    kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 837 s of training audio; 261.2 s
 """
 import argparse
 import hashlib

@@ -17,9 +17,9 @@ cardinality `card` and the frame rate come from the dataset's meta.json.
 
 Run it to print the presets and their parameter counts:
     python model.py
-    tiny   d_model= 128 layers=2+2 heads= 4     2.5 M parameters
-    small  d_model= 512 layers=4+4 heads= 8    35.7 M parameters
-    base   d_model= 768 layers=8+8 heads=12   141.8 M parameters
+    tiny   d_model= 128 layers=2+2 heads= 4     2.6 M parameters
+    small  d_model= 512 layers=4+4 heads= 8    36.8 M parameters
+    base   d_model= 768 layers=8+8 heads=12   144.1 M parameters
 
 Letters used in the shape comments:
     B batch, K codebooks, T frames, S delayed steps (S = T + K - 1),
@@ -71,12 +71,12 @@ class ModelConfig:
 
 # The three sizes of the proposal. K, card and frame_rate are filled in from the dataset.
 PRESETS = {
-    # 2.5 M parameters: trains on a 2-core laptop CPU in minutes.
+    # 2.6 M parameters: trains on a 2-core laptop CPU in minutes.
     # Dropout 0.2: on the 14-minute demo corpus, 0.1 overfits by step 400 (docs/phase3, ablations).
     "tiny": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=512, dropout=0.2),
-    # 35.7 M parameters: an hour or two on one consumer GPU.
+    # 36.8 M parameters: an hour or two on one consumer GPU.
     "small": dict(d_model=512, n_heads=8, n_enc_layers=4, n_dec_layers=4, d_ff=2048, dropout=0.1),
-    # 141.8 M parameters: the proposal's 10^8 scale, for a rented A100/H100.
+    # 144.1 M parameters: the proposal's 10^8 scale, for a rented A100/H100.
     "base": dict(d_model=768, n_heads=12, n_enc_layers=8, n_dec_layers=8, d_ff=3072, dropout=0.1),
 }
 

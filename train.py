@@ -2,7 +2,7 @@
 train.py -- train the solo transformer with mixed precision on one accelerator (phase 3),
 and share it on the Hugging Face Hub (phase 4).
 
-    python train.py                         # demo corpus (built if missing, ~4 min) + tiny preset (~7 min on 2 CPU cores)
+    python train.py                         # demo corpus (built if missing, ~4.5 min) + tiny preset (~7 min on 2 CPU cores)
     python train.py --preset small --data data/mine          # a GPU and your own dataset
     python train.py --resume                # continue exactly where the last checkpoint left off
     python train.py --push-to-hub you/jazz-sax-tiny          # train, then upload runs/tiny/best
