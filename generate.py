@@ -32,7 +32,8 @@ from tqdm import tqdm
 import data
 from data import opt, parse_settings, write_audio, write_json
 from model import StreamingSampler, generate
-from train import Windows, fit_onset_detector, kick_auc, listening_masks, load_model, resolve_checkpoint, unigram_entropy
+from train import (Windows, kick_auc, listening_masks, load_model, resolve_checkpoint, train_onset_detector,
+                   unigram_entropy)
 
 
 @dataclass
@@ -166,8 +167,7 @@ def listening_figures(model, codec, config, cfg, solo, n_frames, device):
     where = [(seg["song"], seg["variant"], seg["song_frame"])]
     kicks = listening_masks(meta, where, n_frames, fr)["kicks"]                # [1, n_frames]
     valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]            # [1, n_frames]: real audio
-    _, train_solo, train_where = Windows(data_dir, "train", meta, n_frames).fixed(10 ** 9)
-    detector = fit_onset_detector(train_solo, listening_masks(meta, train_where, n_frames, fr)["kicks"], card)
+    detector = train_onset_detector(data_dir, meta, n_frames)
     figures = {"kick_auc": kick_auc(detector, solo[:1, :, :n_frames].cpu(), kicks, valid),
                "kick_auc_mismatched": kick_auc(detector, mismatched, kicks, valid),
                "kick_auc_true_lead": kick_auc(detector, true_solo[None], kicks, valid),

@@ -233,6 +233,13 @@ def fit_onset_detector(solo, kicks, card):
     return table
 
 
+def train_onset_detector(data_dir, meta, T):
+    """fit_onset_detector on every window of T frames of the training split of a demo dataset."""
+    _, solo, where = Windows(data_dir, "train", meta, T).fixed(10 ** 9)
+    return fit_onset_detector(solo, listening_masks(meta, where, T, meta["codec"]["frame_rate"])["kicks"],
+                              meta["codec"]["card"])
+
+
 def kick_auc(table, solo, kicks, valid):
     """How well a solo's codes mark the band's kicks: the probability that a frame right
     after a kick scores as more onset-like than a frame elsewhere (area under the ROC
@@ -245,14 +252,9 @@ def kick_auc(table, solo, kicks, valid):
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     # Mann-Whitney: the AUC is the mean rank of the kick frames among all frames, rescaled.
-    both = torch.cat([pos, neg])
-    order = both.argsort()
-    ranks = torch.empty_like(both)
-    ranks[order] = torch.arange(1, len(both) + 1, dtype=both.dtype)
-    for value in both[order].unique_consecutive():  # ties share their mean rank
-        tied = both == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
+    # Tied scores share the mean of the ranks they span.
+    _, group, counts = torch.cat([pos, neg]).unique(return_inverse=True, return_counts=True)  # sorted values
+    ranks = (counts.cumsum(0) - (counts - 1) / 2)[group]                        # 1-based mean rank of each score
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
@@ -727,9 +729,7 @@ def train(cfg):
         if cfg.listen_test and "kicks" in val_masks:
             # Generated solos of the best checkpoint, scored against the demo band's kicks.
             model.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)))
-            _, train_s, train_where = train_w.fixed(10 ** 9)
-            detector = fit_onset_detector(train_s, listening_masks(meta, train_where, T, codec["frame_rate"])["kicks"],
-                                          codec["card"])
+            detector = train_onset_detector(cfg.data, meta, T)
             summary["best"].update(listening_test(model, val_b, val_s, val_other, val_masks["kicks"], detector,
                                                   cfg.batch_size, device, seed=cfg.seed))
     write_json(out / "summary.json", summary)
