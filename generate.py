@@ -162,8 +162,10 @@ def listening_figures(model, codec, config, cfg, solo, n_frames, device):
     other = next(s for s in meta["splits"][other_split]["segments"] if s["song"] != seg["song"])
     own_b, true_solo = Windows(data_dir, "val", meta, n_frames).window(seg, 0)   # [K, n_frames] each
     other_b, _ = Windows(data_dir, other_split, meta, n_frames).window(other, 0)
-    mismatched = generate(model, other_b[None].to(device), top_k=cfg.top_k, temperature=cfg.temperature,
-                          seed=cfg.seed).cpu()                                 # [1, K, n_frames]
+    # Sampled exactly as the solo it is compared with (same options and seed), so the
+    # only difference between the two is the backing.
+    mismatched = generate(model, other_b[None].to(device), temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, cfg_coef=cfg.cfg_coef, seed=cfg.seed).cpu()  # [1, K, n_frames]
     where = [(seg["song"], seg["variant"], seg["song_frame"])]
     kicks = listening_masks(meta, where, n_frames, fr)["kicks"]                # [1, n_frames]
     valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]            # [1, n_frames]: real audio
