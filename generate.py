@@ -16,7 +16,8 @@ Writes to the output folder (never over existing files without --overwrite):
 
 Backings longer than the model's window are generated in overlapping windows: each
 window after the first is prompted with the end of the previous one (the way
-MusicGen extends a piece), so any length works with bounded memory.
+MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
+with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
 import json
 import sys
@@ -273,7 +274,10 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate):
 
 
 def stream(model, codec, backing_audio, cfg, info):
-    """Phase 5: feed the backing in chunks as if it arrived live; return (solo codes [1, K, T], report).
+    """Phase 5: feed the backing in chunks as if it arrived live.
+
+    Returns (solo codes [N, K, T], the N solos' audio as decoded chunk by chunk, report),
+    N = --num-samples: the solos are written side by side over the same live backing.
 
     Per chunk: the codec encodes it (re-reading context_ms of past audio, so the
     causal encoder's convolutions see what came before), the transformer takes each
@@ -289,17 +293,20 @@ def stream(model, codec, backing_audio, cfg, info):
     chunk = max(1, round(cfg.chunk_ms / 1000 * info["frame_rate"])) * hop   # whole frames per chunk
     context = round(cfg.context_ms / 1000 * info["frame_rate"]) * hop
     n_frames = len(backing_audio) // hop
-    # The sampler holds the caches; each push() is one encoder step and one decoder step.
-    sampler = StreamingSampler(model, n_frames, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                               seed=cfg.seed)
+    # The sampler holds the caches, on the model's device and in its dtype; each push()
+    # is one encoder step and one decoder step for all N solos (and their null rows
+    # when guidance is on).
+    sampler = StreamingSampler(model, n_frames, batch=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
+                               top_p=cfg.top_p, seed=cfg.seed, cfg_coef=cfg.cfg_coef)
+    device = next(model.parameters()).device
     ctx_frames = context // hop
     solo_frames, audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
 
     def decode_new(frames, done):
-        """Audio of frames[done:], decoded together with up to ctx_frames earlier frames."""
+        """Audio of frames[done:] of each solo [N arrays], decoded with up to ctx_frames earlier frames."""
         lo = max(0, done - ctx_frames)
-        audio = data.decode_codes(codec, torch.stack(frames[lo:], dim=-1)[0].numpy())   # [(n - lo) * hop]
-        return audio[(done - lo) * hop:]
+        codes = torch.stack(frames[lo:], dim=-1).numpy()                                # [N, K, n - lo]
+        return [data.decode_codes(codec, c)[(done - lo) * hop:] for c in codes]
     for start in tqdm(range(0, n_frames * hop, chunk), desc="stream", unit="chunk"):
         arrived = time.perf_counter()  # the chunk's last sample has just arrived
         end = min(start + chunk, n_frames * hop)
@@ -308,14 +315,14 @@ def stream(model, codec, backing_audio, cfg, info):
         # context_ms of the past gives its convolutions (and, approximately, its LSTM)
         # the history a whole-file encode would have had; only the new frames are kept.
         codes = data.encode_audio(codec, backing_audio[max(0, start - context):end])      # [K, F]
-        new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64))       # [K, n]
+        new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64)).to(device)  # [K, n]
         codec_ms.append((time.perf_counter() - t0) * 1e3)
         for f in range(new.size(-1)):
             t1 = time.perf_counter()
-            done = sampler.push(new[None, :, f])
+            done = sampler.push(new[None, :, f])                                          # [N, K] or None
             frame_ms.append((time.perf_counter() - t1) * 1e3)
             if done is not None:
-                solo_frames.append(done)
+                solo_frames.append(done.cpu())
         # The chunk's compute ends when its completed solo frames are audio: that moment,
         # minus the chunk's arrival, is the compute delay reported below.
         if len(solo_frames) > decoded:  # decode what is complete, with past frames as context
@@ -324,9 +331,9 @@ def stream(model, codec, backing_audio, cfg, info):
             codec_ms[-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(solo_frames)
             delay_ms.append((time.perf_counter() - arrived) * 1e3)
-    solo_frames.extend(sampler.finish().unbind(-1))  # the backing has ended: the last K - 1 frames
+    solo_frames.extend(sampler.finish().cpu().unbind(-1))  # the backing has ended: the last K - 1 frames
     audio_out.append(decode_new(solo_frames, decoded))
-    solo = torch.stack(solo_frames, dim=-1)                                            # [1, K, T]
+    solo = torch.stack(solo_frames, dim=-1)                                            # [N, K, T]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     pattern_ms = (K - 1) * 1e3 / info["frame_rate"]
     report = {"transformer_frame_ms": {"median": pct(frame_ms, 50), "p99": pct(frame_ms, 99)},
@@ -335,8 +342,10 @@ def stream(model, codec, backing_audio, cfg, info):
               "chunk_ms": chunk / rate * 1e3, "delay_pattern_ms": pattern_ms,
               "end_to_end_delay_ms": {"median": chunk / rate * 1e3 + pattern_ms + pct(delay_ms, 50),
                                       "p99": chunk / rate * 1e3 + pattern_ms + pct(delay_ms, 99)},
-              "frame_budget_ms": 1e3 / info["frame_rate"]}
-    return solo, np.concatenate(audio_out), report
+              "frame_budget_ms": 1e3 / info["frame_rate"], "solos": cfg.num_samples,
+              "cfg_coef": cfg.cfg_coef}
+    audio = [np.concatenate([part[i] for part in audio_out]) for i in range(cfg.num_samples)]
+    return solo, audio, report
 
 
 def main(cfg):
@@ -375,7 +384,7 @@ def main(cfg):
     token_s = time.perf_counter() - t0
     t1 = time.perf_counter()  # decoding is timed apart: it is the codec's cost, not the model's
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
-    solos = [streamed_audio] if cfg.stream else [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
+    solos = streamed_audio if cfg.stream else [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
     decode_s = time.perf_counter() - t1
     seconds = codes.shape[1] / info["frame_rate"]
     rate = info["sample_rate"]

@@ -15,7 +15,7 @@ Read it top to bottom:
 Nothing here reads files or knows the codec: the number of codebooks K, the
 cardinality `card` and the frame rate come from the dataset's meta.json.
 
-Run it to print the presets and their parameter counts:
+Run it to print the presets and their parameter counts (--preset NAME: that one's settings):
     python model.py
     tiny   d_model= 128 layers=2+2 heads= 4     2.6 M parameters
     small  d_model= 512 layers=4+4 heads= 8    36.8 M parameters
@@ -26,6 +26,8 @@ Letters used in the shape comments:
     D model width, H heads, hd head width (D / H), L new positions, C cache slots,
     card codebook size (the special "no code" token has id card).
 """
+import argparse
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -143,7 +145,9 @@ def attention(q, k, v, mask=None, impl="manual"):
     if mask is not None:
         # -inf, not -1e9: -1e9 overflows to -inf in fp16 anyway and is not a real
         # number in bf16 either; -inf gives exactly zero weight after the softmax.
-        # Every query in this model keeps at least one key, so no row is all -inf.
+        # A row of all -inf would give NaN: every query here keeps at least one key
+        # (itself in self-attention; in cross-attention the samplers refuse a solo
+        # that outruns its backing's window, see check_backing_reach).
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)                         # [B, H, Lq, Lk], rows sum to 1
     return weights @ v                                       # [B, H, Lq, hd]
@@ -262,8 +266,10 @@ class MultiHeadAttention(nn.Module):
         rope: (cos, sin) for the L query positions. Cross-attention takes kv, the
         (keys, values) from project_kv. Self-attention with a cache (generation) takes
         one new position at a time and attends to everything the cache holds.
-        fused: use the fused kernel whatever cfg.attn_impl says (the sampling loops do:
-        one call instead of four matters when each step is a single frame).
+        fused: use the fused kernel whatever cfg.attn_impl says. The cached one-frame
+        steps of generate() and StreamingSampler do (one call instead of four matters
+        when each step is a single frame); whole-sequence passes (training, the encoder
+        pass of generate(), the reference generate_plain) follow cfg.attn_impl.
         """
         if self.cross:
             q = apply_rope(self.split_heads(self.q_proj(x)), *rope)  # [B, H, L, hd]
@@ -391,9 +397,10 @@ class SoloTransformer(nn.Module):
         K - 1 zero frames on the left make the convolution causal (step 0 sees frame 0
         only); on the right, steps past the last backing frame see what is left of it.
         """
-        K = self.cfg.n_codebooks
-        x = F.pad(memory.transpose(1, 2), (K - 1, K - 1))                           # [B, D, T + 2K - 2]
-        return self.align_conv(x).transpose(1, 2)[:, :S]                            # [B, T + K - 1, D] -> [B, S, D]
+        K, T = self.cfg.n_codebooks, memory.size(1)
+        right = max(K - 1, S - T)  # S = T + K - 1 in training; a solo longer than its backing needs more
+        x = F.pad(memory.transpose(1, 2), (K - 1, right))                           # [B, D, T + K - 1 + right]
+        return self.align_conv(x).transpose(1, 2)[:, :S]                            # [B, T + right, D] -> [B, S, D]
 
     def logits(self, x):
         """decoder states [B, L, D] -> logits [B, K, L, card], all K heads as one matmul."""
@@ -513,6 +520,40 @@ def guided_logits(logits, cfg_coef):
     return cond + (cfg_coef - 1.0) * (cond - uncond)
 
 
+def sampling(fn):
+    """Decorator of the samplers: no autograd, and the model in eval mode while they run.
+
+    Dropout left on would make every draw, greedy included, depend on a coin the
+    caller never sees; the model's previous mode is restored afterwards, so calling
+    a sampler in the middle of training (train.py's listening test) changes nothing.
+    """
+    @functools.wraps(fn)
+    def run(model, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return run
+
+
+def check_backing_reach(cfg, n_backing, n_frames):
+    """Refuse a solo that would outrun its backing's attention window.
+
+    With attn_window = w, step s reads backing frames s - w + 1 .. s. The last step of
+    n_frames frames is s = n_frames + K - 2, so it still reads a frame only while
+    n_frames <= n_backing + w - K. Past that, cross-attention would have no key at all
+    (a softmax over nothing: NaN), a state training never produces.
+    """
+    if cfg.attn_window is not None and n_frames > n_backing + cfg.attn_window - cfg.n_codebooks:
+        raise ValueError(f"{n_frames} solo frames over {n_backing} backing frames: with attn_window "
+                         f"{cfg.attn_window} the last steps would see no backing at all; generate at most "
+                         f"{n_backing + cfg.attn_window - cfg.n_codebooks} frames (the backing's length + "
+                         f"attn_window - K)")
+
+
 def generation_template(n_frames, n_codebooks, card, batch, device, prompt=None):
     """What is already decided before sampling, as a delayed sequence [B, K, S].
 
@@ -522,6 +563,8 @@ def generation_template(n_frames, n_codebooks, card, batch, device, prompt=None)
     """
     codes = torch.full((batch, n_codebooks, n_frames), -1, dtype=torch.long, device=device)
     if prompt is not None:
+        if prompt.size(-1) > n_frames:
+            raise ValueError(f"the prompt has {prompt.size(-1)} frames, more than the {n_frames} frames to generate")
         codes[..., :prompt.size(-1)] = prompt
     return build_delay_pattern(codes, card)[0]   # [B, K, S]
 
@@ -534,7 +577,7 @@ def _prepare(model, backing, cfg_coef):
     return torch.cat([backing, null])
 
 
-@torch.inference_mode()
+@sampling
 def generate_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
                    seed=0, cfg_coef=None, prompt=None):
     """The reference sampler: at every step, run the whole model on the whole prefix.
@@ -545,6 +588,7 @@ def generate_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_
     cfg = model.cfg
     B, K, T = backing.shape
     n_frames = n_frames or T
+    check_backing_reach(cfg, T, n_frames)
     template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
     backing = _prepare(model, backing, cfg_coef)                                       # [B or 2B, K, T]
     gen = torch.Generator(device=backing.device).manual_seed(seed)
@@ -641,7 +685,7 @@ class SamplerState:
         self.n_backing += 1
 
 
-@torch.inference_mode()
+@sampling
 def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0, seed=0,
              cfg_coef=None, prompt=None, progress=None):
     """KV-cached sampling: backing [B, K, T] -> solo codes [B, K, n_frames].
@@ -655,6 +699,7 @@ def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
     cfg = model.cfg
     B, K, T = backing.shape
     n_frames = n_frames or T
+    check_backing_reach(cfg, T, n_frames)
     template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
     S = template.size(-1)
     cond = _prepare(model, backing, cfg_coef)                                     # [B or 2B, K, T]
@@ -686,24 +731,35 @@ class StreamingSampler:
     frame [B, K] that the delay pattern has just completed (None for the first K - 1
     frames: codebook K-1 of frame t is only decided at step t + K - 1). finish()
     returns the last K - 1 frames once the backing has ended. With the same seed it
-    gives exactly the tokens of generate() on the same causal model.
+    gives exactly the tokens of generate() on the same causal model, guidance included.
+
+    The caches live on the model's device in the model's dtype (a bf16 model on a GPU
+    gets bf16 caches), and the model is put in eval mode for as long as the sampler
+    uses it. batch: solos written at once over the same backing (each row draws its own).
     """
 
-    def __init__(self, model, n_frames, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=0, device="cpu"):
+    def __init__(self, model, n_frames, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=0, cfg_coef=None):
         cfg = model.cfg
-        assert cfg.causal_encoder, "streaming needs a model trained with causal_encoder=True"
-        self.model, self.K, self.card = model, cfg.n_codebooks, cfg.card
+        if not cfg.causal_encoder:
+            raise ValueError("streaming needs a model trained with causal_encoder=True (train.py --causal-encoder)")
+        weight = next(model.parameters())
+        device, dtype = weight.device, weight.dtype
+        model.eval()  # no dropout while sampling; a sampler lives as long as the stream
+        self.model, self.K, self.card, self.n_frames, self.cfg_coef = model, cfg.n_codebooks, cfg.card, n_frames, cfg_coef
         self.opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.template = generation_template(n_frames, self.K, cfg.card, batch, device)  # [B, K, S]
-        self.state = SamplerState(model, batch, self.template.size(-1), device, torch.float32)
+        rows = batch if cfg_coef is None else 2 * batch   # guidance: conditional rows, then null rows
+        self.state = SamplerState(model, rows, self.template.size(-1), device, dtype)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
         self.recent = []  # the last K delayed columns, from which finished frames are read
 
-    @torch.inference_mode()
     def _decode_one(self):
         s = self.state.step
-        nxt = sample_next(self.state.decoder_step(self.tokens), generator=self.gen, **self.opts)  # [B, K]
+        logits = self.state.decoder_step(self.tokens if self.cfg_coef is None else self.tokens.repeat(2, 1))
+        if self.cfg_coef is not None:
+            logits = guided_logits(logits, self.cfg_coef)
+        nxt = sample_next(logits, generator=self.gen, **self.opts)                 # [B, K]
         self.tokens = torch.where(self.template[..., s] >= 0, self.template[..., s], nxt)
         self.recent = (self.recent + [self.tokens])[-self.K:]
         if s < self.K - 1:
@@ -713,19 +769,30 @@ class StreamingSampler:
 
     @torch.inference_mode()
     def push(self, frame):
-        self.state.encoder_step(frame)
+        """One backing frame [B, K] (or [1, K], shared by every row) -> a finished solo frame [B, K] or None."""
+        if self.state.n_backing >= self.n_frames:
+            raise ValueError(f"the sampler was built for {self.n_frames} frames and all of them have been pushed; "
+                             "build it with a larger n_frames")
+        frame = frame.to(self.tokens.device).expand(self.tokens.size(0), -1)      # [B, K]
+        self.state.encoder_step(_prepare(self.model, frame[..., None], self.cfg_coef)[..., 0])
         return self._decode_one()
 
     @torch.inference_mode()
     def finish(self):
+        """The backing has ended: the remaining steps -> the last frames [B, K, n] (None when none are left)."""
+        check_backing_reach(self.model.cfg, self.state.n_backing, self.n_frames)
         rest = [self._decode_one() for _ in range(self.template.size(-1) - self.state.step)]
-        return torch.stack(rest, dim=-1) if rest else None  # [B, K, K - 1]
+        rest = [r for r in rest if r is not None]
+        return torch.stack(rest, dim=-1) if rest else None  # [B, K, K - 1] when every frame was pushed
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Print the presets, their sizes and the settings of one of them.")
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny", help="whose settings to print")
+    args = parser.parse_args()
     for name in PRESETS:
         cfg = preset_config(name)
         model = SoloTransformer(cfg)
         print(f"{name:6s} d_model={cfg.d_model:4d} layers={cfg.n_enc_layers}+{cfg.n_dec_layers} "
               f"heads={cfg.n_heads:2d}  {model.num_params() / 1e6:6.1f} M parameters")
-    print("settings of the tiny preset:", asdict(preset_config("tiny")))
+    print(f"settings of the {args.preset} preset:", asdict(preset_config(args.preset)))

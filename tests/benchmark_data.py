@@ -2,6 +2,7 @@
 
     python tests/benchmark_data.py              # tokenization speed, then a 10-minute file end to end
     python tests/benchmark_data.py --minutes 3  # a shorter file
+    python tests/benchmark_data.py --only decode   # decoding memory only
 
 Prints:
   - the EnCodec tokenization real-time factor on this machine (seconds of audio per
@@ -9,7 +10,9 @@ Prints:
   - the peak memory (max resident set size) of data.py processing one long 44.1 kHz
     stereo file: load, Demucs separation (the small random demucs_unittest model, since
     no weights can be downloaded here), RMS selection, tokenization of both stems.
-The long file runs in a child process so that its peak memory is its own.
+  - the peak memory of decoding --decode-minutes of codes (generate.py's last step),
+    in 10 s chunks as decode_codes does, beside the whole track at once (the old way).
+Each long run is a child process, so that its peak memory is its own.
 """
 import argparse
 import resource
@@ -49,25 +52,50 @@ def long_file(minutes):
         stereo = data.resample(np.stack([song, 0.9 * song]), 24000, 44100)
         sf.write(folder / "long.wav", stereo.T, 44100, subtype="PCM_16")
         print(f"long file: {minutes} min, 44.1 kHz stereo, {(folder / 'long.wav').stat().st_size / 1e6:.0f} MB on disk")
-        cmd = [sys.executable, "-c", (
-            "import resource, time, data, torch; torch.manual_seed(0); t=time.time();"
+        gb, secs = child_peak(
+            "import time, data, torch; torch.manual_seed(0); t0 = time.time()\n"
             f"data.build_dataset(data.DataConfig(out={str(Path(tmp) / 'out')!r}, input_dir={str(folder)!r},"
-            " demucs_model='demucs_unittest', encodec_weights='untrained', device='cpu'));"
-            "print(f'PEAK_RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
-            " SECONDS {time.time() - t:.0f}')")]
-        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        line = next((ln for ln in run.stdout.splitlines() if ln.startswith("PEAK_RSS_MB")), None)
-        if line is None:
-            print(run.stdout[-2000:], run.stderr[-2000:])
-            raise SystemExit("the long-file run failed")
-        _, peak, _, secs = line.split()
-        print(f"long file through data.py: peak memory {int(peak) / 1024:.2f} GB (target < 3 GB), {secs} s")
+            " demucs_model='demucs_unittest', encodec_weights='untrained', device='cpu'))")
+        print(f"long file through data.py: peak memory {gb:.2f} GB (target < 3 GB), {secs} s")
+
+
+def child_peak(code):
+    """Run python code in a fresh process; its printed "PEAK_RSS_MB n SECONDS s" line -> (GB, seconds)."""
+    code += ("\nimport resource; print(f'PEAK_RSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+             " SECONDS {time.time() - t0:.0f}')")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("PEAK_RSS_MB")), None)
+    if line is None:
+        print(run.stdout[-2000:], run.stderr[-2000:])
+        raise SystemExit("the child run failed")
+    _, peak, _, secs = line.split()
+    return int(peak) / 1024, int(secs)
+
+
+def decoding_peak(minutes, threads):
+    """Peak memory of decoding a backing of `minutes` to audio: in chunks, and all at once."""
+    for label, chunk_s in (("10 s chunks + 1 s context (decode_codes)", 10.0), ("whole track at once", 1e9)):
+        gb, secs = child_peak(
+            f"import time, numpy as np, torch, data; torch.set_num_threads({threads}); torch.manual_seed(0)\n"
+            "codec = data.load_codec('untrained', 3.0, 'cpu')\n"
+            f"codes = np.random.default_rng(0).integers(0, 1024, (4, {minutes} * 60 * 75))\n"
+            f"t0 = time.time(); audio = data.decode_codes(codec, codes, chunk_s={chunk_s})\n"
+            "assert len(audio) == codes.shape[1] * 320")
+        print(f"decoding {minutes} min of codes, {label}: peak memory {gb:.2f} GB, {secs} s ({threads} threads)")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=int, default=10)
+    ap.add_argument("--minutes", type=int, default=10, help="length of the long file through data.py")
+    ap.add_argument("--decode-minutes", type=int, default=3, help="length of the backing decoded to audio")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--only", choices=["all", "tokenize", "long", "decode"], default="all")
     args = ap.parse_args()
-    tokenization_rtf()
-    long_file(args.minutes)
+    torch.set_num_threads(args.threads)
+    if args.only in ("all", "tokenize"):
+        tokenization_rtf()
+    if args.only in ("all", "long"):
+        long_file(args.minutes)
+    if args.only in ("all", "decode"):
+        decoding_peak(args.decode_minutes, args.threads)
     print(f"(this process: peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GB)")

@@ -129,12 +129,32 @@ def test_separation_with_random_demucs(kind):
     assert np.isfinite(backing).all() and np.abs(solo).sum() > 0, "separation output empty or not finite"
 
 
+def test_decode_in_chunks_matches_whole(demo_dataset):
+    codec = data.untrained_codec(demo_dataset[0], 3.0, "cpu")
+    with torch.no_grad():  # the untrained decoder barely hears its codes; louder codebooks make it hear them
+        for layer in codec.quantizer.vq.layers:
+            layer._codebook.embed.mul_(100)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 1024, (2, 4, 400))
+    whole = data.decode_codes(codec, a, chunk_s=100.0)
+    assert len(whole) == 400 * 320, f"{len(whole)} samples for 400 frames"
+    signal = np.abs(whole - data.decode_codes(codec, b, chunk_s=100.0)).max()  # how much the codes move the audio
+    chunked = data.decode_codes(codec, a, chunk_s=2.0)                        # 150-frame chunks, 1 s of context
+    no_context = data.decode_codes(codec, a, chunk_s=2.0, context_s=0.0)
+    error, cut = np.abs(chunked - whole).max(), np.abs(no_context - whole).max()
+    assert len(chunked) == len(whole) and signal > 1e-4, f"{len(chunked)} samples, signal {signal}"
+    assert error < 1e-3 * signal, f"chunked decoding is off by {error:.2e} (the codes move the audio by {signal:.2e})"
+    assert cut > 100 * error, f"without context the chunks should click: {cut:.2e} vs {error:.2e}"
+
+
 def test_tokenization_with_untrained_codec():
     torch.manual_seed(0)
     codec = load_codec("untrained", 3.0, "cpu")
     backing, solo, _ = render_demo_song(1, 6.0, seed=0)
     zero_codes = encode_audio(codec, solo[:RATE])
-    assert (zero_codes == 0).all(), "an untrained EnCodec gives code 0 everywhere (DESIGN.md)"
+    # Its codebooks start as all-zero rows (k-means would fill them on the first
+    # training batch), so every frame is nearest to row 0.
+    assert (zero_codes == 0).all(), "an untrained EnCodec gives code 0 everywhere"
     # The codebooks are drawn from frames of the calibration audio: it needs many more
     # frames than the 1024 codes, or later stages see an all-zero residual. 60 s here.
     calibration = np.concatenate([sum(render_demo_song(i, 20.0, seed=0)[:2]) for i in (5, 6, 7)])

@@ -105,6 +105,25 @@ def test_streaming_generation(trained_causal, tmp_path):
     assert rate == CODEC_RATE and len(audio) == CODEC_RATE, f"streamed solo {len(audio)} samples"
 
 
+def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
+    result = run(trained_causal / "best", tmp_path / "two", duration=1.0, stream=True, num_samples=2, seed=1)
+    assert result["streaming"]["solos"] == 2
+    solos = [sf.read(tmp_path / "two" / f"solo_{i}.wav")[0] for i in range(2)]
+    assert all(len(a) == CODEC_RATE for a in solos), "each streamed solo must cover the backing"
+    # Guidance must reach the streamed tokens: greedy with and without it differ.
+    folder = trained_causal / "best"
+    model, config = G.load_model(folder)
+    codec, info = G.load_codec_for(config, folder, "", "cpu")
+    cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=0.0, chunk_ms=40)
+    codes, audio, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
+    plain, _, _ = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
+    cfg.cfg_coef = 3.0
+    guided, guided_audio, report = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
+    assert report["cfg_coef"] == 3.0 and len(guided_audio) == 1
+    assert plain.shape == guided.shape == (1, 4, codes.shape[1])
+    assert not torch.equal(plain, guided), "--cfg-coef 3 left the streamed solo unchanged"
+
+
 def test_stream_needs_a_causal_model(trained, tmp_path):
     out, _ = trained
     with pytest.raises(SystemExit, match="needs a causal model"):

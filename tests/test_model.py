@@ -6,6 +6,13 @@ from model import (PRESETS, ModelConfig, SoloTransformer, StreamingSampler, atte
                    build_delay_pattern, codebook_cross_entropy, generate, generate_plain, preset_config,
                    revert_delay_pattern, sample_next)
 
+
+def stream_all(sampler, backing):
+    """Push every frame of backing [1, K, T] into sampler, then finish: solo [B, K, n_frames]."""
+    frames = [f for f in (sampler.push(backing[..., t]) for t in range(backing.size(-1))) if f is not None]
+    rest = sampler.finish()
+    return torch.cat(frames and [torch.stack(frames, dim=-1)] + ([rest] if rest is not None else []), dim=-1)
+
 CARD = 32
 
 
@@ -155,11 +162,62 @@ def test_streaming_equals_offline(window, aligned):
     backing = random_codes(1, 4, 20)
     offline = generate(model, backing, temperature=1.0, seed=13)
     sampler = StreamingSampler(model, n_frames=20, temperature=1.0, seed=13)
-    frames = [f for f in (sampler.push(backing[..., t]) for t in range(20)) if f is not None]
-    streamed = torch.cat([torch.stack(frames, dim=-1), sampler.finish()], dim=-1)
+    streamed = stream_all(sampler, backing)
     assert torch.equal(streamed, offline), "streamed tokens differ from offline generation"
     if window:
         assert sampler.state.self_caches[0].k.size(2) == window, "cache must be bounded by the window"
+
+
+def test_streaming_guidance_and_several_solos_equal_offline():
+    model = tiny_model(causal_encoder=True, attn_window=6, aligned_backing=True)
+    backing = random_codes(1, 4, 15)
+    for cfg_coef in (None, 3.0):
+        offline = generate(model, backing.repeat(2, 1, 1), temperature=1.0, seed=5, cfg_coef=cfg_coef)
+        streamed = stream_all(StreamingSampler(model, 15, batch=2, temperature=1.0, seed=5, cfg_coef=cfg_coef), backing)
+        assert streamed.shape == (2, 4, 15), f"two solos expected, got {tuple(streamed.shape)}"
+        assert torch.equal(streamed, offline), f"cfg_coef={cfg_coef}: streamed tokens differ from offline generation"
+        assert not torch.equal(streamed[0], streamed[1]), "the two solos of one batch should differ"
+    unguided = stream_all(StreamingSampler(model, 15, temperature=0, seed=5), backing)
+    guided = stream_all(StreamingSampler(model, 15, temperature=0, seed=5, cfg_coef=3.0), backing)
+    assert not torch.equal(unguided, guided), "cfg_coef=3 must change what streaming writes"
+
+
+def test_streaming_takes_the_models_dtype():
+    model = tiny_model(causal_encoder=True, attn_window=6, aligned_backing=True).to(torch.bfloat16)
+    backing = random_codes(1, 4, 12)
+    sampler = StreamingSampler(model, 12, temperature=1.0, seed=2)
+    streamed = stream_all(sampler, backing)
+    assert sampler.state.self_caches[0].k.dtype == torch.bfloat16, "caches must take the model's dtype"
+    assert streamed.shape == (1, 4, 12) and ((streamed >= 0) & (streamed < CARD)).all(), "bf16 stream: bad codes"
+
+
+def test_samplers_refuse_what_they_cannot_do():
+    model = tiny_model(causal_encoder=True, attn_window=6)
+    backing = random_codes(1, 4, 10)
+    # The window reaches back 6 frames: at most 10 + 6 - 4 = 12 solo frames over 10 backing frames.
+    reach = generate(model, backing, n_frames=12, temperature=0)
+    assert torch.equal(reach, generate_plain(model, backing, n_frames=12, temperature=0)), "cached != plain at reach"
+    for sampler in (generate, generate_plain):
+        with pytest.raises(ValueError, match="no backing"):
+            sampler(model, backing, n_frames=13)
+    with pytest.raises(ValueError, match="prompt"):
+        generate(model, backing, n_frames=5, prompt=random_codes(1, 4, 6))
+    sampler = StreamingSampler(model, n_frames=3)
+    for t in range(3):
+        sampler.push(backing[..., t])
+    with pytest.raises(ValueError, match="all of them have been pushed"):
+        sampler.push(backing[..., 3])
+    with pytest.raises(ValueError, match="causal"):
+        StreamingSampler(tiny_model(), n_frames=3)
+
+
+def test_samplers_use_eval_mode_and_restore_the_mode():
+    model = tiny_model(dropout=0.5).train()
+    backing = random_codes(1, 4, 10)
+    greedy = [generate(model, backing, temperature=0) for _ in range(2)]
+    assert torch.equal(*greedy), "greedy sampling must not depend on dropout"
+    assert torch.equal(greedy[0], generate_plain(model, backing, temperature=0)), "plain sampler ran with dropout"
+    assert model.training, "the sampler must give the model back in the mode it found it"
 
 
 @pytest.mark.parametrize("name,lo,hi", [("tiny", 1e6, 3e6), ("small", 25e6, 45e6), ("base", 100e6, 200e6)])
