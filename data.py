@@ -49,11 +49,15 @@ DEMUCS_RATE = 44_100      # Demucs models are trained on 44.1 kHz stereo
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".opus", ".webm"}
 
 
-def opt(default, help):
-    """A settings field with its help text (shown by --help)."""
+def opt(default, help, choices=None):
+    """A settings field with its help text (shown by --help) and, optionally, its allowed values."""
+    meta = {"help": help, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DEVICES = ["auto", "cpu", "cuda"]
 
 
 @dataclass
@@ -70,7 +74,7 @@ class DataConfig:
     solo_sources: list = opt(["other", "vocals"], "Demucs stems summed into the solo (a sax lands here)")
     encodec_weights: str = opt("pretrained", "'pretrained' (download once), a local .th file, or 'untrained'")
     bandwidth: float = opt(3.0, "EnCodec bandwidth in kbps: 3.0 gives 4 codebooks")
-    rms_rel_db: float = opt(-30.0, "solo plays where its RMS is within this many dB of its loud frames")
+    rms_rel_db: float = opt(-30.0, "solo plays where its RMS is above its loud frames' level (95th percentile) + this")
     rms_abs_db: float = opt(-45.0, "... and above this absolute level (dBFS)")
     min_section_s: float = opt(2.0, "shortest section kept, in seconds")
     merge_gap_s: float = opt(0.75, "silences shorter than this inside a section are kept")
@@ -81,7 +85,9 @@ class DataConfig:
     val_fraction: float = opt(0.1, "share of songs for validation (at least one song)")
     test_fraction: float = opt(0.1, "share of songs for testing (at least one song when there are 3+)")
     seed: int = opt(0, "seed for the demo corpus, the splits, augmentation and the untrained codec")
-    device: str = opt("auto", "'auto' (GPU when there is one), 'cpu' or 'cuda'")
+    device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
+    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 on a busy machine, docs/troubleshooting.md)")
+    demo_backing: str = opt("", "write the backing of a demo song no model trained on to this .wav or .flac, and exit")
 
 
 def parse_settings(cls, argv=None, description=None):
@@ -90,21 +96,38 @@ def parse_settings(cls, argv=None, description=None):
     One source of truth: the dataclass is what the code reads, what --help prints and
     what is stored as JSON next to every output. train.py and generate.py use it too.
     """
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description)
     for f in fields(cls):
         default = f.default_factory() if f.default is MISSING else f.default
-        name, kind = "--" + f.name.replace("_", "-"), f.type
+        name, kind, choices = "--" + f.name.replace("_", "-"), f.type, f.metadata["choices"]
+        # The default is shown unless it is empty: then the help says what empty means.
+        help = f.metadata["help"] + ("" if default in ("", None, []) else f" (default: {default})")
         if kind is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif kind is list:
-            parser.add_argument(name, nargs="*", default=default, help=f.metadata["help"])
+            parser.add_argument(name, nargs="*", default=default, help=help)
         else:
             if typing.get_origin(kind) is typing.Union:  # Optional[int]: an int, or "none"
                 inner = typing.get_args(kind)[0]
                 kind = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
-            parser.add_argument(name, type=kind, default=default, help=f.metadata["help"])
+            parser.add_argument(name, type=kind, default=default, help=help, choices=choices)
     return cls(**vars(parser.parse_args(argv)))
+
+
+def check_settings(cfg):
+    """The allowed values of each field (opt(..., choices)), for settings built in code
+    rather than parsed: a clear one-line error before anything is created."""
+    for f in fields(cfg):
+        value, choices = getattr(cfg, f.name), f.metadata.get("choices")
+        if choices and value not in choices:
+            raise SystemExit(f"--{f.name.replace('_', '-')} {value}: choose one of {', '.join(map(str, choices))}")
+
+
+def set_threads(n):
+    """torch's CPU threads: n, or torch's default when n is 0. On a CPU that other work
+    keeps busy, torch's default (one thread per core) can run 10x slower than 1 thread."""
+    if n:
+        torch.set_num_threads(n)
 
 
 def pick_device(name):
@@ -214,6 +237,8 @@ UNITS = {
 }
 NOTE_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
 MODULATION_P = 0.5  # chance that a two-bar unit moves to a new key drawn at random
+UNTRAINED_AUDIO = ("the UNTRAINED codec's decoder ignores the codes: every file it decodes is the same DC offset "
+                   "(about -0.07) with faint fixed tones (-40 dBFS), whatever the model wrote")
 DEMO_VERSION = 2    # part of every demo song's cache key and of meta.json: a new corpus is never mixed with an old one
 
 
@@ -401,7 +426,12 @@ def load_separator(name, repo=""):
     """
     from demucs.pretrained import get_model
     try:
-        model = get_model(name, repo=Path(repo) if repo else None)
+        # demucs_unittest is built with random weights: seeded, so that two runs (or a
+        # rerun after a crash) separate every song with the same ones. The caller's
+        # random state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = get_model(name, repo=Path(repo) if repo else None)
     except (Exception, SystemExit) as err:  # demucs calls sys.exit on some failures
         where = f"the local folder {repo}" if repo else "the Hugging Face Hub and the legacy download URL"
         raise SystemExit(f"Could not load the Demucs model {name!r} from {where}: {err}\n" + OFFLINE_HELP.format(
@@ -438,7 +468,9 @@ def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=
         # own command line does); the stems are scaled back to the input's level after.
         ref = x.mean(0)                                                            # [n], the mono mix
         mean, std = ref.mean(), ref.std() + 1e-8
-        stems = apply_model(model, ((x - mean) / std)[None], device=device, split=True, overlap=0.25)[0]
+        # shifts=0: Demucs's default (1) moves the input by a random offset drawn from
+        # Python's global random module, so two runs would separate differently.
+        stems = apply_model(model, ((x - mean) / std)[None], shifts=0, device=device, split=True, overlap=0.25)[0]
         stems = (stems * std + mean).cpu().numpy()                                 # [sources, 2, n]
         # Sum the chosen stems, then mono, then 24 kHz: two small arrays leave this chunk.
         for out, wanted in ((backs, backing_sources), (solos, solo_sources)):
@@ -591,7 +623,7 @@ def fill_untrained_codebooks(codec, audio, seed):
     Stage by stage: set the codebook's rows to frames drawn (seeded) from the current
     residual of the encoder's output, quantize, subtract, go on to the next stage.
     Quick where EnCodec's own k-means init is not. Tokens then vary with the audio,
-    but decoded audio is noise: for testing the plumbing only.
+    but the decoder ignores them (UNTRAINED_AUDIO): for testing the plumbing only.
     """
     x = torch.from_numpy(audio)[None, None].to(next(codec.parameters()).device)  # [1, 1, N]
     residual = codec.encoder(x)[0].T                                              # [F, D]
@@ -663,8 +695,9 @@ def prepare_codec(cfg, out, calibration, device, fallback_ok):
             if not fallback_ok:
                 raise
             print("=" * 78 + f"\n{err}\n\nThe demo corpus goes on with the UNTRAINED codec: training and its\n"
-                  "metrics are real, but the audio you will hear is noise. For real audio, get\n"
-                  "the weights (docs/troubleshooting.md) and rerun with --encodec-weights PATH.\n" + "=" * 78)
+                  "metrics are real, but the audio carries nothing of the tokens (its decoder\n"
+                  "ignores them). For real audio, get the weights (docs/troubleshooting.md)\n"
+                  "and rerun with --encodec-weights PATH.\n" + "=" * 78)
     codec = untrained_codec(out, cfg.bandwidth, device, seed=cfg.seed, calibration=calibration)
     return codec, codec_info(codec, "untrained")
 
@@ -696,6 +729,19 @@ def untrained_codec(folder, bandwidth, device, seed=0, calibration=None):
 # 7. One song, cached
 # ----------------------------------------------------------------------------
 
+def checked_audio(source, cfg):
+    """A file source's audio (float32 [C, N], rate), or SkipSong with the reason:
+    unreadable, too short or silent. Cheap next to separation, so these checks run
+    over every file before the splits are drawn."""
+    audio, rate = load_audio(source["path"])
+    seconds = audio.shape[1] / rate
+    if seconds < cfg.min_song_s:
+        raise SkipSong(f"too short: {seconds:.2f} s, at least {cfg.min_song_s} s needed")
+    if np.abs(audio).max() < 1e-4:
+        raise SkipSong("silent: the whole file is below -80 dBFS")
+    return audio, rate
+
+
 def song_stems(source, cfg, separator, device):
     """A source -> (backing, solo) at 24 kHz mono and what is known about the song.
 
@@ -710,12 +756,7 @@ def song_stems(source, cfg, separator, device):
             info["separation_sdr_db"] = {"solo": sdr_db(solo, est_solo), "backing": sdr_db(backing, est_backing)}
             backing, solo = est_backing, est_solo
         return backing, solo, info
-    audio, rate = load_audio(source["path"])
-    seconds = audio.shape[1] / rate
-    if seconds < cfg.min_song_s:
-        raise SkipSong(f"too short: {seconds:.2f} s, at least {cfg.min_song_s} s needed")
-    if np.abs(audio).max() < 1e-4:
-        raise SkipSong("silent: the whole file is below -80 dBFS")
+    audio, rate = checked_audio(source, cfg)
     backing, solo = separate(separator, audio, rate, cfg.backing_sources, cfg.solo_sources, device)
     return backing, solo, {"original_rate": rate, "original_channels": audio.shape[0]}
 
@@ -854,16 +895,35 @@ def write_split_arrays(out, split, records, cache_dir):
 def build_dataset(cfg):
     """The whole pipeline; returns the meta dict written to <out>/meta.json."""
     t0 = time.time()
+    check_settings(cfg)
     out, device = Path(cfg.out), pick_device(cfg.device)
+    sources = list_sources(cfg, out)  # before anything is created: a wrong --input-dir leaves nothing behind
+    # The cheap checks run over every file first, and the splits are drawn over the files
+    # that pass them: a folder with bad files still gets validation and test songs.
+    # Splits come before the expensive work because augmentation is for training songs only.
+    skipped = []
+    if sources[0]["kind"] == "file":
+        usable = []
+        for src in tqdm(sources, desc="check", unit="file"):
+            try:
+                checked_audio(src, cfg)
+                usable.append(src)
+            except SkipSong as why:
+                tqdm.write(f"skipped {src['name']}: {why}")
+                skipped.append({"source": src["name"], "reason": str(why)})
+        if not usable:
+            raise SystemExit(f"No song could be used: all {len(sources)} files were skipped (reasons above); "
+                             f"nothing written to {out}.")
+        sources = usable
+    assign_splits(sources, cfg)
+    is_demo = sources[0]["kind"] == "demo"
+    # Nothing a later run would trust may stay behind if no song survives: a new folder
+    # is removed whole, and a codec calibrated by this run is removed from an old one.
+    new_folder, had_codec = not out.exists(), (out / "codec.safetensors").exists()
     cache_dir = out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob(".*.tmp*"):  # left by a run that was killed mid-write
         stale.unlink()
-    # Splits are decided before any work, from the list of songs alone: augmentation
-    # needs to know which songs are for training.
-    sources = list_sources(cfg, out)
-    assign_splits(sources, cfg)
-    is_demo = sources[0]["kind"] == "demo"
     # Demucs is loaded only when something needs separating (the demo has true stems).
     separator = None if (is_demo and not cfg.separate) else load_separator(cfg.demucs_model, cfg.demucs_repo)
 
@@ -874,7 +934,7 @@ def build_dataset(cfg):
                 if is_demo:
                     audio = sum(render_demo_song(src["index"], cfg.demo_seconds, cfg.seed)[:2])
                 else:  # the first 60 s is all that is used: crop before resampling a long file
-                    audio, rate = load_audio(src["path"])
+                    audio, rate = checked_audio(src, cfg)
                     audio = resample(channels(audio[:, :60 * rate], 1), rate, CODEC_RATE)[0]
             except (SkipSong, OSError):
                 continue
@@ -893,12 +953,13 @@ def build_dataset(cfg):
     codebook_id = hashlib.sha256(b"".join(
         layer._codebook.embed.cpu().numpy().tobytes() for layer in codec.quantizer.vq.layers[:info["n_codebooks"]]
     )).hexdigest()[:16]
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "input_dir", "urls", "device", "demo_songs")}
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("out", "input_dir", "urls", "device", "threads", "demo_songs", "demo_backing")}
     settings_key = json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
 
     # A bad file costs its own song only: it is skipped, with its reason shown now and
     # kept in meta.json, and the loop goes on.
-    records, skipped = [], []
+    records = []
     bar = tqdm(sources, desc="songs", unit="song")
     for src in bar:
         bar.set_postfix_str(src["name"][-30:])
@@ -908,6 +969,10 @@ def build_dataset(cfg):
             tqdm.write(f"skipped {src['name']}: {why}")
             skipped.append({"source": src["name"], "reason": str(why)})
     if not records:
+        if new_folder:
+            shutil.rmtree(out)
+        elif not had_codec:
+            (out / "codec.safetensors").unlink(missing_ok=True)
         raise SystemExit(f"No song could be used ({len(skipped)} skipped, reasons above); nothing written to {out}.")
 
     # The arrays are rebuilt from the cache at every run (cheap: tokens only), so a
@@ -927,16 +992,36 @@ def build_dataset(cfg):
     print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} songs; "
           f"{splits['train']['frames'] / info['frame_rate']:.0f} s of training audio; {meta['build_seconds']} s")
     if info["untrained"]:
-        print("NOTE: tokens come from the UNTRAINED codec: decoded audio is noise (docs/troubleshooting.md).")
+        print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
     return meta
 
 
+def write_demo_backing(cfg):
+    """A backing track to try generate.py on: bass, piano and drums of demo song number
+    cfg.demo_songs, one past the corpus, so no model trained on the corpus has heard it."""
+    path = Path(cfg.demo_backing)
+    if path.suffix.lower() not in (".wav", ".flac"):
+        raise SystemExit(f"--demo-backing {path}: give a .wav or .flac file name")
+    backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed)
+    write_audio(path, backing, CODEC_RATE)
+    print(f"wrote {path}: {cfg.demo_seconds:.0f} s of demo backing at {truth['tempo_bpm']:.0f} bpm "
+          f"({CODEC_RATE} Hz mono). Try: python generate.py --backing {path}")
+
+
 def load_dataset(data_dir):
-    """meta.json of a dataset folder, with a clear message when it is missing."""
+    """meta.json of a dataset folder, with a clear message when it is missing or damaged."""
     meta_file = Path(data_dir) / "meta.json"
+    fix = f"rebuild it with python data.py --out {data_dir} (songs already done are reused from its cache)"
     if not meta_file.exists():
         raise SystemExit(f"{meta_file} not found: build the dataset first (python data.py --out {data_dir})")
-    return json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{meta_file} is damaged ({err}): {fix}") from None
+    missing = [k for k in ("codec", "splits", "songs") if k not in (meta if isinstance(meta, dict) else {})]
+    if missing:
+        raise SystemExit(f"{meta_file} lacks {', '.join(missing)}: not a dataset written by data.py; {fix}")
+    return meta
 
 
 def load_split(data_dir, split):
@@ -946,6 +1031,10 @@ def load_split(data_dir, split):
 
 if __name__ == "__main__":
     config = parse_settings(DataConfig, description=__doc__.split("\n\n")[0])
-    print("settings:", json.dumps(asdict(config)))
+    set_threads(config.threads)
+    if config.demo_backing:
+        write_demo_backing(config)
+        sys.exit(0)
+    print("settings:", json.dumps(asdict(config)), f"({torch.get_num_threads()} threads)")
     build_dataset(config)
     sys.exit(0)

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import opt, parse_settings, write_audio, write_json
+from data import DEVICES, opt, parse_settings, write_audio, write_json
 from model import StreamingSampler, generate
 from train import (Windows, kick_auc, listening_masks, load_model, resolve_checkpoint, train_onset_detector,
                    unigram_entropy)
@@ -59,7 +59,8 @@ class GenerateConfig:
     encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
     demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")
     demucs_repo: str = opt("", "local Demucs weights folder for --separate")
-    device: str = opt("auto", "auto, cpu or cuda")
+    device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
+    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 on a busy machine, docs/troubleshooting.md)")
 
 
 def fetch_checkpoint(name):
@@ -226,9 +227,12 @@ def mix_audio(backing, solo):
     The codec does not keep loudness exactly, and a model's solo may come out much
     quieter or louder than the band; equal RMS is a neutral starting point for
     listening. Scaling the sum down (never clipping it) keeps the waveform intact.
+    The DC offset (the mean) of each is removed first: it is inaudible, but an RMS
+    that counts it would match levels on it, and an offset added to the band pushes
+    the mix toward the limiter (the untrained codec decodes to little more than one).
     """
     n = min(len(backing), len(solo))
-    b, s = backing[:n], solo[:n]
+    b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)) + 1e-9)  # noqa: E731
     s = s * (rms(b) / rms(s))
     mix = b + s
@@ -246,28 +250,36 @@ def token_stats(codes, card):
             for row, h in zip(codes, unigram_entropy(codes, card))]
 
 
-def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate):
+def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, note=""):
     """Spectrograms of backing and solo over the same time axis, and the solo's tokens.
 
     Lined up, they show at a glance whether the solo plays when the band plays, in a
     sensible register (a sax's fundamentals sit below 1 kHz), and whether the tokens
-    change with the music or sit on one code.
+    change with the music or sit on one code. note: a line printed on the figure.
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
     for ax, audio, title in ((axes[0], backing_audio, "backing"), (axes[1], solo_audio, "generated solo")):
-        ax.specgram(audio + 1e-9, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
+        *_, image = ax.specgram(audio + 1e-9, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
+        fig.colorbar(image, ax=ax, pad=0.01, label="power (dB)")
         ax.set_ylim(0, 6000)
         ax.set_ylabel("Hz")
         ax.set_title(title)
     K, T = solo_codes.shape  # one row per codebook, one column per frame
-    axes[2].imshow(solo_codes, aspect="auto", interpolation="nearest", cmap="viridis",
-                   extent=(0, T / frame_rate, K + 0.5, 0.5))
+    # Code ids are names, not amounts: code 17 sounds no more like code 18 than like
+    # code 900. So each id gets a colour through a fixed shuffle, and neighbouring ids
+    # do not look alike; what the panel shows is where codes hold and where they change.
+    shuffled = np.random.default_rng(0).permutation(card + 1)[solo_codes]
+    image = axes[2].imshow(shuffled, aspect="auto", interpolation="nearest", cmap="turbo",
+                           extent=(0, T / frame_rate, K + 0.5, 0.5))
+    fig.colorbar(image, ax=axes[2], pad=0.01, ticks=[]).set_label("code id\n(shuffled colours)")
     axes[2].set_ylabel("codebook")
-    axes[2].set_title("solo tokens (colour = code id)")
+    axes[2].set_title("solo tokens: one colour per code id, no order between colours; a run of one colour is a held code")
     axes[2].set_xlabel("seconds")
+    if note:
+        fig.suptitle(note, fontsize=9, color="tab:red")
     fig.tight_layout()
     data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
@@ -350,6 +362,10 @@ def stream(model, codec, backing_audio, cfg, info):
 
 def main(cfg):
     """Generate and write everything; returns the path of generation.json."""
+    data.check_settings(cfg)
+    if cfg.num_samples < 1:
+        raise SystemExit(f"--num-samples {cfg.num_samples}: must be at least 1")
+    data.set_threads(cfg.threads)
     # Refuse before any work: a student's favourite take is never overwritten by accident.
     out = Path(cfg.out)
     names = ["solo.wav", "mix.wav", "backing.wav", "solo.png", "generation.json"]
@@ -366,7 +382,7 @@ def main(cfg):
     codes, backing_audio, source = backing_tokens(cfg, config, codec, info, device)
     print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {codes.shape[1] / info['frame_rate']:.1f} s")
     if config["data"]["codec"]["untrained"]:
-        print("NOTE: this model uses the UNTRAINED codec: the audio will be noise (docs/troubleshooting.md)")
+        print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
     t0 = time.perf_counter()
     report = None
     if cfg.stream:
@@ -400,8 +416,9 @@ def main(cfg):
         if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
             write_audio(out / "solo.wav", level, rate)
             write_audio(out / "mix.wav", mix, rate)
-    plot(out / "solo.png", backing_audio[:len(solos[0])], levelled[0],
-         solo[0].cpu().numpy(), rate, info["frame_rate"])
+    plot(out / "solo.png", backing_audio[:len(solos[0])], levelled[0], solo[0].cpu().numpy(), rate,
+         info["frame_rate"], info["card"], "UNTRAINED codec: its decoder ignores the codes, so the spectrograms show "
+         "nothing of what the model wrote;\nonly the tokens panel does (docs/codec.md)" if info["untrained"] else "")
     # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
     result = {"settings": asdict(cfg), "checkpoint": str(folder), "step": config["step"], "backing": source,
               "seconds": seconds, "codec": info,

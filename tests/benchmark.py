@@ -1,7 +1,9 @@
 """Speed figures for model.py, run by hand (pytest does not collect this file):
 
-    python tests/benchmark.py                 # tiny and small, 750 frames (10 s at 75 Hz)
+    python tests/benchmark.py --threads 2     # tiny and small, 750 frames (10 s at 75 Hz)
     python tests/benchmark.py --presets tiny --threads 1
+
+Sampling is timed as generate.py samples by default: temperature 1, top-k 250.
 
 Prints, for batch 1 on this machine's CPU:
   - decoder steps per second with the KV cache and with the plain loop (which re-runs
@@ -37,21 +39,24 @@ def main():
     ap.add_argument("--frames", type=int, default=750, help="backing length in frames")
     ap.add_argument("--plain-steps", type=int, default=150, help="steps timed for the plain loop")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--top-k", type=int, default=250, help="sampling top-k (generate.py's default: 250)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, {args.frames} frames")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, {args.frames} frames, "
+          f"temperature 1, top-k {args.top_k}")
+    opts = dict(temperature=1.0, top_k=args.top_k)
     for name in args.presets:
         torch.manual_seed(0)
         cfg = preset_config(name, max_frames=args.frames)
         model = SoloTransformer(cfg).eval()
         K, T, rate = cfg.n_codebooks, args.frames, cfg.frame_rate
         backing = torch.randint(0, cfg.card, (1, K, T))
-        generate(model, backing[..., :20], n_frames=20)  # warm-up
+        generate(model, backing[..., :20], n_frames=20, **opts)  # warm-up
         n = args.plain_steps
-        _, t_plain = timed(lambda: generate_plain(model, backing, n_frames=n - K + 1))
-        _, t_cached_n = timed(lambda: generate(model, backing, n_frames=n - K + 1))
-        _, t_cached = timed(lambda: generate(model, backing))
+        _, t_plain = timed(lambda: generate_plain(model, backing, n_frames=n - K + 1, **opts))
+        _, t_cached_n = timed(lambda: generate(model, backing, n_frames=n - K + 1, **opts))
+        _, t_cached = timed(lambda: generate(model, backing, **opts))
         steps = T + K - 1
         print(f"\n[{name}] {model.num_params() / 1e6:.1f} M parameters")
         print(f"  first {n} steps:  cached {n / t_cached_n:7.1f} steps/s   plain {n / t_plain:7.1f} steps/s"
@@ -62,7 +67,7 @@ def main():
         torch.manual_seed(0)
         scfg = preset_config(name, max_frames=args.frames, causal_encoder=True, attn_window=args.frames)
         smodel = SoloTransformer(scfg).eval()
-        sampler = StreamingSampler(smodel, n_frames=T)
+        sampler = StreamingSampler(smodel, n_frames=T, **opts)
         times = []
         for t in range(T):
             _, dt = timed(lambda: sampler.push(backing[..., t]))

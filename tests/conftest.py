@@ -9,7 +9,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
-torch.set_num_threads(min(2, torch.get_num_threads()))
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the scripts that tests run as child processes, too
+# One thread: tiny models run faster on one than on several, the figures repeat exactly,
+# and a busy machine (another process on the cores) does not slow the suite tenfold.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

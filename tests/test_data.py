@@ -147,6 +147,17 @@ def test_decode_in_chunks_matches_whole(demo_dataset):
     assert cut > 100 * error, f"without context the chunks should click: {cut:.2e} vs {error:.2e}"
 
 
+def test_untrained_decoder_ignores_the_codes(demo_dataset):
+    """What docs/codec.md says of the untrained codec's audio: the same DC offset and faint tones for any codes."""
+    codec = data.untrained_codec(demo_dataset[0], 3.0, "cpu")
+    a, b = np.random.default_rng(1).integers(0, 1024, (2, 4, 750))                 # two random 10 s solos
+    x, y = data.decode_codes(codec, a), data.decode_codes(codec, b)
+    assert np.abs(x - y).max() < 2 ** -15, f"the decoded files differ by {np.abs(x - y).max():.1e}"
+    assert -0.1 < x.mean() < -0.04, f"DC offset {x.mean():.3f}"
+    tone_db = 20 * np.log10(x.std())
+    assert -45 < tone_db < -35, f"what is left once the offset is removed: {tone_db:.1f} dBFS"
+
+
 def test_tokenization_with_untrained_codec():
     torch.manual_seed(0)
     codec = load_codec("untrained", 3.0, "cpu")
@@ -195,7 +206,9 @@ def _write_bad_folder(folder):
     sf.write(folder / "mono 8k.wav", eight_k, 8000)
     stereo = data.resample(np.stack([mix, 0.8 * mix]), RATE, 48000)
     sf.write(folder / "stéréo 48k ballade à deux.flac", stereo.T, 48000)
-    return {"mono 8k.wav", "stéréo 48k ballade à deux.flac"}
+    b, s, _ = render_demo_song(1, 6.0, seed=0)
+    sf.write(folder / "plain.wav", b + s, RATE)
+    return {"mono 8k.wav", "stéréo 48k ballade à deux.flac", "plain.wav"}
 
 
 def test_bad_input_folder(tmp_path):
@@ -210,15 +223,28 @@ def test_bad_input_folder(tmp_path):
     assert set(skipped) == {"corrupt.wav", "empty.wav", "notes.wav", "short.wav", "silent.wav"}, skipped
     assert "empty" in skipped["empty.wav"] and "too short" in skipped["short.wav"] and \
         "silent" in skipped["silent.wav"] and "cannot decode" in skipped["notes.wav"], skipped
-    # All bad: a non-zero exit with a message, and nothing written.
+    # The splits are drawn over the 3 songs that survived, not over all 8 files.
+    counts = {split: len(v["songs"]) for split, v in meta["splits"].items()}
+    assert counts == {"train": 1, "val": 1, "test": 1}, f"splits {counts}: bad files must not take a split's place"
+    # demucs_unittest's random weights are seeded: a second build separates identically.
+    again = build_dataset(DataConfig(**{**cfg.__dict__, "out": str(tmp_path / "again")}))
+    assert again["splits"] == meta["splits"], "a second build split or cut the songs differently"
+    for split in ("train", "val", "test"):
+        for a, b in zip(load_split(tmp_path / "out", split), load_split(tmp_path / "again", split)):
+            assert np.array_equal(a, b), f"{split}: two builds of the same folder gave different tokens"
+    # All bad: a non-zero exit with a message, and nothing left behind (no codec, no cache).
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
-    (only_bad / "empty.wav").write_bytes(b"")
+    for name in ("empty.wav", "short.wav", "silent.wav", "notes.wav"):
+        (only_bad / name).write_bytes((tmp_path / "in" / name).read_bytes())
     run = subprocess.run([sys.executable, "data.py", "--input-dir", str(only_bad), "--out", str(tmp_path / "o2"),
                           "--demucs-model", "demucs_unittest", "--encodec-weights", "untrained", "--device", "cpu"],
                          capture_output=True, text=True, cwd=data.Path(data.__file__).parent)
     assert run.returncode != 0 and "No song could be used" in run.stderr, run.stderr[-500:]
-    assert not (tmp_path / "o2" / "meta.json").exists(), "no meta.json when nothing was kept"
+    assert not (tmp_path / "o2").exists(), f"left behind: {list((tmp_path / 'o2').rglob('*'))}"
+    with pytest.raises(SystemExit, match="no such folder"):
+        build_dataset(DataConfig(out=str(tmp_path / "o3"), input_dir=str(tmp_path / "missing")))
+    assert not (tmp_path / "o3").exists(), "a wrong --input-dir must leave nothing behind"
 
 
 def test_resume_after_kill(tmp_path):
@@ -273,3 +299,16 @@ def test_missing_demucs_weights_give_the_three_ways_out(tmp_path):
     with pytest.raises(SystemExit, match=r"(?s)Could not load the Demucs model 'htdemucs_6s' from the local folder.*"
                                          r"Three ways out.*--demucs-repo.*demucs_unittest"):
         data.load_separator("htdemucs_6s", repo=str(tmp_path))
+
+
+def test_demo_backing_file_to_try(tmp_path):
+    path = tmp_path / "my_trio.wav"
+    run = subprocess.run([sys.executable, "data.py", "--demo-backing", str(path), "--demo-seconds", "6"],
+                         capture_output=True, text=True, cwd=data.Path(data.__file__).parent)
+    assert run.returncode == 0 and "python generate.py --backing" in run.stdout, run.stderr[-500:]
+    audio, rate = sf.read(path)
+    assert rate == RATE and len(audio) == 6 * RATE, f"{len(audio)} samples at {rate} Hz"
+    rms_db = 20 * np.log10(np.sqrt(np.mean(audio ** 2)))
+    assert -30 < rms_db < -3 and np.abs(audio).max() < 1.0, f"level {rms_db:.1f} dBFS, peak {np.abs(audio).max()}"
+    expected, _, _ = render_demo_song(64, 6.0, seed=0)  # one past the 64 songs of the default corpus
+    assert np.abs(audio - expected).max() < 1e-4, "the file is not the backing of demo song 64"

@@ -128,3 +128,12 @@ def test_stream_needs_a_causal_model(trained, tmp_path):
     out, _ = trained
     with pytest.raises(SystemExit, match="needs a causal model"):
         run(out / "best", tmp_path / "x", duration=1.0, stream=True)
+
+
+def test_mix_removes_dc_before_matching_levels():
+    t = np.arange(CODEC_RATE) / CODEC_RATE
+    band, lead = 0.2 * np.sin(2 * np.pi * 110 * t), 0.01 * np.sin(2 * np.pi * 440 * t)
+    mix, level = G.mix_audio(band + 0.3, lead - 0.07)  # offsets like the untrained codec's
+    assert abs(mix.mean()) < 1e-3 and abs(level.mean()) < 1e-3, "the offsets must not reach the mix"
+    assert abs(np.std(level) / np.std(band) - 1) < 1e-3, "the solo's level must match the band's, without offsets"
+    assert np.abs(mix).max() < 0.98, "two 0.2-peak sines need no limiting once the offsets are gone"

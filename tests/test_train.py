@@ -58,11 +58,22 @@ def test_resume_after_kill_is_exact(demo_dataset, tmp_path):
     proc.wait()
     killed_at = max(_losses(out / "metrics.jsonl"))
     assert 6 <= killed_at < 12, f"the kill should land mid-run, not at step {killed_at}"
+    with open(out / "metrics.jsonl", "a") as f:  # a line cut short, as a kill mid-write leaves it
+        f.write('{"step": 99, "lo')
     subprocess.run(cmd(out, "--resume"), cwd=ROOT, env=env, check=True, capture_output=True)
     resumed = _losses(out / "metrics.jsonl")
     assert sorted(resumed) == list(range(1, 13)), f"steps logged after resume: {sorted(resumed)}"
     for step in range(1, 13):
         assert resumed[step] == straight[step], f"step {step}: {resumed[step]} after resume, {straight[step]} straight"
+    # The evaluation after the resume averages the same recent losses as the straight run.
+    evals = [{r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "val_ce" in r}
+             for d in (tmp_path / "straight", out)]
+    assert evals[0][12]["train_loss"] == evals[1][12]["train_loss"], "train_loss after resume differs"
+    # Resuming a finished run changes nothing and says so.
+    before = (out / "summary.json").read_text()
+    again = subprocess.run(cmd(out, "--resume"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode != 0 and "this run is finished" in again.stderr, again.stderr[-500:]
+    assert (out / "summary.json").read_text() == before, "a refused resume must not touch summary.json"
 
 
 def test_mismatched_backing_comes_from_other_songs():
@@ -121,8 +132,46 @@ def test_non_finite_loss_stops_with_a_message(demo_dataset, tmp_path, monkeypatc
         p = next(self.parameters())
         return p.sum() * float("nan"), torch.zeros(4)
     monkeypatch.setattr(SoloTransformer, "loss", nan_loss)
-    with pytest.raises(SystemExit, match=r"step 0: the loss is nan.*learning rate"):
+    with pytest.raises(SystemExit, match=r"step 1: the loss is nan.*learning rate.*no checkpoint was saved"):
         T.train(quick_train_config(demo_dataset[0], tmp_path, max_steps=3))
+    assert not (tmp_path / "latest").exists(), "the weights that gave a NaN must not become a checkpoint"
+
+
+def test_a_diverging_run_keeps_its_last_good_checkpoint(demo_dataset, tmp_path):
+    """Train to step 10, then resume with an absurd learning rate: the loss turns
+    non-finite, and latest/ must still be step 10, with finite weights, resumable."""
+    from safetensors.torch import load_file
+    settings = dict(max_steps=10, save_every=5, eval_every=5, listen_test=False)
+    T.train(quick_train_config(demo_dataset[0], tmp_path, **settings))
+    before = load_file(str(tmp_path / "latest" / "model.safetensors"))
+    with pytest.raises(SystemExit, match=r"the loss is (nan|inf).*still holds the last good checkpoint \(step 10\)"):
+        T.train(quick_train_config(demo_dataset[0], tmp_path, **{**settings, "max_steps": 20}, resume=True, lr=1e30))
+    after = load_file(str(tmp_path / "latest" / "model.safetensors"))
+    assert json.loads((tmp_path / "latest" / "config.json").read_text())["step"] == 10
+    assert all(torch.equal(before[k], after[k]) for k in before), "latest/ was overwritten"
+    summary = T.train(quick_train_config(demo_dataset[0], tmp_path, **{**settings, "max_steps": 12}, resume=True))
+    assert summary["steps"] == 12 and math.isfinite(summary["val_ce"]), "resuming the kept checkpoint must work"
+
+
+def test_bad_settings_and_files_give_one_line_and_leave_nothing(demo_dataset, tmp_path):
+    for overrides, message in ((dict(preset="tinny"), "--preset tinny: choose one of tiny, small, base"),
+                               (dict(batch_size=3, target_batch=8), "--target-batch 8 must be a multiple of"),
+                               (dict(dtype="fp64"), "--dtype fp64: choose one of"),
+                               (dict(data=str(tmp_path / "nowhere")), "meta.json not found")):
+        with pytest.raises(SystemExit, match=message):
+            T.train(quick_train_config(demo_dataset[0], tmp_path / "run", **overrides))
+        assert not (tmp_path / "run").exists(), f"{overrides}: a refused run left its folder behind"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text, message in (("", "meta.json is damaged"), ('{"codec": {', "meta.json is damaged"),
+                          ("{}", "lacks codec, splits, songs")):
+        (broken / "meta.json").write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            T.train(quick_train_config(broken, tmp_path / "run"))
+    run = subprocess.run([sys.executable, "train.py", "--preset", "tinny"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 2 and "invalid choice: 'tinny'" in run.stderr, run.stderr[-300:]
+    help_text = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "(default: )" not in help_text and "{tiny,small,base}" in help_text, help_text[:600]
 
 
 def test_checkpoint_is_safetensors_and_weights_only(trained):
@@ -177,25 +226,33 @@ class FakeHub:
     def create_repo(self, repo_id, **kw):
         self.calls.append(("create_repo", repo_id, kw))
 
-    def upload_folder(self, **kw):
-        self.calls.append(("upload_folder", kw["repo_id"], kw))
-
-    def upload_file(self, **kw):
-        self.calls.append(("upload_file", kw["repo_id"], kw))
+    def create_commit(self, **kw):
+        self.calls.append(("create_commit", kw["repo_id"], kw))
 
 
-def test_push_to_hub_up_to_the_client(trained, monkeypatch, capsys):
+class OfflineHub(FakeHub):
+    """A client whose every call fails as it does with no network."""
+
+    def create_repo(self, repo_id, **kw):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_push_to_hub_up_to_the_client(trained, monkeypatch, capsys, tmp_path):
     out, _ = trained
+    folder = tmp_path / "best"
+    __import__("shutil").copytree(out / "best", folder)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    with pytest.raises(SystemExit, match=r"(?s)Temporary failure.*Nothing was uploaded.*hf auth login.*--push-only"):
+        T.push_to_hub(folder, "someone/jazz-sax-tiny", api=OfflineHub())
+    assert not (folder / "README.md").exists(), "nothing may be written before the upload succeeds"
     hub = FakeHub()
-    T.push_to_hub(out / "best", "someone/jazz-sax-tiny", private=True, api=hub)
-    kinds = [c[0] for c in hub.calls]
-    assert kinds[:2] == ["create_repo", "upload_folder"], kinds
+    T.push_to_hub(folder, "someone/jazz-sax-tiny", private=True, api=hub)
+    assert [c[0] for c in hub.calls] == ["create_repo", "create_commit"], hub.calls
     assert hub.calls[0][2]["private"] is True and hub.calls[0][2]["exist_ok"] is True
-    folder = hub.calls[1][2]
-    assert {"config.json", "model.safetensors", "README.md"} <= set(folder["allow_patterns"]), folder
-    assert (out / "best" / "README.md").exists(), "the model card must be written into the folder"
-    assert "upload_file" in kinds, "an untrained-codec model must ship its codebooks (codec.safetensors)"
+    sent = {op.path_in_repo for op in hub.calls[1][2]["operations"]}
+    # An untrained-codec model must ship its codebooks (codec.safetensors); state.pt stays home.
+    assert sent == {"config.json", "model.safetensors", "README.md", "codec.safetensors"}, sent
+    assert (folder / "README.md").exists(), "after the upload, the model card is kept in the folder"
     assert "hf_secret_token_value" not in capsys.readouterr().out, "the token must never be printed"
 
 
@@ -257,3 +314,14 @@ def test_kick_auc_is_a_rank_statistic():
     # kick frames score 2 and 1, the others 0, 0, 0, 2. Of the 8 (kick, other) pairs the
     # 2 wins 3 and ties 1, the 1 wins 3 and loses 1: (6 + 0.5) / 8.
     assert abs(T.kick_auc(table, solo, kicks, valid) - 6.5 / 8) < 1e-6
+
+
+def test_mfu_counts_matmul_parameters_and_attention():
+    model = SoloTransformer(ModelConfig(card=64, d_model=32, n_heads=4, n_enc_layers=1, n_dec_layers=1, d_ff=64,
+                                        max_frames=10))
+    frames, steps = 10, 13  # S = T + K - 1
+    tables = model.enc_emb.numel() + model.dec_emb.numel()  # lookups, not matmuls: not counted
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("encoder.", "enc_norm")))
+    dec = model.num_params() - tables - enc
+    attention = 12 * 32 * (frames * frames + steps * steps + steps * frames)
+    assert T.train_flops_per_window(model, frames) == 6 * (enc * frames + dec * steps) + attention
