@@ -2,7 +2,7 @@
 generate.py -- a saxophone solo for a backing track: tokens -> sampling -> audio (phases 3-5).
 
     python generate.py                                   # first validation clip, runs/tiny/best -> samples/
-    python generate.py --backing my_trio.wav --out samples/trio
+    python generate.py --backing my_trio.wav --out samples/trio   # python data.py --demo-backing my_trio.wav writes one
     python generate.py --backing full_mix.wav --separate # remove the existing lead with Demucs first
     python generate.py --checkpoint you/jazz-sax-tiny    # a model from the Hugging Face Hub (phase 4)
     python generate.py --stream --checkpoint runs/causal/best   # phase 5: frame by frame, with latencies

@@ -8,6 +8,7 @@ Sampling is timed as generate.py samples by default: temperature 1, top-k 250.
 Prints, for batch 1 on this machine's CPU:
   - decoder steps per second with the KV cache and with the plain loop (which re-runs
     the whole prefix each step), over the same first --plain-steps steps, and their ratio;
+    and, beside the sampled figure, greedy decoding (what the model alone costs);
   - seconds of audio generated per wall-clock second (tokens only, no codec);
   - the phase-5 streaming sampler's per-frame time (median, p99) against the 13.3 ms
     a frame lasts at 75 Hz;
@@ -57,12 +58,14 @@ def main():
         _, t_plain = timed(lambda: generate_plain(model, backing, n_frames=n - K + 1, **opts))
         _, t_cached_n = timed(lambda: generate(model, backing, n_frames=n - K + 1, **opts))
         _, t_cached = timed(lambda: generate(model, backing, **opts))
+        _, t_greedy = timed(lambda: generate(model, backing, temperature=0))  # no sampling cost: the model alone
         steps = T + K - 1
         print(f"\n[{name}] {model.num_params() / 1e6:.1f} M parameters")
         print(f"  first {n} steps:  cached {n / t_cached_n:7.1f} steps/s   plain {n / t_plain:7.1f} steps/s"
               f"   ratio {t_plain / t_cached_n:5.1f}x")
         print(f"  all {steps} steps, cached: {steps / t_cached:7.1f} steps/s = "
-              f"{T / rate / t_cached:5.2f} s of audio per second (real time = 1)")
+              f"{T / rate / t_cached:5.2f} s of audio per second (real time = 1); greedy (no top-k draw): "
+              f"{steps / t_greedy:7.1f} steps/s")
         # Phase 5: the same size with a causal encoder and a 10 s window, frame by frame.
         torch.manual_seed(0)
         scfg = preset_config(name, max_frames=args.frames, causal_encoder=True, attn_window=args.frames)
