@@ -479,11 +479,13 @@ def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=
     return np.concatenate(backs).astype(np.float32), np.concatenate(solos).astype(np.float32)
 
 
-def sdr_db(reference, estimate):
-    """Signal-to-distortion ratio in dB (the plain definition, no scale invariance).
+def ser_db(reference, estimate):
+    """Signal-to-error ratio in dB: 10 log10(|s|^2 / |s - s_hat|^2).
 
-    10 log10(|s|^2 / |s - s_hat|^2): 0 dB means the error is as loud as the signal;
-    each +10 dB divides the error's energy by 10.
+    0 dB means the error is as loud as the signal; each +10 dB divides the error's
+    energy by 10. This is not BSS Eval's SDR (Vincent et al. 2006), which first lets
+    a short filter distort the reference and counts only what no filter explains; it
+    is simpler and stricter (any gain or phase error counts as error).
     """
     n = min(len(reference), len(estimate))
     err = reference[:n] - estimate[:n]
@@ -749,19 +751,19 @@ def song_stems(source, cfg, separator, device):
     """
     if source["kind"] == "demo":
         backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed)
-        info = {"truth": truth}
+        facts = {"truth": truth}
         if cfg.separate:
             est_backing, est_solo = separate(separator, (backing + solo)[None], CODEC_RATE,
                                              cfg.backing_sources, cfg.solo_sources, device)
-            info["separation_sdr_db"] = {"solo": sdr_db(solo, est_solo), "backing": sdr_db(backing, est_backing)}
+            facts["separation_ser_db"] = {"solo": ser_db(solo, est_solo), "backing": ser_db(backing, est_backing)}
             backing, solo = est_backing, est_solo
-        return backing, solo, info
+        return backing, solo, facts
     audio, rate = checked_audio(source, cfg)
     backing, solo = separate(separator, audio, rate, cfg.backing_sources, cfg.solo_sources, device)
     return backing, solo, {"original_rate": rate, "original_channels": audio.shape[0]}
 
 
-def process_song(source, cfg, codec, info, separator, device, cache_dir, settings_key):
+def process_song(source, cfg, codec, numbers, separator, device, cache_dir, settings_key):
     """Separate, augment, select and tokenize one song; cached by content and settings.
 
     The cache key hashes the file's bytes (a renamed file is not redone, an edited one
@@ -785,7 +787,7 @@ def process_song(source, cfg, codec, info, separator, device, cache_dir, setting
         # The same transformation on both stems: they stay aligned frame for frame.
         b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, CODEC_RATE, semitones, tempo),
                                                pitch_tempo(solo, CODEC_RATE, semitones, tempo))
-        sections = select_sections(frame_rms_db(s, info["hop"]), info["frame_rate"], cfg.rms_rel_db,
+        sections = select_sections(frame_rms_db(s, numbers["hop"]), numbers["frame_rate"], cfg.rms_rel_db,
                                    cfg.rms_abs_db, cfg.min_section_s, cfg.merge_gap_s)
         if not sections:
             if v == 0:
@@ -800,10 +802,25 @@ def process_song(source, cfg, codec, info, separator, device, cache_dir, setting
         kept = sum(e - st for st, e in sections)
         record["variants"].append({"semitones": round(semitones, 3), "tempo": round(tempo, 4),
                                    "codes": codes_file.name, "frames": int(bk.shape[1]), "sections": sections,
-                                   "kept_s": round(kept / info["frame_rate"], 2),
+                                   "kept_s": round(kept / numbers["frame_rate"], 2),
                                    "kept_fraction": round(kept / max(bk.shape[1], 1), 3)})
     write_json(cached, record)  # last: the song counts as done only once everything is on disk
     return record
+
+
+def unigram_entropy(solo, card):
+    """Entropy (nats) of each codebook's code frequencies in the training solo: [K].
+
+    The cross-entropy of a model that ignores all context and only knows how often
+    each code occurs. A trained model must go below it; one that sits at it has
+    learned the code frequencies and nothing else. (A uniform guess would score
+    log(card) = 6.93 nats for 1024 codes.)
+    """
+    out = []
+    for row in solo:
+        p = np.bincount(np.asarray(row, dtype=np.int64), minlength=card) / max(len(row), 1)
+        out.append(float(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -850,8 +867,8 @@ def download_urls(urls, folder):
     paths = []
     with yt_dlp.YoutubeDL(opts) as ydl:
         for url in tqdm(urls, desc="download", unit="url"):
-            info = ydl.extract_info(url, download=True)
-            paths.append(Path(ydl.prepare_filename(info)))
+            found = ydl.extract_info(url, download=True)
+            paths.append(Path(ydl.prepare_filename(found)))
     return paths
 
 
@@ -947,11 +964,11 @@ def build_dataset(cfg):
                              "(not even to fill the untrained codec's codebooks); nothing written.")
         return np.concatenate(parts)[:60 * CODEC_RATE]
 
-    codec, info = prepare_codec(cfg, out, calibration, device, fallback_ok=is_demo)
+    codec, numbers = prepare_codec(cfg, out, calibration, device, fallback_ok=is_demo)
     # The cache key of every song includes the codebooks themselves: tokens made with
     # other codebooks (another codec, another untrained fill) must never be reused.
     codebook_id = hashlib.sha256(b"".join(
-        layer._codebook.embed.cpu().numpy().tobytes() for layer in codec.quantizer.vq.layers[:info["n_codebooks"]]
+        layer._codebook.embed.cpu().numpy().tobytes() for layer in codec.quantizer.vq.layers[:numbers["n_codebooks"]]
     )).hexdigest()[:16]
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("out", "input_dir", "urls", "device", "threads", "demo_songs", "demo_backing")}
@@ -964,7 +981,7 @@ def build_dataset(cfg):
     for src in bar:
         bar.set_postfix_str(src["name"][-30:])
         try:
-            records.append(process_song(src, cfg, codec, info, separator, device, cache_dir, settings_key))
+            records.append(process_song(src, cfg, codec, numbers, separator, device, cache_dir, settings_key))
         except SkipSong as why:
             tqdm.write(f"skipped {src['name']}: {why}")
             skipped.append({"source": src["name"], "reason": str(why)})
@@ -983,15 +1000,15 @@ def build_dataset(cfg):
         segments = write_split_arrays(out, split, chosen, cache_dir)
         splits[split] = {"songs": [r["id"] for r in chosen], "segments": segments,
                          "frames": sum(s["length"] for s in segments)}
-    meta = {"format": 1, "codec": info, "separation": None if separator is None else {
+    meta = {"format": 1, "codec": numbers, "separation": None if separator is None else {
                 "model": cfg.demucs_model, "backing_sources": cfg.backing_sources, "solo_sources": cfg.solo_sources},
             "settings": asdict(cfg), "splits": splits, "songs": records, "skipped": skipped,
             "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1)}
     write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
     counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
     print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} songs; "
-          f"{splits['train']['frames'] / info['frame_rate']:.0f} s of training audio; {meta['build_seconds']} s")
-    if info["untrained"]:
+          f"{splits['train']['frames'] / numbers['frame_rate']:.0f} s of training audio; {meta['build_seconds']} s")
+    if numbers["untrained"]:
         print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
     return meta
 

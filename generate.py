@@ -19,7 +19,6 @@ window after the first is prompted with the end of the previous one (the way
 MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
 with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -32,9 +31,8 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, write_audio, write_json
-from model import StreamingSampler, generate
-from train import (Windows, kick_auc, listening_masks, load_model, resolve_checkpoint, train_onset_detector,
-                   unigram_entropy)
+from data import unigram_entropy
+from model import StreamingSampler, generate, load_model, resolve_checkpoint
 
 
 @dataclass
@@ -90,23 +88,23 @@ def load_codec_for(config, folder, weights, device):
     before anything runs. An untrained codec's codebooks travel with the checkpoint
     (codec.safetensors, from a Hub download) or stay in its dataset folder.
     """
-    info = config["data"]["codec"]
-    if info["untrained"]:
+    numbers = config["data"]["codec"]
+    if numbers["untrained"]:
         homes = [Path(folder), Path(config["data"]["dir"])]
         home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
-        codec = data.untrained_codec(home, info["bandwidth_kbps"], device)
+        codec = data.untrained_codec(home, numbers["bandwidth_kbps"], device)
     else:
-        codec = data.load_codec(weights or info["weights"], info["bandwidth_kbps"], device)
-    got, m = data.codec_info(codec, info["weights"]), config["model"]
+        codec = data.load_codec(weights or numbers["weights"], numbers["bandwidth_kbps"], device)
+    got, m = data.codec_info(codec, numbers["weights"]), config["model"]
     mismatch = [(k, got[k], m[k]) for k in ("n_codebooks", "card", "frame_rate") if got[k] != m[k]]
     if mismatch:
         raise SystemExit("the codec does not match the checkpoint: " + ", ".join(
             f"{k} is {a} in the codec but {b} in the model" for k, a, b in mismatch)
-            + f". Use the codec settings the model was trained with ({info}).")
+            + f". Use the codec settings the model was trained with ({numbers}).")
     return codec, got
 
 
-def backing_tokens(cfg, config, codec, info, device):
+def backing_tokens(cfg, config, codec, numbers, device):
     """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came from).
 
     From a file: read, checked, optionally separated, tokenized exactly as data.py
@@ -141,7 +139,7 @@ def backing_tokens(cfg, config, codec, info, device):
     split = "val" if meta["splits"]["val"]["segments"] else "train"
     codes = np.asarray(data.load_split(data_dir, split)[0][:, seg["start"]:seg["start"] + seg["length"]], dtype=np.int64)
     if cfg.duration:
-        codes = codes[:, :round(cfg.duration * info["frame_rate"])]
+        codes = codes[:, :round(cfg.duration * numbers["frame_rate"])]
     return codes, data.decode_codes(codec, codes), f"{data_dir} {split} clip {cfg.from_val} (song {seg['song']})"
 
 
@@ -157,6 +155,9 @@ def listening_figures(model, codec, config, cfg, solo, n_frames, device):
     segments = meta["splits"]["val"]["segments"]
     if cfg.backing or not meta.get("demo") or not segments:
         return None
+    # The listening evaluation belongs to training (train.py defines it and runs it at
+    # every evaluation); sampling itself never needs train.py.
+    from train import Windows, kick_auc, listening_masks, train_onset_detector
     data_dir, fr, card = config["data"]["dir"], meta["codec"]["frame_rate"], meta["codec"]["card"]
     seg = segments[cfg.from_val]
     # The first clip of another validation song; with one validation song, of a training song.
@@ -276,7 +277,8 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
                            extent=(0, T / frame_rate, K + 0.5, 0.5))
     fig.colorbar(image, ax=axes[2], pad=0.01, ticks=[]).set_label("code id\n(shuffled colours)")
     axes[2].set_ylabel("codebook")
-    axes[2].set_title("solo tokens: one colour per code id, no order between colours; a run of one colour is a held code")
+    axes[2].set_title("solo tokens: one colour per code id, no order between colours; "
+                      "a run of one colour is a held code")
     axes[2].set_xlabel("seconds")
     if note:
         fig.suptitle(note, fontsize=9, color="tab:red")
@@ -285,7 +287,7 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     plt.close(fig)
 
 
-def stream(model, codec, backing_audio, cfg, info):
+def stream(model, codec, backing_audio, cfg, numbers):
     """Phase 5: feed the backing in chunks as if it arrived live.
 
     Returns (solo codes [N, K, T], the N solos' audio as decoded chunk by chunk, report),
@@ -301,9 +303,9 @@ def stream(model, codec, backing_audio, cfg, info):
     # t is written at step t + K - 1, so a frame's audio is complete K - 1 frames (40 ms
     # at 75 Hz) after its backing. (3) Compute: codec encode, transformer, codec decode.
     # The report gives all three; real time needs (3) below the chunk's duration.
-    hop, rate, K = info["hop"], info["sample_rate"], info["n_codebooks"]
-    chunk = max(1, round(cfg.chunk_ms / 1000 * info["frame_rate"])) * hop   # whole frames per chunk
-    context = round(cfg.context_ms / 1000 * info["frame_rate"]) * hop
+    hop, rate, K = numbers["hop"], numbers["sample_rate"], numbers["n_codebooks"]
+    chunk = max(1, round(cfg.chunk_ms / 1000 * numbers["frame_rate"])) * hop   # whole frames per chunk
+    context = round(cfg.context_ms / 1000 * numbers["frame_rate"]) * hop
     n_frames = len(backing_audio) // hop
     # The sampler holds the caches, on the model's device and in its dtype; each push()
     # is one encoder step and one decoder step for all N solos (and their null rows
@@ -347,14 +349,14 @@ def stream(model, codec, backing_audio, cfg, info):
     audio_out.append(decode_new(solo_frames, decoded))
     solo = torch.stack(solo_frames, dim=-1)                                            # [N, K, T]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
-    pattern_ms = (K - 1) * 1e3 / info["frame_rate"]
+    pattern_ms = (K - 1) * 1e3 / numbers["frame_rate"]
     report = {"transformer_frame_ms": {"median": pct(frame_ms, 50), "p99": pct(frame_ms, 99)},
               "codec_chunk_ms": {"median": pct(codec_ms, 50), "p99": pct(codec_ms, 99)},
               "compute_delay_ms": {"median": pct(delay_ms, 50), "p99": pct(delay_ms, 99)},
               "chunk_ms": chunk / rate * 1e3, "delay_pattern_ms": pattern_ms,
               "end_to_end_delay_ms": {"median": chunk / rate * 1e3 + pattern_ms + pct(delay_ms, 50),
                                       "p99": chunk / rate * 1e3 + pattern_ms + pct(delay_ms, 99)},
-              "frame_budget_ms": 1e3 / info["frame_rate"], "solos": cfg.num_samples,
+              "frame_budget_ms": 1e3 / numbers["frame_rate"], "solos": cfg.num_samples,
               "cfg_coef": cfg.cfg_coef}
     audio = [np.concatenate([part[i] for part in audio_out]) for i in range(cfg.num_samples)]
     return solo, audio, report
@@ -378,9 +380,9 @@ def main(cfg):
     # Checkpoint, then codec (checked against it), then the backing as tokens.
     folder = fetch_checkpoint(cfg.checkpoint)
     model, config = load_model(folder, device)
-    codec, info = load_codec_for(config, folder, cfg.encodec_weights, device)
-    codes, backing_audio, source = backing_tokens(cfg, config, codec, info, device)
-    print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {codes.shape[1] / info['frame_rate']:.1f} s")
+    codec, numbers = load_codec_for(config, folder, cfg.encodec_weights, device)
+    codes, backing_audio, source = backing_tokens(cfg, config, codec, numbers, device)
+    print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {codes.shape[1] / numbers['frame_rate']:.1f} s")
     if config["data"]["codec"]["untrained"]:
         print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
     t0 = time.perf_counter()
@@ -388,22 +390,22 @@ def main(cfg):
     if cfg.stream:
         if not model.cfg.causal_encoder:
             raise SystemExit(f"--stream needs a causal model: {folder} was trained without --causal-encoder")
-        solo, streamed_audio, report = stream(model, codec, backing_audio[:codes.shape[1] * info["hop"]], cfg, info)
+        solo, streamed_audio, report = stream(model, codec, backing_audio[:codes.shape[1] * numbers["hop"]], cfg, numbers)
     else:
         # Several samples for one backing run as one batch: the same cost per step as one.
         backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)  # [B, K, T]
         W = model.cfg.max_frames
-        plan = window_plan(codes.shape[1], W, window_stride(cfg, info["frame_rate"], W))
-        total_steps = sum(end - start + info["n_codebooks"] - 1 for start, end in plan)  # decoder steps
+        plan = window_plan(codes.shape[1], W, window_stride(cfg, numbers["frame_rate"], W))
+        total_steps = sum(end - start + numbers["n_codebooks"] - 1 for start, end in plan)  # decoder steps
         with tqdm(total=total_steps, desc="generate", unit="step") as bar:
-            solo = windowed_generate(model, backing, cfg, info["frame_rate"], lambda: bar.update(1))
+            solo = windowed_generate(model, backing, cfg, numbers["frame_rate"], lambda: bar.update(1))
     token_s = time.perf_counter() - t0
     t1 = time.perf_counter()  # decoding is timed apart: it is the codec's cost, not the model's
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
     solos = streamed_audio if cfg.stream else [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
     decode_s = time.perf_counter() - t1
-    seconds = codes.shape[1] / info["frame_rate"]
-    rate = info["sample_rate"]
+    seconds = codes.shape[1] / numbers["frame_rate"]
+    rate = numbers["sample_rate"]
     write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
     # Written atomically, like everything else: a killed run leaves no half file.
     levelled = []
@@ -417,16 +419,16 @@ def main(cfg):
             write_audio(out / "solo.wav", level, rate)
             write_audio(out / "mix.wav", mix, rate)
     plot(out / "solo.png", backing_audio[:len(solos[0])], levelled[0], solo[0].cpu().numpy(), rate,
-         info["frame_rate"], info["card"], "UNTRAINED codec: its decoder ignores the codes, so the spectrograms show "
-         "nothing of what the model wrote;\nonly the tokens panel does (docs/codec.md)" if info["untrained"] else "")
+         numbers["frame_rate"], numbers["card"], "UNTRAINED codec: its decoder ignores the codes, so the spectrograms show "
+         "nothing of what the model wrote;\nonly the tokens panel does (docs/codec.md)" if numbers["untrained"] else "")
     # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
     result = {"settings": asdict(cfg), "checkpoint": str(folder), "step": config["step"], "backing": source,
-              "seconds": seconds, "codec": info,
+              "seconds": seconds, "codec": numbers,
               "timings": {"tokens_s": token_s, "decode_s": decode_s,
                           "tokens_realtime_factor": seconds * cfg.num_samples / token_s,
                           "total_realtime_factor": seconds * cfg.num_samples / (token_s + decode_s)},
-              "solo_tokens": [token_stats(s.cpu().numpy(), info["card"]) for s in solo],
-              "backing_tokens": token_stats(codes, info["card"]), "streaming": report,
+              "solo_tokens": [token_stats(s.cpu().numpy(), numbers["card"]) for s in solo],
+              "backing_tokens": token_stats(codes, numbers["card"]), "streaming": report,
               "listening": listening_figures(model, codec, config, cfg, solo, min(codes.shape[1], model.cfg.max_frames),
                                              device)}
     write_json(out / "generation.json", result)

@@ -10,10 +10,12 @@ Read it top to bottom:
      one linear head per codebook,
   5. the loss (cross-entropy per codebook over real positions only),
   6. sampling: the plain reference loop, the KV-cached loop, classifier-free
-     guidance, and the frame-by-frame streaming step of phase 5.
+     guidance, and the frame-by-frame streaming step of phase 5,
+  7. loading a checkpoint folder (config.json + model.safetensors).
 
-Nothing here reads files or knows the codec: the number of codebooks K, the
-cardinality `card` and the frame rate come from the dataset's meta.json.
+Nothing here knows the codec: the number of codebooks K, the cardinality `card`
+and the frame rate come from the dataset's meta.json. The only files read are
+checkpoints, in section 7.
 
 Run it to print the presets and their parameter counts (--preset NAME: that one's settings):
     python model.py
@@ -28,8 +30,10 @@ Letters used in the shape comments:
 """
 import argparse
 import functools
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -44,7 +48,11 @@ import torch.nn.functional as F
 @dataclass
 class ModelConfig:
     n_codebooks: int = 4          # K: parallel token streams (EnCodec 24 kHz at 3 kbps gives 4)
-    card: int = 1024              # codes per codebook; id `card` is the special "no code" token
+    card: int = 1024              # codes per codebook, ids 0 .. card - 1
+    # Id `card` is the one special token, and it has four jobs: the filler of the delay
+    # pattern where a codebook has no frame yet (or any more), the decoder's start
+    # token, the padding of a short window (the loss skips it), and, for a whole
+    # backing, the null condition of classifier-free guidance.
     frame_rate: float = 75.0      # codec frames per second; used only to turn frames into seconds
     d_model: int = 128            # D: width of every token vector
     n_heads: int = 4              # H: attention heads; D must divide by H and D / H must be even (RoPE)
@@ -606,13 +614,39 @@ def generate_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_
 
 class SamplerState:
     """Cached sampling state: one decoder self-attention KVCache per layer, and the
-    cross-attention keys and values of the encoder output, computed once.
+    cross-attention keys and values of the encoder output.
 
-    The offline sampler fills the cross-attention keys from the whole backing at
-    once; the streaming sampler (phase 5) adds one encoder frame at a time.
+    Two kinds, built by two constructors: SamplerState.offline (generate): the whole
+    backing is known, its cross-attention keys and values are projected once.
+    SamplerState.streaming (StreamingSampler, phase 5): encoder_step adds one backing
+    frame at a time to the encoder's and the cross-attention's caches.
     """
 
+    @classmethod
+    def offline(cls, model, memory, total_steps):
+        """From the encoder states of the whole backing, memory [B, T, D]."""
+        state = cls(model, memory.size(0), total_steps, memory.device, memory.dtype)
+        enc_rope = model.rope(0, memory.size(1), memory.device)
+        state.cross_kv = [block.cross_attn.project_kv(memory, enc_rope) for block in model.decoder]
+        if model.align_conv is not None:
+            state.aligned = model.aligned(memory, total_steps)                 # [B, S, D]
+        state.n_backing = memory.size(1)
+        return state
+
+    @classmethod
+    def streaming(cls, model, batch, total_steps, device, dtype):
+        """Empty: the backing arrives frame by frame through encoder_step."""
+        state = cls(model, batch, total_steps, device, dtype)
+        cfg, cap = model.cfg, state.self_caches[0].capacity
+        hd = cfg.d_model // cfg.n_heads
+        state.enc_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.encoder]
+        state.cross_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.decoder]
+        if model.align_conv is not None:  # the aligned path's window: the last K encoder states, zeros at first
+            state.recent = torch.zeros(batch, cfg.n_codebooks, cfg.d_model, device=device, dtype=dtype)
+        return state
+
     def __init__(self, model, batch, total_steps, device, dtype):
+        """What both kinds share: the decoder's self-attention caches and the rotary tables."""
         cfg = model.cfg
         self.model, self.step = model, 0
         hd = cfg.d_model // cfg.n_heads
@@ -663,21 +697,13 @@ class SamplerState:
     def encoder_step(self, frame):
         """Phase 5: one new backing frame [B, K] through the causal encoder, with its own
         KV cache; its state's cross-attention keys and values join the decoder's caches."""
-        model, cfg, t = self.model, self.model.cfg, self.n_backing
-        if self.enc_caches is None:
-            B, hd = frame.size(0), cfg.d_model // cfg.n_heads
-            cap = self.self_caches[0].capacity
-            dev, dtype = frame.device, self.self_caches[0].k.dtype
-            self.enc_caches = [KVCache(B, cfg.n_heads, cap, hd, dev, dtype) for _ in model.encoder]
-            self.cross_caches = [KVCache(B, cfg.n_heads, cap, hd, dev, dtype) for _ in model.decoder]
+        model, t = self.model, self.n_backing
         x = model.embed(model.enc_emb, frame[..., None])                        # [B, 1, D]
         rope = self.cos[t:t + 1], self.sin[t:t + 1]
         for block, cache in zip(model.encoder, self.enc_caches):
             x = block(x, rope, cache=cache, fused=True)                         # [B, 1, D]
         x = model.enc_norm(x)                                                   # [B, 1, D]
-        if model.align_conv is not None:  # the aligned path's window: this frame and the K - 1 before
-            if self.recent is None:
-                self.recent = x.new_zeros(x.size(0), cfg.n_codebooks, cfg.d_model)  # [B, K, D]
+        if self.recent is not None:  # the aligned path's window: this frame and the K - 1 before
             self.recent = torch.cat([self.recent[:, 1:], x], dim=1)             # [B, K, D]
         for block, cache in zip(model.decoder, self.cross_caches):
             k, v = block.cross_attn.project_kv(x, rope)                         # 2 x [B, H, 1, hd]
@@ -703,12 +729,7 @@ def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
     template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
     S = template.size(-1)
     cond = _prepare(model, backing, cfg_coef)                                     # [B or 2B, K, T]
-    memory = model.encode(cond)                                                  # [B or 2B, T, D]
-    state = SamplerState(model, cond.size(0), S, backing.device, memory.dtype)
-    enc_rope = model.rope(0, T, backing.device)
-    state.cross_kv = [blk.cross_attn.project_kv(memory, enc_rope) for blk in model.decoder]
-    state.aligned = model.aligned(memory, S) if model.align_conv is not None else None  # [B or 2B, S, D]
-    state.n_backing = T
+    state = SamplerState.offline(model, model.encode(cond), S)                   # encoder once, [B or 2B, T, D]
     gen = torch.Generator(device=backing.device).manual_seed(seed)
     tokens = torch.full((B, K), cfg.card, dtype=torch.long, device=backing.device)  # start token
     out = torch.empty(B, K, S, dtype=torch.long, device=backing.device)
@@ -745,11 +766,12 @@ class StreamingSampler:
         weight = next(model.parameters())
         device, dtype = weight.device, weight.dtype
         model.eval()  # no dropout while sampling; a sampler lives as long as the stream
-        self.model, self.K, self.card, self.n_frames, self.cfg_coef = model, cfg.n_codebooks, cfg.card, n_frames, cfg_coef
+        self.model, self.K, self.card = model, cfg.n_codebooks, cfg.card
+        self.n_frames, self.cfg_coef = n_frames, cfg_coef
         self.opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.template = generation_template(n_frames, self.K, cfg.card, batch, device)  # [B, K, S]
         rows = batch if cfg_coef is None else 2 * batch   # guidance: conditional rows, then null rows
-        self.state = SamplerState(model, rows, self.template.size(-1), device, dtype)
+        self.state = SamplerState.streaming(model, rows, self.template.size(-1), device, dtype)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
         self.recent = []  # the last K delayed columns, from which finished frames are read
@@ -784,6 +806,55 @@ class StreamingSampler:
         rest = [self._decode_one() for _ in range(self.template.size(-1) - self.state.step)]
         rest = [r for r in rest if r is not None]
         return torch.stack(rest, dim=-1) if rest else None  # [B, K, K - 1] when every frame was pushed
+
+
+# ----------------------------------------------------------------------------
+# 7. Checkpoint folders
+# ----------------------------------------------------------------------------
+# A checkpoint is a folder: config.json (the ModelConfig, the training settings, the
+# dataset's codec and the metrics) and model.safetensors (the weights: tensors only,
+# nothing that runs code when loaded). train.py writes them; loading lives here, so
+# that generate.py, or any script of yours, needs model.py and nothing of training.
+# (huggingface_hub's PyTorchModelHubMixin would give save_pretrained/from_pretrained,
+# but it writes its own config.json of the constructor's arguments, while this one
+# also carries the codec and the data the tokens mean something for.)
+
+def read_json(path, what):
+    """A JSON file we wrote -> its object, or one clear line naming the file and the fix."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path} not found: expected {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{path} is damaged ({err}): expected {what}") from None
+
+
+def resolve_checkpoint(path):
+    """A checkpoint folder, or its leftover .old twin if a crash hit between the two renames."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    return path if path.exists() or not old.exists() else old
+
+
+def load_model(folder, device="cpu"):
+    """A checkpoint folder -> (model in eval mode, its config.json dict). Safetensors only."""
+    folder = resolve_checkpoint(folder)
+    config = read_json(folder / "config.json",
+                       "a checkpoint folder (config.json, model.safetensors) written by train.py")
+    # Checkpoints from before the aligned path existed were trained without it.
+    model = SoloTransformer(ModelConfig(**{"aligned_backing": False, **config["model"]}))
+    return load_weights(model, folder, device).eval(), config
+
+
+def load_weights(model, folder, device="cpu"):
+    """Put the weights of a checkpoint folder's model.safetensors into model (on device); returns it."""
+    from safetensors.torch import load_file
+    weights = Path(folder) / "model.safetensors"
+    if not weights.exists():
+        raise SystemExit(f"{weights} not found: the checkpoint folder is incomplete")
+    model.load_state_dict(load_file(str(weights), device=str(device)))
+    return model.to(device)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -33,8 +33,9 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, write_json
-from model import (PRESETS, ModelConfig, SoloTransformer, build_delay_pattern, generate, position_cross_entropy, preset_config,
-                   teacher_forcing)
+from data import unigram_entropy
+from model import (PRESETS, SoloTransformer, build_delay_pattern, generate, position_cross_entropy, preset_config,
+                   load_weights, read_json, resolve_checkpoint, teacher_forcing)
 
 DEFAULT_DATA = "data/demo"
 # Bigger models want smaller steps: a wider layer sums more terms, so the same step
@@ -178,21 +179,6 @@ class Windows:
                     where.append((seg["song"], seg["variant"], seg["song_frame"] + start))
         pairs, where = pairs[:limit], where[:limit]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), where
-
-
-def unigram_entropy(solo, card):
-    """Entropy (nats) of each codebook's code frequencies in the training solo: [K].
-
-    The cross-entropy of a model that ignores all context and only knows how often
-    each code occurs. A trained model must go below it; one that sits at it has
-    learned the code frequencies and nothing else. (A uniform guess would score
-    log(card) = 6.93 nats for 1024 codes.)
-    """
-    out = []
-    for row in solo:
-        p = np.bincount(np.asarray(row, dtype=np.int64), minlength=card) / max(len(row), 1)
-        out.append(float(-(p[p > 0] * np.log(p[p > 0])).sum()))
-    return out
 
 
 def listening_masks(meta, where, T, frame_rate):
@@ -373,24 +359,6 @@ def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extr
     shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve_checkpoint(path):
-    """A checkpoint folder, or its leftover .old twin if a crash hit between the two renames."""
-    path = Path(path)
-    old = path.with_name(f".{path.name}.old")
-    return path if path.exists() or not old.exists() else old
-
-
-def load_model(folder, device="cpu"):
-    """A checkpoint folder -> (model in eval mode, its config.json dict). Safetensors only."""
-    from safetensors.torch import load_file
-    folder = resolve_checkpoint(folder)
-    config = read_json(folder / "config.json", "a checkpoint folder (config.json, model.safetensors) written by train.py")
-    # Checkpoints from before the aligned path existed were trained without it.
-    model = SoloTransformer(ModelConfig(**{"aligned_backing": False, **config["model"]}))
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-    return model.to(device).eval(), config
-
-
 # ----------------------------------------------------------------------------
 # Phase 4: the Hugging Face Hub
 # ----------------------------------------------------------------------------
@@ -467,17 +435,6 @@ def push_to_hub(folder, repo_id, private=False, api=None):
             f"python train.py --push-only {folder} --push-to-hub {repo_id}") from None
     data.atomic_write(folder / "README.md", lambda f: f.write(card), mode="w")
     print(f"uploaded {folder} to https://huggingface.co/{repo_id}")
-
-
-def read_json(path, what):
-    """A JSON file we wrote -> its object, or one clear line naming the file and the fix."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"{path} not found: expected {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SystemExit(f"{path} is damaged ({err}): expected {what}") from None
 
 
 def read_metrics(path):
@@ -609,43 +566,142 @@ def check_train_settings(cfg):
                          f"(gradients accumulate over whole batches): try --target-batch {low or cfg.batch_size} "
                          f"or {low + cfg.batch_size}")
     if cfg.attn_window is not None and cfg.attn_window < 1:
-        raise SystemExit(f"--attn-window {cfg.attn_window}: must be at least 1 (the training window, e.g. 300, is usual)")
+        raise SystemExit(f"--attn-window {cfg.attn_window}: must be at least 1 "
+                         "(the training window, e.g. 300, is usual)")
     if not 0 <= cfg.cond_dropout < 1 or (cfg.dropout is not None and not 0 <= cfg.dropout < 1):
         raise SystemExit("--cond-dropout and --dropout are probabilities in [0, 1)")
 
 
+@dataclass
+class Progress:
+    """What a run has done so far: everything a checkpoint must hold besides weights,
+    optimizer and random states, for a resumed run to carry on exactly."""
+    step: int = 0                 # optimizer steps taken (metrics.jsonl counts from 1)
+    best_val: float = float("inf")
+    skipped: int = 0              # steps the fp16 GradScaler skipped
+    recent: list = field(default_factory=list)   # losses of the last eval_every steps: train_loss at an evaluation
+    history: list = field(default_factory=list)  # (train_loss, val_ce) at each evaluation: the overfitting check
+
+    def tensors(self):
+        """The two lists as tensors, for state.pt (loadable with weights_only=True)."""
+        return {"recent_losses": torch.tensor(self.recent, dtype=torch.float64),
+                "val_history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 2)}
+
+
+def lr_at(step, cfg, peak_lr):
+    """The learning rate of optimizer step `step` (0-based): linear warm-up, then cosine
+    decay to min_lr_ratio * peak [SGDR, Loshchilov & Hutter].
+
+    Warm-up: at step 0 Adam's moment estimates rest on a single batch, and a full-size
+    step taken on them can throw the weights far off; growing the rate over the first
+    steps lets the estimates settle first. Cosine decay: large steps early to move
+    fast, small steps late to settle into a minimum.
+    """
+    if step < cfg.warmup_steps:
+        return peak_lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return peak_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, cfg, peak_lr, device):
+    """AdamW with weight decay on the weight matrices only.
+
+    Weight decay pulls weights toward zero. On the weight matrices that is a useful
+    brake; on LayerNorm gains and biases it only fights the normalisation, and on the
+    embeddings it would shrink codes the model rarely sees, so those are left alone.
+    """
+    decayed = lambda n, p: p.dim() >= 2 and "emb" not in n  # noqa: E731
+    groups = [{"params": [p for n, p in model.named_parameters() if decayed(n, p)], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in model.named_parameters() if not decayed(n, p)], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+@dataclass
+class EvalSet:
+    """The fixed evaluation data, built once: windows of the validation songs, and for
+    each the backing of another song (the conditioning gain compares the two)."""
+    backing: torch.Tensor        # [N, K, T]
+    solo: torch.Tensor           # [N, K, T]
+    other: torch.Tensor          # [N, K, T]: another song's backing for each window
+    masks: dict                  # {name: [N, T] bool}: frames of the listening metrics
+
+
+def evaluation_set(cfg, meta, T, train_w):
+    """EvalSet of the validation split (the training split when there is none, with a warning)."""
+    split = "val" if meta["splits"]["val"]["segments"] else "train"
+    if split == "train":
+        print("WARNING: the dataset has no validation songs; evaluating on training songs (add recordings)")
+    backing, solo, where = Windows(cfg.data, split, meta, T).fixed(cfg.eval_windows)
+    other = mismatched_backing(backing, [song for song, _, _ in where], train_w.fixed(cfg.eval_windows)[0])
+    return EvalSet(backing, solo, other, listening_masks(meta, where, T, meta["codec"]["frame_rate"]))
+
+
+def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
+    """Load latest/ into the model, optimizer, scaler and random generators -> Progress.
+
+    Refuses a finished run (step >= max_steps) before changing anything.
+    """
+    ckpt = resolve_checkpoint(folder)
+    if not ckpt.exists():
+        raise SystemExit(f"--resume: no checkpoint in {folder}; start without --resume")
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    if state["step"] >= cfg.max_steps:
+        raise SystemExit(f"{ckpt} is at step {state['step']}: this run is finished (--max-steps {cfg.max_steps}), "
+                         f"and nothing was changed. To train on, resume with a larger --max-steps (the cosine "
+                         f"schedule then stretches to the new end), or start a new run with another --out.")
+    config = read_json(ckpt / "config.json", "a checkpoint written by train.py; start without --resume")
+    load_weights(model, ckpt, device)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_torch"])
+    gen.set_state(state["rng_data"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    print(f"resumed from {ckpt} at step {state['step']}")
+    return Progress(step=state["step"], best_val=config.get("best_val", float("inf")),
+                    skipped=config.get("skipped_steps", 0),
+                    recent=state.get("recent_losses", torch.zeros(0)).tolist(),
+                    history=[tuple(row) for row in state.get("val_history", torch.zeros(0, 2)).tolist()])
+
+
+def log_metrics(metrics_file, row):
+    """Append one row to metrics.jsonl. JSON lines: one object per line, appended as
+    training goes; any tool (pandas, jq, a spreadsheet) reads it, and a crash loses at
+    most the line being written."""
+    with open(metrics_file, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def overfitting(history):
+    """Validation loss risen twice in a row while the training loss kept falling: the
+    failure reported by earlier implementations of this idea."""
+    return len(history) >= 3 and history[-1][1] > history[-2][1] > history[-3][1] and history[-1][0] < history[-3][0]
+
+
 def train(cfg):
-    """The whole run; returns the final evaluation dict."""
+    """The whole run; returns the summary dict (also written to summary.json)."""
     check_train_settings(cfg)  # before anything is created: a typo leaves no empty run folder behind
     cfg.out = cfg.out or f"runs/{cfg.preset}"
-    out = Path(cfg.out)
-    device = data.pick_device(cfg.device)
+    out, device = Path(cfg.out), data.pick_device(cfg.device)
     data.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     meta = ensure_dataset(cfg)
-    if cfg.attn_window is not None and cfg.attn_window < meta["codec"]["n_codebooks"]:
-        raise SystemExit(f"--attn-window {cfg.attn_window}: at least the {meta['codec']['n_codebooks']} codebooks, "
+    numbers = meta["codec"]  # the codec's numbers: K, card, frame rate (the codec itself is not needed here)
+    if cfg.attn_window is not None and cfg.attn_window < numbers["n_codebooks"]:
+        raise SystemExit(f"--attn-window {cfg.attn_window}: at least the {numbers['n_codebooks']} codebooks, "
                          "or the last steps of a window read no backing frame (model.check_backing_reach)")
     out.mkdir(parents=True, exist_ok=True)
-    codec = meta["codec"]
-    T = round(cfg.window_s * codec["frame_rate"])
-    mcfg = preset_config(cfg.preset, n_codebooks=codec["n_codebooks"], card=codec["card"],
-                         frame_rate=codec["frame_rate"], max_frames=T, causal_encoder=cfg.causal_encoder,
-                         attn_window=cfg.attn_window, attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
-                         aligned_backing=cfg.aligned_backing,
-                         **({} if cfg.dropout is None else {"dropout": cfg.dropout}))
-    model = SoloTransformer(mcfg).to(device)  # K, card and the frame rate come from the data, not from code
-    lr = cfg.lr or DEFAULT_LR[cfg.preset]
-    accum = cfg.target_batch // cfg.batch_size
 
-    # Weight decay pulls weights toward zero. On the weight matrices that is a useful
-    # brake; on LayerNorm gains and biases it only fights the normalisation, and on the
-    # embeddings it would shrink codes the model rarely sees, so those are left alone.
-    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    others = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
-                                   {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
+    # The model, its optimizer and its precision.
+    T = round(cfg.window_s * numbers["frame_rate"])
+    model_cfg = preset_config(cfg.preset, n_codebooks=numbers["n_codebooks"], card=numbers["card"],
+                              frame_rate=numbers["frame_rate"], max_frames=T, causal_encoder=cfg.causal_encoder,
+                              attn_window=cfg.attn_window, attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
+                              aligned_backing=cfg.aligned_backing,
+                              **({} if cfg.dropout is None else {"dropout": cfg.dropout}))
+    model = SoloTransformer(model_cfg).to(device)  # K, card and the frame rate come from the data, not from code
+    peak_lr = cfg.lr or DEFAULT_LR[cfg.preset]
+    optimizer = make_optimizer(model, cfg, peak_lr, device)
     amp_dtype, use_scaler = choose_precision(cfg.dtype, device.type,
                                              torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -655,80 +711,44 @@ def train(cfg):
         # the loss's softmax (codebook_cross_entropy casts to float) stay in fp32.
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
+    # The data: random training windows, fixed evaluation windows.
     gen = torch.Generator().manual_seed(cfg.seed)  # data order and condition dropout
     train_w = Windows(cfg.data, "train", meta, T)
-    # Evaluation data is built once: fixed windows, and for each the backing of another
-    # song, for the conditioning gain. Above zero, the decoder listens to the backing.
-    val_split = "val" if meta["splits"]["val"]["segments"] else "train"
-    if val_split == "train":
-        print("WARNING: the dataset has no validation songs; evaluating on training songs (add recordings)")
-    val_b, val_s, val_where = Windows(cfg.data, val_split, meta, T).fixed(cfg.eval_windows)
-    val_other = mismatched_backing(val_b, [song for song, _, _ in val_where], train_w.fixed(cfg.eval_windows)[0])
-    val_masks = listening_masks(meta, val_where, T, codec["frame_rate"])       # {name: [N, T]}
-    baseline = unigram_entropy(train_w.solo, codec["card"])  # what "learned nothing" scores
+    evals = evaluation_set(cfg, meta, T, train_w)
+    baseline = unigram_entropy(train_w.solo, numbers["card"])  # what "learned nothing" scores
 
-    step, best_val, skipped = 0, float("inf"), 0
-    recent = []   # the losses of the last eval_every steps: their mean is train_loss at an evaluation
-    history = []  # (train loss mean, val loss) at each evaluation, for the overfitting warning
+    # A new run, or the one in latest/ carried on.
     metrics_file = out / "metrics.jsonl"
     if cfg.resume:
-        ckpt = resolve_checkpoint(out / "latest")
-        if not ckpt.exists():
-            raise SystemExit(f"--resume: no checkpoint in {out / 'latest'}; start without --resume")
-        from safetensors.torch import load_file
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        if state["step"] >= cfg.max_steps:
-            raise SystemExit(f"{ckpt} is at step {state['step']}: this run is finished (--max-steps {cfg.max_steps}), "
-                             f"and nothing was changed. To train on, resume with a larger --max-steps (the cosine "
-                             f"schedule then stretches to the new end), or start a new run with another --out.")
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        torch.set_rng_state(state["rng_torch"])
-        gen.set_state(state["rng_data"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        config = read_json(ckpt / "config.json", "a checkpoint written by train.py; start without --resume")
-        best_val, skipped = config.get("best_val", best_val), config.get("skipped_steps", 0)
-        # The running means of the last losses and the overfitting check's memory, so
-        # the next evaluation reads exactly as in the uninterrupted run.
-        recent = state.get("recent_losses", torch.zeros(0)).tolist()
-        history = [tuple(row) for row in state.get("val_history", torch.zeros(0, 2)).tolist()]
-        # Lines logged after the checkpoint will be logged again: drop them.
-        if metrics_file.exists():
-            keep = [json.dumps(row) for row in read_metrics(metrics_file) if row["step"] <= step]
+        progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device)
+        if metrics_file.exists():  # lines logged after the checkpoint will be logged again: drop them
+            keep = [json.dumps(row) for row in read_metrics(metrics_file) if row["step"] <= progress.step]
             data.atomic_write(metrics_file, lambda f: f.write("".join(line + "\n" for line in keep)), mode="w")
-        print(f"resumed from {ckpt} at step {step}")
-    elif metrics_file.exists():
-        metrics_file.unlink()
+    else:
+        progress = Progress()
+        metrics_file.unlink(missing_ok=True)
     # The compiled module shares its weights with `model`; checkpoints save `model`, so
     # their keys never carry torch.compile's "_orig_mod." prefix.
     train_model = torch.compile(model) if cfg.compile else model
 
+    accum = cfg.target_batch // cfg.batch_size
     print("settings:", json.dumps(asdict(cfg)))
-    print(f"model: {cfg.preset}, {model.num_params() / 1e6:.2f} M parameters; K={mcfg.n_codebooks} "
-          f"card={mcfg.card} {mcfg.frame_rate} Hz; window {T} frames; {accum} micro-batches of {cfg.batch_size}; "
-          f"device {device}, precision {amp_dtype or torch.float32}{' + GradScaler' if use_scaler else ''}")
-    print(f"training audio: {meta['splits']['train']['frames'] / codec['frame_rate']:.0f} s in "
-          f"{len(train_w.segments)} sections; validation: {len(val_b)} windows")
+    print(f"model: {cfg.preset}, {model.num_params() / 1e6:.2f} M parameters; K={model_cfg.n_codebooks} "
+          f"card={model_cfg.card} {model_cfg.frame_rate} Hz; window {T} frames; {accum} micro-batches of "
+          f"{cfg.batch_size}; device {device} ({torch.get_num_threads()} CPU threads), precision "
+          f"{amp_dtype or torch.float32}{' + GradScaler' if use_scaler else ''}")
+    print(f"training audio: {meta['splits']['train']['frames'] / numbers['frame_rate']:.0f} s in "
+          f"{len(train_w.segments)} sections; validation: {len(evals.backing)} windows")
     print("unigram baseline (cross-entropy of code frequencies alone): "
           + " ".join(f"q{k + 1}={h:.3f}" for k, h in enumerate(baseline)) + f"  mean={np.mean(baseline):.3f} nats")
-    write_json(out / "settings.json", {"train": asdict(cfg), "model": asdict(mcfg)})
+    write_json(out / "settings.json", {"train": asdict(cfg), "model": asdict(model_cfg)})
     plot_note = ("tokens of the UNTRAINED codec: the losses are real, but its decoder ignores the codes"
-                 if codec["untrained"] else "")
+                 if numbers["untrained"] else "")
 
-    def log(row):
-        # JSON lines: one object per line, appended as training goes; any tool (pandas,
-        # jq, a spreadsheet) reads it, and a crash loses at most the line being written.
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def checkpoint(name, extra=None):
-        save_checkpoint(out / name, model, optimizer, scaler, step, gen, cfg, meta,
-                        {"best_val": best_val, "skipped_steps": skipped, "unigram_baseline": baseline, **(extra or {})},
-                        {"recent_losses": torch.tensor(recent, dtype=torch.float64),
-                         "val_history": torch.tensor(history, dtype=torch.float64).reshape(-1, 2)})
+    def checkpoint(name, metrics):
+        save_checkpoint(out / name, model, optimizer, scaler, progress.step, gen, cfg, meta,
+                        {"best_val": progress.best_val, "skipped_steps": progress.skipped,
+                         "unigram_baseline": baseline, "metrics": metrics}, progress.tensors())
 
     # Throughput in frames per second is comparable across machines and presets: at
     # 75 Hz, 7500 frames/s means 100 s of (backing + solo) audio learned per second.
@@ -736,23 +756,14 @@ def train(cfg):
     frames_per_step = cfg.target_batch * T
     flops_per_step = cfg.target_batch * train_flops_per_window(model, T)
     last = {}
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step")
+    bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step")
     model.train()
     try:
-        while step < cfg.max_steps:
+        while progress.step < cfg.max_steps:
             t0 = time.time()
-            # Linear warm-up, then cosine decay to min_lr_ratio * lr [SGDR, Loshchilov & Hutter].
-            # Warm-up: at step 0 Adam's moment estimates rest on a single batch, and a
-            # full-size step taken on them can throw the weights far off; growing the
-            # rate over the first steps lets the estimates settle first. Cosine decay:
-            # large steps early to move fast, small steps late to settle into a minimum.
-            if step < cfg.warmup_steps:
-                lr_now = lr * (step + 1) / cfg.warmup_steps
-            else:
-                progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-                lr_now = lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+            lr = lr_at(progress.step, cfg, peak_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr_now
+                group["lr"] = lr
             loss_sum = 0.0
             for _ in range(accum):
                 backing, solo = train_w.sample(cfg.batch_size, gen)              # [B, K, T] each
@@ -776,64 +787,64 @@ def train(cfg):
                         f"{read_json(good / 'config.json', 'a checkpoint')['step']}): resume from it with a lower --lr"
                         if good.exists() else "no checkpoint was saved before it")
                 raise SystemExit(
-                    f"step {step + 1}: the loss is {loss_sum}. Likely causes: a learning rate too high (--lr {lr}), "
-                    f"fp16 overflow (try --dtype bf16 or fp32), or corrupt tokens in {cfg.data}. {kept}.")
+                    f"step {progress.step + 1}: the loss is {loss_sum}. Likely causes: a learning rate too high "
+                    f"(--lr {peak_lr}), fp16 overflow (try --dtype bf16 or fp32), or corrupt tokens in {cfg.data}. "
+                    f"{kept}.")
             # Clipping caps the size of one update: a rare batch with a huge gradient (a
             # burst of unusual codes) then nudges the weights instead of wrecking them.
             norm, was_skipped = scaled_step(model, optimizer, scaler, cfg.grad_clip)
             optimizer.zero_grad(set_to_none=True)  # None, not zeros: the next backward writes, not adds
-            skipped += was_skipped
-            step += 1
-            dt = time.time() - t0
-            recent = (recent + [loss_sum])[-cfg.eval_every:]
-            row = {"step": step, "loss": loss_sum, "lr": lr_now, "grad_norm": norm, "frames_per_s": frames_per_step / dt}
+            progress.skipped += was_skipped
+            progress.step += 1
+            step, dt = progress.step, time.time() - t0
+            progress.recent = (progress.recent + [loss_sum])[-cfg.eval_every:]
+            row = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": norm, "frames_per_s": frames_per_step / dt}
             if peak:
                 row["mfu"] = flops_per_step / dt / peak
-            log(row)
+            log_metrics(metrics_file, row)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr_now:.1e}", fps=f"{frames_per_step / dt:.0f}",
-                            **({"mfu": f"{row['mfu']:.1%}"} if peak else {}), **({"skipped": skipped} if skipped else {}))
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}", fps=f"{frames_per_step / dt:.0f}",
+                            **({"mfu": f"{row['mfu']:.1%}"} if peak else {}),
+                            **({"skipped": progress.skipped} if progress.skipped else {}))
             # Every eval_every steps: validation metrics, the overfitting check, best/, the plot.
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                last = evaluate(model, val_b, val_s, val_other, val_masks, cfg.batch_size, device, autocast)
-                last["train_loss"] = float(np.mean(recent))
-                log({"step": step, **last})
+                last = evaluate(model, evals.backing, evals.solo, evals.other, evals.masks, cfg.batch_size, device,
+                                autocast)
+                last["train_loss"] = float(np.mean(progress.recent))
+                log_metrics(metrics_file, {"step": step, **last})
                 tqdm.write(f"step {step}: train {last['train_loss']:.3f}  val {last['val_ce']:.3f} (ppl "
                            f"{last['val_ppl']:.1f})  " + " ".join(f"ce_q{k + 1} {last[f'ce_q{k + 1}']:.3f}"
-                                                           for k in range(mcfg.n_codebooks))
+                                                           for k in range(model_cfg.n_codebooks))
                            + f"  cond_gain {last['cond_gain']:+.3f}"
-                           + "".join(f" ({name} {last[f'cond_gain_{name}']:+.3f})" for name in val_masks))
-                # Overfitting, the failure reported by earlier implementations of this idea:
-                # validation loss rising twice in a row while the training loss keeps falling.
-                history.append((last["train_loss"], last["val_ce"]))
-                if len(history) >= 3 and history[-1][1] > history[-2][1] > history[-3][1] \
-                        and history[-1][0] < history[-3][0]:
+                           + "".join(f" ({name} {last[f'cond_gain_{name}']:+.3f})" for name in evals.masks))
+                progress.history.append((last["train_loss"], last["val_ce"]))
+                if overfitting(progress.history):
                     tqdm.write("WARNING: validation loss has risen twice while training loss fell: the model "
                                "is overfitting. More data (--augment in data.py), more dropout or fewer steps.")
-                if last["val_ce"] < best_val:
-                    best_val = last["val_ce"]
-                    checkpoint("best", {"metrics": last})
+                if last["val_ce"] < progress.best_val:
+                    progress.best_val = last["val_ce"]
+                    checkpoint("best", last)
                 plot_curves(metrics_file, out / "loss.png", float(np.mean(baseline)), plot_note)
             if step % cfg.save_every == 0 or step == cfg.max_steps:
-                checkpoint("latest", {"metrics": last})
+                checkpoint("latest", last)
     except KeyboardInterrupt:  # Ctrl-C: keep the work done so far, then stop cleanly
-        checkpoint("latest", {"metrics": last})
+        checkpoint("latest", last)
         bar.close()
-        print(f"\ninterrupted: saved {out / 'latest'} at step {step}; continue with --resume")
+        print(f"\ninterrupted: saved {out / 'latest'} at step {progress.step}; continue with --resume")
         return last
     bar.close()
+    step, best_val = progress.step, progress.best_val
     summary = {"steps": step, "best_val_ce": best_val, "unigram_baseline": float(np.mean(baseline)),
-               "skipped_steps": skipped, **last}
+               "skipped_steps": progress.skipped, **last}
     best_dir = resolve_checkpoint(out / "best")
     if best_dir.exists():
-        from safetensors.torch import load_file
-        summary["best"] = json.loads((best_dir / "config.json").read_text()).get("metrics", {})
-        if cfg.listen_test and "kicks" in val_masks:
+        summary["best"] = read_json(best_dir / "config.json", "a checkpoint").get("metrics", {})
+        if cfg.listen_test and "kicks" in evals.masks:
             # Generated solos of the best checkpoint, scored against the demo band's kicks.
-            model.load_state_dict(load_file(str(best_dir / "model.safetensors"), device=str(device)))
+            load_weights(model, best_dir, device)
             detector = train_onset_detector(cfg.data, meta, T)
-            summary["best"].update(listening_test(model, val_b, val_s, val_other, val_masks["kicks"], detector,
-                                                  cfg.batch_size, device, seed=cfg.seed))
+            summary["best"].update(listening_test(model, evals.backing, evals.solo, evals.other, evals.masks["kicks"],
+                                                  detector, cfg.batch_size, device, seed=cfg.seed))
     write_json(out / "summary.json", summary)
     best = summary.get("best", {})
     print(f"done: {step} steps. validation cross-entropy {last['val_ce']:.3f} nats (best "
@@ -841,11 +852,11 @@ def train(cfg):
           f"{last['cond_gain']:+.3f} nats (at the best checkpoint "
           f"{best.get('cond_gain', last['cond_gain']):+.3f}). Best checkpoint: {out / 'best'}.")
     if "kick_auc_own" in best:
-        print(f"listening test (best checkpoint, {len(val_b)} validation windows): kick AUC of generated solos "
+        print(f"listening test (best checkpoint, {len(evals.backing)} validation windows): kick AUC of generated solos "
               f"{best['kick_auc_own']:.3f} over their own backing, {best['kick_auc_mismatched']:.3f} over another "
               f"song's (0.5: deaf to the band; the true lead scores {best['kick_auc_true']:.3f})")
     print(f"Listen: python generate.py --checkpoint {out / 'best'}")
-    if meta["codec"]["untrained"]:
+    if numbers["untrained"]:
         print(f"NOTE: this dataset used the UNTRAINED codec: the metrics are real, but {data.UNTRAINED_AUDIO}.")
     return summary
 

@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, quick_train_config
 
 import train as T
-from model import ModelConfig, SoloTransformer
+from model import ModelConfig, SoloTransformer, load_model
 
 
 def test_tiny_model_overfits_a_fixed_batch():
@@ -181,7 +181,7 @@ def test_checkpoint_is_safetensors_and_weights_only(trained):
     assert not any(k.startswith("_orig_mod.") for k in weights), "compiled-model keys leaked into the checkpoint"
     state = torch.load(out / "latest" / "state.pt", weights_only=True)
     assert state["step"] == 6 and "optimizer" in state and "rng_data" in state, f"state keys {list(state)}"
-    model, config = T.load_model(out / "best")
+    model, config = load_model(out / "best")
     assert config["model"]["card"] == 1024 and model.cfg.n_codebooks == 4
     assert not list(out.glob(".*.tmp")) and not list(out.glob(".*.old")), "temporary checkpoint folders left behind"
 
@@ -198,7 +198,7 @@ def test_smoke_end_to_end(trained):
 def test_exported_folder_gives_identical_logits(trained):
     out, _ = trained
     from safetensors.torch import load_file
-    model, config = T.load_model(out / "best")
+    model, config = load_model(out / "best")
     fresh = SoloTransformer(model.cfg)
     fresh.load_state_dict(load_file(str(out / "best" / "model.safetensors")))
     fresh.eval()
