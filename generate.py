@@ -30,8 +30,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, opt, parse_settings, write_audio, write_json
-from data import unigram_entropy
+from data import DEVICES, opt, parse_settings, unigram_entropy, write_audio, write_json
 from model import StreamingSampler, generate, load_model, resolve_checkpoint
 
 

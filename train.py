@@ -32,8 +32,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, opt, parse_settings, write_json
-from data import unigram_entropy
+from data import DEVICES, opt, parse_settings, unigram_entropy, write_json
 from model import (PRESETS, SoloTransformer, build_delay_pattern, generate, position_cross_entropy, preset_config,
                    load_weights, read_json, resolve_checkpoint, teacher_forcing)
 
