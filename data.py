@@ -543,21 +543,29 @@ def time_stretch(audio, rate, n_fft=1024, hop=256):
     between neighbours and each bin's phase advances by its measured frequency, so
     sustained tones stay smooth. Its known limit: transients (drum hits, note attacks)
     are smeared over a frame (~40 ms), the familiar "phasey" sound.
+
+    This is torchaudio.functional.phase_vocoder written out so it can be read, with one
+    change: the running phase is summed in float64. It grows by up to pi * hop radians a
+    frame (800 rad at the top bin), so after a 3-minute song it is millions of radians,
+    where float32 keeps only about half a radian of precision (docs/phase2-augmentation.md
+    measures the noise that makes). tests/test_data.py holds it equal to the library's.
     """
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     window = torch.hann_window(n_fft)
     spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)      # [F, M]
+    n_frames = spec.size(1)
     spec = torch.nn.functional.pad(spec, (0, 2))                               # frames i + 1 always exist
-    omega = torch.linspace(0, math.pi * hop, spec.size(0))[:, None]            # expected advance per hop, [F, 1]
-    steps = torch.arange(0, spec.size(1) - 2, rate)                            # fractional frame positions
+    omega = torch.linspace(0, math.pi * hop, spec.size(0), dtype=torch.float64)[:, None]  # expected advance per hop, [F, 1]
+    steps = torch.arange(0, n_frames, rate, dtype=torch.float64)               # fractional frame positions
     i = steps.floor().long()
-    frac = (steps - i)[None, :]
+    frac = (steps - i).float()[None, :]
     a, b = spec[:, i], spec[:, i + 1]                                          # [F, M'] each
     mag = (1 - frac) * a.abs() + frac * b.abs()
-    dphi = b.angle() - a.angle() - omega
+    dphi = b.angle().double() - a.angle().double() - omega
     dphi = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi))              # wrap to [-pi, pi]
-    advance = torch.cat([torch.zeros_like(dphi[:, :1]), (omega + dphi)[:, :-1]], dim=1).cumsum(dim=1)
-    phase = spec[:, :1].angle() + advance
+    # Output frame j has the first input frame's phase plus the advances of frames 0..j-1.
+    phase = torch.cat([spec[:, :1].angle().double(), (omega + dphi)[:, :-1]], dim=1).cumsum(dim=1)
+    phase = torch.remainder(phase, 2 * math.pi).float()                       # small again: float32 is exact enough
     out = torch.istft(torch.polar(mag, phase), n_fft, hop, window=window, length=round(len(audio) / rate))
     return out.numpy()
 

@@ -113,6 +113,48 @@ def test_augmentation_keeps_alignment_and_ratios(semitones, tempo):
     assert len(time_stretch(solo, 2.0)) == len(solo) // 2, "time_stretch(rate=2) halves the length"
 
 
+def _library_time_stretch(audio, rate, dtype, n_fft=1024, hop=256):
+    """The same stretch through torchaudio.functional.phase_vocoder, computed in `dtype`."""
+    import torchaudio.functional as AF
+    window = torch.hann_window(n_fft, dtype=dtype)
+    spec = torch.stft(torch.from_numpy(audio).to(dtype), n_fft, hop, window=window, return_complex=True)
+    advance = torch.linspace(0, np.pi * hop, spec.size(0), dtype=dtype)[:, None]
+    out = torch.istft(AF.phase_vocoder(spec, rate, advance), n_fft, hop, window=window, length=round(len(audio) / rate))
+    return out.float().numpy()
+
+
+@pytest.mark.parametrize("rate", [0.9, 1.13, 2.0])
+def test_time_stretch_equals_torchaudio_phase_vocoder(rate):
+    """data.time_stretch is the library's phase vocoder written out: equal to it (in float64) on noise."""
+    noise = (0.1 * np.random.default_rng(0).standard_normal(2 * RATE)).astype(np.float32)
+    ours, library = time_stretch(noise, rate), _library_time_stretch(noise, rate, torch.float64)
+    assert ours.shape == library.shape
+    assert np.abs(ours - library).max() < 1e-5, f"differs from torchaudio by {np.abs(ours - library).max():.2e}"
+
+
+def _energy_off_tone(x):
+    """Share of x's energy more than 20 Hz away from its strongest frequency."""
+    power = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    k, near = np.argmax(power), round(20 * len(x) / RATE)
+    return 1 - power[k - near:k + near + 1].sum() / power.sum()
+
+
+def test_time_stretch_stays_clean_over_a_whole_song():
+    """The running phase is summed in float64: a 3-minute tone is as clean at the end as at the start.
+
+    Summed in float32 (torchaudio's phase_vocoder on complex64), the last seconds carry noise;
+    `pytest tests/test_data.py -k whole_song -s` prints both figures (docs/phase2-augmentation.md).
+    """
+    t = np.arange(180 * RATE) / RATE
+    tone = (0.3 * np.sin(2 * np.pi * 6000.7 * t)).astype(np.float32)
+    ours, float32 = time_stretch(tone, 1.1), _library_time_stretch(tone, 1.1, torch.float32)
+    last = slice(len(ours) - 5 * RATE, len(ours) - RATE)  # the last 4 s but one
+    print(f"\nenergy off the tone in the last 4 s: float64 phase {_energy_off_tone(ours[last]):.2e}, "
+          f"float32 phase {_energy_off_tone(float32[last]):.2e}")
+    assert _energy_off_tone(ours[RATE:5 * RATE]) < 1e-5
+    assert _energy_off_tone(ours[last]) < 1e-5, "the stretch got noisier along the song"
+
+
 @pytest.mark.parametrize("kind", ["hdemucs_4src", "htdemucs_6src"])
 def test_separation_with_random_demucs(kind):
     torch.manual_seed(0)

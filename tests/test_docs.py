@@ -1,0 +1,83 @@
+"""The docs as a reader meets them: every citation resolves, every link leads somewhere.
+
+A course write-up copies `[@key]` citations into its own bibliography and follows the
+docs' links: a key missing from docs/references.bib, an entry with its authors cut to
+"and others", or a link to a page that moved would each cost the reader an evening.
+"""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+
+
+def bib_entries():
+    """docs/references.bib -> {key: {field: value}} (a small parser: one field per line)."""
+    entries, key = {}, None
+    for line in (ROOT / "docs" / "references.bib").read_text().splitlines():
+        if m := re.match(r"@(\w+)\{([\w:-]+),", line):
+            key = m.group(2)
+            assert key not in entries, f"references.bib: {key} twice"
+            entries[key] = {"type": m.group(1)}
+        elif key and (m := re.match(r"\s+(\w+)\s*=\s*\{(.*)\},?$", line)):
+            entries[key][m.group(1).lower()] = m.group(2)
+    return entries
+
+
+def cited_keys():
+    keys = {}
+    for page in PAGES:
+        for group in re.findall(r"\[(@[^\]]+)\]", page.read_text()):
+            for key in re.findall(r"@([a-z]+\d{4}[a-z0-9]*)", group):
+                keys.setdefault(key, page.name)
+    return keys
+
+
+def test_every_citation_is_in_the_bibliography_and_every_entry_is_cited():
+    entries, cited = bib_entries(), cited_keys()
+    missing = {k: page for k, page in cited.items() if k not in entries}
+    assert not missing, f"cited but not in docs/references.bib: {missing}"
+    unused = sorted(set(entries) - set(cited))
+    assert not unused, f"in docs/references.bib but cited on no page: {unused}"
+
+
+def test_bibliography_entries_are_complete():
+    """Each entry names all its authors, a year and where it appeared, the way BibTeX reads it."""
+    venue_field = {"article": "journal", "inproceedings": "booktitle"}
+    for key, e in bib_entries().items():
+        for field in ("title", "author", "year"):
+            assert e.get(field), f"{key}: no {field}"
+        assert "others" not in e["author"], f"{key}: every author, not 'and others'"
+        assert e["type"] in venue_field, f"{key}: @{e['type']} (expected @article or @inproceedings)"
+        assert e.get(venue_field[e["type"]]), f"{key}: @{e['type']} needs a {venue_field[e['type']]} field"
+        assert e.get("doi") or e.get("eprint"), f"{key}: give a DOI or an arXiv eprint"
+
+
+def test_citation_cff_parses_and_lists_full_references():
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    for field in ("cff-version", "message", "title", "version", "authors"):
+        assert cff.get(field), f"CITATION.cff: no {field}"
+    assert cff["references"], "CITATION.cff: no references"
+    for ref in cff["references"]:
+        assert ref.get("title") and ref.get("year") and ref.get("authors"), f"CITATION.cff: incomplete {ref.get('title')}"
+        for person in ref["authors"]:
+            assert person.get("family-names") and person.get("given-names"), f"{ref['title']}: {person}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_lead_to_files_and_headings(page):
+    """[text](target) links inside the repository: the file exists, and a #heading exists on it."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links inside code blocks are examples
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        assert file.exists(), f"{page.name}: link to {target}, no such file"
+        if anchor and file.suffix == ".md":
+            headings = re.findall(r"^#+\s+(.*)$", file.read_text(), flags=re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"{page.name}: link to {target}, no heading #{anchor} on {file.name}"
