@@ -6,6 +6,7 @@ generate.py -- a saxophone solo for a backing track: tokens -> sampling -> audio
     python generate.py --backing full_mix.wav --separate # remove the existing lead with Demucs first
     python generate.py --checkpoint you/jazz-sax-tiny    # a model from the Hugging Face Hub (phase 4)
     python generate.py --stream --checkpoint runs/causal/best   # phase 5: frame by frame, with latencies
+    python generate.py --export-onnx solo_onnx --checkpoint runs/causal/best   # phase 5: for onnx_runner.py
 
 Writes to the output folder (never over existing files without --overwrite):
     solo.wav      the generated saxophone
@@ -19,6 +20,7 @@ window after the first is prompted with the end of the previous one (the way
 MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
 with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +33,7 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, unigram_entropy, write_audio, write_json
-from model import StreamingSampler, generate, load_model, resolve_checkpoint
+from model import StreamingSampler, generate, load_model, resolve_checkpoint, rope_angles
 
 
 @dataclass
@@ -51,6 +53,8 @@ class GenerateConfig:
     seed: int = opt(0, "sampling seed")
     stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
     stream: bool = opt(False, "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
+    export_onnx: str = opt("", "phase 5: write the causal checkpoint and the codec as ONNX graphs to this folder "
+                               "(for onnx_runner.py), then stop")
     chunk_ms: float = opt(80.0, "streaming: audio chunk size in milliseconds")
     context_ms: float = opt(200.0, "streaming: past audio the codec re-reads with each chunk")
     encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
@@ -286,6 +290,19 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     plt.close(fig)
 
 
+def stream_windows(cfg, numbers):
+    """The streaming codec's fixed windows, in frames: (chunk, context, decode window).
+
+    Each chunk of audio is encoded together with `context` frames of the audio before
+    it (silence before the music starts), always the same number of samples; solo
+    frames are decoded in windows of context + chunk frames. Fixed sizes are what the
+    exported codec graphs take (onnx_runner.py), so both paths cut the audio alike.
+    """
+    chunk = max(1, round(cfg.chunk_ms / 1000 * numbers["frame_rate"]))
+    context = round(cfg.context_ms / 1000 * numbers["frame_rate"])
+    return chunk, context, context + chunk
+
+
 def stream(model, codec, backing_audio, cfg, numbers):
     """Phase 5: feed the backing in chunks as if it arrived live.
 
@@ -303,23 +320,35 @@ def stream(model, codec, backing_audio, cfg, numbers):
     # at 75 Hz) after its backing. (3) Compute: codec encode, transformer, codec decode.
     # The report gives all three; real time needs (3) below the chunk's duration.
     hop, rate, K = numbers["hop"], numbers["sample_rate"], numbers["n_codebooks"]
-    chunk = max(1, round(cfg.chunk_ms / 1000 * numbers["frame_rate"])) * hop   # whole frames per chunk
-    context = round(cfg.context_ms / 1000 * numbers["frame_rate"]) * hop
+    chunk_frames, context_frames, decode_frames = stream_windows(cfg, numbers)
+    chunk, context = chunk_frames * hop, context_frames * hop                       # in samples
     n_frames = len(backing_audio) // hop
+    if n_frames < chunk_frames:
+        raise SystemExit(f"the backing is {len(backing_audio) / rate * 1e3:.0f} ms long, shorter than one chunk "
+                         f"({chunk / rate * 1e3:.0f} ms): give a longer backing or a smaller --chunk-ms")
+    # Before the music starts, a live input hears silence: `context` zeros in front.
+    padded = np.concatenate([np.zeros(context, np.float32), backing_audio[:n_frames * hop]])
     # The sampler holds the caches, on the model's device and in its dtype; each push()
     # is one encoder step and one decoder step for all N solos (and their null rows
     # when guidance is on).
     sampler = StreamingSampler(model, n_frames, batch=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
                                top_p=cfg.top_p, seed=cfg.seed, cfg_coef=cfg.cfg_coef)
     device = next(model.parameters()).device
-    ctx_frames = context // hop
     solo_frames, audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
 
     def decode_new(frames, done):
-        """Audio of frames[done:] of each solo [N arrays], decoded with up to ctx_frames earlier frames."""
-        lo = max(0, done - ctx_frames)
-        codes = torch.stack(frames[lo:], dim=-1).numpy()                                # [N, K, n - lo]
-        return [data.decode_codes(codec, c)[(done - lo) * hop:] for c in codes]
+        """Audio of frames[done:] of each solo [N arrays], at most a chunk per decode, each in a
+        window of decode_frames frames ending at its last frame (the first frame repeated
+        where the solo has not begun yet): the causal decoder hears what came before."""
+        pieces = []
+        while done < len(frames):
+            new = min(chunk_frames, len(frames) - done)
+            window = frames[max(0, done + new - decode_frames):done + new]
+            window = [window[0]] * (decode_frames - len(window)) + window
+            codes = torch.stack(window, dim=-1).numpy()                                # [N, K, decode_frames]
+            pieces.append([data.decode_codes(codec, c)[-new * hop:] for c in codes])
+            done += new
+        return [np.concatenate(p) for p in zip(*pieces)]
     for start in tqdm(range(0, n_frames * hop, chunk), desc="stream", unit="chunk"):
         arrived = time.perf_counter()  # the chunk's last sample has just arrived
         end = min(start + chunk, n_frames * hop)
@@ -327,7 +356,7 @@ def stream(model, codec, backing_audio, cfg, numbers):
         # EnCodec 24 kHz is causal: a frame depends only on audio up to its end. Re-reading
         # context_ms of the past gives its convolutions (and, approximately, its LSTM)
         # the history a whole-file encode would have had; only the new frames are kept.
-        codes = data.encode_audio(codec, backing_audio[max(0, start - context):end])      # [K, F]
+        codes = data.encode_audio(codec, padded[end - chunk:end + context])              # [K, context + chunk frames]
         new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64)).to(device)  # [K, n]
         codec_ms.append((time.perf_counter() - t0) * 1e3)
         for f in range(new.size(-1)):
@@ -361,12 +390,253 @@ def stream(model, codec, backing_audio, cfg, numbers):
     return solo, audio, report
 
 
+# ----------------------------------------------------------------------------
+# Phase 5, deployment: the streaming model and the codec as ONNX graphs
+# ----------------------------------------------------------------------------
+# A board without PyTorch runs the same streaming steps through ONNX Runtime
+# (onnx_runner.py). An ONNX graph is a pure function: it cannot keep a KVCache object
+# between calls, so the caches become inputs, and each step's new keys and values
+# become outputs that the runner writes into its own ring buffers (slot p % capacity,
+# as KVCache does). The graphs never copy a whole cache in and out: they read it, and
+# return one position.
+
+class GraphCache:
+    """KVCache's two methods over tensors, so that model.Block runs unchanged inside a graph.
+
+    past_k, past_v [B, H, C, hd]: the ring the runner holds (read only). append() keeps
+    this position's keys and values (the graph returns them); filled() is the past
+    followed by this position, [B, H, C + 1, hd]. Which slots count is the mask's job.
+    """
+
+    def __init__(self, past_k, past_v):
+        self.past_k, self.past_v = past_k, past_v
+
+    def append(self, k, v):
+        self.k, self.v = k, v                                                        # [B, H, 1, hd] each
+
+    def filled(self):
+        return torch.cat([self.past_k, self.k], dim=2), torch.cat([self.past_v, self.v], dim=2)
+
+
+def with_self(mask):
+    """A ring's mask [C] bool (True: a slot this step may see) -> [1, C + 1], this position included."""
+    return torch.cat([mask, torch.ones(1, dtype=torch.bool)])[None]
+
+
+class EncoderStep(torch.nn.Module):
+    """One backing frame through the causal encoder (SamplerState.encoder_step as a function).
+
+    frame [B, K] int64, position [1] int64, past_k, past_v [L_enc, B, H, C, hd], past_mask [C] bool
+    -> new_k, new_v [L_enc, B, H, 1, hd] (this frame, for the encoder's rings),
+       cross_k, cross_v [L_dec, B, H, 1, hd] (this frame, for the cross-attention rings),
+       state [B, 1, D] (the encoder output, for the aligned path's window).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frame, position, past_k, past_v, past_mask):
+        m = self.model
+        x = m.embed(m.enc_emb, frame[..., None])                                    # [B, 1, D]
+        rope = rope_angles(position, m.cfg.d_model // m.cfg.n_heads)                 # 2 x [1, hd]
+        caches = [GraphCache(past_k[i], past_v[i]) for i in range(len(m.encoder))]
+        for block, cache in zip(m.encoder, caches):
+            x = block(x, rope, self_mask=with_self(past_mask), cache=cache)
+        x = m.enc_norm(x)                                                            # [B, 1, D]
+        cross = [block.cross_attn.project_kv(x, rope) for block in m.decoder]        # L_dec x 2 x [B, H, 1, hd]
+        return (torch.stack([c.k for c in caches]), torch.stack([c.v for c in caches]),
+                torch.stack([k for k, _ in cross]), torch.stack([v for _, v in cross]), x)
+
+
+class DecoderStep(torch.nn.Module):
+    """One decoder step (SamplerState.decoder_step as a function).
+
+    tokens [B, K] int64 (the previous step's codes), position [1] int64,
+    past_k, past_v [L_dec, B, H, C, hd] and past_mask [C]: the decoder's own rings,
+    cross_k, cross_v [L_dec, B, H, C, hd] and cross_mask [C]: the backing frames' rings,
+    recent [B, K, D]: encoder states of the last K frames, oldest first (aligned path)
+    -> logits [B, K, card], new_k, new_v [L_dec, B, H, 1, hd].
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, position, past_k, past_v, past_mask, cross_k, cross_v, cross_mask, recent):
+        m = self.model
+        x = m.embed(m.dec_emb, tokens[..., None])                                   # [B, 1, D]
+        if m.align_conv is not None:
+            x = x + m.aligned_step(recent)
+        rope = rope_angles(position, m.cfg.d_model // m.cfg.n_heads)
+        caches = [GraphCache(past_k[i], past_v[i]) for i in range(len(m.decoder))]
+        for i, (block, cache) in enumerate(zip(m.decoder, caches)):
+            x = block(x, rope, self_mask=with_self(past_mask), kv=(cross_k[i], cross_v[i]),
+                      cross_mask=cross_mask[None], cache=cache)
+        return m.logits(x)[:, :, 0], torch.stack([c.k for c in caches]), torch.stack([c.v for c in caches])
+
+
+class CodecEncoder(torch.nn.Module):
+    """EnCodec's encoder and quantizer: audio [1, 1, N] -> codes [1, K, N / hop]."""
+
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, audio):
+        c = self.codec
+        return c.quantizer.encode(c.encoder(audio), c.frame_rate, c.bandwidth).transpose(0, 1)
+
+
+class CodecDecoder(torch.nn.Module):
+    """EnCodec's dequantizer and decoder: codes [1, K, F] -> audio [1, 1, F * hop]."""
+
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, codes):
+        return self.codec.decoder(self.codec.quantizer.decode(codes.transpose(0, 1)))
+
+
+def export_graph(module, args, path, inputs, outputs, dynamic):
+    """torch.onnx.export with its TorchScript tracer (dynamo=False: nothing beyond the onnx package)."""
+    import warnings
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python ints and deprecation
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
+
+
+def file_sha256(path):
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_steps(model, folder):
+    """The transformer's two streaming steps as ONNX graphs in folder: fp32, and int8 weights."""
+    import logging
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    mcfg = model.cfg
+    K, H, D, L = mcfg.n_codebooks, mcfg.n_heads, mcfg.d_model, mcfg.n_dec_layers
+    # Every shape fixed where it can be: one row, and rings of attn_window slots. ONNX
+    # Runtime then folds away the shape arithmetic the tracer records (a third of the
+    # nodes), which at one frame per call is most of the time. Only a model without a
+    # window keeps the ring length free (it grows with the song).
+    hd, B = D // H, 1
+    C = mcfg.attn_window or 8
+    slots = {} if mcfg.attn_window else {3: "slots"}
+    ring = lambda n: torch.zeros(n, B, H, C, hd)  # noqa: E731
+    mask = torch.ones(C, dtype=torch.bool)
+    frame, position = torch.zeros(B, K, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    rings = {"past_k": slots, "past_v": slots, "past_mask": {0: "slots"} if slots else {}}
+    export_graph(EncoderStep(model), (frame, position, ring(mcfg.n_enc_layers), ring(mcfg.n_enc_layers), mask),
+                 folder / "encoder_step.onnx", ["frame", "position", "past_k", "past_v", "past_mask"],
+                 ["new_k", "new_v", "cross_k", "cross_v", "state"],
+                 rings)
+    export_graph(DecoderStep(model), (frame, position, ring(L), ring(L), mask, ring(L), ring(L), mask,
+                                      torch.zeros(B, K, D)),
+                 folder / "decoder_step.onnx", ["tokens", "position", "past_k", "past_v", "past_mask", "cross_k",
+                                                "cross_v", "cross_mask", "recent"], ["logits", "new_k", "new_v"],
+                 {**rings, "cross_k": slots, "cross_v": slots, "cross_mask": rings["past_mask"]})
+    for name in ("encoder_step", "decoder_step"):
+        # int8 weights for every MatMul with a constant weight (the linear layers and the
+        # heads), one scale per output channel; activations are quantized on the fly, per
+        # call. Attention's own matmuls (both sides computed) stay fp32. The pre-processing
+        # folds constants first, so that the heads' reshaped weight counts as constant.
+        quant_pre_process(str(folder / f"{name}.onnx"), str(folder / f"{name}.pre.onnx"))
+        root = logging.getLogger()
+        level, _ = root.level, root.setLevel(logging.ERROR)  # its advice to pre-process: done just above
+        quantize_dynamic(str(folder / f"{name}.pre.onnx"), str(folder / f"{name}.int8.onnx"),
+                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+        root.setLevel(level)
+        (folder / f"{name}.pre.onnx").unlink()
+
+
+def export_codec(codec, n_codebooks, encode_samples, decode_frames, folder):
+    """EnCodec as two ONNX graphs of fixed sizes: encode_samples of audio, decode_frames of codes."""
+    codec = codec.float().cpu().eval()
+    export_graph(CodecEncoder(codec), (torch.zeros(1, 1, encode_samples),), folder / "codec_encoder.onnx",
+                 ["audio"], ["codes"], None)
+    export_graph(CodecDecoder(codec), (torch.zeros(1, n_codebooks, decode_frames, dtype=torch.long),),
+                 folder / "codec_decoder.onnx", ["codes"], ["audio"], None)
+
+
+def write_onnx_folder(model, codec, config, numbers, cfg, folder):
+    """The graphs, runner.json and onnx_runner.py into folder (a temporary one: see export_onnx)."""
+    import shutil
+    mcfg = model.cfg
+    print("the transformer's two steps ...")
+    export_steps(model, folder)
+    print("... and the codec, for fixed windows")
+    chunk, context, decode = stream_windows(cfg, numbers)
+    export_codec(codec, mcfg.n_codebooks, (context + chunk) * numbers["hop"], decode, folder)
+    shutil.copy(Path(__file__).with_name("onnx_runner.py"), folder / "onnx_runner.py")
+    graphs = ["encoder_step.onnx", "decoder_step.onnx", "encoder_step.int8.onnx", "decoder_step.int8.onnx",
+              "codec_encoder.onnx", "codec_decoder.onnx"]
+    runner = {"format": 1, "checkpoint": str(cfg.checkpoint), "step": config["step"],
+              "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model, "n_heads": mcfg.n_heads,
+              "head_dim": mcfg.d_model // mcfg.n_heads, "n_enc_layers": mcfg.n_enc_layers,
+              "n_dec_layers": mcfg.n_dec_layers, "attn_window": mcfg.attn_window,
+              "aligned_backing": model.align_conv is not None,
+              "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"], "hop": numbers["hop"],
+              "chunk_frames": chunk, "context_frames": context, "decode_frames": decode,
+              "codec_untrained": numbers["untrained"],
+              "sha256": {g: file_sha256(folder / g) for g in graphs}}
+    data.write_json(folder / "runner.json", runner)
+    return graphs
+
+
+def export_onnx(model, codec, config, numbers, cfg, out):
+    """Write the ONNX folder for onnx_runner.py, atomically (a temporary folder, then one rename).
+
+    encoder_step / decoder_step (.onnx fp32, .int8.onnx with int8 weights for the
+    linear layers), codec_encoder.onnx (fixed window of context + chunk audio),
+    codec_decoder.onnx (fixed window of frames), runner.json (the numbers the runner
+    needs and each graph's SHA-256), and onnx_runner.py itself: copy the folder to the
+    board, and it has everything.
+    """
+    import shutil
+    if not model.cfg.causal_encoder:
+        raise SystemExit(f"--export-onnx needs a causal model (trained with --causal-encoder): "
+                         f"{cfg.checkpoint} reads the whole backing at once, which no live input can give")
+    model = model.float().cpu().eval()
+    out = Path(out)
+    if out.exists() and not cfg.overwrite:
+        raise SystemExit(f"{out} already exists; pass --overwrite or choose another --export-onnx folder")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    print(f"exporting to {out}")
+    try:
+        graphs = write_onnx_folder(model, codec, config, numbers, cfg, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    if out.exists():  # --overwrite: the old folder goes only once the new one is complete
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    sizes = ", ".join(f"{g} {(out / g).stat().st_size / 1e6:.1f} MB" for g in graphs)
+    print(f"wrote {out}: {sizes}. On the device: python onnx_runner.py {out} --backing trio.wav")
+    return out
+
+
 def main(cfg):
     """Generate and write everything; returns the path of generation.json."""
     data.check_settings(cfg)
     if cfg.num_samples < 1:
         raise SystemExit(f"--num-samples {cfg.num_samples}: must be at least 1")
     data.set_threads(cfg.threads)
+    if cfg.export_onnx:  # phase 5's deployment: graphs for onnx_runner.py, no sampling here
+        folder = fetch_checkpoint(cfg.checkpoint)
+        model, config = load_model(folder, "cpu")
+        codec, numbers = load_codec_for(config, folder, cfg.encodec_weights, "cpu")
+        return export_onnx(model, codec, config, numbers, cfg, cfg.export_onnx)
     # Refuse before any work: a student's favourite take is never overwritten by accident.
     out = Path(cfg.out)
     names = ["solo.wav", "mix.wav", "backing.wav", "solo.png", "generation.json"]

@@ -410,6 +410,13 @@ class SoloTransformer(nn.Module):
         x = F.pad(memory.transpose(1, 2), (K - 1, right))                           # [B, D, T + K - 1 + right]
         return self.align_conv(x).transpose(1, 2)[:, :S]                            # [B, T + right, D] -> [B, S, D]
 
+    def aligned_step(self, recent):
+        """The aligned input of one step from the encoder states of its K frames [B, K, D],
+        oldest first -> [B, 1, D]: the training convolution at one output position."""
+        conv = self.align_conv
+        window = recent.transpose(1, 2).reshape(recent.size(0), -1)                 # [B, D * K], as conv.weight
+        return F.linear(window, conv.weight.reshape(conv.out_channels, -1), conv.bias)[:, None]  # [B, 1, D]
+
     def logits(self, x):
         """decoder states [B, L, D] -> logits [B, K, L, card], all K heads as one matmul."""
         B, L, D = x.shape
@@ -671,9 +678,7 @@ class SamplerState:
         elif self.recent is not None:
             if s >= self.n_backing:  # the backing has ended: zeros enter the window, as in training
                 self.recent = torch.cat([self.recent[:, 1:], torch.zeros_like(self.recent[:, :1])], dim=1)
-            conv = model.align_conv  # the training convolution, at one output position
-            x = x + F.linear(self.recent.transpose(1, 2).reshape(x.size(0), -1),
-                             conv.weight.reshape(conv.out_channels, -1), conv.bias)[:, None]  # [B, 1, D]
+            x = x + model.aligned_step(self.recent)                           # [B, 1, D]
         rope = self.cos[s:s + 1], self.sin[s:s + 1]
         for i, (block, cache) in enumerate(zip(model.decoder, self.self_caches)):
             if self.cross_kv is not None:

@@ -13,15 +13,25 @@ Prints, for batch 1 on this machine's CPU:
   - the phase-5 streaming sampler's per-frame time (median, p99) against the 13.3 ms
     a frame lasts at 75 Hz;
   - one training step (forward + backward) with the hand-written attention and with
-    the fused kernel.
+    the fused kernel;
+  - phase 5's deployment, beside the PyTorch streaming sampler: the same causal model
+    exported to ONNX (generate.export_steps) and stepped by onnx_runner.SoloStream on
+    ONE ONNX Runtime thread, fp32 and int8 weights: per-frame median and p99, frames
+    per second; then the whole runner (codec graphs included) on a 10 s backing as a
+    separate process: its real-time factor and peak memory (--no-onnx skips this).
 Random weights: speed does not depend on what the model has learned.
 """
 import argparse
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,6 +44,58 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def per_frame(push, finish, T):
+    """Time push(t) for every frame and finish() -> (sorted per-frame ms, frames per second)."""
+    times = []
+    t_all = time.perf_counter()
+    for t in range(T):
+        _, dt = timed(lambda: push(t))
+        times.append(dt * 1e3)
+    finish()
+    return sorted(times), T / (time.perf_counter() - t_all)
+
+
+def show(label, times, fps, rate):
+    p99 = times[int(0.99 * (len(times) - 1))]
+    print(f"    {label:28s} median {statistics.median(times):5.2f} ms  p99 {p99:5.2f} ms  "
+          f"{fps:7.1f} frames/s = {fps / rate:5.1f}x real time")
+
+
+def onnx_streaming(model, backing, top_k, rate):
+    """The causal model exported, stepped by onnx_runner on one thread, fp32 and int8;
+    then the whole runner on a 10 s backing in its own process (real time, peak memory)."""
+    import data
+    import generate
+    import onnx_runner
+    T = backing.size(-1)
+    best = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        codec = data.load_codec("untrained", 3.0, "cpu")   # random weights: the codec's cost, not its sound
+        numbers = data.codec_info(codec, "untrained")
+        generate.write_onnx_folder(model, codec, {"step": 0}, numbers,
+                                   generate.GenerateConfig(checkpoint="(random weights)"), tmp)
+        runner = onnx_runner.read_folder(tmp)
+        for variant in ("fp32", "int8"):
+            stream = onnx_runner.SoloStream(tmp, runner, T, variant, threads=1, top_k=top_k)
+            frames = backing[0].numpy()
+            times, fps = per_frame(lambda t: stream.push(frames[:, t]), stream.finish, T)
+            show(f"ONNX {variant} (1 thread)", times, fps, rate)
+            best = max(best, fps)
+        sf.write(tmp / "backing.wav", (0.1 * np.random.default_rng(0).standard_normal(10 * 24000)).astype(np.float32),
+                 24000)
+        for variant in ("fp32", "int8"):
+            subprocess.run([sys.executable, str(tmp / "onnx_runner.py"), str(tmp), "--backing", str(tmp / "backing.wav"),
+                            "--out", str(tmp / variant), "--variant", variant, "--no-pace", "--threads", "1"],
+                           check=True, capture_output=True)
+            report = json.loads((tmp / variant / "report.json").read_text())
+            print(f"    runner, {variant}, 10 s file, codec included: {report['realtime_factor']:4.1f}x real time, "
+                  f"per frame p99 {report['frame_ms']['p99']:.2f} ms, codec per 80 ms chunk "
+                  f"{report['codec_chunk_ms']['p50']:.0f} ms, peak memory {report['peak_memory_mb']:.0f} MB")
+    return best
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -41,6 +103,7 @@ def main():
     ap.add_argument("--plain-steps", type=int, default=150, help="steps timed for the plain loop")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--top-k", type=int, default=250, help="sampling top-k (generate.py's default: 250)")
+    ap.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime figures")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,14 +134,14 @@ def main():
         scfg = preset_config(name, max_frames=args.frames, causal_encoder=True, attn_window=args.frames)
         smodel = SoloTransformer(scfg).eval()
         sampler = StreamingSampler(smodel, n_frames=T, **opts)
-        times = []
-        for t in range(T):
-            _, dt = timed(lambda: sampler.push(backing[..., t]))
-            times.append(dt * 1e3)
-        times.sort()
-        p99 = times[int(0.99 * (len(times) - 1))]
-        print(f"  streaming per frame: median {statistics.median(times):5.2f} ms, p99 {p99:5.2f} ms "
-              f"(budget {1e3 / rate:.1f} ms)")
+        print(f"  streaming, one frame = encoder step + decoder step + top-k {args.top_k} draw "
+              f"(budget {1e3 / rate:.1f} ms per frame):")
+        times, torch_fps = per_frame(lambda t: sampler.push(backing[..., t]), sampler.finish, T)
+        show(f"PyTorch ({torch.get_num_threads()} threads)", times, torch_fps, rate)
+        if args.onnx:
+            onnx_fps = onnx_streaming(smodel, backing, args.top_k, rate)
+            print(f"    fastest ONNX: {onnx_fps / torch_fps:4.2f}x PyTorch streaming, "
+                  f"{onnx_fps / (T / t_cached):4.2f}x PyTorch generate() (offline, cached)")
         # Training step at T frames, manual attention against the fused kernel.
         solo = torch.randint(0, cfg.card, (1, K, T))
         for impl in ("manual", "sdpa"):

@@ -110,11 +110,13 @@ def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
     assert result["streaming"]["solos"] == 2
     solos = [sf.read(tmp_path / "two" / f"solo_{i}.wav")[0] for i in range(2)]
     assert all(len(a) == CODEC_RATE for a in solos), "each streamed solo must cover the backing"
-    # Guidance must reach the streamed tokens: greedy with and without it differ.
+    # Guidance must reach the streamed tokens: with the same seed (the same uniform draws),
+    # sampling with and without it differs. (Greedy can agree: a briefly trained model's
+    # argmax may be one held code either way.)
     folder = trained_causal / "best"
     model, config = G.load_model(folder)
     codec, info = G.load_codec_for(config, folder, "", "cpu")
-    cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=0.0, chunk_ms=40)
+    cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=40)
     codes, audio, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
     plain, _, _ = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
     cfg.cfg_coef = 3.0

@@ -1,0 +1,395 @@
+"""
+onnx_runner.py -- phase 5 on the device: a saxophone solo over a backing that arrives
+live, with ONNX Runtime and numpy only (no PyTorch).
+
+    python generate.py --export-onnx solo_onnx --checkpoint runs/causal/best   # on your computer
+    # copy the folder solo_onnx/ to the board (it holds this file too); there:
+    pip install numpy onnxruntime soundfile
+    python solo_onnx/onnx_runner.py solo_onnx --backing trio.wav --out live
+
+The backing file is played in as a live input would arrive: chunk by chunk, each one
+only once the wall clock has reached its last sample (--no-pace: as fast as possible,
+to measure throughput). Each chunk is encoded by the codec graph, each new frame goes
+through the encoder step and the decoder step, a code is sampled per codebook with the
+same inverse-CDF rule as model.sample_next, and the finished solo frames are decoded.
+Writes solo.wav, mix.wav and report.json, and prints per-frame latency percentiles,
+the end-to-end delay and the peak memory.
+
+This is the deployment; the lesson is model.StreamingSampler, which does the same
+steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two equal.
+"""
+import argparse
+import hashlib
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import soundfile as sf
+
+STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
+               "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx")}
+
+
+# ----------------------------------------------------------------------------
+# 1. The exported folder
+# ----------------------------------------------------------------------------
+
+def read_folder(folder):
+    """runner.json of an exported folder, after checking that every graph is the one it names."""
+    folder = Path(folder)
+    path = folder / "runner.json"
+    try:
+        numbers = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path} not found: give a folder written by "
+                         f"python generate.py --export-onnx {folder} --checkpoint CAUSAL_CHECKPOINT") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{path} is damaged ({err}): export the folder again") from None
+    for name, digest in numbers["sha256"].items():
+        if not (folder / name).exists():
+            raise SystemExit(f"{folder / name} is missing: copy the whole exported folder")
+        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+            raise SystemExit(f"{folder / name} is not the graph {path} was written with (a file from another "
+                             f"export?): export the folder again, or copy it whole")
+    return numbers
+
+
+def session(path, threads):
+    """An ONNX Runtime session on the CPU with `threads` threads for each operator."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+# ----------------------------------------------------------------------------
+# 2. The transformer's streaming steps
+# ----------------------------------------------------------------------------
+
+class Ring:
+    """Keys and values of the past positions of every layer, [layers, rows, H, C, hd] each.
+
+    Position p lives in slot p % C (model.KVCache, as numpy arrays the graphs read).
+    The graphs return each step's keys and values; write() stores them here.
+    """
+
+    def __init__(self, layers, rows, heads, capacity, head_dim):
+        self.k = np.zeros((layers, rows, heads, capacity, head_dim), np.float32)
+        self.v = np.zeros_like(self.k)
+        self.held = np.full(capacity, -1)  # the position each slot holds (-1: none yet)
+
+    def visible(self, now, window):
+        """[C] bool: the slots a query at position `now` may attend to: filled, and within
+        the window (p > now - window). The slot `now` is about to overwrite fails the
+        second test, so the graph sees exactly the last `window` positions."""
+        seen = self.held >= 0
+        return seen & (self.held > now - window) if window else seen
+
+    def write(self, position, k, v):
+        slot = position % self.held.size
+        self.k[:, :, :, slot], self.v[:, :, :, slot] = k[:, :, :, 0], v[:, :, :, 0]
+        self.held[slot] = position
+
+
+def sample(logits, temperature, top_k, u):
+    """logits [rows, K, card] -> codes [rows, K], the rule of model.sample_next.
+
+    u [rows, K]: one uniform number in [0, 1) per code. Greedy when temperature is 0.
+    """
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    z = logits / np.float32(temperature)
+    if 0 < top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[..., -top_k:-top_k + 1]  # the k-th largest, [rows, K, 1]
+        z = np.where(z < kth, -np.inf, z)                                 # exp(-inf) = 0: never drawn
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(p / p.sum(axis=-1, keepdims=True), axis=-1)           # [rows, K, card]
+    # The first code whose cumulative probability exceeds u (searchsorted, right side).
+    code = (cdf <= (u * cdf[..., -1])[..., None]).sum(axis=-1)
+    return np.minimum(code, z.shape[-1] - 1)
+
+
+class SoloStream:
+    """push(backing frame [K]) -> the solo frame [K] the delay pattern has just finished,
+    or None for the first K - 1 frames; finish() -> the last K - 1 frames.
+
+    model.StreamingSampler's steps, one solo, no guidance: the same tokens (tested).
+    uniform(shape): the draws for sampling (default: numpy's generator seeded by `seed`).
+    """
+
+    def __init__(self, folder, numbers, n_frames, variant="int8", threads=1, temperature=1.0, top_k=250, seed=0,
+                 uniform=None):
+        encoder, decoder = STEP_GRAPHS[variant]
+        self.encoder, self.decoder = session(Path(folder) / encoder, threads), session(Path(folder) / decoder, threads)
+        self.check_graphs(numbers, folder)
+        K, D = numbers["n_codebooks"], numbers["d_model"]
+        self.K, self.card, self.n_frames, self.window = K, numbers["card"], n_frames, numbers["attn_window"]
+        self.temperature, self.top_k = temperature, top_k
+        rng = np.random.default_rng(seed)
+        self.uniform = uniform or (lambda shape: rng.random(shape, dtype=np.float32))
+        # A windowed model needs only `window` slots; without a window, room for every step.
+        slots = self.window or n_frames + K - 1
+        ring = lambda layers: Ring(layers, 1, numbers["n_heads"], slots, numbers["head_dim"])  # noqa: E731
+        self.enc_ring, self.self_ring = ring(numbers["n_enc_layers"]), ring(numbers["n_dec_layers"])
+        self.cross_ring = ring(numbers["n_dec_layers"])       # the backing frames' keys and values
+        self.recent = np.zeros((1, K, D), np.float32)          # encoder states of the last K frames, oldest first
+        self.tokens = np.full((1, K), self.card, np.int64)     # the start token
+        self.columns = []                                      # the last K delayed columns written
+        self.n_backing = self.step = 0
+        self.wants = {i.name for i in self.decoder.get_inputs()}  # no `recent` without the aligned path
+
+    def check_graphs(self, numbers, folder):
+        """The step graphs' cache inputs against runner.json: layers, heads, head width."""
+        for graph, layers in ((self.encoder, "n_enc_layers"), (self.decoder, "n_dec_layers")):
+            shape = {i.name: i.shape for i in graph.get_inputs()}["past_k"]  # [layers, rows, H, slots, hd]
+            want = [numbers[layers], numbers["n_heads"], numbers["head_dim"]]
+            if [shape[0], shape[2], shape[4]] != want:
+                raise SystemExit(f"{folder}: a step graph has caches {shape}, runner.json says layers, heads, "
+                                 f"head width {want}: export the folder again")
+
+    def encoder_step(self, frame):
+        t = self.n_backing
+        new_k, new_v, cross_k, cross_v, state = self.encoder.run(None, {
+            "frame": frame[None].astype(np.int64), "position": np.array([t]), "past_k": self.enc_ring.k,
+            "past_v": self.enc_ring.v, "past_mask": self.enc_ring.visible(t, self.window)})
+        self.enc_ring.write(t, new_k, new_v)
+        self.cross_ring.write(t, cross_k, cross_v)
+        self.recent = np.concatenate([self.recent[:, 1:], state], axis=1)
+        self.n_backing += 1
+
+    def next_logits(self):
+        """The decoder step for self.tokens, the previous step's codes -> logits [1, K, card]."""
+        s = self.step
+        if s >= self.n_backing:  # the backing has ended: zeros enter the aligned window, as in training
+            self.recent = np.concatenate([self.recent[:, 1:], np.zeros_like(self.recent[:, :1])], axis=1)
+        feed = {"tokens": self.tokens, "position": np.array([s]), "past_k": self.self_ring.k,
+                "past_v": self.self_ring.v, "past_mask": self.self_ring.visible(s, self.window),
+                "cross_k": self.cross_ring.k, "cross_v": self.cross_ring.v,
+                "cross_mask": self.cross_ring.visible(s, self.window), "recent": self.recent}
+        logits, new_k, new_v = self.decoder.run(None, {name: x for name, x in feed.items() if name in self.wants})
+        self.self_ring.write(s, new_k, new_v)
+        self.step += 1
+        return logits
+
+    def decoder_step(self):
+        s = self.step
+        codes = sample(self.next_logits(), self.temperature, self.top_k, self.uniform((1, self.K)))  # [1, K]
+        # The delay pattern: codebook k writes frame s - k, and only frames 0 .. n_frames - 1.
+        frame = s - np.arange(self.K)
+        self.tokens = np.where((frame >= 0) & (frame < self.n_frames), codes, self.card)
+        self.columns = (self.columns + [self.tokens[0]])[-self.K:]
+        if s < self.K - 1:
+            return None
+        return np.array([self.columns[k][k] for k in range(self.K)])  # frame s - K + 1, complete
+
+    def push(self, frame):
+        if self.n_backing >= self.n_frames:
+            raise ValueError(f"all {self.n_frames} frames have been pushed")
+        self.encoder_step(frame)
+        return self.decoder_step()
+
+    def finish(self):
+        rest = [self.decoder_step() for _ in range(self.n_frames + self.K - 1 - self.step)]
+        return [r for r in rest if r is not None]
+
+
+def teacher_forced_ce(stream, backing, solo):
+    """Mean cross-entropy (nats) of the step graphs on a known solo: backing, solo codes [K, T].
+
+    The decoder reads the true previous codes instead of its own samples (teacher
+    forcing, as in training): what int8 weights cost, measured on the validation set.
+    """
+    K, T = solo.shape
+    target = np.full((K, T + K - 1), stream.card)  # the delay pattern: codebook k is late by k steps
+    for k in range(K):
+        target[k, k:k + T] = solo[k]
+    nll = []
+    for s in range(T + K - 1):
+        if s < T:
+            stream.encoder_step(backing[:, s])
+        stream.tokens = target[None, :, s - 1] if s else np.full((1, K), stream.card)
+        z = stream.next_logits()[0].astype(np.float64)                               # [K, card]
+        log_p = z - z.max(axis=-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=-1, keepdims=True))
+        nll += [-log_p[k, target[k, s]] for k in range(K) if target[k, s] != stream.card]
+    return float(np.mean(nll))
+
+
+# ----------------------------------------------------------------------------
+# 3. The codec, in fixed windows
+# ----------------------------------------------------------------------------
+
+class Codec:
+    """EnCodec's graphs: encode a window of context + chunk frames of audio, decode a window
+    of decode_frames frames (generate.stream_windows says why the windows are fixed)."""
+
+    def __init__(self, folder, numbers, threads=1):
+        self.encoder = session(Path(folder) / "codec_encoder.onnx", threads)
+        self.decoder = session(Path(folder) / "codec_decoder.onnx", threads)
+        self.hop, self.window = numbers["hop"], numbers["decode_frames"]
+
+    def encode(self, audio):
+        """audio [(context + chunk) * hop] -> codes [K, context + chunk]."""
+        return self.encoder.run(None, {"audio": audio[None, None].astype(np.float32)})[0][0]
+
+    def decode_new(self, frames, done, chunk):
+        """Audio of frames[done:], at most `chunk` frames per decode, each decoded in a window
+        ending at its last frame (the first frame repeated before the solo begins)."""
+        pieces = []
+        while done < len(frames):
+            new = min(chunk, len(frames) - done)
+            window = frames[max(0, done + new - self.window):done + new]
+            window = [window[0]] * (self.window - len(window)) + window
+            audio = self.decoder.run(None, {"codes": np.stack(window, axis=-1)[None].astype(np.int64)})[0]
+            pieces.append(audio[0, 0, -new * self.hop:])
+            done += new
+        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+# ----------------------------------------------------------------------------
+# 4. Following a backing in real time
+# ----------------------------------------------------------------------------
+
+def read_backing(path, numbers):
+    """A mono float32 backing at the codec's rate, or one line saying what to do."""
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)    # [N, channels]
+    except Exception as err:
+        raise SystemExit(f"--backing {path}: cannot read it ({err}); give a WAV or FLAC file") from None
+    if rate != numbers["sample_rate"]:
+        raise SystemExit(f"--backing {path}: {rate} Hz, the codec needs {numbers['sample_rate']} Hz; convert it "
+                         f"first, e.g. ffmpeg -i {path} -ac 1 -ar {numbers['sample_rate']} backing_24k.wav")
+    if audio.shape[1] > 1:
+        print(f"{path}: {audio.shape[1]} channels, mixed down to mono (their mean)")
+    audio = audio.mean(axis=1)
+    chunk = numbers["chunk_frames"] * numbers["hop"]
+    if len(audio) < chunk:
+        raise SystemExit(f"--backing {path}: {len(audio) / rate * 1e3:.0f} ms, shorter than one chunk "
+                         f"({chunk / rate * 1e3:.0f} ms of this export)")
+    return audio
+
+
+def follow(stream, codec, backing, numbers, pace=True):
+    """Feed the backing chunk by chunk -> (solo frames [K, T], solo audio, timings in ms)."""
+    hop, rate = numbers["hop"], numbers["sample_rate"]
+    chunk_frames = numbers["chunk_frames"]
+    chunk, context = chunk_frames * hop, numbers["context_frames"] * hop
+    n_frames = len(backing) // hop
+    padded = np.concatenate([np.zeros(context, np.float32), backing[:n_frames * hop]])  # silence before the music
+    frames, audio, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
+    began = time.perf_counter()
+    for start in range(0, n_frames * hop, chunk):
+        end = min(start + chunk, n_frames * hop)
+        if pace:  # a live input: this chunk exists only once the clock has reached its last sample
+            arrived = began + end / rate
+            time.sleep(max(0.0, arrived - time.perf_counter()))
+        else:
+            arrived = time.perf_counter()
+        t0 = time.perf_counter()
+        new = codec.encode(padded[end - chunk:end + context])[:, -((end - start) // hop):]   # [K, n]
+        codec_ms.append((time.perf_counter() - t0) * 1e3)
+        for f in range(new.shape[1]):
+            t1 = time.perf_counter()
+            done = stream.push(new[:, f])
+            frame_ms.append((time.perf_counter() - t1) * 1e3)
+            if done is not None:
+                frames.append(done)
+        if len(frames) > decoded:
+            t2 = time.perf_counter()
+            audio.append(codec.decode_new(frames, decoded, chunk_frames))
+            codec_ms[-1] += (time.perf_counter() - t2) * 1e3
+            decoded = len(frames)
+            delay_ms.append((time.perf_counter() - arrived) * 1e3)
+    frames += stream.finish()
+    audio.append(codec.decode_new(frames, decoded, chunk_frames))
+    return np.stack(frames, axis=-1), np.concatenate(audio), {"frame": frame_ms, "codec": codec_ms,
+                                                             "delay": delay_ms}
+
+
+def mix(backing, solo):
+    """Solo level-matched to the backing (equal RMS, means removed), summed, scaled down only if it would clip."""
+    n = min(len(backing), len(solo))
+    b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
+    s = s * (np.sqrt(np.mean(b ** 2)) + 1e-9) / (np.sqrt(np.mean(s ** 2)) + 1e-9)
+    peak = np.abs(b + s).max()
+    return ((b + s) * min(1.0, 0.98 / max(peak, 1e-9))).astype(np.float32), s.astype(np.float32)
+
+
+def peak_memory_mb():
+    """This process's peak resident memory. Linux's VmHWM counts from the program's start;
+    ru_maxrss (elsewhere) may include what a parent process held before starting it."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_atomic(path, write):
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over a live backing, ONNX Runtime only.")
+    parser.add_argument("folder", help="the folder written by python generate.py --export-onnx")
+    parser.add_argument("--backing", required=True, help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
+    parser.add_argument("--out", default="live", help="output folder for solo.wav, mix.wav, report.json")
+    parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8", help="int8 weights or fp32")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per operator")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--top-k", type=int, default=250, help="sample among the k most likely codes (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--no-pace", action="store_true", help="do not wait for the wall clock: measure throughput")
+    args = parser.parse_args(argv)
+    numbers = read_folder(args.folder)
+    backing = read_backing(args.backing, numbers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_frames = len(backing) // numbers["hop"]
+    stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads, args.temperature, args.top_k,
+                        args.seed)
+    codec = Codec(args.folder, numbers, args.threads)
+    print(f"{args.backing}: {len(backing) / numbers['sample_rate']:.1f} s, {args.variant} graphs, "
+          f"{args.threads} thread(s), {'paced like a live input' if not args.no_pace else 'as fast as possible'}")
+    t0 = time.perf_counter()
+    solo_frames, solo, ms = follow(stream, codec, backing, numbers, pace=not args.no_pace)
+    seconds, wall = n_frames / numbers["frame_rate"], time.perf_counter() - t0
+    mixed, levelled = mix(backing, solo)
+    rate = numbers["sample_rate"]
+    write_atomic(out / "solo.wav", lambda p: sf.write(p, levelled, rate, format="WAV"))
+    write_atomic(out / "mix.wav", lambda p: sf.write(p, mixed, rate, format="WAV"))
+    pct = {q: float(np.percentile(ms["frame"], q)) for q in (50, 90, 99)}
+    chunk_ms = numbers["chunk_frames"] * 1e3 / numbers["frame_rate"]
+    pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
+    delay = {q: chunk_ms + pattern_ms + float(np.percentile(ms["delay"], q)) for q in (50, 99)}
+    compute_s = (sum(ms["frame"]) + sum(ms["codec"])) / 1e3
+    report = {"backing": str(args.backing), "seconds": seconds, "variant": args.variant, "threads": args.threads,
+              "paced": not args.no_pace, "frame_ms": {"p50": pct[50], "p90": pct[90], "p99": pct[99],
+                                                      "max": float(max(ms["frame"]))},
+              "frame_budget_ms": 1e3 / numbers["frame_rate"],
+              "codec_chunk_ms": {"p50": float(np.percentile(ms["codec"], 50)),
+                                 "p99": float(np.percentile(ms["codec"], 99))},
+              "end_to_end_delay_ms": {"p50": delay[50], "p99": delay[99]},
+              "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
+              "realtime_factor": seconds / compute_s, "wall_s": wall,
+              "peak_memory_mb": peak_memory_mb(),
+              "solo_frames": int(solo_frames.shape[1])}
+    write_atomic(out / "report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
+    print(f"per frame (encoder + decoder step + sampling): p50 {pct[50]:.2f} ms, p90 {pct[90]:.2f} ms, "
+          f"p99 {pct[99]:.2f} ms (budget {report['frame_budget_ms']:.1f} ms); codec per chunk p50 "
+          f"{report['codec_chunk_ms']['p50']:.1f} ms")
+    print(f"end-to-end delay p50 {delay[50]:.0f} ms, p99 {delay[99]:.0f} ms (chunk {chunk_ms:.0f} + delay pattern "
+          f"{pattern_ms:.0f} + compute); {report['realtime_factor']:.1f}x real time; "
+          f"peak memory {report['peak_memory_mb']:.0f} MB")
+    print(f"wrote {out}/solo.wav, mix.wav, report.json")
+    return report
+
+
+if __name__ == "__main__":
+    main()

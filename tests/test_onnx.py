@@ -1,0 +1,194 @@
+"""Phase 5's deployment: the ONNX graphs and onnx_runner.py against the PyTorch path they replace."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import generate as G
+import onnx_runner as R
+from data import CODEC_RATE, load_split
+from model import SamplerState, StreamingSampler, build_delay_pattern
+
+
+@pytest.fixture(scope="module")
+def exported(trained_causal, tmp_path_factory):
+    """(export folder, model, codec, codec numbers, val backing codes [K, T], val solo codes [K, T])."""
+    folder = trained_causal / "best"
+    out = tmp_path_factory.mktemp("onnx") / "solo_onnx"
+    G.main(G.GenerateConfig(checkpoint=str(folder), export_onnx=str(out), chunk_ms=80, context_ms=200))
+    model, config = G.load_model(folder)
+    codec, numbers = G.load_codec_for(config, folder, "", "cpu")
+    backing, solo = load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end
+    return out, model, codec, numbers, backing[:, :150].astype(np.int64), solo[:, :150].astype(np.int64)
+
+
+def pytorch_stream(model, backing, **opts):
+    sampler = StreamingSampler(model, backing.shape[1], **opts)
+    frames = [sampler.push(torch.from_numpy(backing[None, :, t])) for t in range(backing.shape[1])]
+    frames = [f[0] for f in frames if f is not None] + list(sampler.finish()[0].unbind(-1))
+    return torch.stack(frames, dim=-1).numpy()                                        # [K, T]
+
+
+def onnx_stream(folder, backing, variant="fp32", **opts):
+    numbers = R.read_folder(folder)
+    stream = R.SoloStream(folder, numbers, backing.shape[1], variant, **opts)
+    frames = [stream.push(backing[:, t]) for t in range(backing.shape[1])]
+    return np.stack([f for f in frames if f is not None] + stream.finish(), axis=-1)  # [K, T]
+
+
+def test_export_writes_a_complete_folder(exported):
+    folder, model, *_ = exported
+    numbers = R.read_folder(folder)
+    names = {p.name for p in folder.iterdir()}
+    assert set(numbers["sha256"]) | {"runner.json", "onnx_runner.py"} == names, names
+    assert numbers["attn_window"] == model.cfg.attn_window == 40 and numbers["n_codebooks"] == 4
+    assert not list(folder.parent.glob(".*tmp*")), "the temporary export folder was left behind"
+    # int8 weights: the step graphs shrink (the embedding tables stay fp32).
+    for step in ("encoder_step", "decoder_step"):
+        fp32, int8 = (folder / f"{step}.onnx").stat().st_size, (folder / f"{step}.int8.onnx").stat().st_size
+        assert int8 < 0.7 * fp32, f"{step}: int8 {int8} bytes vs fp32 {fp32}"
+
+
+def test_step_logits_equal_pytorch(exported):
+    """Every step's logits, fed the same tokens, against model.SamplerState.streaming, to 1e-5.
+
+    The tight check: a briefly trained model's greedy tokens would survive a small slip
+    (one key too many in a window moves the logits by about 6e-4, and no argmax).
+    """
+    folder, model, _, _, backing, solo = exported
+    K, T = solo.shape
+    stream = R.SoloStream(folder, R.read_folder(folder), T, "fp32")
+    state = SamplerState.streaming(model, 1, T + K - 1, "cpu", torch.float32)
+    target = build_delay_pattern(torch.from_numpy(solo)[None], model.cfg.card)[0]                   # [1, K, S]
+    worst = 0.0
+    with torch.no_grad():
+        for s in range(T + K - 1):
+            if s < T:
+                stream.encoder_step(backing[:, s])
+                state.encoder_step(torch.from_numpy(backing[None, :, s]))
+            tokens = target[:, :, s - 1] if s else torch.full((1, K), model.cfg.card)
+            stream.tokens = tokens.numpy()
+            worst = max(worst, np.abs(stream.next_logits() - state.decoder_step(tokens).numpy()).max())
+    assert worst < 1e-5, f"logits differ by up to {worst:.2e}"
+
+
+def test_greedy_tokens_equal_pytorch(exported):
+    """150 frames through a 40-slot ring: the rings wrap three times, and the backing ends
+    before the last K - 1 steps (zeros enter the aligned window, old frames are masked)."""
+    folder, model, _, _, backing, _ = exported
+    want = pytorch_stream(model, backing, temperature=0.0)
+    got = onnx_stream(folder, backing, temperature=0.0)
+    assert got.shape == want.shape == backing.shape
+    assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+
+
+def test_seeded_sampling_equal_given_the_same_draws(exported):
+    """top-k 250 at temperature 1: the runner's numpy sampler, fed the uniform numbers that
+    torch's generator gives model.sample_next, picks the same codes."""
+    folder, model, _, _, backing, _ = exported
+    want = pytorch_stream(model, backing, temperature=1.0, top_k=250, seed=5)
+    gen = torch.Generator().manual_seed(5)  # the same stream of draws, one [1, K, 1] per step
+    draws = lambda shape: torch.rand((*shape, 1), generator=gen).numpy()[..., 0]  # noqa: E731
+    got = onnx_stream(folder, backing, temperature=1.0, top_k=250, uniform=draws)
+    assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+    assert len(np.unique(got)) > 20, "sampling at temperature 1 should spread over many codes"
+
+
+def test_teacher_forced_loss_equals_training_and_int8_is_close(exported):
+    """The graphs' cross-entropy on a known solo equals model.loss (the training loss) for
+    fp32, and int8 weights cost at most 0.02 nats."""
+    folder, model, _, _, backing, solo = exported
+    numbers = R.read_folder(folder)
+    with torch.no_grad():
+        want = model.loss(torch.from_numpy(backing[None, :, :75]), torch.from_numpy(solo[None, :, :75]))[0].item()
+    ce = {v: R.teacher_forced_ce(R.SoloStream(folder, numbers, 75, v), backing[:, :75], solo[:, :75])
+          for v in ("fp32", "int8")}
+    assert abs(ce["fp32"] - want) < 1e-4, f"graphs {ce['fp32']:.5f} vs model.loss {want:.5f}"
+    assert abs(ce["int8"] - ce["fp32"]) < 0.02, ce
+
+
+def test_codec_graphs_equal_encodec(exported):
+    folder, _, codec, numbers, *_ = exported
+    runner = R.read_folder(folder)
+    onnx_codec = R.Codec(folder, runner)
+    window = (runner["context_frames"] + runner["chunk_frames"]) * numbers["hop"]
+    audio = (0.2 * np.random.default_rng(0).standard_normal(window)).astype(np.float32)
+    assert np.array_equal(onnx_codec.encode(audio), G.data.encode_audio(codec, audio))
+    codes = np.random.default_rng(1).integers(0, numbers["card"], (4, runner["decode_frames"]))
+    want = G.data.decode_codes(codec, codes)
+    got = onnx_codec.decoder.run(None, {"codes": codes[None]})[0][0, 0]
+    assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_runner_follows_a_backing_like_generate_stream(exported, tmp_path):
+    """The whole device path from a WAV file (codec graphs included) against generate.py --stream."""
+    folder, model, codec, numbers, backing, _ = exported
+    audio = G.data.decode_codes(codec, backing[:, :90])                                # 1.2 s of backing
+    sf.write(tmp_path / "trio.wav", np.stack([audio, audio], axis=1), CODEC_RATE)      # stereo: mixed down
+    report = R.main([str(folder), "--backing", str(tmp_path / "trio.wav"), "--out", str(tmp_path / "live"),
+                     "--variant", "fp32", "--temperature", "0", "--no-pace"])
+    cfg = G.GenerateConfig(temperature=0.0, chunk_ms=80, context_ms=200)
+    solo, solo_audio, _ = G.stream(model, codec, audio, cfg, numbers)
+    assert report["solo_frames"] == solo.shape[-1] == 90
+    got, rate = sf.read(tmp_path / "live" / "solo.wav")
+    assert rate == CODEC_RATE and len(got) == len(solo_audio[0]) == 90 * numbers["hop"]
+    # Both paths decode the same frames in the same windows; the runner writes the solo level-matched.
+    _, levelled = G.mix_audio(audio, solo_audio[0])
+    assert np.abs(got - levelled).max() < 1e-3, "the runner's solo differs from generate.py --stream's"
+    mix, _ = sf.read(tmp_path / "live" / "mix.wav")
+    assert 0.01 < np.sqrt(np.mean(mix ** 2)) and np.abs(mix).max() <= 0.98 + 1e-4
+    written = json.loads((tmp_path / "live" / "report.json").read_text())
+    assert written["frame_ms"]["p50"] > 0 and written["peak_memory_mb"] > 0
+    assert written["end_to_end_delay_ms"]["p50"] >= written["chunk_ms"] + written["delay_pattern_ms"]
+
+
+def test_paced_run_waits_for_the_audio(exported, tmp_path):
+    """Paced like a live input, a 1 s backing cannot finish in much less than 1 s."""
+    folder, _, codec, _, backing, _ = exported
+    sf.write(tmp_path / "b.wav", G.data.decode_codes(codec, backing[:, :75]), CODEC_RATE)
+    report = R.main([str(folder), "--backing", str(tmp_path / "b.wav"), "--out", str(tmp_path / "p")])
+    assert report["paced"] and report["wall_s"] >= 0.95, report["wall_s"]
+
+
+def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
+    folder, _, codec, _, backing, _ = exported
+
+    def fails(args, *words):
+        with pytest.raises(SystemExit) as err:
+            R.main([str(a) for a in args])
+        assert all(w in str(err.value) for w in words), str(err.value)
+
+    good = tmp_path / "ok.wav"
+    sf.write(good, G.data.decode_codes(codec, backing[:, :30]), CODEC_RATE)
+    sf.write(tmp_path / "44k.wav", np.zeros(44100, np.float32), 44100)
+    fails([folder, "--backing", tmp_path / "44k.wav"], "44100 Hz", "ffmpeg")
+    sf.write(tmp_path / "short.wav", np.zeros(1000, np.float32), CODEC_RATE)
+    fails([folder, "--backing", tmp_path / "short.wav"], "shorter than one chunk")
+    (tmp_path / "text.wav").write_text("not audio")
+    fails([folder, "--backing", tmp_path / "text.wav"], "cannot read", "WAV")
+    fails([tmp_path / "nowhere", "--backing", good], "runner.json not found", "--export-onnx")
+    # A graph from another export: runner.json no longer describes the folder.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    (mixed / "decoder_step.onnx").write_bytes((mixed / "decoder_step.int8.onnx").read_bytes())
+    fails([mixed, "--backing", good], "decoder_step.onnx", "export the folder again")
+    (mixed / "runner.json").write_text("{")
+    fails([mixed, "--backing", good], "damaged")
+    # Export: a model that reads the whole backing cannot stream; an existing folder is kept.
+    with pytest.raises(SystemExit, match="causal"):
+        G.main(G.GenerateConfig(checkpoint=str(trained[0] / "best"), export_onnx=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        G.main(G.GenerateConfig(checkpoint=str(trained_causal / "best"), export_onnx=str(folder)))
+
+
+def test_failed_export_leaves_nothing(trained_causal, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer crashed")
+    monkeypatch.setattr("onnxruntime.quantization.quantize_dynamic", broken)
+    with pytest.raises(RuntimeError):
+        G.main(G.GenerateConfig(checkpoint=str(trained_causal / "best"), export_onnx=str(tmp_path / "e")))
+    assert list(tmp_path.iterdir()) == [], "a failed export left files behind"
