@@ -397,8 +397,9 @@ def stream(model, codec, backing_audio, cfg, numbers):
 # (onnx_runner.py). An ONNX graph is a pure function: it cannot keep a KVCache object
 # between calls, so the caches become inputs, and each step's new keys and values
 # become outputs that the runner writes into its own ring buffers (slot p % capacity,
-# as KVCache does). The graphs never copy a whole cache in and out: they read it, and
-# return one position.
+# as KVCache does). No whole cache goes back out: a step returns one position. Inside
+# the graph the self-attention still joins the ring and the new position into one
+# tensor (GraphCache.filled), a copy that costs time at long windows (docs/phase5).
 
 class GraphCache:
     """KVCache's two methods over tensors, so that model.Block runs unchanged inside a graph.
@@ -508,11 +509,6 @@ def export_graph(module, args, path, inputs, outputs, dynamic):
                           dynamic_axes=dynamic, opset_version=17, dynamo=False)
 
 
-def file_sha256(path):
-    import hashlib
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def export_steps(model, folder):
     """The transformer's two streaming steps as ONNX graphs in folder: fp32, and int8 weights."""
     import logging
@@ -548,9 +544,11 @@ def export_steps(model, folder):
         quant_pre_process(str(folder / f"{name}.onnx"), str(folder / f"{name}.pre.onnx"))
         root = logging.getLogger()
         level, _ = root.level, root.setLevel(logging.ERROR)  # its advice to pre-process: done just above
-        quantize_dynamic(str(folder / f"{name}.pre.onnx"), str(folder / f"{name}.int8.onnx"),
-                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
-        root.setLevel(level)
+        try:
+            quantize_dynamic(str(folder / f"{name}.pre.onnx"), str(folder / f"{name}.int8.onnx"),
+                             weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)  # the caller's logging as it was, even when the quantizer fails
         (folder / f"{name}.pre.onnx").unlink()
 
 
@@ -566,6 +564,7 @@ def export_codec(codec, n_codebooks, encode_samples, decode_frames, folder):
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     """The graphs, runner.json and onnx_runner.py into folder (a temporary one: see export_onnx)."""
     import shutil
+    from onnx_runner import sha256  # the runner checks the graphs with the same digest
     mcfg = model.cfg
     print("the transformer's two steps ...")
     export_steps(model, folder)
@@ -583,7 +582,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"], "hop": numbers["hop"],
               "chunk_frames": chunk, "context_frames": context, "decode_frames": decode,
               "codec_untrained": numbers["untrained"],
-              "sha256": {g: file_sha256(folder / g) for g in graphs}}
+              "sha256": {g: sha256(folder / g) for g in graphs}}
     data.write_json(folder / "runner.json", runner)
     return graphs
 

@@ -38,6 +38,11 @@ STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
 # 1. The exported folder
 # ----------------------------------------------------------------------------
 
+def sha256(path):
+    """A file's SHA-256, as runner.json records it for each graph."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def read_folder(folder):
     """runner.json of an exported folder, after checking that every graph is the one it names."""
     folder = Path(folder)
@@ -52,7 +57,7 @@ def read_folder(folder):
     for name, digest in numbers["sha256"].items():
         if not (folder / name).exists():
             raise SystemExit(f"{folder / name} is missing: copy the whole exported folder")
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+        if sha256(folder / name) != digest:
             raise SystemExit(f"{folder / name} is not the graph {path} was written with (a file from another "
                              f"export?): export the folder again, or copy it whole")
     return numbers
