@@ -20,6 +20,7 @@ window after the first is prompted with the end of the previous one (the way
 MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
 with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
+import math
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, unigram_entropy, write_audio, write_json
-from model import StreamingSampler, generate, load_model, resolve_checkpoint, rope_angles
+from model import StreamingSampler, apply_rope, generate, load_model, resolve_checkpoint, rope_angles
 
 
 @dataclass
@@ -397,37 +398,65 @@ def stream(model, codec, backing_audio, cfg, numbers):
 # (onnx_runner.py). An ONNX graph is a pure function: it cannot keep a KVCache object
 # between calls, so the caches become inputs, and each step's new keys and values
 # become outputs that the runner writes into its own ring buffers (slot p % capacity,
-# as KVCache does). No whole cache goes back out: a step returns one position. Inside
-# the graph the self-attention still joins the ring and the new position into one
-# tensor (GraphCache.filled), a copy that costs time at long windows (docs/phase5).
+# as KVCache does). Three choices keep a step from copying its rings, which at one
+# frame per call is what costs time (measured: docs/phase5-streaming.md):
+#   - one input per layer and ring, not one stacked tensor (taking layer i out of a
+#     stack is a copy of it);
+#   - keys held transposed, [B, H, hd, C], so that scoring them is a plain matmul;
+#   - this position's own key and value are scored beside the ring (ring_attention),
+#     never joined to it (torch.cat would copy the whole ring).
+# The steps are written out again here rather than calling model.Block, for the last
+# two reasons; tests/test_onnx.py holds their logits equal to SamplerState's.
 
-class GraphCache:
-    """KVCache's two methods over tensors, so that model.Block runs unchanged inside a graph.
+def ring_attention(q, ring_k, ring_v, bias, k=None, v=None):
+    """One query over a ring of keys and values: model.attention for a single position.
 
-    past_k, past_v [B, H, C, hd]: the ring the runner holds (read only). append() keeps
-    this position's keys and values (the graph returns them); filled() is the past
-    followed by this position, [B, H, C + 1, hd]. Which slots count is the mask's job.
+    q [B, H, 1, hd]; ring_k [B, H, hd, C] (keys transposed), ring_v [B, H, C, hd];
+    bias [C]: 0 for a slot the query may see, -inf for one it may not (the mask, added).
+    k, v [B, H, 1, hd]: in self-attention, this position's own key and value, always seen.
+    -> [B, H, 1, hd].
     """
-
-    def __init__(self, past_k, past_v):
-        self.past_k, self.past_v = past_k, past_v
-
-    def append(self, k, v):
-        self.k, self.v = k, v                                                        # [B, H, 1, hd] each
-
-    def filled(self):
-        return torch.cat([self.past_k, self.k], dim=2), torch.cat([self.past_v, self.v], dim=2)
+    scores = q @ ring_k                                                           # [B, H, 1, C]
+    if k is not None:
+        scores = torch.cat([scores, (q * k).sum(-1, keepdim=True)], dim=-1)      # [B, H, 1, C + 1]: small
+        bias = torch.cat([bias, bias.new_zeros(1)])
+    weights = (scores / math.sqrt(q.size(-1)) + bias).softmax(dim=-1)
+    y = weights[..., :ring_v.size(2)] @ ring_v                                   # [B, H, 1, hd]
+    return y if k is None else y + weights[..., -1:] * v
 
 
-def with_self(mask):
-    """A ring's mask [C] bool (True: a slot this step may see) -> [1, C + 1], this position included."""
-    return torch.cat([mask, torch.ones(1, dtype=torch.bool)])[None]
+def block_step(block, x, rope, ring, bias, cross=None, cross_bias=None):
+    """model.Block for one position x [B, 1, D] over its rings (ring: keys, values;
+    cross: the backing frames' keys and values) -> (x [B, 1, D], this position's k, v)."""
+    attn = block.self_attn
+    B, _, D = x.shape
+    qkv = attn.qkv_proj(block.norm1(x)).view(B, 1, 3, attn.n_heads, D // attn.n_heads)  # [B, 1, 3, H, hd]
+    qkv = qkv.permute(2, 0, 3, 1, 4)                                              # [3, B, H, 1, hd]
+    qk = apply_rope(qkv[:2], *rope)
+    q, k, v = qk[0], qk[1], qkv[2]
+    x = x + attn.out_proj(attn.merge_heads(ring_attention(q, *ring, bias, k, v)))
+    if block.cross_attn is not None:
+        c = block.cross_attn
+        q = apply_rope(c.split_heads(c.q_proj(block.norm2(x))), *rope)
+        x = x + c.out_proj(c.merge_heads(ring_attention(q, *cross, cross_bias)))
+    return x + block.ffn(block.norm3(x)), k, v
+
+
+def ring_names(prefix, layers):
+    """The graphs' ring inputs: enc_k0, enc_v0, enc_k1, ... (keys, values per layer)."""
+    return [f"{prefix}_{kv}{i}" for i in range(layers) for kv in "kv"]
+
+
+def pairs(rings):
+    """[k0, v0, k1, v1, ...] -> [(k0, v0), (k1, v1), ...]."""
+    return list(zip(rings[::2], rings[1::2]))
 
 
 class EncoderStep(torch.nn.Module):
     """One backing frame through the causal encoder (SamplerState.encoder_step as a function).
 
-    frame [B, K] int64, position [1] int64, past_k, past_v [L_enc, B, H, C, hd], past_mask [C] bool
+    frame [B, K] int64, position [1] int64, enc_bias [C] (0: a slot this step may see,
+    -inf: not), then per encoder layer its ring: keys [B, H, hd, C], values [B, H, C, hd]
     -> new_k, new_v [L_enc, B, H, 1, hd] (this frame, for the encoder's rings),
        cross_k, cross_v [L_dec, B, H, 1, hd] (this frame, for the cross-attention rings),
        state [B, 1, D] (the encoder output, for the aligned path's window).
@@ -437,26 +466,27 @@ class EncoderStep(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frame, position, past_k, past_v, past_mask):
+    def forward(self, frame, position, enc_bias, *rings):
         m = self.model
         x = m.embed(m.enc_emb, frame[..., None])                                    # [B, 1, D]
         rope = rope_angles(position, m.cfg.d_model // m.cfg.n_heads)                 # 2 x [1, hd]
-        caches = [GraphCache(past_k[i], past_v[i]) for i in range(len(m.encoder))]
-        for block, cache in zip(m.encoder, caches):
-            x = block(x, rope, self_mask=with_self(past_mask), cache=cache)
+        new = []
+        for block, ring in zip(m.encoder, pairs(rings)):
+            x, k, v = block_step(block, x, rope, ring, enc_bias)
+            new.append((k, v))
         x = m.enc_norm(x)                                                            # [B, 1, D]
         cross = [block.cross_attn.project_kv(x, rope) for block in m.decoder]        # L_dec x 2 x [B, H, 1, hd]
-        return (torch.stack([c.k for c in caches]), torch.stack([c.v for c in caches]),
+        return (torch.stack([k for k, _ in new]), torch.stack([v for _, v in new]),
                 torch.stack([k for k, _ in cross]), torch.stack([v for _, v in cross]), x)
 
 
 class DecoderStep(torch.nn.Module):
     """One decoder step (SamplerState.decoder_step as a function).
 
-    tokens [B, K] int64 (the previous step's codes), position [1] int64,
-    past_k, past_v [L_dec, B, H, C, hd] and past_mask [C]: the decoder's own rings,
-    cross_k, cross_v [L_dec, B, H, C, hd] and cross_mask [C]: the backing frames' rings,
-    recent [B, K, D]: encoder states of the last K frames, oldest first (aligned path)
+    tokens [B, K] int64 (the previous step's codes), position [1] int64, recent [B, K, D]
+    (encoder states of the last K frames, oldest first: the aligned path), self_bias
+    and cross_bias [C], then per decoder layer its own ring (self_k, self_v) and then
+    per layer the backing frames' ring (cross_k, cross_v), laid out as in EncoderStep
     -> logits [B, K, card], new_k, new_v [L_dec, B, H, 1, hd].
     """
 
@@ -464,17 +494,18 @@ class DecoderStep(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens, position, past_k, past_v, past_mask, cross_k, cross_v, cross_mask, recent):
+    def forward(self, tokens, position, recent, self_bias, cross_bias, *rings):
         m = self.model
         x = m.embed(m.dec_emb, tokens[..., None])                                   # [B, 1, D]
         if m.align_conv is not None:
             x = x + m.aligned_step(recent)
         rope = rope_angles(position, m.cfg.d_model // m.cfg.n_heads)
-        caches = [GraphCache(past_k[i], past_v[i]) for i in range(len(m.decoder))]
-        for i, (block, cache) in enumerate(zip(m.decoder, caches)):
-            x = block(x, rope, self_mask=with_self(past_mask), kv=(cross_k[i], cross_v[i]),
-                      cross_mask=cross_mask[None], cache=cache)
-        return m.logits(x)[:, :, 0], torch.stack([c.k for c in caches]), torch.stack([c.v for c in caches])
+        L = len(m.decoder)
+        new = []
+        for block, ring, cross in zip(m.decoder, pairs(rings[:2 * L]), pairs(rings[2 * L:])):
+            x, k, v = block_step(block, x, rope, ring, self_bias, cross, cross_bias)
+            new.append((k, v))
+        return m.logits(x)[:, :, 0], torch.stack([k for k, _ in new]), torch.stack([v for _, v in new])
 
 
 class CodecEncoder(torch.nn.Module):
@@ -522,20 +553,25 @@ def export_steps(model, folder):
     # window keeps the ring length free (it grows with the song).
     hd, B = D // H, 1
     C = mcfg.attn_window or 8
-    slots = {} if mcfg.attn_window else {3: "slots"}
-    ring = lambda n: torch.zeros(n, B, H, C, hd)  # noqa: E731
-    mask = torch.ones(C, dtype=torch.bool)
+    free = not mcfg.attn_window
+    keys = lambda: torch.zeros(B, H, hd, C)  # noqa: E731
+    values = lambda: torch.zeros(B, H, C, hd)  # noqa: E731
+    rings = lambda layers: [r() for _ in range(layers) for r in (keys, values)]  # noqa: E731
+    bias = torch.zeros(C)
     frame, position = torch.zeros(B, K, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    rings = {"past_k": slots, "past_v": slots, "past_mask": {0: "slots"} if slots else {}}
-    export_graph(EncoderStep(model), (frame, position, ring(mcfg.n_enc_layers), ring(mcfg.n_enc_layers), mask),
-                 folder / "encoder_step.onnx", ["frame", "position", "past_k", "past_v", "past_mask"],
+
+    def slots(names):  # the axis that counts slots, free only without a window
+        return {n: {3 if "_k" in n else 2: "slots"} for n in names} if free else {}
+
+    enc, own, cross = ring_names("enc", mcfg.n_enc_layers), ring_names("self", L), ring_names("cross", L)
+    export_graph(EncoderStep(model), (frame, position, bias, *rings(mcfg.n_enc_layers)),
+                 folder / "encoder_step.onnx", ["frame", "position", "enc_bias", *enc],
                  ["new_k", "new_v", "cross_k", "cross_v", "state"],
-                 rings)
-    export_graph(DecoderStep(model), (frame, position, ring(L), ring(L), mask, ring(L), ring(L), mask,
-                                      torch.zeros(B, K, D)),
-                 folder / "decoder_step.onnx", ["tokens", "position", "past_k", "past_v", "past_mask", "cross_k",
-                                                "cross_v", "cross_mask", "recent"], ["logits", "new_k", "new_v"],
-                 {**rings, "cross_k": slots, "cross_v": slots, "cross_mask": rings["past_mask"]})
+                 {**slots(enc), **({"enc_bias": {0: "slots"}} if free else {})})
+    export_graph(DecoderStep(model), (frame, position, torch.zeros(B, K, D), bias, bias, *rings(L), *rings(L)),
+                 folder / "decoder_step.onnx", ["tokens", "position", "recent", "self_bias", "cross_bias",
+                                                *own, *cross], ["logits", "new_k", "new_v"],
+                 {**slots(own + cross), **({"self_bias": {0: "slots"}, "cross_bias": {0: "slots"}} if free else {})})
     for name in ("encoder_step", "decoder_step"):
         # int8 weights for every MatMul with a constant weight (the linear layers and the
         # heads), one scale per output channel; activations are quantized on the fly, per

@@ -68,7 +68,11 @@ def session(path, threads):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # One fusion left out: it folds attention's 1/sqrt(hd) into the matmul that scores
+    # the ring (FusedMatMul), whose kernel took about twice as long as the plain MatMul
+    # plus a separate scaling, measured on this graph (docs/phase5-streaming.md).
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["MatMulScaleFusion"])
 
 
 # ----------------------------------------------------------------------------
@@ -76,27 +80,37 @@ def session(path, threads):
 # ----------------------------------------------------------------------------
 
 class Ring:
-    """Keys and values of the past positions of every layer, [layers, rows, H, C, hd] each.
+    """Keys and values of the past positions of every layer: position p lives in slot
+    p % C (model.KVCache, as numpy arrays the graphs read).
 
-    Position p lives in slot p % C (model.KVCache, as numpy arrays the graphs read).
-    The graphs return each step's keys and values; write() stores them here.
+    Keys are held transposed, [layers, rows, H, hd, C], values [layers, rows, H, C, hd]:
+    the graphs score keys with a plain matmul (generate.ring_attention). The graphs
+    return each step's keys and values; write() stores them here.
     """
 
-    def __init__(self, layers, rows, heads, capacity, head_dim):
-        self.k = np.zeros((layers, rows, heads, capacity, head_dim), np.float32)
-        self.v = np.zeros_like(self.k)
+    def __init__(self, prefix, layers, rows, heads, capacity, head_dim):
+        self.k = np.zeros((layers, rows, heads, head_dim, capacity), np.float32)
+        self.v = np.zeros((layers, rows, heads, capacity, head_dim), np.float32)
         self.held = np.full(capacity, -1)  # the position each slot holds (-1: none yet)
+        # The graphs' inputs: one per layer and kind (enc_k0, enc_v0, ...), views of the
+        # arrays above, so that ONNX Runtime reads the ring where it lies.
+        self.inputs = {f"{prefix}_{kv}{i}": ring[i] for i in range(layers) for kv, ring in (("k", self.k),
+                                                                                          ("v", self.v))}
 
-    def visible(self, now, window):
-        """[C] bool: the slots a query at position `now` may attend to: filled, and within
-        the window (p > now - window). The slot `now` is about to overwrite fails the
-        second test, so the graph sees exactly the last `window` positions."""
+    def bias(self, now, window):
+        """[C]: 0 for the slots a query at position `now` may attend to (filled, and within
+        the window: p > now - window), -inf for the others. The slot `now` is about to
+        overwrite fails the second test, so the graph sees exactly the last `window`
+        positions."""
         seen = self.held >= 0
-        return seen & (self.held > now - window) if window else seen
+        if window:
+            seen &= self.held > now - window
+        return np.where(seen, np.float32(0), np.float32(-np.inf))
 
     def write(self, position, k, v):
+        """k, v [layers, rows, H, 1, hd]: position's keys and values, as a step graph returns them."""
         slot = position % self.held.size
-        self.k[:, :, :, slot], self.v[:, :, :, slot] = k[:, :, :, 0], v[:, :, :, 0]
+        self.k[..., slot], self.v[..., slot, :] = k[..., 0, :], v[..., 0, :]
         self.held[slot] = position
 
 
@@ -138,9 +152,10 @@ class SoloStream:
         self.uniform = uniform or (lambda shape: rng.random(shape, dtype=np.float32))
         # A windowed model needs only `window` slots; without a window, room for every step.
         slots = self.window or n_frames + K - 1
-        ring = lambda layers: Ring(layers, 1, numbers["n_heads"], slots, numbers["head_dim"])  # noqa: E731
-        self.enc_ring, self.self_ring = ring(numbers["n_enc_layers"]), ring(numbers["n_dec_layers"])
-        self.cross_ring = ring(numbers["n_dec_layers"])       # the backing frames' keys and values
+        ring = lambda prefix, layers: Ring(prefix, numbers[layers], 1, numbers["n_heads"], slots,  # noqa: E731
+                                           numbers["head_dim"])
+        self.enc_ring, self.self_ring = ring("enc", "n_enc_layers"), ring("self", "n_dec_layers")
+        self.cross_ring = ring("cross", "n_dec_layers")       # the backing frames' keys and values
         self.recent = np.zeros((1, K, D), np.float32)          # encoder states of the last K frames, oldest first
         self.tokens = np.full((1, K), self.card, np.int64)     # the start token
         self.columns = []                                      # the last K delayed columns written
@@ -149,18 +164,19 @@ class SoloStream:
 
     def check_graphs(self, numbers, folder):
         """The step graphs' cache inputs against runner.json: layers, heads, head width."""
-        for graph, layers in ((self.encoder, "n_enc_layers"), (self.decoder, "n_dec_layers")):
-            shape = {i.name: i.shape for i in graph.get_inputs()}["past_k"]  # [layers, rows, H, slots, hd]
-            want = [numbers[layers], numbers["n_heads"], numbers["head_dim"]]
-            if [shape[0], shape[2], shape[4]] != want:
-                raise SystemExit(f"{folder}: a step graph has caches {shape}, runner.json says layers, heads, "
-                                 f"head width {want}: export the folder again")
+        for graph, prefix, layers in ((self.encoder, "enc", "n_enc_layers"), (self.decoder, "self", "n_dec_layers")):
+            shapes = {i.name: i.shape for i in graph.get_inputs()}
+            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))), *shapes[f"{prefix}_k0"][1:3]]
+            want = [numbers[layers], numbers["n_heads"], numbers["head_dim"]]  # layers, heads, head width
+            if found != want:
+                raise SystemExit(f"{folder}: a step graph has rings for layers, heads, head width {found}, "
+                                 f"runner.json says {want}: export the folder again")
 
     def encoder_step(self, frame):
         t = self.n_backing
         new_k, new_v, cross_k, cross_v, state = self.encoder.run(None, {
-            "frame": frame[None].astype(np.int64), "position": np.array([t]), "past_k": self.enc_ring.k,
-            "past_v": self.enc_ring.v, "past_mask": self.enc_ring.visible(t, self.window)})
+            "frame": frame[None].astype(np.int64), "position": np.array([t]),
+            "enc_bias": self.enc_ring.bias(t, self.window), **self.enc_ring.inputs})
         self.enc_ring.write(t, new_k, new_v)
         self.cross_ring.write(t, cross_k, cross_v)
         self.recent = np.concatenate([self.recent[:, 1:], state], axis=1)
@@ -171,10 +187,9 @@ class SoloStream:
         s = self.step
         if s >= self.n_backing:  # the backing has ended: zeros enter the aligned window, as in training
             self.recent = np.concatenate([self.recent[:, 1:], np.zeros_like(self.recent[:, :1])], axis=1)
-        feed = {"tokens": self.tokens, "position": np.array([s]), "past_k": self.self_ring.k,
-                "past_v": self.self_ring.v, "past_mask": self.self_ring.visible(s, self.window),
-                "cross_k": self.cross_ring.k, "cross_v": self.cross_ring.v,
-                "cross_mask": self.cross_ring.visible(s, self.window), "recent": self.recent}
+        feed = {"tokens": self.tokens, "position": np.array([s]), "recent": self.recent,
+                "self_bias": self.self_ring.bias(s, self.window), "cross_bias": self.cross_ring.bias(s, self.window),
+                **self.self_ring.inputs, **self.cross_ring.inputs}
         logits, new_k, new_v = self.decoder.run(None, {name: x for name, x in feed.items() if name in self.wants})
         self.self_ring.write(s, new_k, new_v)
         self.step += 1

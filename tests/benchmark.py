@@ -11,18 +11,21 @@ Prints, for batch 1 on this machine's CPU:
     and, beside the sampled figure, greedy decoding (what the model alone costs);
   - seconds of audio generated per wall-clock second (tokens only, no codec);
   - the phase-5 streaming sampler's per-frame time (median, p99) against the 13.3 ms
-    a frame lasts at 75 Hz;
+    a frame lasts at 75 Hz, for a causal model with an attention window of --window
+    frames (300, as docs/phase5-streaming.md trains it: every ring holds 300 slots);
   - one training step (forward + backward) with the hand-written attention and with
     the fused kernel;
   - phase 5's deployment, beside the PyTorch streaming sampler: the same causal model
     exported to ONNX (generate.export_steps) and stepped by onnx_runner.SoloStream on
     ONE ONNX Runtime thread, fp32 and int8 weights: per-frame median and p99, frames
     per second; then the whole runner (codec graphs included) on a 10 s backing as a
-    separate process: its real-time factor and peak memory (--no-onnx skips this).
+    separate process: its real-time factor and peak memory (--no-onnx skips this); and the
+    floor at batch 1: what reading that many int8 weights once takes (weight_floor).
 Random weights: speed does not depend on what the model has learned.
 """
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -96,6 +99,39 @@ def onnx_streaming(model, backing, top_k, rate):
     return best
 
 
+def weight_floor(model):
+    """What reading the int8 weights alone costs per frame on one ONNX Runtime thread: a
+    chain of int8 matmuls holding as many weights as the model's linear layers and heads
+    (every one is read once per frame at batch 1), in ms. No step can be faster."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx_runner
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    D = model.cfg.d_model
+    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "emb" not in name)
+    rng = np.random.default_rng(0)
+    nodes, weights, x = [], [], "x"
+    for i in range(max(1, round(n / (8 * D * D)))):  # pairs D -> 4D -> D: 8 D^2 weights each
+        for j, shape in enumerate(((D, 4 * D), (4 * D, D))):
+            weights.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.02, f"w{i}_{j}"))
+            nodes.append(helper.make_node("MatMul", [x, f"w{i}_{j}"], [f"y{i}_{j}"]))
+            x = f"y{i}_{j}"
+    graph = helper.make_graph(nodes, "floor", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, D])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f"{tmp}/f.onnx")
+        root = logging.getLogger()
+        level, _ = root.level, root.setLevel(logging.ERROR)  # its advice to pre-process: nothing to fold here
+        try:
+            quantize_dynamic(f"{tmp}/f.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
+        sess = onnx_runner.session(f"{tmp}/q.onnx", 1)
+        feed = {"x": rng.standard_normal((1, 1, D)).astype(np.float32)}
+        times = [timed(lambda: sess.run(None, feed))[1] * 1e3 for _ in range(200)]
+    return statistics.median(times[20:]), n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -103,6 +139,8 @@ def main():
     ap.add_argument("--plain-steps", type=int, default=150, help="steps timed for the plain loop")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--top-k", type=int, default=250, help="sampling top-k (generate.py's default: 250)")
+    ap.add_argument("--window", type=int, default=300,
+                    help="phase 5's attention window in frames (300: the training command of docs/phase5)")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime figures")
     args = ap.parse_args()
     if args.threads:
@@ -129,17 +167,20 @@ def main():
         print(f"  all {steps} steps, cached: {steps / t_cached:7.1f} steps/s = "
               f"{T / rate / t_cached:5.2f} s of audio per second (real time = 1); greedy (no top-k draw): "
               f"{steps / t_greedy:7.1f} steps/s")
-        # Phase 5: the same size with a causal encoder and a 10 s window, frame by frame.
+        # Phase 5: the same size with a causal encoder and a window, frame by frame.
         torch.manual_seed(0)
-        scfg = preset_config(name, max_frames=args.frames, causal_encoder=True, attn_window=args.frames)
+        scfg = preset_config(name, max_frames=args.frames, causal_encoder=True, attn_window=args.window)
         smodel = SoloTransformer(scfg).eval()
         sampler = StreamingSampler(smodel, n_frames=T, **opts)
-        print(f"  streaming, one frame = encoder step + decoder step + top-k {args.top_k} draw "
-              f"(budget {1e3 / rate:.1f} ms per frame):")
+        print(f"  streaming (window {args.window} frames), one frame = encoder step + decoder step + "
+              f"top-k {args.top_k} draw (budget {1e3 / rate:.1f} ms per frame):")
         times, torch_fps = per_frame(lambda t: sampler.push(backing[..., t]), sampler.finish, T)
         show(f"PyTorch ({torch.get_num_threads()} threads)", times, torch_fps, rate)
         if args.onnx:
             onnx_fps = onnx_streaming(smodel, backing, args.top_k, rate)
+            floor, n_weights = weight_floor(smodel)
+            print(f"    floor: reading {n_weights / 1e6:.1f} M int8 weights once costs {floor:.2f} ms on 1 thread "
+                  f"(at most {1e3 / floor / rate:.1f}x real time, before attention's rings and the draw)")
             print(f"    fastest ONNX: {onnx_fps / torch_fps:4.2f}x PyTorch streaming, "
                   f"{onnx_fps / (T / t_cached):4.2f}x PyTorch generate() (offline, cached)")
         # Training step at T frames, manual attention against the fused kernel.
