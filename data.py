@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,24 @@ def parse_settings(cls, argv=None, description=None):
                 kind = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
             parser.add_argument(name, type=kind, default=default, help=help, choices=choices)
     return cls(**vars(parser.parse_args(argv)))
+
+
+def command_line(script, cfg):
+    """The command that gives these settings: `python script` and every flag that differs
+    from its default, as parse_settings reads them back (the listening pages show it)."""
+    words = ["python", script]
+    for f in fields(cfg):
+        default = f.default_factory() if f.default is MISSING else f.default
+        value, name = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if value == default:
+            continue
+        if f.type is bool:
+            words.append(name if value else "--no-" + name[2:])
+        elif f.type is list:
+            words += [name, *map(str, value)]
+        else:
+            words += [name, "none" if value is None else str(value)]
+    return shlex.join(words)
 
 
 def check_settings(cfg):
@@ -734,6 +753,15 @@ def untrained_codec(folder, bandwidth, device, seed=0, calibration=None):
                          "whose codebooks live there. Rebuild the dataset with data.py.")
     return codec
 
+
+
+def dataset_codec(numbers, home, device, weights=""):
+    """The codec a dataset was tokenized with, from its numbers (meta.json's "codec"):
+    the untrained one from home/codec.safetensors, or the pretrained weights (`weights`
+    says where they are on this machine; default: where the dataset found them)."""
+    if numbers["untrained"]:
+        return untrained_codec(home, numbers["bandwidth_kbps"], device)
+    return load_codec(weights or numbers["weights"], numbers["bandwidth_kbps"], device)
 
 # ----------------------------------------------------------------------------
 # 7. One song, cached

@@ -14,12 +14,16 @@ Writes to the output folder (never over existing files without --overwrite):
     backing.wav   the backing as the model heard it (24 kHz mono)
     solo.png      spectrograms of backing and solo, and the solo's tokens
     generation.json  settings, timings (real-time factor) and token statistics
+    index.html    the listening page: players, pictures, figures and the command (open it in a browser)
+    true_solo.wav, true_mix.wav   for a validation clip (no --backing): the recording's own solo
+    solo_0.wav, mix_0.wav, solo_0.png, ...   with --num-samples N, each solo (solo.wav is solo_0.wav)
 
 Backings longer than the model's window are generated in overlapping windows: each
 window after the first is prompted with the end of the previous one (the way
 MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
 with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
+import html
 import math
 import os
 import sys
@@ -27,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -93,12 +98,9 @@ def load_codec_for(config, folder, weights, device):
     (codec.safetensors, from a Hub download) or stay in its dataset folder.
     """
     numbers = config["data"]["codec"]
-    if numbers["untrained"]:
-        homes = [Path(folder), Path(config["data"]["dir"])]
-        home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
-        codec = data.untrained_codec(home, numbers["bandwidth_kbps"], device)
-    else:
-        codec = data.load_codec(weights or numbers["weights"], numbers["bandwidth_kbps"], device)
+    homes = [Path(folder), Path(config["data"]["dir"])]
+    home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
+    codec = data.dataset_codec(numbers, home, device, weights)
     got, m = data.codec_info(codec, numbers["weights"]), config["model"]
     mismatch = [(k, got[k], m[k]) for k in ("n_codebooks", "card", "frame_rate") if got[k] != m[k]]
     if mismatch:
@@ -109,7 +111,8 @@ def load_codec_for(config, folder, weights, device):
 
 
 def backing_tokens(cfg, config, codec, numbers, device):
-    """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came from).
+    """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came
+    from, the true solo's codes [K, T] of a dataset clip or None for a file).
 
     From a file: read, checked, optionally separated, tokenized exactly as data.py
     tokenized the training data. From the dataset: the validation clip's codes, and
@@ -133,7 +136,7 @@ def backing_tokens(cfg, config, codec, numbers, device):
             mono = data.resample(data.channels(audio, 1), rate, data.CODEC_RATE)[0]
         if cfg.duration:
             mono = mono[:int(cfg.duration * data.CODEC_RATE)]
-        return data.encode_audio(codec, mono).astype(np.int64), mono, str(path)
+        return data.encode_audio(codec, mono).astype(np.int64), mono, str(path), None
     data_dir = config["data"]["dir"]
     meta = data.load_dataset(data_dir)
     segments = meta["splits"]["val"]["segments"] or meta["splits"]["train"]["segments"]
@@ -141,10 +144,10 @@ def backing_tokens(cfg, config, codec, numbers, device):
         raise SystemExit(f"--from-val {cfg.from_val}: the dataset {data_dir} has {len(segments)} validation clips")
     seg = segments[cfg.from_val]
     split = "val" if meta["splits"]["val"]["segments"] else "train"
-    codes = np.asarray(data.load_split(data_dir, split)[0][:, seg["start"]:seg["start"] + seg["length"]], dtype=np.int64)
-    if cfg.duration:
-        codes = codes[:, :round(cfg.duration * numbers["frame_rate"])]
-    return codes, data.decode_codes(codec, codes), f"{data_dir} {split} clip {cfg.from_val} (song {seg['song']})"
+    end = seg["start"] + (round(cfg.duration * numbers["frame_rate"]) if cfg.duration else seg["length"])
+    codes, truth = (np.asarray(part[:, seg["start"]:min(end, seg["start"] + seg["length"])], dtype=np.int64)
+                    for part in data.load_split(data_dir, split))
+    return codes, data.decode_codes(codec, codes), f"{data_dir} {split} clip {cfg.from_val} (song {seg['song']})", truth
 
 
 def listening_figures(model, codec, config, cfg, solo, n_frames, device):
@@ -289,6 +292,131 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     fig.tight_layout()
     data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Phase 3, by ear: the listening page (index.html beside the audio)
+# ----------------------------------------------------------------------------
+# One static file for a person to open: players for every wav, the pictures, the
+# figures and the command that made them. It opens from the file system with no
+# server, no network and no script, and links only to files beside it, so the folder
+# can be zipped and sent. Every figure sits in an element whose data-key is its path
+# in the JSON written beside it (generation.json, or a run's page.json), which is how
+# tests/test_pages.py holds the page to the numbers. train.py writes the same kind of
+# page for a run, with a sample at each new best checkpoint.
+
+PAGE_STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 76rem; margin: 1.5rem auto; padding: 0 1rem; color: #1d1d1f; }
+h1 { font-size: 1.45rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 1.8rem; }
+.note { background: #fff4e5; border-left: 4px solid #e8a33d; padding: .5rem .8rem; }
+.takes { display: flex; flex-wrap: wrap; gap: 1rem; }
+.take { border: 1px solid #d8d8de; border-radius: 6px; padding: .6rem .8rem; flex: 1 1 22rem; }
+.take h3 { margin: 0 0 .4rem; font-size: 1rem; }
+figure { margin: .3rem 0; } figcaption { font-size: .85rem; color: #555; }
+audio { width: 100%; } img { max-width: 100%; border: 1px solid #eee; }
+table { border-collapse: collapse; font-size: .9rem; } td, th { border-bottom: 1px solid #e4e4e8; padding: .2rem .6rem; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f4f4f6; padding: .6rem; white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
+
+
+def shown(value):
+    """A figure as the page shows it: integers whole, other numbers to 3 decimals."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return html.escape(str(value))
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def figure(key, value, tag="td"):
+    """One figure in an element (a table cell by default), tagged with its path in the JSON (data-key)."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<{tag}{" class=n" if numeric else ""} data-key="{html.escape(key)}">{shown(value)}</{tag}>'
+
+
+def flatten(obj, prefix):
+    """Nested dicts and lists -> [(dotted path, value)]: {"a": {"b": 1}} -> [("a.b", 1)]."""
+    if isinstance(obj, dict):
+        return [pair for k, v in obj.items() for pair in flatten(v, f"{prefix}.{k}")]
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return [pair for i, v in enumerate(obj) for pair in flatten(v, f"{prefix}.{i}")]
+    return [(prefix, ", ".join(map(str, obj)) if isinstance(obj, list) else obj)]
+
+
+def figures_table(prefix, obj):
+    """Every figure of obj (a dict from the JSON, under the key `prefix`) as rows of a table."""
+    rows = "".join(f"<tr><th>{html.escape(key[len(prefix) + 1:])}</th>{figure(key, value)}</tr>"
+                   for key, value in flatten(obj, prefix))
+    return f"<table>{rows}</table>"
+
+
+def player(label, src):
+    return (f'<figure><figcaption>{html.escape(label)}</figcaption>'
+            f'<audio controls preload="metadata" src="{quote(src)}"></audio></figure>')
+
+
+def picture(alt, src):
+    return f'<img src="{quote(src)}" alt="{html.escape(alt)}">'
+
+
+def write_page(path, title, body):
+    """A self-contained HTML page, written atomically."""
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n')
+    data.atomic_write(path, lambda f: f.write(page), mode="w")
+
+
+def token_table(columns):
+    """Distinct codes and entropy per codebook, a column per take: columns [(label, key, stats)]."""
+    head = "".join(f"<th colspan=2>{html.escape(label)}</th>" for label, _, _ in columns)
+    rows = "".join(
+        f"<tr><th>codebook {k + 1}</th>" + "".join(
+            figure(f"{key}.{k}.distinct", stats[k]["distinct"]) + figure(f"{key}.{k}.entropy_nats",
+                                                                                   stats[k]["entropy_nats"])
+            for _, key, stats in columns) + "</tr>"
+        for k in range(len(columns[0][2])))
+    sub = "".join("<th>distinct</th><th>entropy (nats)</th>" for _ in columns)
+    return f"<table><tr><th></th>{head}</tr><tr><th></th>{sub}</tr>{rows}</table>"
+
+
+def generation_page(out, result, takes, truth):
+    """index.html for generate.py's folder. takes: [(label, solo wav, mix wav, png)]; truth:
+    (solo wav, mix wav) of the true solo of a validation clip, or None."""
+    n = len(takes)
+    parts = [f"<h1>{n} solo{'s' if n > 1 else ''} over {html.escape(result['backing'])}</h1>",
+             f"<p>Checkpoint <code>{html.escape(result['checkpoint'])}</code> at step {result['step']}; "
+             f"{result['seconds']:.1f} s. Written by <code>generate.py</code>; the figures are those of "
+             f"<a href=\"generation.json\">generation.json</a>.</p>"]
+    if result["codec"]["untrained"]:
+        parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. To hear the model, train '
+                     f"on tokens of the pretrained codec; here, judge the tokens panel of the pictures and the "
+                     f"figures below (docs/codec.md).</p>")
+    parts += ["<h2>Listen</h2>", player("the backing, as the model heard it", "backing.wav"), '<div class="takes">']
+    for label, solo, mix, png in takes:
+        parts.append(f'<section class="take"><h3>{html.escape(label)}</h3>{player("solo", solo)}'
+                     f'{player("solo + backing", mix)}{picture(label, png)}</section>')
+    if truth:
+        parts.append(f'<section class="take"><h3>the true solo (the recording)</h3>{player("solo", truth[0])}'
+                     f'{player("solo + backing", truth[1])}</section>')
+    parts.append("</div>")
+    if result.get("listening"):
+        parts += ["<h2>Does it follow the band?</h2>",
+                  "<p>Kick AUC: how well the solo's note attacks line up with the band's kicks (0.5: not at all), "
+                  "over its own backing and, as the control, for a solo written over another song's backing "
+                  "(docs/phase3-training-evaluation.md).</p>", figures_table("listening", result["listening"])]
+    columns = [(label, f"solo_tokens.{i}", stats)
+               for i, ((label, *_), stats) in enumerate(zip(takes, result["solo_tokens"]))]
+    if result.get("true_solo_tokens"):
+        columns.append(("true solo", "true_solo_tokens", result["true_solo_tokens"]))
+    columns.append(("backing", "backing_tokens", result["backing_tokens"]))
+    parts += ["<h2>Tokens</h2><p>A solo stuck on a few codes (entropy near 0) is a drone; one spread over all "
+              "of them (near 6.9 nats) is noise.</p>", token_table(columns),
+              "<h2>Timings</h2>", figures_table("timings", result["timings"])]
+    if result.get("streaming"):
+        parts += ["<h2>Streaming</h2>", figures_table("streaming", result["streaming"])]
+    parts += ["<h2>How it was made</h2>", f"<pre>{html.escape(result['command'])}</pre>",
+              figures_table("settings", result["settings"])]
+    write_page(out / "index.html", f"Solo over {result['backing']}", "\n".join(parts))
 
 
 def stream_windows(cfg, numbers):
@@ -674,9 +802,12 @@ def main(cfg):
         return export_onnx(model, codec, config, numbers, cfg, cfg.export_onnx)
     # Refuse before any work: a student's favourite take is never overwritten by accident.
     out = Path(cfg.out)
-    names = ["solo.wav", "mix.wav", "backing.wav", "solo.png", "generation.json"]
+    names = ["solo.wav", "mix.wav", "backing.wav", "solo.png", "generation.json", "index.html"]
     if cfg.num_samples > 1:
-        names += [f"{k}_{i}.wav" for i in range(cfg.num_samples) for k in ("solo", "mix")]
+        names += [f"{k}_{i}.{ext}" for i in range(cfg.num_samples) for k, ext in (("solo", "wav"), ("mix", "wav"),
+                                                                                   ("solo", "png"))]
+    if not cfg.backing:  # a dataset clip: its true solo is written beside the generated ones
+        names += ["true_solo.wav", "true_mix.wav"]
     clash = [n for n in names if (out / n).exists()]
     if clash and not cfg.overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}; pass --overwrite or choose another --out")
@@ -685,7 +816,7 @@ def main(cfg):
     folder = fetch_checkpoint(cfg.checkpoint)
     model, config = load_model(folder, device)
     codec, numbers = load_codec_for(config, folder, cfg.encodec_weights, device)
-    codes, backing_audio, source = backing_tokens(cfg, config, codec, numbers, device)
+    codes, backing_audio, source, truth = backing_tokens(cfg, config, codec, numbers, device)
     print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {codes.shape[1] / numbers['frame_rate']:.1f} s")
     if config["data"]["codec"]["untrained"]:
         print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
@@ -712,31 +843,41 @@ def main(cfg):
     rate = numbers["sample_rate"]
     write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
     # Written atomically, like everything else: a killed run leaves no half file.
-    levelled = []
+    note = ("UNTRAINED codec: its decoder ignores the codes, so the spectrograms show nothing of what the model "
+            "wrote;\nonly the tokens panel does (docs/codec.md)" if numbers["untrained"] else "")
+    takes = []  # (label, solo wav, mix wav, png) of each sample, for the page
     for i, s in enumerate(solos):
         mix, level = mix_audio(backing_audio, s)
-        levelled.append(level)
         suffix = f"_{i}" if cfg.num_samples > 1 else ""
-        write_audio(out / f"solo{suffix}.wav", level, rate)
-        write_audio(out / f"mix{suffix}.wav", mix, rate)
+        names_i = (f"solo{suffix}.wav", f"mix{suffix}.wav", f"solo{suffix}.png")
+        write_audio(out / names_i[0], level, rate)
+        write_audio(out / names_i[1], mix, rate)
+        plot(out / names_i[2], backing_audio[:len(s)], level, solo[i].cpu().numpy(), rate, numbers["frame_rate"],
+             numbers["card"], note)
+        takes.append((f"solo {i + 1} of {len(solos)}" if cfg.num_samples > 1 else "the solo", *names_i))
         if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
-            write_audio(out / "solo.wav", level, rate)
-            write_audio(out / "mix.wav", mix, rate)
-    plot(out / "solo.png", backing_audio[:len(solos[0])], levelled[0], solo[0].cpu().numpy(), rate,
-         numbers["frame_rate"], numbers["card"], "UNTRAINED codec: its decoder ignores the codes, so the spectrograms show "
-         "nothing of what the model wrote;\nonly the tokens panel does (docs/codec.md)" if numbers["untrained"] else "")
+            for plain, name in zip(("solo.wav", "mix.wav", "solo.png"), names_i):
+                data.atomic_write(out / plain, lambda f, name=name: f.write((out / name).read_bytes()))
+    if truth is not None:  # the recording's own solo over the same clip, decoded and levelled the same way
+        true_mix, true_level = mix_audio(backing_audio, data.decode_codes(codec, truth))
+        write_audio(out / "true_solo.wav", true_level, rate)
+        write_audio(out / "true_mix.wav", true_mix, rate)
     # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
-    result = {"settings": asdict(cfg), "checkpoint": str(folder), "step": config["step"], "backing": source,
+    result = {"settings": asdict(cfg), "command": data.command_line("generate.py", cfg),
+              "checkpoint": str(folder), "step": config["step"], "backing": source,
               "seconds": seconds, "codec": numbers,
               "timings": {"tokens_s": token_s, "decode_s": decode_s,
                           "tokens_realtime_factor": seconds * cfg.num_samples / token_s,
                           "total_realtime_factor": seconds * cfg.num_samples / (token_s + decode_s)},
               "solo_tokens": [token_stats(s.cpu().numpy(), numbers["card"]) for s in solo],
               "backing_tokens": token_stats(codes, numbers["card"]), "streaming": report,
+              "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"]),
               "listening": listening_figures(model, codec, config, cfg, solo, min(codes.shape[1], model.cfg.max_frames),
                                              device)}
     write_json(out / "generation.json", result)
-    print(f"wrote {out}/solo.wav, mix.wav, backing.wav, solo.png, generation.json: {seconds:.1f} s of audio; "
+    generation_page(out, result, takes, None if truth is None else ("true_solo.wav", "true_mix.wav"))
+    print(f"wrote {out}/index.html (open it in a browser), solo.wav, mix.wav, backing.wav, solo.png, "
+          f"generation.json: {seconds:.1f} s of audio; "
           f"tokens {result['timings']['tokens_realtime_factor']:.1f}x real time, "
           f"with decoding {result['timings']['total_realtime_factor']:.1f}x")
     if result["listening"]:

@@ -117,7 +117,7 @@ def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
     model, config = G.load_model(folder)
     codec, info = G.load_codec_for(config, folder, "", "cpu")
     cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=40)
-    codes, audio, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
+    codes, audio, _, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
     plain, _, _ = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
     cfg.cfg_coef = 3.0
     guided, guided_audio, report = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
