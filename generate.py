@@ -322,6 +322,7 @@ pre { background: #f4f4f6; padding: .6rem; white-space: pre-wrap; overflow-wrap:
 
 def shown(value):
     """A figure as the page shows it: integers whole, other numbers to 3 decimals."""
+    # bool is a subclass of int in Python: True must print as True, not as 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return html.escape(str(value))
     return str(value) if isinstance(value, int) else f"{value:.3f}"
@@ -339,6 +340,7 @@ def flatten(obj, prefix):
         return [pair for k, v in obj.items() for pair in flatten(v, f"{prefix}.{k}")]
     if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
         return [pair for i, v in enumerate(obj) for pair in flatten(v, f"{prefix}.{i}")]
+    # A list of plain values (a setting such as backing_sources) is one figure, joined.
     return [(prefix, ", ".join(map(str, obj)) if isinstance(obj, list) else obj)]
 
 
@@ -350,11 +352,14 @@ def figures_table(prefix, obj):
 
 
 def player(label, src):
+    """An audio player with a caption. preload="metadata": the browser reads each file's
+    header (its duration) when the page opens, and the audio only when played."""
     return (f'<figure><figcaption>{html.escape(label)}</figcaption>'
             f'<audio controls preload="metadata" src="{quote(src)}"></audio></figure>')
 
 
 def picture(alt, src):
+    # quote(): a file name with a space or a '#' still links to the file, not elsewhere.
     return f'<img src="{quote(src)}" alt="{html.escape(alt)}">'
 
 
@@ -382,6 +387,8 @@ def token_table(columns):
 def generation_page(out, result, takes, truth):
     """index.html for generate.py's folder. takes: [(label, solo wav, mix wav, png)]; truth:
     (solo wav, mix wav) of the true solo of a validation clip, or None."""
+    # The page is a list of HTML pieces joined at the end: each section below is a few
+    # lines of markup, in the order a reader meets them (listen first, numbers after).
     n = len(takes)
     parts = [f"<h1>{n} solo{'s' if n > 1 else ''} over {html.escape(result['backing'])}</h1>",
              f"<p>Checkpoint <code>{html.escape(result['checkpoint'])}</code> at step {result['step']}; "
@@ -391,11 +398,13 @@ def generation_page(out, result, takes, truth):
         parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. To hear the model, train '
                      f"on tokens of the pretrained codec; here, judge the tokens panel of the pictures and the "
                      f"figures below (docs/codec.md).</p>")
+    # One backing for all; then one box per take, side by side (a flex row that wraps on
+    # a narrow screen), so that N solos over the same band are compared by ear at once.
     parts += ["<h2>Listen</h2>", player("the backing, as the model heard it", "backing.wav"), '<div class="takes">']
     for label, solo, mix, png in takes:
         parts.append(f'<section class="take"><h3>{html.escape(label)}</h3>{player("solo", solo)}'
                      f'{player("solo + backing", mix)}{picture(label, png)}</section>')
-    if truth:
+    if truth:  # the recording's own solo over the same clip: what the model is aiming at
         parts.append(f'<section class="take"><h3>the true solo (the recording)</h3>{player("solo", truth[0])}'
                      f'{player("solo + backing", truth[1])}</section>')
     parts.append("</div>")
@@ -404,6 +413,8 @@ def generation_page(out, result, takes, truth):
                   "<p>Kick AUC: how well the solo's note attacks line up with the band's kicks (0.5: not at all), "
                   "over its own backing and, as the control, for a solo written over another song's backing "
                   "(docs/phase3-training-evaluation.md).</p>", figures_table("listening", result["listening"])]
+    # Token statistics, a column per take: generated solos, the true solo, the backing.
+    # Their data-keys are the paths in generation.json (solo_tokens.0.2.entropy_nats).
     columns = [(label, f"solo_tokens.{i}", stats)
                for i, ((label, *_), stats) in enumerate(zip(takes, result["solo_tokens"]))]
     if result.get("true_solo_tokens"):
@@ -414,6 +425,7 @@ def generation_page(out, result, takes, truth):
               "<h2>Timings</h2>", figures_table("timings", result["timings"])]
     if result.get("streaming"):
         parts += ["<h2>Streaming</h2>", figures_table("streaming", result["streaming"])]
+    # The command that reproduces the page, then every setting (defaults included).
     parts += ["<h2>How it was made</h2>", f"<pre>{html.escape(result['command'])}</pre>",
               figures_table("settings", result["settings"])]
     write_page(out / "index.html", f"Solo over {result['backing']}", "\n".join(parts))
@@ -556,14 +568,16 @@ def ring_attention(q, ring_k, ring_v, bias, k=None, v=None):
 def block_step(block, x, rope, ring, bias, cross=None, cross_bias=None):
     """model.Block for one position x [B, 1, D] over its rings (ring: keys, values;
     cross: the backing frames' keys and values) -> (x [B, 1, D], this position's k, v)."""
+    # Self-attention: the model's own projections and rotary angles, so the weights and
+    # the arithmetic are the block's; only the attention over the ring is new.
     attn = block.self_attn
     B, _, D = x.shape
     qkv = attn.qkv_proj(block.norm1(x)).view(B, 1, 3, attn.n_heads, D // attn.n_heads)  # [B, 1, 3, H, hd]
     qkv = qkv.permute(2, 0, 3, 1, 4)                                              # [3, B, H, 1, hd]
-    qk = apply_rope(qkv[:2], *rope)
-    q, k, v = qk[0], qk[1], qkv[2]
+    qk = apply_rope(qkv[:2], *rope)                                               # q and k turned at once
+    q, k, v = qk[0], qk[1], qkv[2]                                                # 3 x [B, H, 1, hd]
     x = x + attn.out_proj(attn.merge_heads(ring_attention(q, *ring, bias, k, v)))
-    if block.cross_attn is not None:
+    if block.cross_attn is not None:  # decoder blocks: the backing frames' ring, nothing new to add to it
         c = block.cross_attn
         q = apply_rope(c.split_heads(c.q_proj(block.norm2(x))), *rope)
         x = x + c.out_proj(c.merge_heads(ring_attention(q, *cross, cross_bias)))
@@ -682,6 +696,7 @@ def export_steps(model, folder):
     hd, B = D // H, 1
     C = mcfg.attn_window or 8
     free = not mcfg.attn_window
+    # Example inputs for the tracer: only their shapes matter (zeros are fine).
     keys = lambda: torch.zeros(B, H, hd, C)  # noqa: E731
     values = lambda: torch.zeros(B, H, C, hd)  # noqa: E731
     rings = lambda layers: [r() for _ in range(layers) for r in (keys, values)]  # noqa: E731

@@ -517,12 +517,19 @@ class RunPage:
     """page.json + index.html + the sample wavs (in <run>/page/) of one run."""
 
     def __init__(self, out, cfg, meta, evals, device, resumed_at):
+        # resumed_at: the step of the checkpoint a resumed run starts from (0: a new run).
         self.out, self.cfg, self.device = Path(out), cfg, device
         self.untrained = meta["codec"]["untrained"]
         self.file = self.out / "page.json"
-        old = json.loads(self.file.read_text()) if resumed_at and self.file.exists() else {}
+        try:
+            old = json.loads(self.file.read_text()) if resumed_at and self.file.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged page costs its samples, not the run
+            print(f"WARNING: {self.file} is damaged: the page starts again from this step")
+            old = {}
         # A resumed run redoes the steps after its checkpoint: their samples are redone too.
         self.samples = [s for s in old.get("samples", []) if s["step"] <= resumed_at]
+        # The codec turns the sampled codes into audio. Without one (page_sample_s 0, or
+        # weights that will not load), the page keeps its curves and table, no players.
         self.codec = self.clip = None
         if cfg.page_sample_s > 0:
             try:
@@ -532,10 +539,15 @@ class RunPage:
                 print(f"WARNING: no samples on the run's page: the codec of {cfg.data} did not load ({err}). "
                       f"Pass --page-sample-s 0 to skip them.")
         if self.codec is not None:
+            # The clip: the start of the first evaluation window, up to page_sample_s
+            # seconds, and no further than its real frames (a short section is padded
+            # with the special token, which the codec cannot decode).
             card = meta["codec"]["card"]
             real = ((evals.backing[0] != card) & (evals.solo[0] != card)).all(0)           # [T]: not padding
             n = min(int(real.long().cumprod(0).sum()), round(cfg.page_sample_s * meta["codec"]["frame_rate"]))
             self.clip = evals.backing[0, :, :n]                                         # [K, n]
+            # Written once per run: the clip's backing, and its true solo levelled and
+            # mixed exactly as the samples will be, so that the two compare fairly.
             rate = meta["codec"]["sample_rate"]
             self.backing_audio = data.decode_codes(self.codec, self.clip.numpy())
             true_mix, true_solo = mix_audio(self.backing_audio, data.decode_codes(self.codec,
@@ -547,19 +559,27 @@ class RunPage:
     def sample(self, model, step, metrics):
         """A new best checkpoint: its solo over the clip, added to page.json (atomically)."""
         if self.clip is not None:
+            # Seeded and sampled as generate.py samples (temperature 1, top-k 250): two
+            # samples differ only because the weights changed. generate() puts the model
+            # in eval mode and back, and draws from its own generator, so training's
+            # dropout and data order are exactly what they would be without the page.
             t0 = time.perf_counter()
             codes = generate(model, self.clip[None].to(self.device), temperature=1.0, top_k=250,
                              seed=self.cfg.seed)[0].cpu().numpy()                        # [K, n]
             mix, solo = mix_audio(self.backing_audio, data.decode_codes(self.codec, codes))
+            # Paths relative to the run folder, as the page links them.
             names = {kind: f"page/step{step:06d}_{kind}.wav" for kind in ("solo", "mix")}
             data.write_audio(self.out / names["solo"], solo, self.rate)
             data.write_audio(self.out / names["mix"], mix, self.rate)
+            # One sample per step: a resumed run that reaches this best again replaces it.
             self.samples = [s for s in self.samples if s["step"] != step] + [
                 {"step": step, "val_ce": metrics["val_ce"], "cond_gain": metrics["cond_gain"],
                  "seconds_to_make": time.perf_counter() - t0, **names}]
 
     def write(self, metrics_file):
         """page.json and index.html from the evaluations so far and the samples."""
+        # Everything the page shows goes to page.json first; the HTML is drawn from that
+        # record, never from other state, so the two cannot disagree.
         rows = [r for r in read_metrics(metrics_file) if "val_ce" in r]
         keys = ["step", "train_loss", "val_ce", "val_ppl", "cond_gain"]
         record = {"command": data.command_line("train.py", self.cfg), "untrained_codec": self.untrained,
@@ -580,6 +600,8 @@ class RunPage:
                       f"chords as the validation loss falls.</p>",
                       player("the clip's backing", "page/backing.wav"),
                       player("its true solo, with the backing", "page/true_mix.wav"), '<div class="takes">']
+            # Newest first: the latest best is what one opens the page for. j is the
+            # sample's index in page.json, which its data-keys name.
             for i, s in enumerate(reversed(self.samples)):
                 j = len(self.samples) - 1 - i
                 parts.append(
