@@ -256,3 +256,17 @@ def test_pages_in_a_real_browser(trained, demo_dataset, tmp_path):
             assert seconds and seconds > 0.4, (name, src, seconds)  # Chromium decoded the header: a playable file
         assert seen["images"] and all(width > 100 for _, width in seen["images"]), (name, seen["images"])
         assert (shots / f"{name}_page.png").stat().st_size > 10_000
+
+
+def test_page_samples_leave_training_unchanged(demo_dataset, tmp_path):
+    """The samples draw from their own generator and load the codec under a forked RNG:
+    with or without them, a run's losses are the same to the last bit."""
+    from train import train
+    runs = []
+    for seconds in (0.0, 0.5):
+        out = tmp_path / f"run{seconds}"
+        train(quick_train_config(demo_dataset[0], out, max_steps=4, eval_every=2, page_sample_s=seconds))
+        runs.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "frames_per_s"} for r in rows]  # noqa: E731
+    assert strip(runs[0]) == strip(runs[1])
+    assert json.loads((tmp_path / "run0.5" / "page.json").read_text())["samples"]
