@@ -314,7 +314,8 @@ h1 { font-size: 1.45rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin
 .take h3 { margin: 0 0 .4rem; font-size: 1rem; }
 figure { margin: .3rem 0; } figcaption { font-size: .85rem; color: #555; }
 audio { width: 100%; } img { max-width: 100%; border: 1px solid #eee; }
-table { border-collapse: collapse; font-size: .9rem; } td, th { border-bottom: 1px solid #e4e4e8; padding: .2rem .6rem; text-align: left; }
+table { border-collapse: collapse; font-size: .9rem; }
+td, th { border-bottom: 1px solid #e4e4e8; padding: .2rem .6rem; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f4f4f6; padding: .6rem; white-space: pre-wrap; overflow-wrap: anywhere; }
 """

@@ -546,15 +546,13 @@ class RunPage:
             real = ((evals.backing[0] != card) & (evals.solo[0] != card)).all(0)           # [T]: not padding
             n = min(int(real.long().cumprod(0).sum()), round(cfg.page_sample_s * meta["codec"]["frame_rate"]))
             self.clip = evals.backing[0, :, :n]                                         # [K, n]
-            # Written once per run: the clip's backing, and its true solo levelled and
-            # mixed exactly as the samples will be, so that the two compare fairly.
-            rate = meta["codec"]["sample_rate"]
+            # Written once per run: the clip's backing, and its true solo mixed exactly as
+            # the samples will be (the page plays that mix), so that the two compare fairly.
+            self.rate = meta["codec"]["sample_rate"]
             self.backing_audio = data.decode_codes(self.codec, self.clip.numpy())
-            true_mix, true_solo = mix_audio(self.backing_audio, data.decode_codes(self.codec,
-                                                                                   evals.solo[0, :, :n].numpy()))
-            for name, audio in (("backing", self.backing_audio), ("true_solo", true_solo), ("true_mix", true_mix)):
-                data.write_audio(self.out / "page" / f"{name}.wav", audio, rate)
-            self.rate = rate
+            true_mix, _ = mix_audio(self.backing_audio, data.decode_codes(self.codec, evals.solo[0, :, :n].numpy()))
+            for name, audio in (("backing", self.backing_audio), ("true_mix", true_mix)):
+                data.write_audio(self.out / "page" / f"{name}.wav", audio, self.rate)
 
     def sample(self, model, step, metrics):
         """A new best checkpoint: its solo over the clip, added to page.json (atomically)."""
@@ -586,9 +584,9 @@ class RunPage:
                   "evaluations": [{k: r[k] for k in keys if k in r} for r in rows], "samples": self.samples}
         write_json(self.file, record)
         parts = [f"<h1>Training run <code>{html.escape(self.out.name)}</code></h1>",
-                 f"<p>{len(rows)} evaluation{'s' if len(rows) != 1 else ''} so far; the figures are those of <a href=\"page.json\">page.json</a> "
-                 f"and <a href=\"metrics.jsonl\">metrics.jsonl</a>. Checkpoints: <code>best/</code>, "
-                 f"<code>latest/</code>.</p>"]
+                 f"<p>{len(rows)} evaluation{'s' if len(rows) != 1 else ''} so far; the figures are those of "
+                 f"<a href=\"page.json\">page.json</a> and <a href=\"metrics.jsonl\">metrics.jsonl</a>. "
+                 f"Checkpoints: <code>best/</code>, <code>latest/</code>.</p>"]
         if self.untrained:
             parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. The losses are real; '
                          f"the audio below carries nothing of the tokens (docs/codec.md).</p>")
