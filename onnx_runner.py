@@ -15,6 +15,11 @@ same inverse-CDF rule as model.sample_next, and the finished solo frames are dec
 Writes solo.wav, mix.wav and report.json, and prints per-frame latency percentiles,
 the end-to-end delay and the peak memory.
 
+The step graphs come with three kinds of weights (--variant): int8 (the default), int4
+(the fastest) and fp32. What int8 and int4 cost on your model, as validation loss:
+
+    python solo_onnx/onnx_runner.py solo_onnx --loss data/demo    # the folder data.py wrote
+
 This is the deployment; the lesson is model.StreamingSampler, which does the same
 steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two equal.
 """
@@ -31,7 +36,8 @@ import onnxruntime as ort
 import soundfile as sf
 
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
-               "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx")}
+               "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
+               "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
 
 
 # ----------------------------------------------------------------------------
@@ -83,14 +89,13 @@ class Ring:
     """Keys and values of the past positions of every layer: position p lives in slot
     p % C (model.KVCache, as numpy arrays the graphs read).
 
-    Keys are held transposed, [layers, rows, H, hd, C], values [layers, rows, H, C, hd]:
-    the graphs score keys with a plain matmul (generate.ring_attention). The graphs
+    Keys and values [layers, rows, H, C, hd], as KVCache lays them out. The graphs
     return each step's keys and values; write() stores them here.
     """
 
     def __init__(self, prefix, layers, rows, heads, capacity, head_dim):
-        self.k = np.zeros((layers, rows, heads, head_dim, capacity), np.float32)
-        self.v = np.zeros((layers, rows, heads, capacity, head_dim), np.float32)
+        self.k = np.zeros((layers, rows, heads, capacity, head_dim), np.float32)
+        self.v = np.zeros_like(self.k)
         self.held = np.full(capacity, -1)  # the position each slot holds (-1: none yet)
         # The graphs' inputs: one per layer and kind (enc_k0, enc_v0, ...), views of the
         # arrays above, so that ONNX Runtime reads the ring where it lies.
@@ -108,9 +113,10 @@ class Ring:
         return np.where(seen, np.float32(0), np.float32(-np.inf))
 
     def write(self, position, k, v):
-        """k, v [layers, rows, H, 1, hd]: position's keys and values, as a step graph returns them."""
+        """k, v: per layer, position's keys and values [rows, H, 1, hd], as a step graph returns them."""
         slot = position % self.held.size
-        self.k[..., slot], self.v[..., slot, :] = k[..., 0, :], v[..., 0, :]
+        for i in range(len(k)):
+            self.k[i, :, :, slot], self.v[i, :, :, slot] = k[i][:, :, 0], v[i][:, :, 0]
         self.held[slot] = position
 
 
@@ -166,7 +172,7 @@ class SoloStream:
         """The step graphs' cache inputs against runner.json: layers, heads, head width."""
         for graph, prefix, layers in ((self.encoder, "enc", "n_enc_layers"), (self.decoder, "self", "n_dec_layers")):
             shapes = {i.name: i.shape for i in graph.get_inputs()}
-            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))), *shapes[f"{prefix}_k0"][1:3]]
+            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))), *shapes[f"{prefix}_k0"][1::2]]
             want = [numbers[layers], numbers["n_heads"], numbers["head_dim"]]  # layers, heads, head width
             if found != want:
                 raise SystemExit(f"{folder}: a step graph has rings for layers, heads, head width {found}, "
@@ -174,11 +180,11 @@ class SoloStream:
 
     def encoder_step(self, frame):
         t = self.n_backing
-        new_k, new_v, cross_k, cross_v, state = self.encoder.run(None, {
+        *new, cross, state = self.encoder.run(None, {  # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd]
             "frame": frame[None].astype(np.int64), "position": np.array([t]),
             "enc_bias": self.enc_ring.bias(t, self.window), **self.enc_ring.inputs})
-        self.enc_ring.write(t, new_k, new_v)
-        self.cross_ring.write(t, cross_k, cross_v)
+        self.enc_ring.write(t, new[::2], new[1::2])
+        self.cross_ring.write(t, cross[:, 0, None], cross[:, 1, None])
         self.recent = np.concatenate([self.recent[:, 1:], state], axis=1)
         self.n_backing += 1
 
@@ -190,8 +196,8 @@ class SoloStream:
         feed = {"tokens": self.tokens, "position": np.array([s]), "recent": self.recent,
                 "self_bias": self.self_ring.bias(s, self.window), "cross_bias": self.cross_ring.bias(s, self.window),
                 **self.self_ring.inputs, **self.cross_ring.inputs}
-        logits, new_k, new_v = self.decoder.run(None, {name: x for name, x in feed.items() if name in self.wants})
-        self.self_ring.write(s, new_k, new_v)
+        logits, *new = self.decoder.run(None, {name: x for name, x in feed.items() if name in self.wants})
+        self.self_ring.write(s, new[::2], new[1::2])
         self.step += 1
         return logits
 
@@ -355,19 +361,55 @@ def write_atomic(path, write):
     os.replace(tmp, path)
 
 
+def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
+    """Teacher-forced cross-entropy of every variant on `clips` clips of `frames` frames
+    spread over data_dir's validation split (data.py's val_backing.npy, val_solo.npy)
+    -> {variant: nats}. The same clips for every variant, so the differences are what
+    fewer bits per weight cost on this model."""
+    split = []
+    for name in ("val_backing.npy", "val_solo.npy"):
+        path = data_dir / name
+        try:
+            split.append(np.load(path, mmap_mode="r"))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{path}: cannot read it ({e}); --loss wants the folder data.py wrote "
+                             f"(val_backing.npy, val_solo.npy)") from None
+    backing, solo = split
+    if backing.shape != solo.shape or backing.shape[0] != numbers["n_codebooks"]:
+        raise SystemExit(f"{data_dir}: validation codes of shape {backing.shape} and {solo.shape}, the graphs "
+                         f"want [{numbers['n_codebooks']}, frames] each: a dataset of another codec?")
+    frames = min(frames, backing.shape[1])
+    starts = np.linspace(0, backing.shape[1] - frames, clips).astype(int)
+    losses = {}
+    for variant in STEP_GRAPHS:
+        losses[variant] = float(np.mean([
+            teacher_forced_ce(SoloStream(folder, numbers, frames, variant), backing[:, s:s + frames].astype(np.int64),
+                              solo[:, s:s + frames].astype(np.int64)) for s in starts]))
+        print(f"{variant}: {losses[variant]:.4f} nats ({losses[variant] - losses['fp32']:+.4f} against fp32), "
+              f"{clips} validation clips of {frames} frames")
+    return losses
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over a live backing, ONNX Runtime only.")
     parser.add_argument("folder", help="the folder written by python generate.py --export-onnx")
-    parser.add_argument("--backing", required=True, help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
+    parser.add_argument("--backing", help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
     parser.add_argument("--out", default="live", help="output folder for solo.wav, mix.wav, report.json")
-    parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8", help="int8 weights or fp32")
+    parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8",
+                        help="the step graphs' weights: int8 (default), int4 (fastest, about 0.01 nats of loss) or fp32")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per operator")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     parser.add_argument("--top-k", type=int, default=250, help="sample among the k most likely codes (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-pace", action="store_true", help="do not wait for the wall clock: measure throughput")
+    parser.add_argument("--loss", metavar="DATA_DIR", help="instead of following a backing: what int8 and int4 "
+                        "weights cost, as each variant's teacher-forced loss on DATA_DIR's validation split")
     args = parser.parse_args(argv)
     numbers = read_folder(args.folder)
+    if args.loss:
+        return variant_losses(args.folder, numbers, Path(args.loss))
+    if not args.backing:
+        parser.error("--backing is needed (or --loss DATA_DIR)")
     backing = read_backing(args.backing, numbers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,15 +17,14 @@ Prints, for batch 1 on this machine's CPU:
     the fused kernel;
   - phase 5's deployment, beside the PyTorch streaming sampler: the same causal model
     exported to ONNX (generate.export_steps) and stepped by onnx_runner.SoloStream on
-    ONE ONNX Runtime thread, fp32 and int8 weights: per-frame median and p99, frames
+    ONE ONNX Runtime thread, fp32, int8 and int4 weights: per-frame median and p99, frames
     per second; then the whole runner (codec graphs included) on a 10 s backing as a
     separate process: its real-time factor and peak memory (--no-onnx skips this); and the
-    floor at batch 1: what reading that many int8 weights once takes (weight_floor).
+    floor at batch 1: what reading that many int8 or int4 weights once takes (weight_floor).
 Random weights: speed does not depend on what the model has learned.
 """
 import argparse
 import json
-import logging
 import statistics
 import subprocess
 import sys
@@ -65,7 +64,7 @@ def show(label, times, fps, rate):
 
 
 def onnx_streaming(model, backing, top_k, rate):
-    """The causal model exported, stepped by onnx_runner on one thread, fp32 and int8;
+    """The causal model exported, stepped by onnx_runner on one thread, fp32, int8 and int4;
     then the whole runner on a 10 s backing in its own process (real time, peak memory)."""
     import data
     import generate
@@ -80,7 +79,9 @@ def onnx_streaming(model, backing, top_k, rate):
         generate.write_onnx_folder(model, codec, {"step": 0}, numbers,
                                    generate.GenerateConfig(checkpoint="(random weights)"), tmp)
         runner = onnx_runner.read_folder(tmp)
-        for variant in ("fp32", "int8"):
+        print("    operators after ONNX Runtime's optimizations, encoder + decoder step: " + ", ".join(
+            f"{v} {operators(tmp / e)} + {operators(tmp / d)}" for v, (e, d) in onnx_runner.STEP_GRAPHS.items()))
+        for variant in ("fp32", "int8", "int4"):
             stream = onnx_runner.SoloStream(tmp, runner, T, variant, threads=1, top_k=top_k)
             frames = backing[0].numpy()
             times, fps = per_frame(lambda t: stream.push(frames[:, t]), stream.finish, T)
@@ -88,7 +89,7 @@ def onnx_streaming(model, backing, top_k, rate):
             best = max(best, fps)
         sf.write(tmp / "backing.wav", (0.1 * np.random.default_rng(0).standard_normal(10 * 24000)).astype(np.float32),
                  24000)
-        for variant in ("fp32", "int8"):
+        for variant in ("fp32", "int8", "int4"):
             subprocess.run([sys.executable, str(tmp / "onnx_runner.py"), str(tmp), "--backing", str(tmp / "backing.wav"),
                             "--out", str(tmp / variant), "--variant", variant, "--no-pace", "--threads", "1"],
                            check=True, capture_output=True)
@@ -99,14 +100,29 @@ def onnx_streaming(model, backing, top_k, rate):
     return best
 
 
+def operators(path):
+    """How many operators ONNX Runtime runs, one after another, for one call of a graph
+    (after its fusions, as onnx_runner.session sets them up). Each costs a few
+    microseconds however small its tensors: at one frame per call that adds up."""
+    import onnx
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(path.with_suffix(".optimized"))
+    opts.log_severity_level = 3  # its warning that the saved graph suits this CPU only: it is only counted
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulScaleFusion"])
+    return len(onnx.load(opts.optimized_model_filepath).graph.node)
+
+
 def weight_floor(model):
-    """What reading the int8 weights alone costs per frame on one ONNX Runtime thread: a
-    chain of int8 matmuls holding as many weights as the model's linear layers and heads
-    (every one is read once per frame at batch 1), in ms. No step can be faster."""
+    """What reading the weights alone costs per frame on one ONNX Runtime thread, in ms,
+    for int8 and int4 weights: a chain of matmuls holding as many weights as the model's
+    linear layers and heads (every one is read once per frame at batch 1), quantized as
+    generate.quantize_step quantizes the steps. No step can be faster."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+    import generate
     import onnx_runner
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     D = model.cfg.d_model
     n = sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "emb" not in name)
     rng = np.random.default_rng(0)
@@ -118,18 +134,16 @@ def weight_floor(model):
             x = f"y{i}_{j}"
     graph = helper.make_graph(nodes, "floor", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, D])],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], weights)
+    floors = {}
     with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f"{tmp}/f.onnx")
-        root = logging.getLogger()
-        level, _ = root.level, root.setLevel(logging.ERROR)  # its advice to pre-process: nothing to fold here
-        try:
-            quantize_dynamic(f"{tmp}/f.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            root.setLevel(level)
-        sess = onnx_runner.session(f"{tmp}/q.onnx", 1)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), f"{tmp}/f.onnx")
+        generate.quantize_step(Path(tmp), "f")
         feed = {"x": rng.standard_normal((1, 1, D)).astype(np.float32)}
-        times = [timed(lambda: sess.run(None, feed))[1] * 1e3 for _ in range(200)]
-    return statistics.median(times[20:]), n
+        for variant in ("int8", "int4"):
+            sess = onnx_runner.session(f"{tmp}/f.{variant}.onnx", 1)
+            times = [timed(lambda: sess.run(None, feed))[1] * 1e3 for _ in range(200)]
+            floors[variant] = statistics.median(times[20:])
+    return floors, n
 
 
 def main():
@@ -178,9 +192,10 @@ def main():
         show(f"PyTorch ({torch.get_num_threads()} threads)", times, torch_fps, rate)
         if args.onnx:
             onnx_fps = onnx_streaming(smodel, backing, args.top_k, rate)
-            floor, n_weights = weight_floor(smodel)
-            print(f"    floor: reading {n_weights / 1e6:.1f} M int8 weights once costs {floor:.2f} ms on 1 thread "
-                  f"(at most {1e3 / floor / rate:.1f}x real time, before attention's rings and the draw)")
+            floors, n_weights = weight_floor(smodel)
+            print(f"    floor: reading {n_weights / 1e6:.1f} M weights once costs " + ", ".join(
+                f"{ms:.2f} ms {v} (at most {1e3 / ms / rate:.1f}x real time)" for v, ms in floors.items()) +
+                " on 1 thread, before attention's rings and the draw")
             print(f"    fastest ONNX: {onnx_fps / torch_fps:4.2f}x PyTorch streaming, "
                   f"{onnx_fps / (T / t_cached):4.2f}x PyTorch generate() (offline, cached)")
         # Training step at T frames, manual attention against the fused kernel.

@@ -46,10 +46,10 @@ def test_export_writes_a_complete_folder(exported):
     assert set(numbers["sha256"]) | {"runner.json", "onnx_runner.py"} == names, names
     assert numbers["attn_window"] == model.cfg.attn_window == 40 and numbers["n_codebooks"] == 4
     assert not list(folder.parent.glob(".*tmp*")), "the temporary export folder was left behind"
-    # int8 weights: the step graphs shrink (the embedding tables stay fp32).
+    # int8 and int4 weights: the step graphs shrink (the embedding tables stay fp32).
     for step in ("encoder_step", "decoder_step"):
-        fp32, int8 = (folder / f"{step}.onnx").stat().st_size, (folder / f"{step}.int8.onnx").stat().st_size
-        assert int8 < 0.7 * fp32, f"{step}: int8 {int8} bytes vs fp32 {fp32}"
+        fp32, int8, int4 = ((folder / f"{step}{v}.onnx").stat().st_size for v in ("", ".int8", ".int4"))
+        assert int4 < int8 < 0.7 * fp32, f"{step}: int4 {int4}, int8 {int8} bytes vs fp32 {fp32}"
 
 
 def test_step_logits_equal_pytorch(exported):
@@ -97,17 +97,34 @@ def test_seeded_sampling_equal_given_the_same_draws(exported):
     assert len(np.unique(got)) > 20, "sampling at temperature 1 should spread over many codes"
 
 
-def test_teacher_forced_loss_equals_training_and_int8_is_close(exported):
+def test_teacher_forced_loss_equals_training_and_int8_int4_are_close(exported):
     """The graphs' cross-entropy on a known solo equals model.loss (the training loss) for
-    fp32, and int8 weights cost at most 0.02 nats."""
+    fp32, and int8 or int4 weights cost at most 0.02 nats."""
     folder, model, _, _, backing, solo = exported
     numbers = R.read_folder(folder)
     with torch.no_grad():
         want = model.loss(torch.from_numpy(backing[None, :, :75]), torch.from_numpy(solo[None, :, :75]))[0].item()
     ce = {v: R.teacher_forced_ce(R.SoloStream(folder, numbers, 75, v), backing[:, :75], solo[:, :75])
-          for v in ("fp32", "int8")}
+          for v in ("fp32", "int8", "int4")}
     assert abs(ce["fp32"] - want) < 1e-4, f"graphs {ce['fp32']:.5f} vs model.loss {want:.5f}"
-    assert abs(ce["int8"] - ce["fp32"]) < 0.02, ce
+    assert abs(ce["int8"] - ce["fp32"]) < 0.02 and abs(ce["int4"] - ce["fp32"]) < 0.02, ce
+
+
+def test_variant_losses_on_the_validation_split(exported, trained_causal):
+    """onnx_runner.py FOLDER --loss DATA_DIR: each variant's loss on validation clips; the
+    fp32 graphs' equals model.loss on the same clips, int8 and int4 are within 0.02 nats."""
+    folder, model, *_ = exported
+    data_dir = G.load_model(trained_causal / "best")[1]["data"]["dir"]
+    losses = R.main([str(folder), "--loss", data_dir])
+    backing, solo = load_split(data_dir, "val")
+    T = min(300, backing.shape[1])
+    clip = lambda codes, s: torch.from_numpy(codes[None, :, s:s + T].astype(np.int64))  # noqa: E731
+    with torch.no_grad():
+        want = np.mean([model.loss(clip(backing, s), clip(solo, s))[0].item()
+                        for s in np.linspace(0, backing.shape[1] - T, 4).astype(int)])
+    assert set(losses) == {"fp32", "int8", "int4"}
+    assert abs(losses["fp32"] - want) < 1e-4, (losses, want)
+    assert abs(losses["int8"] - losses["fp32"]) < 0.02 and abs(losses["int4"] - losses["fp32"]) < 0.02, losses
 
 
 def test_codec_graphs_equal_encodec(exported):
@@ -170,6 +187,7 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
     (tmp_path / "text.wav").write_text("not audio")
     fails([folder, "--backing", tmp_path / "text.wav"], "cannot read", "WAV")
     fails([tmp_path / "nowhere", "--backing", good], "runner.json not found", "--export-onnx")
+    fails([folder, "--loss", tmp_path], "val_backing.npy", "data.py")
     # A graph from another export: runner.json no longer describes the folder.
     mixed = tmp_path / "mixed"
     shutil.copytree(folder, mixed)
