@@ -808,7 +808,7 @@ def export_codec(codec, n_codebooks, encode_samples, decode_frames, folder):
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     """The graphs, runner.json and onnx_runner.py into folder (a temporary one: see export_onnx)."""
     import shutil
-    from onnx_runner import sha256  # the runner checks the graphs with the same digest
+    from onnx_runner import FORMAT, sha256  # the runner checks the graphs with the same digest
     mcfg = model.cfg
     print("the transformer's two steps ...")
     export_steps(model, folder)
@@ -818,7 +818,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     shutil.copy(Path(__file__).with_name("onnx_runner.py"), folder / "onnx_runner.py")
     graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4") for step in ("encoder_step", "decoder_step")]
     graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
-    runner = {"format": 1, "checkpoint": str(cfg.checkpoint), "step": config["step"],
+    runner = {"format": FORMAT, "checkpoint": str(cfg.checkpoint), "step": config["step"],
               "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model, "n_heads": mcfg.n_heads,
               "head_dim": mcfg.d_model // mcfg.n_heads, "n_enc_layers": mcfg.n_enc_layers,
               "n_dec_layers": mcfg.n_dec_layers, "attn_window": mcfg.attn_window,

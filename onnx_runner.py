@@ -35,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 import soundfile as sf
 
+FORMAT = 2  # runner.json's "format": 2 since the steps return one key and value per layer, and int4
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
                "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
                "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
@@ -60,6 +61,9 @@ def read_folder(folder):
                          f"python generate.py --export-onnx {folder} --checkpoint CAUSAL_CHECKPOINT") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SystemExit(f"{path} is damaged ({err}): export the folder again") from None
+    if numbers.get("format") != FORMAT:
+        raise SystemExit(f"{path}: written for runner format {numbers.get('format')}, this runner reads format "
+                         f"{FORMAT}: use the onnx_runner.py inside that folder, or export the folder again")
     for name, digest in numbers["sha256"].items():
         if not (folder / name).exists():
             raise SystemExit(f"{folder / name} is missing: copy the whole exported folder")

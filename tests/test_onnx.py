@@ -10,7 +10,7 @@ import torch
 import generate as G
 import onnx_runner as R
 from data import CODEC_RATE, load_split
-from model import SamplerState, StreamingSampler, build_delay_pattern
+from model import SamplerState, SoloTransformer, StreamingSampler, build_delay_pattern, preset_config
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def pytorch_stream(model, backing, **opts):
     return torch.stack(frames, dim=-1).numpy()                                        # [K, T]
 
 
-def onnx_stream(folder, backing, variant="fp32", **opts):
-    numbers = R.read_folder(folder)
+def onnx_stream(folder, backing, variant="fp32", numbers=None, **opts):
+    numbers = numbers or R.read_folder(folder)
     stream = R.SoloStream(folder, numbers, backing.shape[1], variant, **opts)
     frames = [stream.push(backing[:, t]) for t in range(backing.shape[1])]
     return np.stack([f for f in frames if f is not None] + stream.finish(), axis=-1)  # [K, T]
@@ -82,6 +82,21 @@ def test_greedy_tokens_equal_pytorch(exported):
     want = pytorch_stream(model, backing, temperature=0.0)
     got = onnx_stream(folder, backing, temperature=0.0)
     assert got.shape == want.shape == backing.shape
+    assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+
+
+def test_a_model_without_window_exports_rings_that_grow(tmp_path):
+    """attn_window None: the graphs' slot axis stays free (traced at 8 slots, run at 43)."""
+    torch.manual_seed(0)
+    model = SoloTransformer(preset_config("tiny", max_frames=64, causal_encoder=True)).eval()
+    G.export_steps(model, tmp_path)
+    cfg = model.cfg
+    numbers = {"n_codebooks": cfg.n_codebooks, "d_model": cfg.d_model, "card": cfg.card, "attn_window": None,
+               "n_enc_layers": cfg.n_enc_layers, "n_dec_layers": cfg.n_dec_layers, "n_heads": cfg.n_heads,
+               "head_dim": cfg.d_model // cfg.n_heads}
+    backing = np.random.default_rng(0).integers(0, cfg.card, (cfg.n_codebooks, 40))
+    want = pytorch_stream(model, backing, temperature=0.0)
+    got = onnx_stream(tmp_path, backing, numbers=numbers, temperature=0.0)
     assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
 
 
@@ -193,6 +208,9 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
     shutil.copytree(folder, mixed)
     (mixed / "decoder_step.onnx").write_bytes((mixed / "decoder_step.int8.onnx").read_bytes())
     fails([mixed, "--backing", good], "decoder_step.onnx", "export the folder again")
+    numbers = json.loads((folder / "runner.json").read_text())
+    (mixed / "runner.json").write_text(json.dumps({**numbers, "format": 1}))
+    fails([mixed, "--backing", good], "format 1", "export the folder again")
     (mixed / "runner.json").write_text("{")
     fails([mixed, "--backing", good], "damaged")
     # Export: a model that reads the whole backing cannot stream; an existing folder is kept.
