@@ -674,8 +674,11 @@ class DecoderStep(torch.nn.Module):
         super().__init__()
         self.model = model
         if model.align_conv is not None:
-            # model.aligned_step as one linear layer over `recent` as it lies, [K * D]
-            # (the convolution's weight [D, D, K] laid out to match, once, here).
+            # model.aligned_step as one linear layer over `recent` as it lies, [K * D]:
+            # the convolution's weight [D, D, K] laid out to match, once, here. No
+            # transpose at every step, and a 3-D input makes it a MatMul, which both
+            # quantizers take (aligned_step's 2-D linear exports as a Gemm, which the
+            # int4 one leaves in fp32: 4 MB read per step for small).
             conv, (K, D) = model.align_conv, (model.cfg.n_codebooks, model.cfg.d_model)
             self.aligned = torch.nn.Linear(K * D, D)
             with torch.no_grad():
@@ -693,8 +696,7 @@ class DecoderStep(torch.nn.Module):
         for block, ring, cross in zip(m.decoder, pairs(rings[:2 * L]), pairs(rings[2 * L:])):
             x, k, v = block_step(block, x, turns, ring, self_bias, cross, cross_bias)
             new += [k, v]
-        K, card = m.cfg.n_codebooks, m.cfg.card
-        return ((m.dec_norm(x) @ m.heads.view(D, K * card)).view(1, K, card), *new)  # model.logits, one row
+        return (m.logits(x).view(1, m.cfg.n_codebooks, m.cfg.card), *new)  # [1, K, 1, card] -> [1, K, card]
 
 
 class CodecEncoder(torch.nn.Module):
