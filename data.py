@@ -142,6 +142,59 @@ def check_settings(cfg):
             raise SystemExit(f"--{f.name.replace('_', '-')} {value}: choose one of {', '.join(map(str, choices))}")
 
 
+# ----------------------------------------------------------------------------
+# The installation: one line, not a traceback, when the packages do not load together
+# ----------------------------------------------------------------------------
+# encodec imports torchaudio, and torchaudio's compiled part (libtorchaudio.so) loads
+# only with the torch it was built against. pip cannot see that: torchaudio 2.11.1 asks
+# for any torch >= 2.11, yet loads only with a newer torch than 2.11.0. So a fresh
+# `pip install` of ranges can pick a pair that fails deep inside `import encodec`.
+# The project installs one tested set of versions (requirements.lock), and every
+# script calls check_install() before its real work: a broken pair ends in one line
+# naming the versions and the command that fixes it (docs/troubleshooting.md).
+
+LOCK_FILE = Path(__file__).resolve().parent / "requirements.lock"
+INSTALL_FIX = ("pip install -r requirements.lock (Python 3.11 on Linux x86_64; elsewhere "
+               "pip install -r requirements.txt), docs/troubleshooting.md")
+
+
+def locked_versions(path=LOCK_FILE):
+    """{package: version} of the lock's `name==version` lines; {} when there is no lock."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    pins = [line.split(";")[0].strip().split("==") for line in lines if "==" in line and not line.startswith("#")]
+    return {name.lower(): version for name, version in pins}
+
+
+def installed_version(name):
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def check_install(*extra):
+    """Import torchaudio, encodec and each of `extra` (e.g. "demucs"), or exit with one line.
+
+    Called by each script before its real work. What fails is usually the pair torch +
+    torchaudio, so the line names both, as installed and as tested.
+    """
+    import importlib
+    for name in ("torchaudio", "encodec", *extra):
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # OSError: a compiled part that does not load; ImportError: missing
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            lock = locked_versions()
+            tested = (f"; the tested pair is torch {lock['torch']} + torchaudio {lock['torchaudio']}"
+                      if {"torch", "torchaudio"} <= set(lock) else "")
+            raise SystemExit(f"{name} does not import ({why}). Installed: torch {installed_version('torch')}, "
+                             f"torchaudio {installed_version('torchaudio')}{tested}. Fix: {INSTALL_FIX}") from None
+
+
 def set_threads(n):
     """torch's CPU threads: n, or torch's default when n is 0. On a CPU that other work
     keeps busy, torch's default (one thread per core) can run 10x slower than 1 thread."""
@@ -1084,6 +1137,7 @@ def load_split(data_dir, split):
 
 if __name__ == "__main__":
     config = parse_settings(DataConfig, description=__doc__.split("\n\n")[0])
+    check_install(*(["demucs"] if config.input_dir or config.urls or config.separate else []))
     set_threads(config.threads)
     if config.demo_backing:
         write_demo_backing(config)

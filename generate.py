@@ -977,5 +977,7 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(parse_settings(GenerateConfig, description=__doc__.split("\n\n")[0]))
+    settings = parse_settings(GenerateConfig, description=__doc__.split("\n\n")[0])
+    data.check_install(*(["demucs"] if settings.separate else []), *(["onnx", "onnxruntime"] if settings.export_onnx else []))
+    main(settings)
     sys.exit(0)

@@ -31,9 +31,13 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import soundfile as sf
+try:  # the board holds only these three packages: a missing one is one line, not a traceback
+    import numpy as np
+    import onnxruntime as ort
+    import soundfile as sf
+except ImportError as err:
+    raise SystemExit(f"{err.name or err} does not import ({err}). On the board: pip install numpy onnxruntime "
+                     f"soundfile; on a computer: pip install -r requirements.lock") from None
 
 FORMAT = 2  # runner.json's "format": 2 since the steps return one key and value per layer, and int4
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),

@@ -986,6 +986,7 @@ def train(cfg):
 
 if __name__ == "__main__":
     config = parse_settings(TrainConfig, description=__doc__.split("\n\n")[0])
+    data.check_install()
     if config.push_only:
         if not config.push_to_hub:
             raise SystemExit("--push-only needs --push-to-hub user/name")
