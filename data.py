@@ -50,9 +50,10 @@ DEMUCS_RATE = 44_100      # Demucs models are trained on 44.1 kHz stereo
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".opus", ".webm"}
 
 
-def opt(default, help, choices=None):
-    """A settings field with its help text (shown by --help) and, optionally, its allowed values."""
-    meta = {"help": help, "choices": choices}
+def opt(default, help, choices=None, flag=None):
+    """A settings field with its help text (shown by --help) and, optionally, its allowed
+    values and a command-line flag other than --field-name (a name kept for its users)."""
+    meta = {"help": help, "choices": choices, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -100,19 +101,24 @@ def parse_settings(cls, argv=None, description=None):
     parser = argparse.ArgumentParser(description=description)
     for f in fields(cls):
         default = f.default_factory() if f.default is MISSING else f.default
-        name, kind, choices = "--" + f.name.replace("_", "-"), f.type, f.metadata["choices"]
+        name, kind, choices = flag_of(f), f.type, f.metadata["choices"]
         # The default is shown unless it is empty: then the help says what empty means.
         help = f.metadata["help"] + ("" if default in ("", None, []) else f" (default: {default})")
         if kind is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
+            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif kind is list:
-            parser.add_argument(name, nargs="*", default=default, help=help)
+            parser.add_argument(name, dest=f.name, nargs="*", default=default, help=help)
         else:
             if typing.get_origin(kind) is typing.Union:  # Optional[int]: an int, or "none"
                 inner = typing.get_args(kind)[0]
                 kind = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
-            parser.add_argument(name, type=kind, default=default, help=help, choices=choices)
+            parser.add_argument(name, dest=f.name, type=kind, default=default, help=help, choices=choices)
     return cls(**vars(parser.parse_args(argv)))
+
+
+def flag_of(f):
+    """The command-line flag of a settings field: --field-name, unless opt() gave another."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def command_line(script, cfg):
@@ -121,7 +127,7 @@ def command_line(script, cfg):
     words = ["python", script]
     for f in fields(cfg):
         default = f.default_factory() if f.default is MISSING else f.default
-        value, name = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        value, name = getattr(cfg, f.name), flag_of(f)
         if value == default:
             continue
         if f.type is bool:
@@ -139,7 +145,7 @@ def check_settings(cfg):
     for f in fields(cfg):
         value, choices = getattr(cfg, f.name), f.metadata.get("choices")
         if choices and value not in choices:
-            raise SystemExit(f"--{f.name.replace('_', '-')} {value}: choose one of {', '.join(map(str, choices))}")
+            raise SystemExit(f"{flag_of(f)} {value}: choose one of {', '.join(map(str, choices))}")
 
 
 # ----------------------------------------------------------------------------
@@ -231,6 +237,19 @@ def write_json(path, obj):
 
 def write_audio(path, audio, rate):
     atomic_write(path, lambda f: sf.write(f, audio, rate, format=Path(path).suffix[1:].upper()))
+
+
+def read_metrics(path):
+    """metrics.jsonl -> its rows. A line cut short (a crash while it was written) is dropped:
+    it is the only line a crash can damage, and the next run writes it again."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"{path}: dropped a damaged line ({line[:40]!r}...), left by an interrupted write")
+    return rows
+
 
 
 # ----------------------------------------------------------------------------
@@ -448,37 +467,6 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
              "dynamics": [{"start_s": round(float(t), 4), "level_db": round(float(d), 2)}
                           for t, d in zip(unit_times, levels_db)]}
     return backing.astype(np.float32), lead.astype(np.float32), truth
-
-
-def chord_tone_fit(audio, chords, rate, offset_s=0.0, frame_s=0.01):
-    """Share of a solo's pitched 10 ms frames whose pitch class is a tone of the chord
-    sounding then: how well the solo fits the band's harmony, from audio.
-
-    audio [N] (a decoded solo), chords: a demo song's truth["chords"], offset_s: where
-    audio starts in the song. The pitch comes from torchaudio's detect_pitch_frequency
-    (normalised autocorrelation with median smoothing): torchaudio is a dependency
-    already, and a solo is one line, which is what such a tracker handles. Its
-    octave errors do not matter here: only the pitch class counts. Frames more than 30
-    dB below the solo's loud frames, or outside every chord, are not counted. About a
-    third of the 12 pitch classes are chord tones, so a solo deaf to the harmony scores
-    near 0.33; the demo's true lead scores near 1 (tests/test_data.py).
-    """
-    import torchaudio.functional as AF
-    # freq_low 200 Hz keeps the tracker off the sub-octaves it otherwise locks onto with
-    # reed-like spectra; a low note then reads an octave up, with the right pitch class.
-    hz = AF.detect_pitch_frequency(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), rate,
-                                   frame_time=frame_s, win_length=9, freq_low=200, freq_high=1000).numpy()
-    hop = len(audio) / max(len(hz), 1)                                 # samples per pitch frame
-    level = frame_rms_db(audio, int(round(hop)))[:len(hz)]
-    loud = level > np.percentile(level, 95) - 30 if len(level) else level
-    times = offset_s + (np.arange(len(hz)) + 0.5) * hop / rate
-    pitch_class = np.round(12 * np.log2(np.maximum(hz, 1e-6) / 440.0) + 69).astype(int) % 12
-    hits = total = 0
-    for chord in chords:
-        inside = loud & (times >= chord["start_s"]) & (times < chord["end_s"])
-        hits += int(np.isin(pitch_class[inside], chord["pitch_classes"]).sum())
-        total += int(inside.sum())
-    return hits / total if total else float("nan")
 
 
 # ----------------------------------------------------------------------------
@@ -816,6 +804,41 @@ def dataset_codec(numbers, home, device, weights=""):
         return untrained_codec(home, numbers["bandwidth_kbps"], device)
     return load_codec(weights or numbers["weights"], numbers["bandwidth_kbps"], device)
 
+def load_codec_for(config, folder, weights, device):
+    """The codec the checkpoint's dataset was tokenized with, checked against the model.
+
+    Tokens mean something only for the codec that made them: a model trained on one
+    codebook set and decoded with another plays noise without any error. So the
+    numbers the model was built for (K, card, frame rate) are compared with the codec's
+    before anything runs. An untrained codec's codebooks travel with the checkpoint
+    (codec.safetensors, from a Hub download) or stay in its dataset folder.
+    """
+    numbers = config["data"]["codec"]
+    homes = [Path(folder), Path(config["data"]["dir"])]
+    home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
+    codec = dataset_codec(numbers, home, device, weights)
+    found, m = codec_info(codec, numbers["weights"]), config["model"]
+    mismatch = [(k, found[k], m[k]) for k in ("n_codebooks", "card", "frame_rate") if found[k] != m[k]]
+    if mismatch:
+        raise SystemExit("the codec does not match the checkpoint: " + ", ".join(
+            f"{k} is {a} in the codec but {b} in the model" for k, a, b in mismatch)
+            + f". Use the codec settings the model was trained with ({numbers}).")
+    return codec, found
+
+
+def stream_windows(cfg, numbers):
+    """The streaming codec's fixed windows, in frames: (chunk, context, decode window).
+
+    Each chunk of audio is encoded together with `context` frames of the audio before
+    it (silence before the music starts), always the same number of samples; solo
+    frames are decoded in windows of context + chunk frames. Fixed sizes are what the
+    exported codec graphs take (onnx_runner.py), so both paths cut the audio alike.
+    """
+    chunk = max(1, round(cfg.chunk_ms / 1000 * numbers["frame_rate"]))
+    context = round(cfg.context_ms / 1000 * numbers["frame_rate"])
+    return chunk, context, context + chunk
+
+
 # ----------------------------------------------------------------------------
 # 7. One song, cached
 # ----------------------------------------------------------------------------
@@ -1133,6 +1156,70 @@ def load_dataset(data_dir):
 def load_split(data_dir, split):
     """Memory-mapped (backing [K, N], solo [K, N]) of one split: nothing is read until used."""
     return tuple(np.load(Path(data_dir) / f"{split}_{name}.npy", mmap_mode="r") for name in ("backing", "solo"))
+
+
+# ----------------------------------------------------------------------------
+# Windows: random ones for training, fixed ones for evaluation
+# ----------------------------------------------------------------------------
+
+class Windows:
+    """Windows of T frames from the segments (solo sections) of one split.
+
+    Arrays stay memory-mapped: a window reads T frames from disk, not the dataset.
+    A segment shorter than T is padded with the special token: the loss skips it.
+    Windows never cross a segment boundary: two sections of a song are not
+    contiguous in time, and a window across the cut would teach a jump that no
+    recording contains.
+    """
+
+    def __init__(self, data_dir, split, meta, T):
+        self.backing, self.solo = load_split(data_dir, split)     # [K, N] each, memory-mapped
+        self.segments = meta["splits"][split]["segments"]
+        self.T, self.card = T, meta["codec"]["card"]
+        lengths = np.array([s["length"] for s in self.segments], dtype=np.float64)
+        self.weights = torch.tensor(lengths / lengths.sum()) if len(lengths) else None  # longer segments, more often
+
+    def window(self, seg, start):
+        """(backing, solo) [K, T] int64 from segment seg at frame start, padded with card."""
+        n = min(self.T, seg["length"] - start)
+        out = []
+        for array in (self.backing, self.solo):
+            w = np.full((array.shape[0], self.T), self.card, dtype=np.int64)
+            w[:, :n] = array[:, seg["start"] + start:seg["start"] + start + n]
+            out.append(torch.from_numpy(w))
+        return out
+
+    def sample(self, batch, gen):
+        """A random batch: (backing, solo) [B, K, T], drawn with the generator gen (saved in checkpoints)."""
+        # Segments are picked in proportion to their length, so every frame of the split
+        # is about equally likely to be seen, whatever way the solo was cut into sections.
+        # All randomness goes through `gen`, whose state the checkpoint keeps: that is what
+        # makes a resumed run draw exactly the batches the uninterrupted run would have.
+        picks = torch.multinomial(self.weights, batch, replacement=True, generator=gen).tolist()
+        pairs = []
+        for i in picks:
+            seg = self.segments[i]
+            start = int(torch.randint(0, max(1, seg["length"] - self.T + 1), (1,), generator=gen))
+            pairs.append(self.window(seg, start))
+        return [torch.stack(x) for x in zip(*pairs)]
+
+    def fixed(self, limit=None):
+        """Deterministic evaluation windows: each segment cut in consecutive windows.
+        Returns (backing, solo [N, K, T], [(song id, variant, the window's first frame in its song)]),
+        the first `limit` windows (None: all of them).
+
+        The same windows at every evaluation, so two evaluations differ only because
+        the model changed, never because the sample did.
+        """
+        pairs, where = [], []
+        for seg in self.segments:
+            for start in range(0, seg["length"], self.T):
+                if seg["length"] - start >= self.T // 2 or start == 0:  # skip short leftovers
+                    pairs.append(self.window(seg, start))
+                    where.append((seg["song"], seg["variant"], seg["song_frame"] + start))
+        pairs, where = pairs[:limit], where[:limit]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), where
+
 
 
 if __name__ == "__main__":

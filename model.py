@@ -275,9 +275,9 @@ class MultiHeadAttention(nn.Module):
         (keys, values) from project_kv. Self-attention with a cache (generation) takes
         one new position at a time and attends to everything the cache holds.
         fused: use the fused kernel whatever cfg.attn_impl says. The cached one-frame
-        steps of generate() and StreamingSampler do (one call instead of four matters
+        steps of sample_solo() and StreamingSampler do (one call instead of four matters
         when each step is a single frame); whole-sequence passes (training, the encoder
-        pass of generate(), the reference generate_plain) follow cfg.attn_impl.
+        pass of sample_solo(), the reference sample_solo_plain) follow cfg.attn_impl.
         """
         if self.cross:
             q = apply_rope(self.split_heads(self.q_proj(x)), *rope)  # [B, H, L, hd]
@@ -593,11 +593,11 @@ def _prepare(model, backing, cfg_coef):
 
 
 @sampling
-def generate_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
+def sample_solo_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0,
                    seed=0, cfg_coef=None, prompt=None):
     """The reference sampler: at every step, run the whole model on the whole prefix.
 
-    Quadratic work, no cache, easy to trust. generate() must give the same tokens.
+    Quadratic work, no cache, easy to trust. sample_solo() must give the same tokens.
     backing [B, K, T] -> solo codes [B, K, n_frames].
     """
     cfg = model.cfg
@@ -623,7 +623,7 @@ class SamplerState:
     """Cached sampling state: one decoder self-attention KVCache per layer, and the
     cross-attention keys and values of the encoder output.
 
-    Two kinds, built by two constructors: SamplerState.offline (generate): the whole
+    Two kinds, built by two constructors: SamplerState.offline (sample_solo): the whole
     backing is known, its cross-attention keys and values are projected once.
     SamplerState.streaming (StreamingSampler, phase 5): encoder_step adds one backing
     frame at a time to the encoder's and the cross-attention's caches.
@@ -717,7 +717,7 @@ class SamplerState:
 
 
 @sampling
-def generate(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+def sample_solo(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1.0, seed=0,
              cfg_coef=None, prompt=None, progress=None):
     """KV-cached sampling: backing [B, K, T] -> solo codes [B, K, n_frames].
 
@@ -757,7 +757,7 @@ class StreamingSampler:
     frame [B, K] that the delay pattern has just completed (None for the first K - 1
     frames: codebook K-1 of frame t is only decided at step t + K - 1). finish()
     returns the last K - 1 frames once the backing has ended. With the same seed it
-    gives exactly the tokens of generate() on the same causal model, guidance included.
+    gives exactly the tokens of sample_solo() on the same causal model, guidance included.
 
     The caches live on the model's device in the model's dtype (a bf16 model on a GPU
     gets bf16 caches), and the model is put in eval mode for as long as the sampler
@@ -840,6 +840,24 @@ def resolve_checkpoint(path):
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     return path if path.exists() or not old.exists() else old
+
+
+def fetch_checkpoint(name):
+    """A local checkpoint folder, or a Hub repo id downloaded to the local cache.
+
+    A local path wins: a folder named like "runs/tiny" has one slash too, and must not
+    be sent to the Hub. Only the files a checkpoint needs are downloaded.
+    """
+    if resolve_checkpoint(name).exists():
+        return Path(name)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+        try:
+            return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors", "codec.safetensors",
+                                                                "README.md"]))
+        except Exception as err:
+            raise SystemExit(f"--checkpoint {name}: not a local folder, and the Hub download failed: {err}") from None
+    raise SystemExit(f"--checkpoint {name}: no such folder. Train first (python train.py) or give a Hub id user/name.")
 
 
 def load_model(folder, device="cpu"):

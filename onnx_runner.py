@@ -2,7 +2,7 @@
 onnx_runner.py -- phase 5 on the device: a saxophone solo over a backing that arrives
 live, with ONNX Runtime and numpy only (no PyTorch).
 
-    python generate.py --export-onnx solo_onnx --checkpoint runs/causal/best   # on your computer
+    python onnx_export.py --checkpoint runs/causal/best --out solo_onnx   # on your computer
     # copy the folder solo_onnx/ to the board (it holds this file too); there:
     pip install numpy onnxruntime soundfile
     python solo_onnx/onnx_runner.py solo_onnx --backing trio.wav --out live
@@ -62,7 +62,7 @@ def read_folder(folder):
         numbers = json.loads(path.read_text())
     except FileNotFoundError:
         raise SystemExit(f"{path} not found: give a folder written by "
-                         f"python generate.py --export-onnx {folder} --checkpoint CAUSAL_CHECKPOINT") from None
+                         f"python onnx_export.py --checkpoint CAUSAL_CHECKPOINT --out {folder}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SystemExit(f"{path} is damaged ({err}): export the folder again") from None
     if numbers.get("format") != FORMAT:
@@ -400,7 +400,7 @@ def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over a live backing, ONNX Runtime only.")
-    parser.add_argument("folder", help="the folder written by python generate.py --export-onnx")
+    parser.add_argument("folder", help="the folder written by python onnx_export.py")
     parser.add_argument("--backing", help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
     parser.add_argument("--out", default="live", help="output folder for solo.wav, mix.wav, report.json")
     parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8",

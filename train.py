@@ -19,15 +19,16 @@ another song's backing), and in the run folder (runs/<preset> by default):
                     --page-sample-s 0 turns the samples off)
     latest/ best/   checkpoints: config.json, model.safetensors, state.pt
 """
-import html
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -37,9 +38,9 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, unigram_entropy, write_json
-from generate import figure, mix_audio, picture, player, write_page
-from model import (PRESETS, SoloTransformer, build_delay_pattern, generate, position_cross_entropy, preset_config,
-                   load_weights, read_json, resolve_checkpoint, teacher_forcing)
+from listening import RunPage, listening_masks, listening_test, mismatched_backing, train_onset_detector
+from model import (PRESETS, SoloTransformer, build_delay_pattern, load_model, load_weights, position_cross_entropy,
+                   preset_config, read_json, resolve_checkpoint, teacher_forcing)
 
 DEFAULT_DATA = "data/demo"
 # Bigger models want smaller steps: a wider layer sums more terms, so the same step
@@ -78,6 +79,7 @@ class TrainConfig:
     eval_windows: int = opt(64, "validation windows per evaluation")
     save_every: int = opt(50, "save latest/ every this many steps")
     resume: bool = opt(False, "continue from <out>/latest")
+    overwrite: bool = opt(False, "start a new run in an --out that already holds one (its checkpoints are replaced)")
     seed: int = opt(0, "seed of everything: weights, data order, dropout")
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
     threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 on a busy machine, docs/troubleshooting.md)")
@@ -125,146 +127,6 @@ def scaled_step(model, optimizer, scaler, grad_clip):
     return float(norm), scaler.is_enabled() and scaler.get_scale() < scale_before
 
 
-# ----------------------------------------------------------------------------
-# Data: random windows for training, fixed windows for evaluation
-# ----------------------------------------------------------------------------
-
-class Windows:
-    """Windows of T frames from the segments (solo sections) of one split.
-
-    Arrays stay memory-mapped: a window reads T frames from disk, not the dataset.
-    A segment shorter than T is padded with the special token: the loss skips it.
-    Windows never cross a segment boundary: two sections of a song are not
-    contiguous in time, and a window across the cut would teach a jump that no
-    recording contains.
-    """
-
-    def __init__(self, data_dir, split, meta, T):
-        self.backing, self.solo = data.load_split(data_dir, split)     # [K, N] each, memory-mapped
-        self.segments = meta["splits"][split]["segments"]
-        self.T, self.card = T, meta["codec"]["card"]
-        lengths = np.array([s["length"] for s in self.segments], dtype=np.float64)
-        self.weights = torch.tensor(lengths / lengths.sum()) if len(lengths) else None  # longer segments, more often
-
-    def window(self, seg, start):
-        """(backing, solo) [K, T] int64 from segment seg at frame start, padded with card."""
-        n = min(self.T, seg["length"] - start)
-        out = []
-        for array in (self.backing, self.solo):
-            w = np.full((array.shape[0], self.T), self.card, dtype=np.int64)
-            w[:, :n] = array[:, seg["start"] + start:seg["start"] + start + n]
-            out.append(torch.from_numpy(w))
-        return out
-
-    def sample(self, batch, gen):
-        """A random batch: (backing, solo) [B, K, T], drawn with the generator gen (saved in checkpoints)."""
-        # Segments are picked in proportion to their length, so every frame of the split
-        # is about equally likely to be seen, whatever way the solo was cut into sections.
-        # All randomness goes through `gen`, whose state the checkpoint keeps: that is what
-        # makes a resumed run draw exactly the batches the uninterrupted run would have.
-        picks = torch.multinomial(self.weights, batch, replacement=True, generator=gen).tolist()
-        pairs = []
-        for i in picks:
-            seg = self.segments[i]
-            start = int(torch.randint(0, max(1, seg["length"] - self.T + 1), (1,), generator=gen))
-            pairs.append(self.window(seg, start))
-        return [torch.stack(x) for x in zip(*pairs)]
-
-    def fixed(self, limit):
-        """Deterministic evaluation windows: each segment cut in consecutive windows.
-        Returns (backing, solo [N, K, T], [(song id, variant, the window's first frame in its song)]).
-
-        The same windows at every evaluation, so two evaluations differ only because
-        the model changed, never because the sample did.
-        """
-        pairs, where = [], []
-        for seg in self.segments:
-            for start in range(0, seg["length"], self.T):
-                if seg["length"] - start >= self.T // 2 or start == 0:  # skip short leftovers
-                    pairs.append(self.window(seg, start))
-                    where.append((seg["song"], seg["variant"], seg["song_frame"] + start))
-        pairs, where = pairs[:limit], where[:limit]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), where
-
-
-def listening_masks(meta, where, T, frame_rate):
-    """Frames of the evaluation windows where the solo's own past cannot help: {name: [N, T] bool}.
-
-    start: the first second of every window, where the decoder has little or no solo
-    behind it. kicks (demo corpus, whose truth is known): the 3 frames (40 ms) from each
-    of the band's kicks, where the lead starts a note whose moment and pitch only the
-    band announces. The conditioning gain on these frames is the sharpest test of
-    listening: a solo language model can do nothing there.
-    """
-    masks = {"start": (torch.arange(T) < round(frame_rate)).expand(len(where), T)}
-    songs = {song["id"]: song for song in meta["songs"]}
-    if all("kicks_s" in songs[song].get("truth", {}) for song, _, _ in where):
-        masks["kicks"] = torch.zeros(len(where), T, dtype=torch.bool)
-        for i, (song, variant, first) in enumerate(where):
-            tempo = songs[song]["variants"][variant]["tempo"]  # augmented copies play faster or slower
-            for t in songs[song]["truth"]["kicks_s"]:
-                f = round(t / tempo * frame_rate) - first
-                masks["kicks"][i, max(0, f):max(0, f + 3)] = True
-    return masks
-
-
-def fit_onset_detector(solo, kicks, card):
-    """A token-space note-onset detector, fitted on training windows with known kicks.
-
-    solo [N, K, T] codes, kicks [N, T] bool. Returns log-odds [K, card + 1]: for each
-    codebook and code, how much more often it occurs in the frames right after a kick
-    than elsewhere (add-one smoothed; the padding token scores 0). With an untrained
-    codec no rule "a new note changes the code" holds (its codes change on most frames),
-    but which codes an attack produces can still be counted.
-    """
-    valid = solo[:, 0] != card                                                 # [N, T]
-    table = torch.zeros(solo.size(1), card + 1)
-    for k in range(solo.size(1)):
-        at = torch.bincount(solo[:, k][kicks & valid], minlength=card)[:card].double() + 1
-        off = torch.bincount(solo[:, k][~kicks & valid], minlength=card)[:card].double() + 1
-        table[k, :card] = (at / at.sum()).log() - (off / off.sum()).log()
-    return table
-
-
-def train_onset_detector(data_dir, meta, T):
-    """fit_onset_detector on every window of T frames of the training split of a demo dataset."""
-    _, solo, where = Windows(data_dir, "train", meta, T).fixed(10 ** 9)
-    return fit_onset_detector(solo, listening_masks(meta, where, T, meta["codec"]["frame_rate"])["kicks"],
-                              meta["codec"]["card"])
-
-
-def kick_auc(table, solo, kicks, valid):
-    """How well a solo's codes mark the band's kicks: the probability that a frame right
-    after a kick scores as more onset-like than a frame elsewhere (area under the ROC
-    curve). 0.5: the solo ignores the kicks; 1: its attacks fall exactly on them.
-
-    solo [N, K, T]; kicks, valid [N, T] bool (valid: frames that hold real audio).
-    """
-    score = table[torch.arange(solo.size(1))[None, :, None], solo].sum(dim=1)   # [N, T]: summed log-odds
-    pos, neg = score[kicks & valid], score[~kicks & valid]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    # Mann-Whitney: the AUC is the mean rank of the kick frames among all frames, rescaled.
-    # Tied scores share the mean of the ranks they span.
-    _, group, counts = torch.cat([pos, neg]).unique(return_inverse=True, return_counts=True)  # sorted values
-    ranks = (counts.cumsum(0) - (counts - 1) / 2)[group]                        # 1-based mean rank of each score
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def mismatched_backing(backing, songs, spare):
-    """For each evaluation window, the backing of a window from another song: [N, K, T].
-
-    Within the split when it holds two songs or more (the same windows, rolled until
-    no window keeps its own song); otherwise from `spare`, windows of other songs
-    (the training split), repeated if there are fewer of them.
-    """
-    n = len(songs)
-    for shift in range(1, n):
-        if all(songs[i] != songs[(i + shift) % n] for i in range(n)):
-            return backing[[(i + shift) % n for i in range(n)]]
-    return spare[torch.arange(n) % len(spare)]
-
-
 @torch.no_grad()
 def evaluate(model, backing, solo, other_backing, masks, batch, device, autocast):
     """Validation cross-entropy per codebook, and the conditioning gain in nats: the
@@ -304,23 +166,6 @@ def evaluate(model, backing, solo, other_backing, masks, batch, device, autocast
               **{f"cond_gain_{name}": float(gain[name].mean()) for name in masks}}
     model.train()
     return result
-
-
-@torch.no_grad()
-def listening_test(model, backing, solo, other_backing, kicks, detector, batch, device, top_k=250, seed=0):
-    """Solos generated for the evaluation windows, scored against the band's true kicks:
-    kick_auc of a solo written over the window's own backing, and of one written over
-    another song's backing (the sanity check: a metric that cannot tell them apart
-    measures nothing). Sampled as generate.py samples (temperature 1, top-k 250)."""
-    model.eval()
-    valid = solo[:, 0] != model.cfg.card                                        # [N, T]: not padding
-    scores = {"kick_auc_true": kick_auc(detector, solo, kicks, valid)}          # the real lead, for scale
-    for name, backings in (("own", backing), ("mismatched", other_backing)):
-        parts = [generate(model, backings[i:i + batch].to(device), top_k=top_k, seed=seed + i).cpu()
-                 for i in range(0, len(backings), batch)]
-        scores[f"kick_auc_{name}"] = kick_auc(detector, torch.cat(parts), kicks, valid)
-    model.train()
-    return scores
 
 
 # ----------------------------------------------------------------------------
@@ -443,18 +288,6 @@ def push_to_hub(folder, repo_id, private=False, api=None):
     print(f"uploaded {folder} to https://huggingface.co/{repo_id}")
 
 
-def read_metrics(path):
-    """metrics.jsonl -> its rows. A line cut short (a crash while it was written) is dropped:
-    it is the only line a crash can damage, and the next run writes it again."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"{path}: dropped a damaged line ({line[:40]!r}...), left by an interrupted write")
-    return rows
-
-
 # ----------------------------------------------------------------------------
 # The loss curve
 # ----------------------------------------------------------------------------
@@ -469,7 +302,7 @@ def plot_curves(metrics_file, png, baseline=None, note=""):
     import matplotlib
     matplotlib.use("Agg")  # no screen needed
     import matplotlib.pyplot as plt
-    rows = read_metrics(metrics_file)
+    rows = data.read_metrics(metrics_file)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [r for r in rows if "val_ce" in r]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
@@ -501,120 +334,6 @@ def plot_curves(metrics_file, png, baseline=None, note=""):
     fig.tight_layout()
     data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------
-# The run's listening page: runs/<name>/index.html
-# ----------------------------------------------------------------------------
-# "Is it getting better?" answered by ear: at each new best checkpoint, the model as it
-# is then writes a short solo over one fixed validation clip (--page-sample-s seconds,
-# seeded, top-k 250 as generate.py samples), and index.html lines the samples up, step
-# by step, next to the loss curves, the clip's backing and its true solo. The page's
-# figures live in page.json beside it; the page is redrawn from that file at every
-# evaluation, so a resumed run's page shows the whole run.
-
-class RunPage:
-    """page.json + index.html + the sample wavs (in <run>/page/) of one run."""
-
-    def __init__(self, out, cfg, meta, evals, device, resumed_at):
-        # resumed_at: the step of the checkpoint a resumed run starts from (0: a new run).
-        self.out, self.cfg, self.device = Path(out), cfg, device
-        self.untrained = meta["codec"]["untrained"]
-        self.file = self.out / "page.json"
-        try:
-            old = json.loads(self.file.read_text()) if resumed_at and self.file.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged page costs its samples, not the run
-            print(f"WARNING: {self.file} is damaged: the page starts again from this step")
-            old = {}
-        # A resumed run redoes the steps after its checkpoint: their samples are redone too.
-        self.samples = [s for s in old.get("samples", []) if s["step"] <= resumed_at]
-        # The codec turns the sampled codes into audio. Without one (page_sample_s 0, or
-        # weights that will not load), the page keeps its curves and table, no players.
-        self.codec = self.clip = None
-        if cfg.page_sample_s > 0:
-            try:
-                with torch.random.fork_rng(devices=[]):  # the codec seeds torch: training's randomness stays its own
-                    self.codec = data.dataset_codec(meta["codec"], cfg.data, device)
-            except (OSError, RuntimeError, SystemExit) as err:  # the page must never stop a run
-                print(f"WARNING: no samples on the run's page: the codec of {cfg.data} did not load ({err}). "
-                      f"Pass --page-sample-s 0 to skip them.")
-        if self.codec is not None:
-            # The clip: the start of the first evaluation window, up to page_sample_s
-            # seconds, and no further than its real frames (a short section is padded
-            # with the special token, which the codec cannot decode).
-            card = meta["codec"]["card"]
-            real = ((evals.backing[0] != card) & (evals.solo[0] != card)).all(0)           # [T]: not padding
-            n = min(int(real.long().cumprod(0).sum()), round(cfg.page_sample_s * meta["codec"]["frame_rate"]))
-            self.clip = evals.backing[0, :, :n]                                         # [K, n]
-            # Written once per run: the clip's backing, and its true solo mixed exactly as
-            # the samples will be (the page plays that mix), so that the two compare fairly.
-            self.rate = meta["codec"]["sample_rate"]
-            self.backing_audio = data.decode_codes(self.codec, self.clip.numpy())
-            true_mix, _ = mix_audio(self.backing_audio, data.decode_codes(self.codec, evals.solo[0, :, :n].numpy()))
-            for name, audio in (("backing", self.backing_audio), ("true_mix", true_mix)):
-                data.write_audio(self.out / "page" / f"{name}.wav", audio, self.rate)
-
-    def sample(self, model, step, metrics):
-        """A new best checkpoint: its solo over the clip, added to page.json (atomically)."""
-        if self.clip is not None:
-            # Seeded and sampled as generate.py samples (temperature 1, top-k 250): two
-            # samples differ only because the weights changed. generate() puts the model
-            # in eval mode and back, and draws from its own generator, so training's
-            # dropout and data order are exactly what they would be without the page.
-            t0 = time.perf_counter()
-            codes = generate(model, self.clip[None].to(self.device), temperature=1.0, top_k=250,
-                             seed=self.cfg.seed)[0].cpu().numpy()                        # [K, n]
-            mix, solo = mix_audio(self.backing_audio, data.decode_codes(self.codec, codes))
-            # Paths relative to the run folder, as the page links them.
-            names = {kind: f"page/step{step:06d}_{kind}.wav" for kind in ("solo", "mix")}
-            data.write_audio(self.out / names["solo"], solo, self.rate)
-            data.write_audio(self.out / names["mix"], mix, self.rate)
-            # One sample per step: a resumed run that reaches this best again replaces it.
-            self.samples = [s for s in self.samples if s["step"] != step] + [
-                {"step": step, "val_ce": metrics["val_ce"], "cond_gain": metrics["cond_gain"],
-                 "seconds_to_make": time.perf_counter() - t0, **names}]
-
-    def write(self, metrics_file):
-        """page.json and index.html from the evaluations so far and the samples."""
-        # Everything the page shows goes to page.json first; the HTML is drawn from that
-        # record, never from other state, so the two cannot disagree.
-        rows = [r for r in read_metrics(metrics_file) if "val_ce" in r]
-        keys = ["step", "train_loss", "val_ce", "val_ppl", "cond_gain"]
-        record = {"command": data.command_line("train.py", self.cfg), "untrained_codec": self.untrained,
-                  "evaluations": [{k: r[k] for k in keys if k in r} for r in rows], "samples": self.samples}
-        write_json(self.file, record)
-        parts = [f"<h1>Training run <code>{html.escape(self.out.name)}</code></h1>",
-                 f"<p>{len(rows)} evaluation{'s' if len(rows) != 1 else ''} so far; the figures are those of "
-                 f"<a href=\"page.json\">page.json</a> and <a href=\"metrics.jsonl\">metrics.jsonl</a>. "
-                 f"Checkpoints: <code>best/</code>, <code>latest/</code>.</p>"]
-        if self.untrained:
-            parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. The losses are real; '
-                         f"the audio below carries nothing of the tokens (docs/codec.md).</p>")
-        parts += ["<h2>Loss</h2>", picture("training and validation loss, conditioning gain", "loss.png")]
-        if self.samples:
-            parts += ["<h2>Progress, by ear</h2>",
-                      f"<p>The same validation clip at each new best checkpoint: {self.cfg.page_sample_s:g} s, "
-                      f"seed {self.cfg.seed}, top-k 250. Listen for the solo locking onto the band's kicks and "
-                      f"chords as the validation loss falls.</p>",
-                      player("the clip's backing", "page/backing.wav"),
-                      player("its true solo, with the backing", "page/true_mix.wav"), '<div class="takes">']
-            # Newest first: the latest best is what one opens the page for. j is the
-            # sample's index in page.json, which its data-keys name.
-            for i, s in enumerate(reversed(self.samples)):
-                j = len(self.samples) - 1 - i
-                parts.append(
-                    f'<section class="take"><h3>step {figure(f"samples.{j}.step", s["step"], "span")}</h3><table>'
-                    + "".join(f"<tr><th>{label}</th>{figure(f'samples.{j}.{key}', s[key])}</tr>" for key, label in (
-                        ("val_ce", "validation loss (nats)"), ("cond_gain", "conditioning gain (nats)"),
-                        ("seconds_to_make", "seconds to generate and decode")))
-                    + f'</table>{player("solo", s["solo"])}{player("solo + backing", s["mix"])}</section>')
-            parts.append("</div>")
-        head = "".join(f"<th>{k}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(figure(f"evaluations.{i}.{k}", e[k]) if k in e else "<td></td>"
-                                        for k in keys) + "</tr>" for i, e in enumerate(record["evaluations"]))
-        parts += ["<h2>Evaluations</h2>", f"<table><tr>{head}</tr>{body}</table>",
-                  "<h2>How it was made</h2>", f"<pre>{html.escape(record['command'])}</pre>"]
-        write_page(self.out / "index.html", f"Run {self.out.name}", "\n".join(parts))
 
 
 # ----------------------------------------------------------------------------
@@ -690,6 +409,23 @@ def check_train_settings(cfg):
                          "(the training window, e.g. 300, is usual)")
     if not 0 <= cfg.cond_dropout < 1 or (cfg.dropout is not None and not 0 <= cfg.dropout < 1):
         raise SystemExit("--cond-dropout and --dropout are probabilities in [0, 1)")
+    if cfg.resume and cfg.overwrite:
+        raise SystemExit("--resume continues the run in --out and --overwrite replaces it: choose one")
+
+
+def check_against_data(cfg, numbers):
+    """The settings that depend on the dataset's codec numbers (K, card, frame rate)."""
+    if cfg.attn_window is not None and cfg.attn_window < numbers["n_codebooks"]:
+        raise SystemExit(f"--attn-window {cfg.attn_window}: at least the {numbers['n_codebooks']} codebooks, "
+                         "or the last steps of a window read no backing frame (model.check_backing_reach)")
+
+
+def refuse_to_overwrite(out, cfg):
+    """A new run never replaces an old one's checkpoints and metrics without --overwrite."""
+    held = [name for name in ("latest", "best", "metrics.jsonl") if resolve_checkpoint(out / name).exists()]
+    if held and not cfg.resume and not cfg.overwrite:
+        raise SystemExit(f"{out} already holds a run ({', '.join(held)}): --resume continues it, --overwrite "
+                         f"starts over in its place, or choose another --out")
 
 
 @dataclass
@@ -751,7 +487,7 @@ def evaluation_set(cfg, meta, T, train_w):
     split = "val" if meta["splits"]["val"]["segments"] else "train"
     if split == "train":
         print("WARNING: the dataset has no validation songs; evaluating on training songs (add recordings)")
-    backing, solo, where = Windows(cfg.data, split, meta, T).fixed(cfg.eval_windows)
+    backing, solo, where = data.Windows(cfg.data, split, meta, T).fixed(cfg.eval_windows)
     other = mismatched_backing(backing, [song for song, _, _ in where], train_w.fixed(cfg.eval_windows)[0])
     return EvalSet(backing, solo, other, listening_masks(meta, where, T, meta["codec"]["frame_rate"]))
 
@@ -798,190 +534,290 @@ def overfitting(history):
     return len(history) >= 3 and history[-1][1] > history[-2][1] > history[-3][1] and history[-1][0] < history[-3][0]
 
 
-def train(cfg):
-    """The whole run; returns the summary dict (also written to summary.json)."""
+@dataclass
+class Run:
+    """Everything one training run holds, built once by setup_run and carried by each step."""
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    meta: dict                   # the dataset's meta.json
+    T: int                       # frames per training window
+    model: SoloTransformer       # the weights checkpoints save
+    train_model: torch.nn.Module  # the same weights, compiled or not: what the steps run
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype]  # autocast's dtype, None for fp32
+    peak_lr: float
+    gen: torch.Generator         # data order and condition dropout (saved in checkpoints)
+    train_w: data.Windows
+    evals: EvalSet
+    baseline: list               # unigram cross-entropy per codebook: what "learned nothing" scores
+    progress: Progress
+    page: RunPage
+    last: dict = field(default_factory=dict)  # the latest evaluation's metrics
+
+    @property
+    def metrics_file(self):
+        return self.out / "metrics.jsonl"
+
+    @property
+    def accum(self):
+        return self.cfg.target_batch // self.cfg.batch_size
+
+    def autocast(self):
+        # Matmuls run in bf16/fp16 inside this context; the weights, the optimizer and
+        # the loss's softmax (codebook_cross_entropy casts to float) stay in fp32.
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def checkpoint(self, name):
+        p = self.progress
+        save_checkpoint(self.out / name, self.model, self.optimizer, self.scaler, p.step, self.gen, self.cfg,
+                        self.meta, {"best_val": p.best_val, "skipped_steps": p.skipped,
+                                    "unigram_baseline": self.baseline, "metrics": self.last}, p.tensors())
+
+
+def setup_run(cfg):
+    """Settings checked, dataset, model, optimizer, data and evaluation set, resumed or new -> Run."""
     check_train_settings(cfg)  # before anything is created: a typo leaves no empty run folder behind
     cfg.out = cfg.out or f"runs/{cfg.preset}"
     out, device = Path(cfg.out), data.pick_device(cfg.device)
+    refuse_to_overwrite(out, cfg)
     data.set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     meta = ensure_dataset(cfg)
-    numbers = meta["codec"]  # the codec's numbers: K, card, frame rate (the codec itself is not needed here)
-    if cfg.attn_window is not None and cfg.attn_window < numbers["n_codebooks"]:
-        raise SystemExit(f"--attn-window {cfg.attn_window}: at least the {numbers['n_codebooks']} codebooks, "
-                         "or the last steps of a window read no backing frame (model.check_backing_reach)")
+    check_against_data(cfg, meta["codec"])
     out.mkdir(parents=True, exist_ok=True)
-
-    # The model, its optimizer and its precision.
-    T = round(cfg.window_s * numbers["frame_rate"])
-    model_cfg = preset_config(cfg.preset, n_codebooks=numbers["n_codebooks"], card=numbers["card"],
-                              frame_rate=numbers["frame_rate"], max_frames=T, causal_encoder=cfg.causal_encoder,
-                              attn_window=cfg.attn_window, attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
-                              aligned_backing=cfg.aligned_backing,
-                              **({} if cfg.dropout is None else {"dropout": cfg.dropout}))
-    model = SoloTransformer(model_cfg).to(device)  # K, card and the frame rate come from the data, not from code
+    T = round(cfg.window_s * meta["codec"]["frame_rate"])
+    model = SoloTransformer(model_config(cfg, meta["codec"], T)).to(device)  # K, card, rate: from the data
     peak_lr = cfg.lr or DEFAULT_LR[cfg.preset]
     optimizer = make_optimizer(model, cfg, peak_lr, device)
-    amp_dtype, use_scaler = choose_precision(cfg.dtype, device.type,
-                                             torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    amp_dtype, use_scaler = choose_precision(cfg.dtype, device.type, capability)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
-    def autocast():
-        # Matmuls run in bf16/fp16 inside this context; the weights, the optimizer and
-        # the loss's softmax (codebook_cross_entropy casts to float) stay in fp32.
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-
-    # The data: random training windows, fixed evaluation windows.
-    gen = torch.Generator().manual_seed(cfg.seed)  # data order and condition dropout
-    train_w = Windows(cfg.data, "train", meta, T)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_w = data.Windows(cfg.data, "train", meta, T)
     evals = evaluation_set(cfg, meta, T, train_w)
-    baseline = unigram_entropy(train_w.solo, numbers["card"])  # what "learned nothing" scores
-
-    # A new run, or the one in latest/ carried on.
-    metrics_file = out / "metrics.jsonl"
-    if cfg.resume:
-        progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device)
-        if metrics_file.exists():  # lines logged after the checkpoint will be logged again: drop them
-            keep = [json.dumps(row) for row in read_metrics(metrics_file) if row["step"] <= progress.step]
-            data.atomic_write(metrics_file, lambda f: f.write("".join(line + "\n" for line in keep)), mode="w")
-    else:
-        progress = Progress()
-        metrics_file.unlink(missing_ok=True)
+    baseline = unigram_entropy(train_w.solo, meta["codec"]["card"])
+    progress = start_or_resume(out, model, optimizer, scaler, gen, cfg, device)
     page = RunPage(out, cfg, meta, evals, device, progress.step)
     # The compiled module shares its weights with `model`; checkpoints save `model`, so
     # their keys never carry torch.compile's "_orig_mod." prefix.
     train_model = torch.compile(model) if cfg.compile else model
+    return Run(cfg, out, device, meta, T, model, train_model, optimizer, scaler, amp_dtype, peak_lr, gen, train_w,
+               evals, baseline, progress, page)
 
-    accum = cfg.target_batch // cfg.batch_size
+
+def model_config(cfg, numbers, T):
+    """The preset's ModelConfig with the dataset's codec numbers and this run's options."""
+    return preset_config(cfg.preset, n_codebooks=numbers["n_codebooks"], card=numbers["card"],
+                         frame_rate=numbers["frame_rate"], max_frames=T, causal_encoder=cfg.causal_encoder,
+                         attn_window=cfg.attn_window, attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
+                         aligned_backing=cfg.aligned_backing,
+                         **({} if cfg.dropout is None else {"dropout": cfg.dropout}))
+
+
+def start_or_resume(out, model, optimizer, scaler, gen, cfg, device):
+    """Progress of a new run (metrics.jsonl emptied), or of latest/ carried on (its later lines dropped)."""
+    metrics_file = out / "metrics.jsonl"
+    if not cfg.resume:
+        metrics_file.unlink(missing_ok=True)
+        return Progress()
+    progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device)
+    if metrics_file.exists():  # lines logged after the checkpoint will be logged again: drop them
+        keep = [json.dumps(row) for row in data.read_metrics(metrics_file) if row["step"] <= progress.step]
+        data.atomic_write(metrics_file, lambda f: f.write("".join(line + "\n" for line in keep)), mode="w")
+    return progress
+
+
+def describe(run):
+    """What the run is about to do, printed once, and settings.json."""
+    cfg, numbers, model = run.cfg, run.meta["codec"], run.model
     print("settings:", json.dumps(asdict(cfg)))
-    print(f"model: {cfg.preset}, {model.num_params() / 1e6:.2f} M parameters; K={model_cfg.n_codebooks} "
-          f"card={model_cfg.card} {model_cfg.frame_rate} Hz; window {T} frames; {accum} micro-batches of "
-          f"{cfg.batch_size}; device {device} ({torch.get_num_threads()} CPU threads), precision "
-          f"{amp_dtype or torch.float32}{' + GradScaler' if use_scaler else ''}")
-    print(f"training audio: {meta['splits']['train']['frames'] / numbers['frame_rate']:.0f} s in "
-          f"{len(train_w.segments)} sections; validation: {len(evals.backing)} windows")
+    print(f"model: {cfg.preset}, {model.num_params() / 1e6:.2f} M parameters; K={model.cfg.n_codebooks} "
+          f"card={model.cfg.card} {model.cfg.frame_rate} Hz; window {run.T} frames; {run.accum} micro-batches "
+          f"of {cfg.batch_size}; device {run.device} ({torch.get_num_threads()} CPU threads), precision "
+          f"{run.amp_dtype or torch.float32}{' + GradScaler' if run.scaler.is_enabled() else ''}")
+    print(f"training audio: {run.meta['splits']['train']['frames'] / numbers['frame_rate']:.0f} s in "
+          f"{len(run.train_w.segments)} sections; validation: {len(run.evals.backing)} windows")
     print("unigram baseline (cross-entropy of code frequencies alone): "
-          + " ".join(f"q{k + 1}={h:.3f}" for k, h in enumerate(baseline)) + f"  mean={np.mean(baseline):.3f} nats")
-    write_json(out / "settings.json", {"train": asdict(cfg), "model": asdict(model_cfg)})
-    plot_note = ("tokens of the UNTRAINED codec: the losses are real, but its decoder ignores the codes"
-                 if numbers["untrained"] else "")
+          + " ".join(f"q{k + 1}={h:.3f}" for k, h in enumerate(run.baseline))
+          + f"  mean={np.mean(run.baseline):.3f} nats")
+    write_json(run.out / "settings.json", {"train": asdict(cfg), "model": asdict(model.cfg)})
 
-    def checkpoint(name, metrics):
-        save_checkpoint(out / name, model, optimizer, scaler, progress.step, gen, cfg, meta,
-                        {"best_val": progress.best_val, "skipped_steps": progress.skipped,
-                         "unigram_baseline": baseline, "metrics": metrics}, progress.tensors())
 
+def train_step(run):
+    """One optimizer step over target_batch windows -> its metrics.jsonl row."""
+    cfg, progress, t0 = run.cfg, run.progress, time.time()
+    lr = lr_at(progress.step, cfg, run.peak_lr)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = 0.0
+    for _ in range(run.accum):
+        backing, solo = run.train_w.sample(cfg.batch_size, run.gen)              # [B, K, T] each
+        # Classifier-free guidance needs one model that knows both p(solo | backing)
+        # and p(solo): some windows are trained with the null backing instead.
+        drop = torch.rand(cfg.batch_size, generator=run.gen) < cfg.cond_dropout  # [B]
+        with run.autocast():
+            loss, _ = run.train_model.loss(backing.to(run.device), solo.to(run.device), drop.to(run.device))
+        # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
+        # sum is then the gradient of the mean loss over the whole target batch.
+        run.scaler.scale(loss / run.accum).backward()
+        loss_sum += loss.item() / run.accum
+    # Under fp16 an overflow is routine: the GradScaler skips that step and lowers its
+    # scale. Anywhere else a non-finite loss is a real fault: stop and say so.
+    if not math.isfinite(loss_sum) and not run.scaler.is_enabled():
+        stop_on_bad_loss(run, loss_sum)
+    # Clipping caps the size of one update: a rare batch with a huge gradient (a burst
+    # of unusual codes) then nudges the weights instead of wrecking them.
+    norm, was_skipped = scaled_step(run.model, run.optimizer, run.scaler, cfg.grad_clip)
+    run.optimizer.zero_grad(set_to_none=True)  # None, not zeros: the next backward writes, not adds
+    progress.skipped += was_skipped
+    progress.step += 1
+    progress.recent = (progress.recent + [loss_sum])[-cfg.eval_every:]
     # Throughput in frames per second is comparable across machines and presets: at
     # 75 Hz, 7500 frames/s means 100 s of (backing + solo) audio learned per second.
-    peak = peak_flops(device) if device.type == "cuda" else None
-    frames_per_step = cfg.target_batch * T
-    flops_per_step = cfg.target_batch * train_flops_per_window(model, T)
-    last = {}
-    bar = tqdm(total=cfg.max_steps, initial=progress.step, desc="train", unit="step")
-    model.train()
-    try:
-        while progress.step < cfg.max_steps:
-            t0 = time.time()
-            lr = lr_at(progress.step, cfg, peak_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for _ in range(accum):
-                backing, solo = train_w.sample(cfg.batch_size, gen)              # [B, K, T] each
-                # Classifier-free guidance needs one model that knows both p(solo | backing)
-                # and p(solo): some windows are trained with the null backing instead.
-                drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_dropout  # [B]
-                with autocast():
-                    loss, _ = train_model.loss(backing.to(device), solo.to(device), drop.to(device))
-                # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
-                # sum is then the gradient of the mean loss over the whole target batch.
-                scaler.scale(loss / accum).backward()
-                loss_sum += loss.item() / accum
-            # Under fp16 an overflow is routine: the GradScaler skips that step and lowers
-            # its scale. Anywhere else a non-finite loss is a real fault: stop and say so.
-            # Nothing is saved here: the weights that gave this loss are the broken ones, and
-            # latest/ must keep the last good state.
-            if not math.isfinite(loss_sum) and not use_scaler:
-                bar.close()
-                good = resolve_checkpoint(out / "latest")
-                kept = (f"{good} still holds the last good checkpoint (step "
-                        f"{read_json(good / 'config.json', 'a checkpoint')['step']}): resume from it with a lower --lr"
-                        if good.exists() else "no checkpoint was saved before it")
-                raise SystemExit(
-                    f"step {progress.step + 1}: the loss is {loss_sum}. Likely causes: a learning rate too high "
-                    f"(--lr {peak_lr}), fp16 overflow (try --dtype bf16 or fp32), or corrupt tokens in {cfg.data}. "
-                    f"{kept}.")
-            # Clipping caps the size of one update: a rare batch with a huge gradient (a
-            # burst of unusual codes) then nudges the weights instead of wrecking them.
-            norm, was_skipped = scaled_step(model, optimizer, scaler, cfg.grad_clip)
-            optimizer.zero_grad(set_to_none=True)  # None, not zeros: the next backward writes, not adds
-            progress.skipped += was_skipped
-            progress.step += 1
-            step, dt = progress.step, time.time() - t0
-            progress.recent = (progress.recent + [loss_sum])[-cfg.eval_every:]
-            row = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": norm, "frames_per_s": frames_per_step / dt}
-            if peak:
-                row["mfu"] = flops_per_step / dt / peak
-            log_metrics(metrics_file, row)
+    dt = time.time() - t0
+    row = {"step": progress.step, "loss": loss_sum, "lr": lr, "grad_norm": norm,
+           "frames_per_s": cfg.target_batch * run.T / dt}
+    peak = peak_flops(run.device) if run.device.type == "cuda" else None
+    if peak:
+        row["mfu"] = cfg.target_batch * train_flops_per_window(run.model, run.T) / dt / peak
+    log_metrics(run.metrics_file, row)
+    return row
+
+
+def stop_on_bad_loss(run, loss):
+    """A non-finite loss outside fp16: stop, saving nothing (the weights that gave it are the
+    broken ones, and latest/ must keep the last good state), and say where to go back to."""
+    good = resolve_checkpoint(run.out / "latest")
+    kept = (f"{good} still holds the last good checkpoint (step "
+            f"{read_json(good / 'config.json', 'a checkpoint')['step']}): resume from it with a lower --lr"
+            if good.exists() else "no checkpoint was saved before it")
+    raise SystemExit(f"step {run.progress.step + 1}: the loss is {loss}. Likely causes: a learning rate too high "
+                     f"(--lr {run.peak_lr}), fp16 overflow (try --dtype bf16 or fp32), or corrupt tokens in "
+                     f"{run.cfg.data}. {kept}.")
+
+
+def evaluate_and_save(run):
+    """Validation metrics, the overfitting check, best/ and its sample on the page, the plot."""
+    progress, evals = run.progress, run.evals
+    last = evaluate(run.model, evals.backing, evals.solo, evals.other, evals.masks, run.cfg.batch_size,
+                    run.device, run.autocast)
+    last["train_loss"] = float(np.mean(progress.recent))
+    run.last = last
+    log_metrics(run.metrics_file, {"step": progress.step, **last})
+    tqdm.write(f"step {progress.step}: train {last['train_loss']:.3f}  val {last['val_ce']:.3f} "
+               f"(ppl {last['val_ppl']:.1f})  "
+               + " ".join(f"ce_q{k + 1} {last[f'ce_q{k + 1}']:.3f}" for k in range(run.model.cfg.n_codebooks))
+               + f"  cond_gain {last['cond_gain']:+.3f}"
+               + "".join(f" ({name} {last[f'cond_gain_{name}']:+.3f})" for name in evals.masks))
+    progress.history.append((last["train_loss"], last["val_ce"]))
+    if overfitting(progress.history):
+        tqdm.write("WARNING: validation loss has risen twice while training loss fell: the model is "
+                   "overfitting. More data (--augment in data.py), more dropout or fewer steps.")
+    if last["val_ce"] < progress.best_val:
+        progress.best_val = last["val_ce"]
+        run.checkpoint("best")
+        run.page.sample(run.model, progress.step, last)
+    note = ("tokens of the UNTRAINED codec: the losses are real, but its decoder ignores the codes"
+            if run.meta["codec"]["untrained"] else "")
+    plot_curves(run.metrics_file, run.out / "loss.png", float(np.mean(run.baseline)), note)
+    run.page.write(run.metrics_file)
+
+
+class StopSignal:
+    """Ctrl-C during training, deferred to the end of the step under way.
+
+    A step cut in the middle leaves the data generator moved, gradients half summed, or
+    the optimizer stepped with the step counter not yet moved: a checkpoint of that
+    moment does not resume to the same run. So the first Ctrl-C only raises a flag,
+    which the loop reads between steps; a second one stops at once (latest/ then holds
+    the last scheduled save).
+    """
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = signal.signal(signal.SIGINT, self.note)
+        return self
+
+    def note(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C is a KeyboardInterrupt
+        tqdm.write("Ctrl-C: finishing this step, then saving latest/ (Ctrl-C again stops at once)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def train(cfg):
+    """The whole run; returns the summary dict (also written to summary.json).
+
+    Ctrl-C ends the step under way, saves latest/ and exits with code 130, after saying
+    how to continue; --resume then gives exactly the run that was not interrupted.
+    """
+    run = setup_run(cfg)
+    describe(run)
+    bar = tqdm(total=cfg.max_steps, initial=run.progress.step, desc="train", unit="step")
+    with StopSignal() as stop:
+        while run.progress.step < cfg.max_steps:
+            row = train_step(run)
+            step = row["step"]
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.1e}", fps=f"{frames_per_step / dt:.0f}",
-                            **({"mfu": f"{row['mfu']:.1%}"} if peak else {}),
-                            **({"skipped": progress.skipped} if progress.skipped else {}))
-            # Every eval_every steps: validation metrics, the overfitting check, best/, the plot.
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}", fps=f"{row['frames_per_s']:.0f}",
+                            **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}),
+                            **({"skipped": run.progress.skipped} if run.progress.skipped else {}))
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                last = evaluate(model, evals.backing, evals.solo, evals.other, evals.masks, cfg.batch_size, device,
-                                autocast)
-                last["train_loss"] = float(np.mean(progress.recent))
-                log_metrics(metrics_file, {"step": step, **last})
-                tqdm.write(f"step {step}: train {last['train_loss']:.3f}  val {last['val_ce']:.3f} (ppl "
-                           f"{last['val_ppl']:.1f})  " + " ".join(f"ce_q{k + 1} {last[f'ce_q{k + 1}']:.3f}"
-                                                           for k in range(model_cfg.n_codebooks))
-                           + f"  cond_gain {last['cond_gain']:+.3f}"
-                           + "".join(f" ({name} {last[f'cond_gain_{name}']:+.3f})" for name in evals.masks))
-                progress.history.append((last["train_loss"], last["val_ce"]))
-                if overfitting(progress.history):
-                    tqdm.write("WARNING: validation loss has risen twice while training loss fell: the model "
-                               "is overfitting. More data (--augment in data.py), more dropout or fewer steps.")
-                if last["val_ce"] < progress.best_val:
-                    progress.best_val = last["val_ce"]
-                    checkpoint("best", last)
-                    page.sample(model, step, last)
-                plot_curves(metrics_file, out / "loss.png", float(np.mean(baseline)), plot_note)
-                page.write(metrics_file)
-            if step % cfg.save_every == 0 or step == cfg.max_steps:
-                checkpoint("latest", last)
-    except KeyboardInterrupt:  # Ctrl-C: keep the work done so far, then stop cleanly
-        checkpoint("latest", last)
-        bar.close()
-        print(f"\ninterrupted: saved {out / 'latest'} at step {progress.step}; continue with --resume")
-        return last
+                evaluate_and_save(run)
+            if step % cfg.save_every == 0 or step == cfg.max_steps or stop.requested:
+                run.checkpoint("latest")
+            if stop.requested and step < cfg.max_steps:
+                bar.close()
+                again = data.command_line("train.py", replace(cfg, resume=True, overwrite=False))
+                print(f"interrupted: saved {run.out / 'latest'} at step {step}. Continue exactly where it "
+                      f"stopped with: {again}")
+                raise SystemExit(130)  # 128 + SIGINT, as shells report a Ctrl-C
     bar.close()
-    step, best_val = progress.step, progress.best_val
-    summary = {"steps": step, "best_val_ce": best_val, "unigram_baseline": float(np.mean(baseline)),
-               "skipped_steps": progress.skipped, **last}
-    best_dir = resolve_checkpoint(out / "best")
+    return finish(run)
+
+
+def finish(run):
+    """The summary: last and best metrics, and the listening test of best/ on the demo corpus."""
+    cfg, progress, last = run.cfg, run.progress, run.last
+    summary = {"steps": progress.step, "best_val_ce": progress.best_val,
+               "unigram_baseline": float(np.mean(run.baseline)), "skipped_steps": progress.skipped, **last}
+    best_dir = resolve_checkpoint(run.out / "best")
     if best_dir.exists():
         summary["best"] = read_json(best_dir / "config.json", "a checkpoint").get("metrics", {})
-        if cfg.listen_test and "kicks" in evals.masks:
-            # Generated solos of the best checkpoint, scored against the demo band's kicks.
-            load_weights(model, best_dir, device)
-            detector = train_onset_detector(cfg.data, meta, T)
-            summary["best"].update(listening_test(model, evals.backing, evals.solo, evals.other, evals.masks["kicks"],
-                                                  detector, cfg.batch_size, device, seed=cfg.seed))
-    write_json(out / "summary.json", summary)
-    best = summary.get("best", {})
-    print(f"done: {step} steps. validation cross-entropy {last['val_ce']:.3f} nats (best "
-          f"{best_val:.3f}) against the unigram baseline {np.mean(baseline):.3f}; conditioning gain "
-          f"{last['cond_gain']:+.3f} nats (at the best checkpoint "
-          f"{best.get('cond_gain', last['cond_gain']):+.3f}). Best checkpoint: {out / 'best'}.")
-    if "kick_auc_own" in best:
-        print(f"listening test (best checkpoint, {len(evals.backing)} validation windows): kick AUC of generated solos "
-              f"{best['kick_auc_own']:.3f} over their own backing, {best['kick_auc_mismatched']:.3f} over another "
-              f"song's (0.5: deaf to the band; the true lead scores {best['kick_auc_true']:.3f})")
-    print(f"Listen: python generate.py --checkpoint {out / 'best'}")
-    if numbers["untrained"]:
-        print(f"NOTE: this dataset used the UNTRAINED codec: the metrics are real, but {data.UNTRAINED_AUDIO}.")
+        if cfg.listen_test and "kicks" in run.evals.masks:
+            # Solos written by the best checkpoint (loaded beside the live model, which
+            # stays as training left it), scored against the demo band's kicks.
+            best_model, _ = load_model(best_dir, run.device)
+            detector = train_onset_detector(cfg.data, run.meta, run.T)
+            summary["best"].update(listening_test(best_model, run.evals.backing, run.evals.solo, run.evals.other,
+                                                  run.evals.masks["kicks"], detector, cfg.batch_size, run.device,
+                                                  seed=cfg.seed))
+    write_json(run.out / "summary.json", summary)
+    report(run, summary)
     return summary
+
+
+def report(run, summary):
+    """The closing lines: where the run ended, how it listens, what to run next."""
+    best, last, baseline = summary.get("best", {}), run.last, np.mean(run.baseline)
+    print(f"done: {summary['steps']} steps. validation cross-entropy {last['val_ce']:.3f} nats (best "
+          f"{summary['best_val_ce']:.3f}) against the unigram baseline {baseline:.3f}; conditioning gain "
+          f"{last['cond_gain']:+.3f} nats (at the best checkpoint "
+          f"{best.get('cond_gain', last['cond_gain']):+.3f}). Best checkpoint: {run.out / 'best'}.")
+    if "kick_auc_own" in best:
+        print(f"listening test (best checkpoint, {len(run.evals.backing)} validation windows): kick AUC of "
+              f"generated solos {best['kick_auc_own']:.3f} over their own backing, "
+              f"{best['kick_auc_mismatched']:.3f} over another song's (0.5: deaf to the band; the true lead "
+              f"scores {best['kick_auc_true']:.3f})")
+    print(f"Listen: python generate.py --checkpoint {run.out / 'best'}")
+    if run.meta["codec"]["untrained"]:
+        print(f"NOTE: this dataset used the UNTRAINED codec: the metrics are real, but {data.UNTRAINED_AUDIO}.")
 
 
 if __name__ == "__main__":
@@ -992,6 +828,10 @@ if __name__ == "__main__":
             raise SystemExit("--push-only needs --push-to-hub user/name")
         push_to_hub(config.push_only, config.push_to_hub, config.hub_private)
         sys.exit(0)
-    train(config)
+    try:
+        train(config)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
+        raise SystemExit(f"\nstopped by Ctrl-C; {Path(config.out) / 'latest'} holds the last scheduled save "
+                         f"(if any): continue with --resume") from None
     if config.push_to_hub:
         push_to_hub(Path(config.out) / "best", config.push_to_hub, config.hub_private)

@@ -16,7 +16,7 @@ Prints, for batch 1 on this machine's CPU:
   - one training step (forward + backward) with the hand-written attention and with
     the fused kernel;
   - phase 5's deployment, beside the PyTorch streaming sampler: the same causal model
-    exported to ONNX (generate.export_steps) and stepped by onnx_runner.SoloStream on
+    exported to ONNX (onnx_export.export_steps) and stepped by onnx_runner.SoloStream on
     ONE ONNX Runtime thread, fp32, int8 and int4 weights: per-frame median and p99, frames
     per second; then the whole runner (codec graphs included) on a 10 s backing as a
     separate process: its real-time factor and peak memory (--no-onnx skips this); and the
@@ -37,7 +37,7 @@ import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import SoloTransformer, StreamingSampler, generate, generate_plain, preset_config  # noqa: E402
+from model import SoloTransformer, StreamingSampler, sample_solo, sample_solo_plain, preset_config  # noqa: E402
 
 
 def timed(fn):
@@ -67,7 +67,7 @@ def onnx_streaming(model, backing, top_k, rate):
     """The causal model exported, stepped by onnx_runner on one thread, fp32, int8 and int4;
     then the whole runner on a 10 s backing in its own process (real time, peak memory)."""
     import data
-    import generate
+    import onnx_export
     import onnx_runner
     T = backing.size(-1)
     best = 0.0
@@ -76,8 +76,8 @@ def onnx_streaming(model, backing, top_k, rate):
         torch.manual_seed(0)
         codec = data.load_codec("untrained", 3.0, "cpu")   # random weights: the codec's cost, not its sound
         numbers = data.codec_info(codec, "untrained")
-        generate.write_onnx_folder(model, codec, {"step": 0}, numbers,
-                                   generate.GenerateConfig(checkpoint="(random weights)"), tmp)
+        onnx_export.write_onnx_folder(model, codec, {"step": 0}, numbers,
+                                   onnx_export.ExportConfig(checkpoint="(random weights)"), tmp)
         runner = onnx_runner.read_folder(tmp)
         print("    operators after ONNX Runtime's optimizations, encoder + decoder step: " + ", ".join(
             f"{v} {operators(tmp / e)} + {operators(tmp / d)}" for v, (e, d) in onnx_runner.STEP_GRAPHS.items()))
@@ -118,10 +118,10 @@ def weight_floor(model):
     """What reading the weights alone costs per frame on one ONNX Runtime thread, in ms,
     for int8 and int4 weights: a chain of matmuls holding as many weights as the model's
     linear layers and heads (every one is read once per frame at batch 1), quantized as
-    generate.quantize_step quantizes the steps. No step can be faster."""
+    onnx_export.quantize_step quantizes the steps. No step can be faster."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    import generate
+    import onnx_export
     import onnx_runner
     D = model.cfg.d_model
     n = sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "emb" not in name)
@@ -137,7 +137,7 @@ def weight_floor(model):
     floors = {}
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), f"{tmp}/f.onnx")
-        generate.quantize_step(Path(tmp), "f")
+        onnx_export.quantize_step(Path(tmp), "f")
         feed = {"x": rng.standard_normal((1, 1, D)).astype(np.float32)}
         for variant in ("int8", "int4"):
             sess = onnx_runner.session(f"{tmp}/f.{variant}.onnx", 1)
@@ -168,12 +168,12 @@ def main():
         model = SoloTransformer(cfg).eval()
         K, T, rate = cfg.n_codebooks, args.frames, cfg.frame_rate
         backing = torch.randint(0, cfg.card, (1, K, T))
-        generate(model, backing[..., :20], n_frames=20, **opts)  # warm-up
+        sample_solo(model, backing[..., :20], n_frames=20, **opts)  # warm-up
         n = args.plain_steps
-        _, t_plain = timed(lambda: generate_plain(model, backing, n_frames=n - K + 1, **opts))
-        _, t_cached_n = timed(lambda: generate(model, backing, n_frames=n - K + 1, **opts))
-        _, t_cached = timed(lambda: generate(model, backing, **opts))
-        _, t_greedy = timed(lambda: generate(model, backing, temperature=0))  # no sampling cost: the model alone
+        _, t_plain = timed(lambda: sample_solo_plain(model, backing, n_frames=n - K + 1, **opts))
+        _, t_cached_n = timed(lambda: sample_solo(model, backing, n_frames=n - K + 1, **opts))
+        _, t_cached = timed(lambda: sample_solo(model, backing, **opts))
+        _, t_greedy = timed(lambda: sample_solo(model, backing, temperature=0))  # no sampling cost: the model alone
         steps = T + K - 1
         print(f"\n[{name}] {model.num_params() / 1e6:.1f} M parameters")
         print(f"  first {n} steps:  cached {n / t_cached_n:7.1f} steps/s   plain {n / t_plain:7.1f} steps/s"
@@ -197,7 +197,7 @@ def main():
                 f"{ms:.2f} ms {v} (at most {1e3 / ms / rate:.1f}x real time)" for v, ms in floors.items()) +
                 " on 1 thread, before attention's rings and the draw")
             print(f"    fastest ONNX: {onnx_fps / torch_fps:4.2f}x PyTorch streaming, "
-                  f"{onnx_fps / (T / t_cached):4.2f}x PyTorch generate() (offline, cached)")
+                  f"{onnx_fps / (T / t_cached):4.2f}x PyTorch sample_solo() (offline, cached)")
         # Training step at T frames, manual attention against the fused kernel.
         solo = torch.randint(0, cfg.card, (1, K, T))
         for impl in ("manual", "sdpa"):

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 import data
+import listening
 from data import (DataConfig, build_dataset, encode_audio, fill_untrained_codebooks, frame_rms_db, load_codec,
                   load_split, pitch_tempo, render_demo_song, select_sections, separate, time_stretch)
 
@@ -74,8 +75,8 @@ def test_chord_tone_fit_knows_the_true_lead_own_harmony():
     own, other = [], []
     for i in range(4):
         _, solo, truth = render_demo_song(i, 12.0, seed=0)
-        own.append(data.chord_tone_fit(solo, truth["chords"], RATE))
-        other.append(data.chord_tone_fit(solo, render_demo_song(i + 10, 12.0, seed=0)[2]["chords"], RATE))
+        own.append(listening.chord_tone_fit(solo, truth["chords"], RATE))
+        other.append(listening.chord_tone_fit(solo, render_demo_song(i + 10, 12.0, seed=0)[2]["chords"], RATE))
     assert min(own) > 0.7 and max(other) < 0.5, f"chord-tone fit own {own}, another song's chords {other}"
 
 

@@ -6,7 +6,9 @@ import pytest
 import soundfile as sf
 import torch
 
+import data
 import generate as G
+import listening
 from data import CODEC_RATE, render_demo_song
 from model import ModelConfig, SoloTransformer
 
@@ -50,19 +52,19 @@ def test_windows_join_over_their_overlap():
     assert solo.shape == (2, 4, 53) and solo.max() < 32, f"solo {tuple(solo.shape)}"
     # Window 2 starts at frame 8 and was prompted with frames 8..19 of window 1: running it
     # again by hand must give back exactly the frames the loop kept.
-    from model import generate
-    again = generate(model, backing[..., 8:28], seed=6, prompt=solo[..., 8:20], top_k=0)
+    from model import sample_solo
+    again = sample_solo(model, backing[..., 8:28], seed=6, prompt=solo[..., 8:20], top_k=0)
     assert torch.equal(again, solo[..., 8:28]), "window 2 does not continue window 1 consistently"
 
 
 def test_guidance_path(trained, tmp_path):
     out, _ = trained
     plain = run(out / "best", tmp_path / "p", duration=1.0, temperature=0.0)
-    one = run(out / "best", tmp_path / "one", duration=1.0, temperature=0.0, cfg_coef=1.0)
-    three = run(out / "best", tmp_path / "three", duration=1.0, temperature=0.0, cfg_coef=3.0)
-    assert plain["solo_tokens"] == one["solo_tokens"], "cfg_coef 1 must equal plain sampling"
+    one = run(out / "best", tmp_path / "one", duration=1.0, temperature=0.0, guidance=1.0)
+    three = run(out / "best", tmp_path / "three", duration=1.0, temperature=0.0, guidance=3.0)
+    assert plain["solo_tokens"] == one["solo_tokens"], "guidance 1 must equal plain sampling"
     assert np.array_equal(sf.read(tmp_path / "p" / "solo.wav")[0], sf.read(tmp_path / "one" / "solo.wav")[0])
-    assert three["settings"]["cfg_coef"] == 3.0
+    assert three["settings"]["guidance"] == 3.0
 
 
 def test_backing_file_and_bad_inputs(trained, tmp_path):
@@ -89,7 +91,7 @@ def test_backing_file_and_bad_inputs(trained, tmp_path):
     config["model"]["card"] = 2048
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="card is 1024 in the codec but 2048 in the model"):
-        G.load_codec_for(config, bad, "", "cpu")
+        data.load_codec_for(config, bad, "", "cpu")
 
 
 def trained_data_dir(run_dir):
@@ -115,13 +117,13 @@ def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
     # argmax may be one held code either way.)
     folder = trained_causal / "best"
     model, config = G.load_model(folder)
-    codec, info = G.load_codec_for(config, folder, "", "cpu")
+    codec, info = data.load_codec_for(config, folder, "", "cpu")
     cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=40)
     codes, audio, _, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
     plain, _, _ = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
-    cfg.cfg_coef = 3.0
+    cfg.guidance = 3.0
     guided, guided_audio, report = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
-    assert report["cfg_coef"] == 3.0 and len(guided_audio) == 1
+    assert report["guidance"] == 3.0 and len(guided_audio) == 1
     assert plain.shape == guided.shape == (1, 4, codes.shape[1])
     assert not torch.equal(plain, guided), "--cfg-coef 3 left the streamed solo unchanged"
 
@@ -135,7 +137,7 @@ def test_stream_needs_a_causal_model(trained, tmp_path):
 def test_mix_removes_dc_before_matching_levels():
     t = np.arange(CODEC_RATE) / CODEC_RATE
     band, lead = 0.2 * np.sin(2 * np.pi * 110 * t), 0.01 * np.sin(2 * np.pi * 440 * t)
-    mix, level = G.mix_audio(band + 0.3, lead - 0.07)  # offsets like the untrained codec's
+    mix, level = listening.mix_audio(band + 0.3, lead - 0.07)  # offsets like the untrained codec's
     assert abs(mix.mean()) < 1e-3 and abs(level.mean()) < 1e-3, "the offsets must not reach the mix"
     assert abs(np.std(level) / np.std(band) - 1) < 1e-3, "the solo's level must match the band's, without offsets"
     assert np.abs(mix).max() < 0.98, "two 0.2-peak sines need no limiting once the offsets are gone"

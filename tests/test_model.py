@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model import (PRESETS, ModelConfig, SoloTransformer, StreamingSampler, attention, attention_mask,
-                   build_delay_pattern, codebook_cross_entropy, generate, generate_plain, preset_config,
+                   build_delay_pattern, codebook_cross_entropy, sample_solo, sample_solo_plain, preset_config,
                    revert_delay_pattern, sample_next)
 
 
@@ -117,28 +117,28 @@ def test_manual_attention_equals_fused(causal, window):
 def test_cached_greedy_equals_plain_loop(causal, cfg_coef, aligned):
     model = tiny_model(causal_encoder=causal, aligned_backing=aligned)
     backing = random_codes(2, 4, 10)
-    plain = generate_plain(model, backing, temperature=0, cfg_coef=cfg_coef)
-    cached = generate(model, backing, temperature=0, cfg_coef=cfg_coef)
+    plain = sample_solo_plain(model, backing, temperature=0, cfg_coef=cfg_coef)
+    cached = sample_solo(model, backing, temperature=0, cfg_coef=cfg_coef)
     assert plain.shape == (2, 4, 10) and torch.equal(plain, cached), "KV-cached tokens differ from the plain loop"
-    sampled_plain = generate_plain(model, backing, temperature=1.0, seed=7)
-    sampled_cached = generate(model, backing, temperature=1.0, seed=7)
+    sampled_plain = sample_solo_plain(model, backing, temperature=1.0, seed=7)
+    sampled_cached = sample_solo(model, backing, temperature=1.0, seed=7)
     assert torch.equal(sampled_plain, sampled_cached), "seeded sampling differs between the two loops"
 
 
 def test_prompt_is_kept():
     model = tiny_model()
     backing, prompt = random_codes(1, 4, 10), random_codes(1, 4, 4, seed=9)
-    out = generate(model, backing, prompt=prompt, seed=3)
+    out = sample_solo(model, backing, prompt=prompt, seed=3)
     assert torch.equal(out[..., :4], prompt), "the prompt frames must come back unchanged"
 
 
 def test_top_k_one_is_greedy_and_special_never_sampled():
     model = tiny_model()
     backing = random_codes(2, 4, 10)
-    assert torch.equal(generate(model, backing, temperature=1.0, top_k=1, seed=5),
-                       generate(model, backing, temperature=0)), "top-k=1 must equal greedy"
+    assert torch.equal(sample_solo(model, backing, temperature=1.0, top_k=1, seed=5),
+                       sample_solo(model, backing, temperature=0)), "top-k=1 must equal greedy"
     for kw in [dict(temperature=1.5), dict(temperature=1.0, top_p=0.9), dict(temperature=0.8, top_k=5)]:
-        out = generate(model, backing, seed=11, **kw)
+        out = sample_solo(model, backing, seed=11, **kw)
         assert out.max() < CARD and out.min() >= 0, f"sampled the special token with {kw}"
     logits = torch.randn(3, 4, CARD)
     assert (sample_next(logits, top_p=1e-6, generator=torch.Generator().manual_seed(0)) == logits.argmax(-1)).all(), \
@@ -148,11 +148,11 @@ def test_top_k_one_is_greedy_and_special_never_sampled():
 def test_guidance_coefficient_one_is_conditional():
     model = tiny_model()
     backing = random_codes(2, 4, 10)
-    plain = generate(model, backing, temperature=1.0, seed=4)
-    guided_one = generate(model, backing, temperature=1.0, seed=4, cfg_coef=1.0)
+    plain = sample_solo(model, backing, temperature=1.0, seed=4)
+    guided_one = sample_solo(model, backing, temperature=1.0, seed=4, cfg_coef=1.0)
     assert torch.equal(plain, guided_one), "cfg_coef=1 must be exactly conditional sampling"
-    guided_three = generate(model, backing, temperature=0, cfg_coef=3.0)
-    assert not torch.equal(generate(model, backing, temperature=0), guided_three), \
+    guided_three = sample_solo(model, backing, temperature=0, cfg_coef=3.0)
+    assert not torch.equal(sample_solo(model, backing, temperature=0), guided_three), \
         "cfg_coef=3 should change something (the null condition is not the backing)"
 
 
@@ -160,7 +160,7 @@ def test_guidance_coefficient_one_is_conditional():
 def test_streaming_equals_offline(window, aligned):
     model = tiny_model(causal_encoder=True, attn_window=window, aligned_backing=aligned)
     backing = random_codes(1, 4, 20)
-    offline = generate(model, backing, temperature=1.0, seed=13)
+    offline = sample_solo(model, backing, temperature=1.0, seed=13)
     sampler = StreamingSampler(model, n_frames=20, temperature=1.0, seed=13)
     streamed = stream_all(sampler, backing)
     assert torch.equal(streamed, offline), "streamed tokens differ from offline generation"
@@ -172,7 +172,7 @@ def test_streaming_guidance_and_several_solos_equal_offline():
     model = tiny_model(causal_encoder=True, attn_window=6, aligned_backing=True)
     backing = random_codes(1, 4, 15)
     for cfg_coef in (None, 3.0):
-        offline = generate(model, backing.repeat(2, 1, 1), temperature=1.0, seed=5, cfg_coef=cfg_coef)
+        offline = sample_solo(model, backing.repeat(2, 1, 1), temperature=1.0, seed=5, cfg_coef=cfg_coef)
         streamed = stream_all(StreamingSampler(model, 15, batch=2, temperature=1.0, seed=5, cfg_coef=cfg_coef), backing)
         assert streamed.shape == (2, 4, 15), f"two solos expected, got {tuple(streamed.shape)}"
         assert torch.equal(streamed, offline), f"cfg_coef={cfg_coef}: streamed tokens differ from offline generation"
@@ -195,13 +195,13 @@ def test_samplers_refuse_what_they_cannot_do():
     model = tiny_model(causal_encoder=True, attn_window=6)
     backing = random_codes(1, 4, 10)
     # The window reaches back 6 frames: at most 10 + 6 - 4 = 12 solo frames over 10 backing frames.
-    reach = generate(model, backing, n_frames=12, temperature=0)
-    assert torch.equal(reach, generate_plain(model, backing, n_frames=12, temperature=0)), "cached != plain at reach"
-    for sampler in (generate, generate_plain):
+    reach = sample_solo(model, backing, n_frames=12, temperature=0)
+    assert torch.equal(reach, sample_solo_plain(model, backing, n_frames=12, temperature=0)), "cached != plain at reach"
+    for sampler in (sample_solo, sample_solo_plain):
         with pytest.raises(ValueError, match="no backing"):
             sampler(model, backing, n_frames=13)
     with pytest.raises(ValueError, match="prompt"):
-        generate(model, backing, n_frames=5, prompt=random_codes(1, 4, 6))
+        sample_solo(model, backing, n_frames=5, prompt=random_codes(1, 4, 6))
     sampler = StreamingSampler(model, n_frames=3)
     for t in range(3):
         sampler.push(backing[..., t])
@@ -214,9 +214,9 @@ def test_samplers_refuse_what_they_cannot_do():
 def test_samplers_use_eval_mode_and_restore_the_mode():
     model = tiny_model(dropout=0.5).train()
     backing = random_codes(1, 4, 10)
-    greedy = [generate(model, backing, temperature=0) for _ in range(2)]
+    greedy = [sample_solo(model, backing, temperature=0) for _ in range(2)]
     assert torch.equal(*greedy), "greedy sampling must not depend on dropout"
-    assert torch.equal(greedy[0], generate_plain(model, backing, temperature=0)), "plain sampler ran with dropout"
+    assert torch.equal(greedy[0], sample_solo_plain(model, backing, temperature=0)), "plain sampler ran with dropout"
     assert model.training, "the sampler must give the model back in the mode it found it"
 
 

@@ -76,7 +76,8 @@ def test_notebook_runs_top_to_bottom_on_the_cpu(tmp_path, monkeypatch):
     from nbclient import NotebookClient
     nb = notebook()
     nb.cells = [c for c in nb.cells if "colab-only" not in c.metadata.get("tags", [])]
-    for name in ("data.py", "model.py", "train.py", "generate.py", "onnx_runner.py"):
+    for name in ("data.py", "model.py", "listening.py", "train.py", "generate.py", "onnx_export.py",
+                 "onnx_runner.py", "requirements.lock"):
         shutil.copy(ROOT / name, tmp_path / name)
     monkeypatch.setenv("NOTEBOOK_SMOKE", "1")
     # `!python` must be this environment's Python, as it is Colab's on Colab.

@@ -7,7 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
+import data
 import generate as G
+import listening
+import onnx_export as E
 import onnx_runner as R
 from data import CODEC_RATE, load_split
 from model import SamplerState, SoloTransformer, StreamingSampler, build_delay_pattern, preset_config
@@ -18,9 +21,9 @@ def exported(trained_causal, tmp_path_factory):
     """(export folder, model, codec, codec numbers, val backing codes [K, T], val solo codes [K, T])."""
     folder = trained_causal / "best"
     out = tmp_path_factory.mktemp("onnx") / "solo_onnx"
-    G.main(G.GenerateConfig(checkpoint=str(folder), export_onnx=str(out), chunk_ms=80, context_ms=200))
+    E.main(E.ExportConfig(checkpoint=str(folder), out=str(out), chunk_ms=80, context_ms=200))
     model, config = G.load_model(folder)
-    codec, numbers = G.load_codec_for(config, folder, "", "cpu")
+    codec, numbers = data.load_codec_for(config, folder, "", "cpu")
     backing, solo = load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end
     return out, model, codec, numbers, backing[:, :150].astype(np.int64), solo[:, :150].astype(np.int64)
 
@@ -89,7 +92,7 @@ def test_a_model_without_window_exports_rings_that_grow(tmp_path):
     """attn_window None: the graphs' slot axis stays free (traced at 8 slots, run at 43)."""
     torch.manual_seed(0)
     model = SoloTransformer(preset_config("tiny", max_frames=64, causal_encoder=True)).eval()
-    G.export_steps(model, tmp_path)
+    E.export_steps(model, tmp_path)
     cfg = model.cfg
     numbers = {"n_codebooks": cfg.n_codebooks, "d_model": cfg.d_model, "card": cfg.card, "attn_window": None,
                "n_enc_layers": cfg.n_enc_layers, "n_dec_layers": cfg.n_dec_layers, "n_heads": cfg.n_heads,
@@ -148,9 +151,9 @@ def test_codec_graphs_equal_encodec(exported):
     onnx_codec = R.Codec(folder, runner)
     window = (runner["context_frames"] + runner["chunk_frames"]) * numbers["hop"]
     audio = (0.2 * np.random.default_rng(0).standard_normal(window)).astype(np.float32)
-    assert np.array_equal(onnx_codec.encode(audio), G.data.encode_audio(codec, audio))
+    assert np.array_equal(onnx_codec.encode(audio), data.encode_audio(codec, audio))
     codes = np.random.default_rng(1).integers(0, numbers["card"], (4, runner["decode_frames"]))
-    want = G.data.decode_codes(codec, codes)
+    want = data.decode_codes(codec, codes)
     got = onnx_codec.decoder.run(None, {"codes": codes[None]})[0][0, 0]
     assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())
 
@@ -158,7 +161,7 @@ def test_codec_graphs_equal_encodec(exported):
 def test_runner_follows_a_backing_like_generate_stream(exported, tmp_path):
     """The whole device path from a WAV file (codec graphs included) against generate.py --stream."""
     folder, model, codec, numbers, backing, _ = exported
-    audio = G.data.decode_codes(codec, backing[:, :90])                                # 1.2 s of backing
+    audio = data.decode_codes(codec, backing[:, :90])                                # 1.2 s of backing
     sf.write(tmp_path / "trio.wav", np.stack([audio, audio], axis=1), CODEC_RATE)      # stereo: mixed down
     report = R.main([str(folder), "--backing", str(tmp_path / "trio.wav"), "--out", str(tmp_path / "live"),
                      "--variant", "fp32", "--temperature", "0", "--no-pace"])
@@ -168,7 +171,7 @@ def test_runner_follows_a_backing_like_generate_stream(exported, tmp_path):
     got, rate = sf.read(tmp_path / "live" / "solo.wav")
     assert rate == CODEC_RATE and len(got) == len(solo_audio[0]) == 90 * numbers["hop"]
     # Both paths decode the same frames in the same windows; the runner writes the solo level-matched.
-    _, levelled = G.mix_audio(audio, solo_audio[0])
+    _, levelled = listening.mix_audio(audio, solo_audio[0])
     assert np.abs(got - levelled).max() < 1e-3, "the runner's solo differs from generate.py --stream's"
     mix, _ = sf.read(tmp_path / "live" / "mix.wav")
     assert 0.01 < np.sqrt(np.mean(mix ** 2)) and np.abs(mix).max() <= 0.98 + 1e-4
@@ -180,7 +183,7 @@ def test_runner_follows_a_backing_like_generate_stream(exported, tmp_path):
 def test_paced_run_waits_for_the_audio(exported, tmp_path):
     """Paced like a live input, a 1 s backing cannot finish in much less than 1 s."""
     folder, _, codec, _, backing, _ = exported
-    sf.write(tmp_path / "b.wav", G.data.decode_codes(codec, backing[:, :75]), CODEC_RATE)
+    sf.write(tmp_path / "b.wav", data.decode_codes(codec, backing[:, :75]), CODEC_RATE)
     report = R.main([str(folder), "--backing", str(tmp_path / "b.wav"), "--out", str(tmp_path / "p")])
     assert report["paced"] and report["wall_s"] >= 0.95, report["wall_s"]
 
@@ -194,14 +197,14 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
         assert all(w in str(err.value) for w in words), str(err.value)
 
     good = tmp_path / "ok.wav"
-    sf.write(good, G.data.decode_codes(codec, backing[:, :30]), CODEC_RATE)
+    sf.write(good, data.decode_codes(codec, backing[:, :30]), CODEC_RATE)
     sf.write(tmp_path / "44k.wav", np.zeros(44100, np.float32), 44100)
     fails([folder, "--backing", tmp_path / "44k.wav"], "44100 Hz", "ffmpeg")
     sf.write(tmp_path / "short.wav", np.zeros(1000, np.float32), CODEC_RATE)
     fails([folder, "--backing", tmp_path / "short.wav"], "shorter than one chunk")
     (tmp_path / "text.wav").write_text("not audio")
     fails([folder, "--backing", tmp_path / "text.wav"], "cannot read", "WAV")
-    fails([tmp_path / "nowhere", "--backing", good], "runner.json not found", "--export-onnx")
+    fails([tmp_path / "nowhere", "--backing", good], "runner.json not found", "onnx_export.py")
     fails([folder, "--loss", tmp_path], "val_backing.npy", "data.py")
     # A graph from another export: runner.json no longer describes the folder.
     mixed = tmp_path / "mixed"
@@ -215,10 +218,10 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
     fails([mixed, "--backing", good], "damaged")
     # Export: a model that reads the whole backing cannot stream; an existing folder is kept.
     with pytest.raises(SystemExit, match="causal"):
-        G.main(G.GenerateConfig(checkpoint=str(trained[0] / "best"), export_onnx=str(tmp_path / "x")))
+        E.main(E.ExportConfig(checkpoint=str(trained[0] / "best"), out=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit, match="--overwrite"):
-        G.main(G.GenerateConfig(checkpoint=str(trained_causal / "best"), export_onnx=str(folder)))
+        E.main(E.ExportConfig(checkpoint=str(trained_causal / "best"), out=str(folder)))
 
 
 def test_failed_export_leaves_nothing(trained_causal, tmp_path, monkeypatch):
@@ -226,5 +229,5 @@ def test_failed_export_leaves_nothing(trained_causal, tmp_path, monkeypatch):
         raise RuntimeError("quantizer crashed")
     monkeypatch.setattr("onnxruntime.quantization.quantize_dynamic", broken)
     with pytest.raises(RuntimeError):
-        G.main(G.GenerateConfig(checkpoint=str(trained_causal / "best"), export_onnx=str(tmp_path / "e")))
+        E.main(E.ExportConfig(checkpoint=str(trained_causal / "best"), out=str(tmp_path / "e")))
     assert list(tmp_path.iterdir()) == [], "a failed export left files behind"

@@ -137,7 +137,7 @@ def test_generation_page_for_a_backing_file(trained, tmp_path):
 
 
 def test_command_line_round_trip():
-    cfg = G.GenerateConfig(checkpoint="runs/x y/best", top_k=0, cfg_coef=3.0, stream=True, device="cpu")
+    cfg = G.GenerateConfig(checkpoint="runs/x y/best", top_k=0, guidance=3.0, stream=True, device="cpu")
     words = data.command_line("generate.py", cfg)
     assert words == "python generate.py --checkpoint 'runs/x y/best' --top-k 0 --cfg-coef 3.0 --stream --device cpu"
     import shlex

@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import ROOT, quick_train_config
 
+import data
+import listening
 import train as T
 from model import ModelConfig, SoloTransformer, load_model
 
@@ -78,11 +80,11 @@ def test_resume_after_kill_is_exact(demo_dataset, tmp_path):
 
 def test_mismatched_backing_comes_from_other_songs():
     backing = torch.arange(5).view(5, 1, 1)
-    rolled = T.mismatched_backing(backing, ["a", "a", "b", "b", "c"], spare=None)
+    rolled = listening.mismatched_backing(backing, ["a", "a", "b", "b", "c"], spare=None)
     picked = [int(x) for x in rolled.flatten()]
     assert all(["a", "a", "b", "b", "c"][j] != s for j, s in zip(picked, ["a", "a", "b", "b", "c"])), picked
     spare = torch.full((2, 1, 1), 9)
-    assert (T.mismatched_backing(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
+    assert (listening.mismatched_backing(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
 
 
 def test_bf16_autocast_runs_on_cpu(demo_dataset, tmp_path):
@@ -293,16 +295,16 @@ def test_listening_metrics_tell_the_true_lead_own_band_from_another(demo_dataset
     """On the demo corpus's true lead: the kick AUC scores its own band's kicks clearly
     above another song's, and the gain masks cover the frames they say."""
     out, meta = demo_dataset
-    backing, solo, where = T.Windows(out, "train", meta, 75).fixed(64)
-    masks = T.listening_masks(meta, where, 75, meta["codec"]["frame_rate"])
+    backing, solo, where = data.Windows(out, "train", meta, 75).fixed(64)
+    masks = listening.listening_masks(meta, where, 75, meta["codec"]["frame_rate"])
     assert set(masks) == {"start", "kicks"} and masks["start"].all(), "a 1 s window is all 'first second'"
     kicks = masks["kicks"]
     assert 0.03 < kicks.float().mean() < 0.3, f"share of kick frames {kicks.float().mean():.2f}"
     songs = [song for song, _, _ in where]
-    other = T.mismatched_backing(torch.arange(len(songs)).view(-1, 1, 1), songs, None).flatten()
+    other = listening.mismatched_backing(torch.arange(len(songs)).view(-1, 1, 1), songs, None).flatten()
     valid = solo[:, 0] != meta["codec"]["card"]
-    detector = T.fit_onset_detector(solo, kicks, meta["codec"]["card"])
-    own, mismatched = T.kick_auc(detector, solo, kicks, valid), T.kick_auc(detector, solo, kicks[other], valid)
+    detector = listening.fit_onset_detector(solo, kicks, meta["codec"]["card"])
+    own, mismatched = listening.kick_auc(detector, solo, kicks, valid), listening.kick_auc(detector, solo, kicks[other], valid)
     assert own > 0.65 and own > mismatched + 0.1, f"true lead: kick AUC {own:.3f} own band, {mismatched:.3f} another's"
 
 
@@ -313,7 +315,7 @@ def test_kick_auc_is_a_rank_statistic():
     valid = torch.ones(1, 6, dtype=torch.bool)
     # kick frames score 2 and 1, the others 0, 0, 0, 2. Of the 8 (kick, other) pairs the
     # 2 wins 3 and ties 1, the 1 wins 3 and loses 1: (6 + 0.5) / 8.
-    assert abs(T.kick_auc(table, solo, kicks, valid) - 6.5 / 8) < 1e-6
+    assert abs(listening.kick_auc(table, solo, kicks, valid) - 6.5 / 8) < 1e-6
 
 
 def test_mfu_counts_matmul_parameters_and_attention():

@@ -1,0 +1,472 @@
+"""
+listening.py -- does the model listen to the band? Answered by number and by ear (phase 3).
+
+train.py and generate.py both ask this question; the answers live here, so that neither
+script needs the other. Read it top to bottom:
+  1. the listening metrics: which frames test listening (the first second of a window,
+     the band's kicks), a token-space onset detector fitted on the demo corpus's truth,
+     the kick AUC of a solo, and the control that makes each figure mean something:
+     the same solo scored over another song's backing;
+  2. the chord-tone fit of decoded audio (the pretrained codec only);
+  3. the ear: the solo mixed with its backing at a neutral level, and the listening
+     pages (generate.py's index.html, and a training run's index.html with a sample at
+     each new best checkpoint).
+
+It imports data.py and model.py only; nothing here trains or loads a checkpoint.
+It has no command of its own: python train.py and python generate.py run it.
+
+Letters in the shape comments are model.py's: N windows, K codebooks, T frames, card codes.
+"""
+import html
+import json
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+import data
+from model import sample_solo
+
+
+# ----------------------------------------------------------------------------
+# 1. The listening metrics, in token space
+# ----------------------------------------------------------------------------
+
+def listening_masks(meta, where, T, frame_rate):
+    """Frames of the evaluation windows where the solo's own past cannot help: {name: [N, T] bool}.
+
+    start: the first second of every window, where the decoder has little or no solo
+    behind it. kicks (demo corpus, whose truth is known): the 3 frames (40 ms) from each
+    of the band's kicks, where the lead starts a note whose moment and pitch only the
+    band announces. The conditioning gain on these frames is the sharpest test of
+    listening: a solo language model can do nothing there.
+    """
+    masks = {"start": (torch.arange(T) < round(frame_rate)).expand(len(where), T)}
+    songs = {song["id"]: song for song in meta["songs"]}
+    if all("kicks_s" in songs[song].get("truth", {}) for song, _, _ in where):
+        masks["kicks"] = torch.zeros(len(where), T, dtype=torch.bool)
+        for i, (song, variant, first) in enumerate(where):
+            tempo = songs[song]["variants"][variant]["tempo"]  # augmented copies play faster or slower
+            for t in songs[song]["truth"]["kicks_s"]:
+                f = round(t / tempo * frame_rate) - first
+                masks["kicks"][i, max(0, f):max(0, f + 3)] = True
+    return masks
+
+
+def fit_onset_detector(solo, kicks, card):
+    """A token-space note-onset detector, fitted on training windows with known kicks.
+
+    solo [N, K, T] codes, kicks [N, T] bool. Returns log-odds [K, card + 1]: for each
+    codebook and code, how much more often it occurs in the frames right after a kick
+    than elsewhere (add-one smoothed; the padding token scores 0). With an untrained
+    codec no rule "a new note changes the code" holds (its codes change on most frames),
+    but which codes an attack produces can still be counted.
+    """
+    valid = solo[:, 0] != card                                                 # [N, T]
+    table = torch.zeros(solo.size(1), card + 1)
+    for k in range(solo.size(1)):
+        at = torch.bincount(solo[:, k][kicks & valid], minlength=card)[:card].double() + 1
+        off = torch.bincount(solo[:, k][~kicks & valid], minlength=card)[:card].double() + 1
+        table[k, :card] = (at / at.sum()).log() - (off / off.sum()).log()
+    return table
+
+
+def train_onset_detector(data_dir, meta, T):
+    """fit_onset_detector on every window of T frames of the training split of a demo dataset."""
+    _, solo, where = data.Windows(data_dir, "train", meta, T).fixed()
+    return fit_onset_detector(solo, listening_masks(meta, where, T, meta["codec"]["frame_rate"])["kicks"],
+                              meta["codec"]["card"])
+
+
+def kick_auc(table, solo, kicks, valid):
+    """How well a solo's codes mark the band's kicks: the probability that a frame right
+    after a kick scores as more onset-like than a frame elsewhere (area under the ROC
+    curve). 0.5: the solo ignores the kicks; 1: its attacks fall exactly on them.
+
+    solo [N, K, T]; kicks, valid [N, T] bool (valid: frames that hold real audio).
+    """
+    score = table[torch.arange(solo.size(1))[None, :, None], solo].sum(dim=1)   # [N, T]: summed log-odds
+    pos, neg = score[kicks & valid], score[~kicks & valid]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    # Mann-Whitney: the AUC is the mean rank of the kick frames among all frames, rescaled.
+    # Tied scores share the mean of the ranks they span.
+    _, group, counts = torch.cat([pos, neg]).unique(return_inverse=True, return_counts=True)  # sorted values
+    ranks = (counts.cumsum(0) - (counts - 1) / 2)[group]                        # 1-based mean rank of each score
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def mismatched_backing(backing, songs, spare):
+    """For each evaluation window, the backing of a window from another song: [N, K, T].
+
+    Within the split when it holds two songs or more (the same windows, rolled until
+    no window keeps its own song); otherwise from `spare`, windows of other songs
+    (the training split), repeated if there are fewer of them.
+    """
+    n = len(songs)
+    for shift in range(1, n):
+        if all(songs[i] != songs[(i + shift) % n] for i in range(n)):
+            return backing[[(i + shift) % n for i in range(n)]]
+    return spare[torch.arange(n) % len(spare)]
+
+
+@torch.no_grad()
+def listening_test(model, backing, solo, other_backing, kicks, detector, batch, device, top_k=250, seed=0):
+    """Solos generated for the evaluation windows, scored against the band's true kicks:
+    kick_auc of a solo written over the window's own backing, and of one written over
+    another song's backing (the sanity check: a metric that cannot tell them apart
+    measures nothing). Sampled as generate.py samples (temperature 1, top-k 250)."""
+    model.eval()
+    valid = solo[:, 0] != model.cfg.card                                        # [N, T]: not padding
+    scores = {"kick_auc_true": kick_auc(detector, solo, kicks, valid)}          # the real lead, for scale
+    for name, backings in (("own", backing), ("mismatched", other_backing)):
+        parts = [sample_solo(model, backings[i:i + batch].to(device), top_k=top_k, seed=seed + i).cpu()
+                 for i in range(0, len(backings), batch)]
+        scores[f"kick_auc_{name}"] = kick_auc(detector, torch.cat(parts), kicks, valid)
+    model.train()
+    return scores
+
+
+def listening_figures(cfg, config, model, codec, solo, n_frames, device):
+    """For a demo validation clip: how the solo follows the band, next to a solo written
+    over another song's backing and scored against this clip's band (the sanity check).
+
+    kick AUC (tokens, any codec): do the solo's note attacks fall on the band's kicks?
+    chord-tone fit (audio, the pretrained codec only): do its pitches fit the chords?
+    Returns None when the backing is not a demo validation clip (no truth to score against).
+    """
+    meta = data.load_dataset(config["data"]["dir"])
+    segments = meta["splits"]["val"]["segments"]
+    if cfg.backing or not meta.get("demo") or not segments:
+        return None
+    data_dir, fr, card = config["data"]["dir"], meta["codec"]["frame_rate"], meta["codec"]["card"]
+    seg = segments[cfg.from_val]
+    # The first clip of another validation song; with one validation song, of a training song.
+    other_split = "val" if any(s["song"] != seg["song"] for s in segments) else "train"
+    other = next(s for s in meta["splits"][other_split]["segments"] if s["song"] != seg["song"])
+    own_b, true_solo = data.Windows(data_dir, "val", meta, n_frames).window(seg, 0)   # [K, n_frames] each
+    other_b, _ = data.Windows(data_dir, other_split, meta, n_frames).window(other, 0)
+    # Sampled exactly as the solo it is compared with (same options and seed), so the
+    # only difference between the two is the backing.
+    mismatched = sample_solo(model, other_b[None].to(device), temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, cfg_coef=cfg.guidance, seed=cfg.seed).cpu()  # [1, K, n_frames]
+    where = [(seg["song"], seg["variant"], seg["song_frame"])]
+    kicks = listening_masks(meta, where, n_frames, fr)["kicks"]                # [1, n_frames]
+    valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]            # [1, n_frames]: real audio
+    detector = train_onset_detector(data_dir, meta, n_frames)
+    figures = {"kick_auc": kick_auc(detector, solo[:1, :, :n_frames].cpu(), kicks, valid),
+               "kick_auc_mismatched": kick_auc(detector, mismatched, kicks, valid),
+               "kick_auc_true_lead": kick_auc(detector, true_solo[None], kicks, valid),
+               "mismatched_backing": f"{other_split} clip of song {other['song']}"}
+    if not meta["codec"]["untrained"]:  # pitches mean something only when the codec decodes real audio
+        chords = next(s for s in meta["songs"] if s["id"] == seg["song"])["truth"]["chords"]
+        offset, rate = seg["song_frame"] / fr, meta["codec"]["sample_rate"]
+        for name, codes in (("chord_tone_fit", solo[0, :, :n_frames]), ("chord_tone_fit_mismatched", mismatched[0])):
+            figures[name] = chord_tone_fit(data.decode_codes(codec, codes.cpu().numpy()), chords, rate, offset)
+    return figures
+
+
+# ----------------------------------------------------------------------------
+# 2. Harmony, from decoded audio
+# ----------------------------------------------------------------------------
+
+def chord_tone_fit(audio, chords, rate, offset_s=0.0, frame_s=0.01):
+    """Share of a solo's pitched 10 ms frames whose pitch class is a tone of the chord
+    sounding then: how well the solo fits the band's harmony, from audio.
+
+    audio [N] (a decoded solo), chords: a demo song's truth["chords"], offset_s: where
+    audio starts in the song. The pitch comes from torchaudio's detect_pitch_frequency
+    (normalised autocorrelation with median smoothing): torchaudio is a dependency
+    already, and a solo is one line, which is what such a tracker handles. Its
+    octave errors do not matter here: only the pitch class counts. Frames more than 30
+    dB below the solo's loud frames, or outside every chord, are not counted. About a
+    third of the 12 pitch classes are chord tones, so a solo deaf to the harmony scores
+    near 0.33; the demo's true lead scores near 1 (tests/test_data.py).
+    """
+    import torchaudio.functional as AF
+    # freq_low 200 Hz keeps the tracker off the sub-octaves it otherwise locks onto with
+    # reed-like spectra; a low note then reads an octave up, with the right pitch class.
+    hz = AF.detect_pitch_frequency(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), rate,
+                                   frame_time=frame_s, win_length=9, freq_low=200, freq_high=1000).numpy()
+    hop = len(audio) / max(len(hz), 1)                                 # samples per pitch frame
+    level = data.frame_rms_db(audio, int(round(hop)))[:len(hz)]
+    loud = level > np.percentile(level, 95) - 30 if len(level) else level
+    times = offset_s + (np.arange(len(hz)) + 0.5) * hop / rate
+    pitch_class = np.round(12 * np.log2(np.maximum(hz, 1e-6) / 440.0) + 69).astype(int) % 12
+    hits = total = 0
+    for chord in chords:
+        inside = loud & (times >= chord["start_s"]) & (times < chord["end_s"])
+        hits += int(np.isin(pitch_class[inside], chord["pitch_classes"]).sum())
+        total += int(inside.sum())
+    return hits / total if total else float("nan")
+
+
+# ----------------------------------------------------------------------------
+# 3. By ear: the mix, and the listening pages
+# ----------------------------------------------------------------------------
+
+def mix_audio(backing, solo):
+    """Level-match the solo to the backing (equal RMS), add, and scale down only if it would clip.
+
+    The codec does not keep loudness exactly, and a model's solo may come out much
+    quieter or louder than the band; equal RMS is a neutral starting point for
+    listening. Scaling the sum down (never clipping it) keeps the waveform intact.
+    The DC offset (the mean) of each is removed first: it is inaudible, but an RMS
+    that counts it would match levels on it, and an offset added to the band pushes
+    the mix toward the limiter (the untrained codec decodes to little more than one).
+    """
+    n = min(len(backing), len(solo))
+    b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)) + 1e-9)  # noqa: E731
+    s = s * (rms(b) / rms(s))
+    mix = b + s
+    peak = np.abs(mix).max()
+    return (mix * (0.98 / peak) if peak > 0.98 else mix).astype(np.float32), s.astype(np.float32)
+
+
+# One static file for a person to open: players for every wav, the pictures, the
+# figures and the command that made them. It opens from the file system with no
+# server, no network and no script, and links only to files beside it, so the folder
+# can be zipped and sent. Every figure sits in an element whose data-key is its path
+# in the JSON written beside it (generation.json, or a run's page.json), which is how
+# tests/test_pages.py holds the page to the numbers. train.py writes the same kind of
+# page for a run, with a sample at each new best checkpoint.
+
+PAGE_STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 76rem; margin: 1.5rem auto; padding: 0 1rem; color: #1d1d1f; }
+h1 { font-size: 1.45rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 1.8rem; }
+.note { background: #fff4e5; border-left: 4px solid #e8a33d; padding: .5rem .8rem; }
+.takes { display: flex; flex-wrap: wrap; gap: 1rem; }
+.take { border: 1px solid #d8d8de; border-radius: 6px; padding: .6rem .8rem; flex: 1 1 22rem; }
+.take h3 { margin: 0 0 .4rem; font-size: 1rem; }
+figure { margin: .3rem 0; } figcaption { font-size: .85rem; color: #555; }
+audio { width: 100%; } img { max-width: 100%; border: 1px solid #eee; }
+table { border-collapse: collapse; font-size: .9rem; }
+td, th { border-bottom: 1px solid #e4e4e8; padding: .2rem .6rem; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+pre { background: #f4f4f6; padding: .6rem; white-space: pre-wrap; overflow-wrap: anywhere; }
+"""
+
+
+def shown(value):
+    """A figure as the page shows it: integers whole, other numbers to 3 decimals."""
+    # bool is a subclass of int in Python: True must print as True, not as 1.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return html.escape(str(value))
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def value_cell(key, value, tag="td"):
+    """One figure in an element (a table cell by default), tagged with its path in the JSON (data-key)."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<{tag}{" class=n" if numeric else ""} data-key="{html.escape(key)}">{shown(value)}</{tag}>'
+
+
+def flatten(obj, prefix):
+    """Nested dicts and lists -> [(dotted path, value)]: {"a": {"b": 1}} -> [("a.b", 1)]."""
+    if isinstance(obj, dict):
+        return [pair for k, v in obj.items() for pair in flatten(v, f"{prefix}.{k}")]
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return [pair for i, v in enumerate(obj) for pair in flatten(v, f"{prefix}.{i}")]
+    # A list of plain values (a setting such as backing_sources) is one figure, joined.
+    return [(prefix, ", ".join(map(str, obj)) if isinstance(obj, list) else obj)]
+
+
+def figures_table(prefix, obj):
+    """Every figure of obj (a dict from the JSON, under the key `prefix`) as rows of a table."""
+    rows = "".join(f"<tr><th>{html.escape(key[len(prefix) + 1:])}</th>{value_cell(key, value)}</tr>"
+                   for key, value in flatten(obj, prefix))
+    return f"<table>{rows}</table>"
+
+
+def player(label, src):
+    """An audio player with a caption. preload="metadata": the browser reads each file's
+    header (its duration) when the page opens, and the audio only when played."""
+    return (f'<figure><figcaption>{html.escape(label)}</figcaption>'
+            f'<audio controls preload="metadata" src="{quote(src)}"></audio></figure>')
+
+
+def picture(alt, src):
+    # quote(): a file name with a space or a '#' still links to the file, not elsewhere.
+    return f'<img src="{quote(src)}" alt="{html.escape(alt)}">'
+
+
+def write_page(path, title, body):
+    """A self-contained HTML page, written atomically."""
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n')
+    data.atomic_write(path, lambda f: f.write(page), mode="w")
+
+
+def token_table(columns):
+    """Distinct codes and entropy per codebook, a column per take: columns [(label, key, stats)]."""
+    head = "".join(f"<th colspan=2>{html.escape(label)}</th>" for label, _, _ in columns)
+    rows = "".join(
+        f"<tr><th>codebook {k + 1}</th>" + "".join(
+            value_cell(f"{key}.{k}.distinct", stats[k]["distinct"]) + value_cell(f"{key}.{k}.entropy_nats",
+                                                                                   stats[k]["entropy_nats"])
+            for _, key, stats in columns) + "</tr>"
+        for k in range(len(columns[0][2])))
+    sub = "".join("<th>distinct</th><th>entropy (nats)</th>" for _ in columns)
+    return f"<table><tr><th></th>{head}</tr><tr><th></th>{sub}</tr>{rows}</table>"
+
+
+def generation_page(out, result, takes, truth):
+    """index.html for generate.py's folder. takes: [(label, solo wav, mix wav, png)]; truth:
+    (solo wav, mix wav) of the true solo of a validation clip, or None."""
+    # The page is a list of HTML pieces joined at the end: each section below is a few
+    # lines of markup, in the order a reader meets them (listen first, numbers after).
+    n = len(takes)
+    parts = [f"<h1>{n} solo{'s' if n > 1 else ''} over {html.escape(result['backing'])}</h1>",
+             f"<p>Checkpoint <code>{html.escape(result['checkpoint'])}</code> at step {result['step']}; "
+             f"{result['seconds']:.1f} s. Written by <code>generate.py</code>; the figures are those of "
+             f"<a href=\"generation.json\">generation.json</a>.</p>"]
+    if result["codec"]["untrained"]:
+        parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. To hear the model, train '
+                     f"on tokens of the pretrained codec; here, judge the tokens panel of the pictures and the "
+                     f"figures below (docs/codec.md).</p>")
+    # One backing for all; then one box per take, side by side (a flex row that wraps on
+    # a narrow screen), so that N solos over the same band are compared by ear at once.
+    parts += ["<h2>Listen</h2>", player("the backing, as the model heard it", "backing.wav"), '<div class="takes">']
+    for label, solo, mix, png in takes:
+        parts.append(f'<section class="take"><h3>{html.escape(label)}</h3>{player("solo", solo)}'
+                     f'{player("solo + backing", mix)}{picture(label, png)}</section>')
+    if truth:  # the recording's own solo over the same clip: what the model is aiming at
+        parts.append(f'<section class="take"><h3>the true solo (the recording)</h3>{player("solo", truth[0])}'
+                     f'{player("solo + backing", truth[1])}</section>')
+    parts.append("</div>")
+    if result.get("listening"):
+        parts += ["<h2>Does it follow the band?</h2>",
+                  "<p>Kick AUC: how well the solo's note attacks line up with the band's kicks (0.5: not at all), "
+                  "over its own backing and, as the control, for a solo written over another song's backing "
+                  "(docs/phase3-training-evaluation.md).</p>", figures_table("listening", result["listening"])]
+    # Token statistics, a column per take: generated solos, the true solo, the backing.
+    # Their data-keys are the paths in generation.json (solo_tokens.0.2.entropy_nats).
+    columns = [(label, f"solo_tokens.{i}", stats)
+               for i, ((label, *_), stats) in enumerate(zip(takes, result["solo_tokens"]))]
+    if result.get("true_solo_tokens"):
+        columns.append(("true solo", "true_solo_tokens", result["true_solo_tokens"]))
+    columns.append(("backing", "backing_tokens", result["backing_tokens"]))
+    parts += ["<h2>Tokens</h2><p>A solo stuck on a few codes (entropy near 0) is a drone; one spread over all "
+              "of them (near 6.9 nats) is noise.</p>", token_table(columns),
+              "<h2>Timings</h2>", figures_table("timings", result["timings"])]
+    if result.get("streaming"):
+        parts += ["<h2>Streaming</h2>", figures_table("streaming", result["streaming"])]
+    # The command that reproduces the page, then every setting (defaults included).
+    parts += ["<h2>How it was made</h2>", f"<pre>{html.escape(result['command'])}</pre>",
+              figures_table("settings", result["settings"])]
+    write_page(out / "index.html", f"Solo over {result['backing']}", "\n".join(parts))
+
+
+# "Is it getting better?" answered by ear: at each new best checkpoint, the model as it
+# is then writes a short solo over one fixed validation clip (--page-sample-s seconds,
+# seeded, top-k 250 as generate.py samples), and index.html lines the samples up, step
+# by step, next to the loss curves, the clip's backing and its true solo. The page's
+# figures live in page.json beside it; the page is redrawn from that file at every
+# evaluation, so a resumed run's page shows the whole run.
+
+class RunPage:
+    """page.json + index.html + the sample wavs (in <run>/page/) of one run."""
+
+    def __init__(self, out, cfg, meta, evals, device, resumed_at):
+        # resumed_at: the step of the checkpoint a resumed run starts from (0: a new run).
+        self.out, self.cfg, self.device = Path(out), cfg, device
+        self.untrained = meta["codec"]["untrained"]
+        self.file = self.out / "page.json"
+        try:
+            old = json.loads(self.file.read_text()) if resumed_at and self.file.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged page costs its samples, not the run
+            print(f"WARNING: {self.file} is damaged: the page starts again from this step")
+            old = {}
+        # A resumed run redoes the steps after its checkpoint: their samples are redone too.
+        self.samples = [s for s in old.get("samples", []) if s["step"] <= resumed_at]
+        # The codec turns the sampled codes into audio. Without one (page_sample_s 0, or
+        # weights that will not load), the page keeps its curves and table, no players.
+        self.codec = self.clip = None
+        if cfg.page_sample_s > 0:
+            try:
+                with torch.random.fork_rng(devices=[]):  # the codec seeds torch: training's randomness stays its own
+                    self.codec = data.dataset_codec(meta["codec"], cfg.data, device)
+            except (OSError, RuntimeError, SystemExit) as err:  # the page must never stop a run
+                print(f"WARNING: no samples on the run's page: the codec of {cfg.data} did not load ({err}). "
+                      f"Pass --page-sample-s 0 to skip them.")
+        if self.codec is not None:
+            # The clip: the start of the first evaluation window, up to page_sample_s
+            # seconds, and no further than its real frames (a short section is padded
+            # with the special token, which the codec cannot decode).
+            card = meta["codec"]["card"]
+            real = ((evals.backing[0] != card) & (evals.solo[0] != card)).all(0)           # [T]: not padding
+            n = min(int(real.long().cumprod(0).sum()), round(cfg.page_sample_s * meta["codec"]["frame_rate"]))
+            self.clip = evals.backing[0, :, :n]                                         # [K, n]
+            # Written once per run: the clip's backing, and its true solo mixed exactly as
+            # the samples will be (the page plays that mix), so that the two compare fairly.
+            self.rate = meta["codec"]["sample_rate"]
+            self.backing_audio = data.decode_codes(self.codec, self.clip.numpy())
+            true_mix, _ = mix_audio(self.backing_audio, data.decode_codes(self.codec, evals.solo[0, :, :n].numpy()))
+            for name, audio in (("backing", self.backing_audio), ("true_mix", true_mix)):
+                data.write_audio(self.out / "page" / f"{name}.wav", audio, self.rate)
+
+    def sample(self, model, step, metrics):
+        """A new best checkpoint: its solo over the clip, added to page.json (atomically)."""
+        if self.clip is not None:
+            # Seeded and sampled as generate.py samples (temperature 1, top-k 250): two
+            # samples differ only because the weights changed. sample_solo() puts the model
+            # in eval mode and back, and draws from its own generator, so training's
+            # dropout and data order are exactly what they would be without the page.
+            t0 = time.perf_counter()
+            codes = sample_solo(model, self.clip[None].to(self.device), temperature=1.0, top_k=250,
+                             seed=self.cfg.seed)[0].cpu().numpy()                        # [K, n]
+            mix, solo = mix_audio(self.backing_audio, data.decode_codes(self.codec, codes))
+            # Paths relative to the run folder, as the page links them.
+            names = {kind: f"page/step{step:06d}_{kind}.wav" for kind in ("solo", "mix")}
+            data.write_audio(self.out / names["solo"], solo, self.rate)
+            data.write_audio(self.out / names["mix"], mix, self.rate)
+            # One sample per step: a resumed run that reaches this best again replaces it.
+            self.samples = [s for s in self.samples if s["step"] != step] + [
+                {"step": step, "val_ce": metrics["val_ce"], "cond_gain": metrics["cond_gain"],
+                 "seconds_to_make": time.perf_counter() - t0, **names}]
+
+    def write(self, metrics_file):
+        """page.json and index.html from the evaluations so far and the samples."""
+        # Everything the page shows goes to page.json first; the HTML is drawn from that
+        # record, never from other state, so the two cannot disagree.
+        rows = [r for r in data.read_metrics(metrics_file) if "val_ce" in r]
+        keys = ["step", "train_loss", "val_ce", "val_ppl", "cond_gain"]
+        record = {"command": data.command_line("train.py", self.cfg), "untrained_codec": self.untrained,
+                  "evaluations": [{k: r[k] for k in keys if k in r} for r in rows], "samples": self.samples}
+        data.write_json(self.file, record)
+        parts = [f"<h1>Training run <code>{html.escape(self.out.name)}</code></h1>",
+                 f"<p>{len(rows)} evaluation{'s' if len(rows) != 1 else ''} so far; the figures are those of "
+                 f"<a href=\"page.json\">page.json</a> and <a href=\"metrics.jsonl\">metrics.jsonl</a>. "
+                 f"Checkpoints: <code>best/</code>, <code>latest/</code>.</p>"]
+        if self.untrained:
+            parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. The losses are real; '
+                         f"the audio below carries nothing of the tokens (docs/codec.md).</p>")
+        parts += ["<h2>Loss</h2>", picture("training and validation loss, conditioning gain", "loss.png")]
+        if self.samples:
+            parts += ["<h2>Progress, by ear</h2>",
+                      f"<p>The same validation clip at each new best checkpoint: {self.cfg.page_sample_s:g} s, "
+                      f"seed {self.cfg.seed}, top-k 250. Listen for the solo locking onto the band's kicks and "
+                      f"chords as the validation loss falls.</p>",
+                      player("the clip's backing", "page/backing.wav"),
+                      player("its true solo, with the backing", "page/true_mix.wav"), '<div class="takes">']
+            # Newest first: the latest best is what one opens the page for. j is the
+            # sample's index in page.json, which its data-keys name.
+            for i, s in enumerate(reversed(self.samples)):
+                j = len(self.samples) - 1 - i
+                parts.append(
+                    f'<section class="take"><h3>step {value_cell(f"samples.{j}.step", s["step"], "span")}</h3><table>'
+                    + "".join(f"<tr><th>{label}</th>{value_cell(f'samples.{j}.{key}', s[key])}</tr>" for key, label in (
+                        ("val_ce", "validation loss (nats)"), ("cond_gain", "conditioning gain (nats)"),
+                        ("seconds_to_make", "seconds to generate and decode")))
+                    + f'</table>{player("solo", s["solo"])}{player("solo + backing", s["mix"])}</section>')
+            parts.append("</div>")
+        head = "".join(f"<th>{k}</th>" for k in keys)
+        body = "".join("<tr>" + "".join(value_cell(f"evaluations.{i}.{k}", e[k]) if k in e else "<td></td>"
+                                        for k in keys) + "</tr>" for i, e in enumerate(record["evaluations"]))
+        parts += ["<h2>Evaluations</h2>", f"<table><tr>{head}</tr>{body}</table>",
+                  "<h2>How it was made</h2>", f"<pre>{html.escape(record['command'])}</pre>"]
+        write_page(self.out / "index.html", f"Run {self.out.name}", "\n".join(parts))

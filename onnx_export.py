@@ -1,0 +1,396 @@
+"""
+onnx_export.py -- phase 5's deployment, on your computer: the streaming model and the
+codec as ONNX graphs, for onnx_runner.py on a small board (no PyTorch there).
+
+    python train.py --causal-encoder --attn-window 300 --out runs/causal   # a streamable model
+    python onnx_export.py --checkpoint runs/causal/best --out solo_onnx
+    # copy the folder solo_onnx/ to the board (it holds onnx_runner.py too); there:
+    python solo_onnx/onnx_runner.py solo_onnx --backing trio.wav
+
+Writes into --out, atomically (a temporary folder, then one rename; never over an
+existing folder without --overwrite):
+    encoder_step.onnx, decoder_step.onnx             one frame through the transformer, fp32
+    *.int8.onnx, *.int4.onnx                          the same with 8-bit or 4-bit weights
+    codec_encoder.onnx, codec_decoder.onnx           EnCodec for fixed windows of audio and codes
+    runner.json                                      the numbers the runner needs, each graph's SHA-256
+    onnx_runner.py                                   the runner itself
+
+The steps are model.SamplerState's encoder and decoder steps rewritten as pure
+functions; tests/test_onnx.py holds their logits, tokens and loss equal to PyTorch's.
+"""
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import data
+from data import opt, parse_settings
+from model import fetch_checkpoint, load_model, rope_angles
+from onnx_runner import FORMAT, sha256  # the runner checks the graphs with the same digest
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = opt("runs/causal/best", "a causal checkpoint folder (train.py --causal-encoder), or a Hub id")
+    out: str = opt("solo_onnx", "folder to write the graphs, runner.json and onnx_runner.py to")
+    overwrite: bool = opt(False, "replace the folder if it exists (only once the new one is complete)")
+    chunk_ms: float = opt(80.0, "audio chunk the runner encodes at once, in milliseconds")
+    context_ms: float = opt(200.0, "past audio the codec re-reads with each chunk, in milliseconds")
+    encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
+    threads: int = opt(0, "CPU threads for torch (0: torch's default)")
+
+
+# ----------------------------------------------------------------------------
+# Phase 5, deployment: the streaming model and the codec as ONNX graphs
+# ----------------------------------------------------------------------------
+# A board without PyTorch runs the same streaming steps through ONNX Runtime
+# (onnx_runner.py). An ONNX graph is a pure function: it cannot keep a KVCache object
+# between calls, so the caches become inputs, and each step's new keys and values
+# become outputs that the runner writes into its own ring buffers (slot p % capacity,
+# as KVCache does). At one frame per call, two things cost the time (measured:
+# docs/phase5-streaming.md): copying a ring, and the number of operators (each costs
+# a few microseconds, however small its tensors). So the steps below:
+#   - take one input per layer and ring, not one stacked tensor (taking layer i out of
+#     a stack is a copy of it);
+#   - score this position's own key and value beside the ring (ring_attention), never
+#     joined to it (torch.cat would copy the whole ring);
+#   - turn queries and keys by their rotary angle with one matmul (rotation), with the
+#     1/sqrt(hd) of attention folded into the queries' turn;
+#   - are written for one row and one position, so that splitting heads and merging
+#     them back are reshapes, not transposes.
+# The steps are written out again here rather than calling model.Block, for these
+# reasons; tests/test_onnx.py holds their logits equal to SamplerState's.
+
+def rotation(position, hd):
+    """The rotary turn at one position as a matrix [hd, hd]: x @ rotation(p) equals
+    model.apply_rope(x, *rope_angles(p)) for any x [..., hd]. One matmul instead of
+    apply_rope's split, negation, concatenation, two products and sum."""
+    cos, sin = rope_angles(position, hd)                                  # 2 x [1, hd]
+    eye, zero = torch.eye(hd // 2), torch.zeros(hd // 2, hd // 2)
+    # x @ quarter = cat(-x2, x1): apply_rope's "turned by 90 degrees", as a matrix.
+    quarter = torch.cat([torch.cat([zero, eye], dim=1), torch.cat([-eye, zero], dim=1)])  # [hd, hd]
+    return torch.eye(hd) * cos + quarter * sin                            # column i: cos_i, and sin_i off the diagonal
+
+
+def step_turns(position, hd):
+    """[3, 1, hd, hd]: the turns for queries (scaled by 1/sqrt(hd), attention's scale),
+    keys, and values (none: the identity), to multiply [3, H, 1, hd] at once."""
+    turn = rotation(position, hd)
+    return torch.stack([turn / math.sqrt(hd), turn, torch.eye(hd)])[:, None]
+
+
+def ring_attention(q, ring_k, ring_v, bias, k=None, v=None):
+    """One query over a ring of keys and values: model.attention for a single position.
+
+    q [1, H, 1, hd], already scaled by 1/sqrt(hd); ring_k, ring_v [1, H, C, hd]; bias [C]:
+    0 for a slot the query may see, -inf for one it may not (the mask, added). k, v
+    [1, H, 1, hd]: in self-attention, this position's own key and value, always seen.
+    -> [1, H, 1, hd].
+    """
+    H, C, hd = ring_k.shape[1:]
+    # Keys times the query as a column: [C, hd] @ [hd, 1] per head. ONNX Runtime runs this
+    # orientation faster than the query as a row against keys held transposed (measured:
+    # docs/phase5-streaming.md), and a column of one query is the same memory as its row.
+    scores = ring_k @ q.view(1, H, hd, 1)                                 # [1, H, C, 1]
+    if k is None:
+        return (scores.view(1, H, 1, C) + bias).softmax(dim=-1) @ ring_v
+    scores = torch.cat([scores.view(1, H, 1, C), (q * k).sum(-1, keepdim=True)], dim=-1)  # [1, H, 1, C + 1]
+    weights = (scores + torch.cat([bias, bias.new_zeros(1)])).softmax(dim=-1)
+    past, now = weights.split([C, 1], dim=-1)                             # [1, H, 1, C], [1, H, 1, 1]
+    return past @ ring_v + now * v                                        # [1, H, 1, hd]
+
+
+def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None):
+    """model.Block for one position x [1, 1, D] over its rings (ring: keys, values;
+    cross: the backing frames' keys and values) -> (x [1, 1, D], this position's k, v).
+
+    turns: step_turns at this position. The block's own weights and layers; only the
+    attention over the rings and the rotary turn are written differently.
+    """
+    attn = block.self_attn
+    H, D = attn.n_heads, x.size(-1)
+    qkv = attn.qkv_proj(block.norm1(x)).view(3, H, 1, D // H) @ turns    # [3, H, 1, hd]: q, k turned; v as is
+    q, k, v = qkv.split(1)                                                # 3 x [1, H, 1, hd]
+    x = x + attn.out_proj(ring_attention(q, *ring, bias, k, v).view(1, 1, D))
+    if block.cross_attn is not None:  # decoder blocks: the backing frames' ring, nothing new to add to it
+        c = block.cross_attn
+        q = c.q_proj(block.norm2(x)).view(1, H, 1, D // H) @ turns[0]     # [1, H, 1, hd]
+        x = x + c.out_proj(ring_attention(q, *cross, cross_bias).view(1, 1, D))
+    return x + block.ffn(block.norm3(x)), k, v
+
+
+def ring_names(prefix, layers):
+    """The graphs' ring inputs: enc_k0, enc_v0, enc_k1, ... (keys, values per layer)."""
+    return [f"{prefix}_{kv}{i}" for i in range(layers) for kv in "kv"]
+
+
+def pairs(rings):
+    """[k0, v0, k1, v1, ...] -> [(k0, v0), (k1, v1), ...]."""
+    return list(zip(rings[::2], rings[1::2]))
+
+
+def joined_linear(layers):
+    """One nn.Linear doing the work of several on the same input (their outputs side by
+    side): one matmul with a wide weight instead of several narrow ones."""
+    joined = torch.nn.Linear(layers[0].in_features, sum(lin.out_features for lin in layers))
+    with torch.no_grad():
+        joined.weight.copy_(torch.cat([lin.weight for lin in layers]))
+        joined.bias.copy_(torch.cat([lin.bias for lin in layers]))
+    return joined
+
+
+class EncoderStep(torch.nn.Module):
+    """One backing frame through the causal encoder (SamplerState.encoder_step as a function).
+
+    frame [1, K] int64, position [1] int64, enc_bias [C] (0: a slot this step may see,
+    -inf: not), then per encoder layer its ring: keys, values [1, H, C, hd]
+    -> per encoder layer this frame's key and value [1, H, 1, hd] (for the encoder's rings),
+       cross [L_dec, 2, H, 1, hd]: this frame's keys and values for the cross-attention rings,
+       state [1, 1, D] (the encoder output, for the aligned path's window).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        # Every decoder layer's cross-attention keys and values of this frame, in one matmul.
+        self.cross_kv = joined_linear([block.cross_attn.kv_proj for block in model.decoder])
+
+    def forward(self, frame, position, enc_bias, *rings):
+        m, H, D = self.model, self.model.cfg.n_heads, self.model.cfg.d_model
+        x = m.embed(m.enc_emb, frame[..., None])                              # [1, 1, D]
+        turns = step_turns(position, D // H)                                   # [3, 1, hd, hd]
+        new = []
+        for block, ring in zip(m.encoder, pairs(rings)):
+            x, k, v = block_step(block, x, turns, ring, enc_bias)
+            new += [k, v]
+        x = m.enc_norm(x)                                                      # [1, 1, D]
+        cross = self.cross_kv(x).view(len(m.decoder), 2, H, 1, D // H) @ turns[1:]  # keys turned, values as is
+        return (*new, cross, x)
+
+
+class DecoderStep(torch.nn.Module):
+    """One decoder step (SamplerState.decoder_step as a function).
+
+    tokens [1, K] int64 (the previous step's codes), position [1] int64, recent [1, K, D]
+    (encoder states of the last K frames, oldest first: the aligned path), self_bias
+    and cross_bias [C], then per decoder layer its own ring (self_k, self_v) and then
+    per layer the backing frames' ring (cross_k, cross_v), laid out as in EncoderStep
+    -> logits [1, K, card], then per decoder layer this step's key and value [1, H, 1, hd].
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        if model.align_conv is not None:
+            # model.aligned_step as one linear layer over `recent` as it lies, [K * D]:
+            # the convolution's weight [D, D, K] laid out to match, once, here. No
+            # transpose at every step, and a 3-D input makes it a MatMul, which both
+            # quantizers take (aligned_step's 2-D linear exports as a Gemm, which the
+            # int4 one leaves in fp32: 4 MB read per step for small).
+            conv, (K, D) = model.align_conv, (model.cfg.n_codebooks, model.cfg.d_model)
+            self.aligned = torch.nn.Linear(K * D, D)
+            with torch.no_grad():
+                self.aligned.weight.copy_(conv.weight.permute(0, 2, 1).reshape(D, K * D))
+                self.aligned.bias.copy_(conv.bias)
+
+    def forward(self, tokens, position, recent, self_bias, cross_bias, *rings):
+        m, H, D = self.model, self.model.cfg.n_heads, self.model.cfg.d_model
+        x = m.embed(m.dec_emb, tokens[..., None])                             # [1, 1, D]
+        if m.align_conv is not None:
+            x = x + self.aligned(recent.view(1, 1, -1))
+        turns = step_turns(position, D // H)
+        L = len(m.decoder)
+        new = []
+        for block, ring, cross in zip(m.decoder, pairs(rings[:2 * L]), pairs(rings[2 * L:])):
+            x, k, v = block_step(block, x, turns, ring, self_bias, cross, cross_bias)
+            new += [k, v]
+        return (m.logits(x).view(1, m.cfg.n_codebooks, m.cfg.card), *new)  # [1, K, 1, card] -> [1, K, card]
+
+
+class CodecEncoder(torch.nn.Module):
+    """EnCodec's encoder and quantizer: audio [1, 1, N] -> codes [1, K, N / hop]."""
+
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, audio):
+        c = self.codec
+        return c.quantizer.encode(c.encoder(audio), c.frame_rate, c.bandwidth).transpose(0, 1)
+
+
+class CodecDecoder(torch.nn.Module):
+    """EnCodec's dequantizer and decoder: codes [1, K, F] -> audio [1, 1, F * hop]."""
+
+    def __init__(self, codec):
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, codes):
+        return self.codec.decoder(self.codec.quantizer.decode(codes.transpose(0, 1)))
+
+
+def export_graph(module, args, path, inputs, outputs, dynamic):
+    """torch.onnx.export with its TorchScript tracer (dynamo=False: nothing beyond the onnx package)."""
+    import warnings
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python ints and deprecation
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=20, dynamo=False)
+
+
+def export_steps(model, folder):
+    """The transformer's two streaming steps as ONNX graphs in folder: fp32, int8 and int4 weights."""
+    mcfg = model.cfg
+    K, H, D, L = mcfg.n_codebooks, mcfg.n_heads, mcfg.d_model, mcfg.n_dec_layers
+    # Every shape fixed where it can be: one row, and rings of attn_window slots. ONNX
+    # Runtime then folds away the shape arithmetic the tracer records (a third of the
+    # nodes), which at one frame per call is most of the time. Only a model without a
+    # window keeps the ring length free (it grows with the song).
+    hd, B = D // H, 1
+    C = mcfg.attn_window or 8
+    free = not mcfg.attn_window
+    # Example inputs for the tracer: only their shapes matter (zeros are fine).
+    rings = lambda layers: [torch.zeros(B, H, C, hd) for _ in range(2 * layers)]  # noqa: E731
+    bias = torch.zeros(C)
+    frame, position = torch.zeros(B, K, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+
+    def slots(names):  # the axis that counts slots, free only without a window
+        return {n: {2: "slots"} for n in names} if free else {}
+
+    enc, own, cross = ring_names("enc", mcfg.n_enc_layers), ring_names("self", L), ring_names("cross", L)
+    export_graph(EncoderStep(model), (frame, position, bias, *rings(mcfg.n_enc_layers)),
+                 folder / "encoder_step.onnx", ["frame", "position", "enc_bias", *enc],
+                 [*ring_names("new_enc", mcfg.n_enc_layers), "cross", "state"],
+                 {**slots(enc), **({"enc_bias": {0: "slots"}} if free else {})})
+    export_graph(DecoderStep(model), (frame, position, torch.zeros(B, K, D), bias, bias, *rings(L), *rings(L)),
+                 folder / "decoder_step.onnx", ["tokens", "position", "recent", "self_bias", "cross_bias",
+                                                *own, *cross], ["logits", *ring_names("new_self", L)],
+                 {**slots(own + cross), **({"self_bias": {0: "slots"}, "cross_bias": {0: "slots"}} if free else {})})
+    for name in ("encoder_step", "decoder_step"):
+        quantize_step(folder, name)
+
+
+def quantize_step(folder, name):
+    """folder/name.onnx -> name.int8.onnx and name.int4.onnx: fewer bytes per weight.
+
+    At one frame per call every weight is read once per frame, so the bytes of the
+    weights are most of a step's time (docs/phase5-streaming.md measures both variants).
+    """
+    import logging
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    root = logging.getLogger()
+    level, _ = root.level, root.setLevel(logging.ERROR)  # the quantizers' notes, node by node
+    try:
+        # int8: every MatMul with a constant weight (the linear layers and the heads), one
+        # scale per output channel; activations are quantized on the fly, per call.
+        # Attention's own matmuls (both sides computed) stay fp32. The pre-processing
+        # folds constants first, so that every such weight counts as constant.
+        quant_pre_process(str(folder / f"{name}.onnx"), str(folder / f"{name}.pre.onnx"))
+        quantize_dynamic(str(folder / f"{name}.pre.onnx"), str(folder / f"{name}.int8.onnx"),
+                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+        # int4: the same weights in ONNX Runtime's MatMulNBits, 4 bits each with one scale
+        # per block of 32 along the input (symmetric: no zero point); accuracy level 4
+        # lets the kernel multiply in int8, the activations quantized per block. It takes
+        # MatMul only, so it reads the graph as exported (the pre-processing above turns
+        # MatMul + Add into Gemm).
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=4)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(folder / f"{name}.onnx")), algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(folder / f"{name}.int4.onnx"), use_external_data_format=False)
+    finally:
+        root.setLevel(level)  # the caller's logging as it was, even when a quantizer fails
+    (folder / f"{name}.pre.onnx").unlink()
+
+
+def export_codec(codec, n_codebooks, encode_samples, decode_frames, folder):
+    """EnCodec as two ONNX graphs of fixed sizes: encode_samples of audio, decode_frames of codes."""
+    codec = codec.float().cpu().eval()
+    export_graph(CodecEncoder(codec), (torch.zeros(1, 1, encode_samples),), folder / "codec_encoder.onnx",
+                 ["audio"], ["codes"], None)
+    export_graph(CodecDecoder(codec), (torch.zeros(1, n_codebooks, decode_frames, dtype=torch.long),),
+                 folder / "codec_decoder.onnx", ["codes"], ["audio"], None)
+
+
+def write_onnx_folder(model, codec, config, numbers, cfg, folder):
+    """The graphs, runner.json and onnx_runner.py into folder (a temporary one: see export_onnx)."""
+    mcfg = model.cfg
+    print("the transformer's two steps ...")
+    export_steps(model, folder)
+    print("... and the codec, for fixed windows")
+    chunk, context, decode = data.stream_windows(cfg, numbers)
+    export_codec(codec, mcfg.n_codebooks, (context + chunk) * numbers["hop"], decode, folder)
+    shutil.copy(Path(__file__).with_name("onnx_runner.py"), folder / "onnx_runner.py")
+    graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4") for step in ("encoder_step", "decoder_step")]
+    graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
+    runner = {"format": FORMAT, "checkpoint": str(cfg.checkpoint), "step": config["step"],
+              "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model, "n_heads": mcfg.n_heads,
+              "head_dim": mcfg.d_model // mcfg.n_heads, "n_enc_layers": mcfg.n_enc_layers,
+              "n_dec_layers": mcfg.n_dec_layers, "attn_window": mcfg.attn_window,
+              "aligned_backing": model.align_conv is not None,
+              "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"], "hop": numbers["hop"],
+              "chunk_frames": chunk, "context_frames": context, "decode_frames": decode,
+              "codec_untrained": numbers["untrained"],
+              "sha256": {g: sha256(folder / g) for g in graphs}}
+    data.write_json(folder / "runner.json", runner)
+    return graphs
+
+
+def export_onnx(model, codec, config, numbers, cfg, out):
+    """Write the ONNX folder for onnx_runner.py, atomically (a temporary folder, then one rename).
+
+    encoder_step / decoder_step (.onnx fp32; .int8.onnx and .int4.onnx with int8 or
+    4-bit weights for the linear layers), codec_encoder.onnx (fixed window of context + chunk audio),
+    codec_decoder.onnx (fixed window of frames), runner.json (the numbers the runner
+    needs and each graph's SHA-256), and onnx_runner.py itself: copy the folder to the
+    board, and it has everything.
+    """
+    if not model.cfg.causal_encoder:
+        raise SystemExit(f"onnx_export.py needs a causal model (trained with --causal-encoder): "
+                         f"{cfg.checkpoint} reads the whole backing at once, which no live input can give")
+    model = model.float().cpu().eval()
+    out = Path(out)
+    if out.exists() and not cfg.overwrite:
+        raise SystemExit(f"{out} already exists; pass --overwrite or choose another --out")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    print(f"exporting to {out}")
+    try:
+        graphs = write_onnx_folder(model, codec, config, numbers, cfg, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    if out.exists():  # --overwrite: the old folder goes only once the new one is complete
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    sizes = ", ".join(f"{g} {(out / g).stat().st_size / 1e6:.1f} MB" for g in graphs)
+    print(f"wrote {out}: {sizes}. On the device: python onnx_runner.py {out} --backing trio.wav")
+    return out
+
+
+def main(cfg):
+    """Load the checkpoint and its codec, then write the folder; returns its path."""
+    data.set_threads(cfg.threads)
+    folder = fetch_checkpoint(cfg.checkpoint)
+    model, config = load_model(folder, "cpu")
+    codec, numbers = data.load_codec_for(config, folder, cfg.encodec_weights, "cpu")
+    return export_onnx(model, codec, config, numbers, cfg, cfg.out)
+
+
+if __name__ == "__main__":
+    settings = parse_settings(ExportConfig, description=__doc__.split("\n\n")[0])
+    data.check_install("onnx", "onnxruntime")
+    main(settings)
+    sys.exit(0)
