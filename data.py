@@ -90,6 +90,8 @@ class DataConfig:
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
     threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 on a busy machine, docs/troubleshooting.md)")
     demo_backing: str = opt("", "write the backing of a demo song no model trained on to this .wav or .flac, and exit")
+    overwrite: bool = opt(False, "replace an existing --demo-backing file, or a dataset in --out built with other "
+                                 "settings")
 
 
 def parse_settings(cls, argv=None, description=None):
@@ -224,11 +226,15 @@ def atomic_write(path, write_fn, mode="wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, mode) as f:
-        write_fn(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted write leaves nothing behind, not even the temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path, obj):
@@ -236,6 +242,21 @@ def write_json(path, obj):
 
 
 def write_audio(path, audio, rate):
+    """An audio file, atomically, after the check every file the project writes passes:
+    finite samples, at most full scale. A NaN plays as a full-scale click in most players,
+    and a 16-bit file clips whatever lies past +-1, so either would reach the listener's
+    ears at full level. Both are bugs upstream (every reader refuses or tames bad input
+    first), named here before anything is written."""
+    audio = np.asarray(audio, dtype=np.float32)
+    bad = ~np.isfinite(audio)
+    if bad.any():
+        raise SystemExit(f"not writing {path}: {int(bad.sum())} of its samples are not finite (NaN or inf), "
+                         f"the first at {np.argmax(bad.reshape(len(audio), -1).any(axis=1)) / rate:.2f} s. "
+                         f"Nothing was written; this is a bug, please report it with the command you ran")
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > 1.0:
+        print(f"WARNING: {path}: peak {peak:.3g}, past full scale: scaled down to 0.98 before writing")
+        audio = audio * np.float32(0.98 / peak)
     atomic_write(path, lambda f: sf.write(f, audio, rate, format=Path(path).suffix[1:].upper()))
 
 
@@ -261,13 +282,17 @@ class SkipSong(Exception):
 
 
 def load_audio(path):
-    """Any audio file -> (float32 [channels, samples], rate). soundfile first, then ffmpeg."""
+    """Any audio file -> (float32 [channels, samples], rate). soundfile first, then ffmpeg.
+    Its samples are checked (checked_samples) before anything else sees them."""
     path = Path(path)
     if path.stat().st_size == 0:  # said plainly, rather than as a decoder's puzzling error
         raise SkipSong("empty file (0 bytes)")
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
-        return audio.T, rate
+        warn_if_truncated(path, audio.shape[0], rate)
+        return checked_samples(audio.T, rate, path), rate
+    except SkipSong:
+        raise
     except Exception as err:  # soundfile cannot read mp3 on old libsndfile, nor m4a/webm
         sf_error = str(err).splitlines()[0]
     if shutil.which("ffmpeg") is None:
@@ -275,8 +300,51 @@ def load_audio(path):
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(DEMUCS_RATE), "-"]
     run = subprocess.run(cmd, capture_output=True)  # a list of arguments, never a shell
     if run.returncode != 0 or not run.stdout:
-        raise SkipSong(f"cannot decode (soundfile: {sf_error}; ffmpeg: {run.stderr.decode(errors='replace').strip()[:200]})")
-    return np.frombuffer(run.stdout, dtype=np.float32).reshape(-1, 2).T.copy(), DEMUCS_RATE
+        raise SkipSong(f"cannot decode (soundfile: {sf_error}; ffmpeg: "
+                       f"{run.stderr.decode(errors='replace').strip()[:200]}): convert it to WAV or FLAC")
+    return checked_samples(np.frombuffer(run.stdout, dtype=np.float32).reshape(-1, 2).T.copy(), DEMUCS_RATE,
+                           path), DEMUCS_RATE
+
+
+def checked_samples(audio, rate, path):
+    """audio [C, N] as the pipeline may use it: non-finite samples refused (SkipSong with the
+    first bad second), samples past full scale clipped to +-1, with a warning.
+
+    A NaN in a backing reaches every solo frame through attention; a sample of 1e6 (a
+    corrupt value, or a float file written unnormalised) would set the backing's level,
+    and the solo is matched to that level: a full-scale file. No recording holds
+    samples past +-1 (a 16-bit or 24-bit file cannot), so clipping there costs nothing
+    real and keeps the level honest.
+    """
+    bad = ~np.isfinite(audio)
+    if bad.any():
+        first = np.argmax(bad.any(axis=0)) / rate
+        raise SkipSong(f"{int(bad.sum())} samples are not finite (NaN or inf), the first at {first:.3f} s: "
+                       f"the file is damaged; export it again from the original")
+    over = np.abs(audio) > 1.0
+    if over.any():
+        first, peak = np.argmax(over.any(axis=0)) / rate, float(np.abs(audio).max())
+        print(f"WARNING: {path}: {int(over.sum())} samples past full scale (peak {peak:.3g}, the first at "
+              f"{first:.3f} s): a click or a corrupt sample; clipped to +-1 so that it cannot set the level")
+        audio = np.clip(audio, -1.0, 1.0)
+    return audio
+
+
+def warn_if_truncated(path, frames, rate):
+    """A WAV whose header promises more audio than the file holds (a copy cut short): say so.
+    soundfile reads what is there and reports that length, so the header is read here
+    (onnx_runner.wav_header_frames does the same on the board, where this file is not)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    at, fmt = head.find(b"data"), head.find(b"fmt ")
+    if head[:4] != b"RIFF" or at < 0 or fmt < 0 or head[at + 4:at + 8] == b"\xff" * 4:  # not a WAV; unknown length
+        return
+    frame_bytes = int.from_bytes(head[fmt + 10:fmt + 12], "little") * int.from_bytes(head[fmt + 22:fmt + 24],
+                                                                                       "little") // 8
+    promised = int.from_bytes(head[at + 4:at + 8], "little") // max(1, frame_bytes)
+    if promised > frames + 1:
+        print(f"WARNING: {path}: its header promises {promised / rate:.1f} s, the file holds {frames / rate:.1f} s "
+              f"(a copy cut short?): using the {frames / rate:.1f} s it holds")
 
 
 def resample(audio, rate_from, rate_to):
@@ -1026,6 +1094,7 @@ def build_dataset(cfg):
     t0 = time.time()
     check_settings(cfg)
     out, device = Path(cfg.out), pick_device(cfg.device)
+    refuse_to_replace(out, cfg)
     sources = list_sources(cfg, out)  # before anything is created: a wrong --input-dir leaves nothing behind
     # The cheap checks run over every file first, and the splits are drawn over the files
     # that pass them: a folder with bad files still gets validation and test songs.
@@ -1125,12 +1194,36 @@ def build_dataset(cfg):
     return meta
 
 
+# Settings that change where and how the dataset is built, not what it holds.
+RUN_ONLY_SETTINGS = {"out", "device", "threads", "overwrite", "demo_backing"}
+
+
+def refuse_to_replace(out, cfg):
+    """--out must be a folder; one holding a dataset of other settings is kept without --overwrite.
+    The same settings again are a resume: songs already done come from the cache."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file: give a folder for the dataset (meta.json and the token arrays)")
+    if cfg.overwrite or not (out / "meta.json").exists():
+        return
+    try:
+        old = json.loads((out / "meta.json").read_text()).get("settings", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return  # a damaged meta.json: the rebuild writes it again, as load_dataset advises
+    new = asdict(cfg)
+    changed = [k for k in new if k in old and k not in RUN_ONLY_SETTINGS and old[k] != new[k]]
+    if changed:
+        raise SystemExit(f"{out} holds a dataset built with other settings ({', '.join(changed)}): --overwrite "
+                         f"rebuilds it in place, or choose another --out")
+
+
 def write_demo_backing(cfg):
     """A backing track to try generate.py on: bass, piano and drums of demo song number
     cfg.demo_songs, one past the corpus, so no model trained on the corpus has heard it."""
     path = Path(cfg.demo_backing)
     if path.suffix.lower() not in (".wav", ".flac"):
         raise SystemExit(f"--demo-backing {path}: give a .wav or .flac file name")
+    if path.exists() and not cfg.overwrite:
+        raise SystemExit(f"--demo-backing {path} already exists: pass --overwrite or choose another file name")
     backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed)
     write_audio(path, backing, CODEC_RATE)
     print(f"wrote {path}: {cfg.demo_seconds:.0f} s of demo backing at {truth['tempo_bpm']:.0f} bpm "
@@ -1230,5 +1323,9 @@ if __name__ == "__main__":
         write_demo_backing(config)
         sys.exit(0)
     print("settings:", json.dumps(asdict(config)), f"({torch.get_num_threads()} threads)")
-    build_dataset(config)
+    try:
+        build_dataset(config)
+    except KeyboardInterrupt:  # every song done so far is in the cache, written whole
+        raise SystemExit(f"\nstopped by Ctrl-C: the songs done so far are cached in {config.out}; the same "
+                         f"command goes on from there") from None
     sys.exit(0)

@@ -47,9 +47,9 @@ class GenerateConfig:
     out: str = opt("samples", "output folder")
     overwrite: bool = opt(False, "replace files already in the output folder")
     duration: float = opt(0.0, "seconds to generate (0: the whole backing)")
-    temperature: float = opt(1.0, "sampling temperature (0: greedy)")
-    top_k: int = opt(250, "sample among the k most likely codes (0: all)")
-    top_p: float = opt(1.0, "sample among the codes holding this much probability (1: all)")
+    temperature: float = opt(1.0, "sampling temperature (0: greedy; at least 0)")
+    top_k: int = opt(250, "sample among the k most likely codes (0: all; at least 0)")
+    top_p: float = opt(1.0, "sample among the codes holding this much probability (above 0, at most 1; 1: all)")
     guidance: Optional[float] = opt(None, "classifier-free guidance coefficient, e.g. 3 (none: off; 1: same as "
                                           "off; at least 0)", flag="--cfg-coef")
     num_samples: int = opt(1, "solos to generate for the same backing")
@@ -80,7 +80,7 @@ def backing_tokens(cfg, config, codec, numbers, device):
         try:
             audio, rate = data.load_audio(path)
         except data.SkipSong as why:
-            raise SystemExit(f"--backing {path}: {why}. Convert it to WAV or FLAC, or install ffmpeg.") from None
+            raise SystemExit(f"--backing {path}: {why}") from None
         if audio.shape[1] < rate:
             raise SystemExit(f"--backing {path}: {audio.shape[1] / rate:.2f} s long; give at least 1 s of backing")
         if cfg.separate:
@@ -432,5 +432,9 @@ def print_result(out, result):
 if __name__ == "__main__":
     settings = parse_settings(GenerateConfig, description=__doc__.split("\n\n")[0])
     data.check_install(*(["demucs"] if settings.separate else []))
-    main(settings)
+    try:
+        main(settings)
+    except KeyboardInterrupt:  # every file is written whole or not at all, so nothing is half-made
+        raise SystemExit("\nstopped by Ctrl-C: files already in --out are complete; run again to redo the rest") \
+            from None
     sys.exit(0)

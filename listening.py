@@ -208,7 +208,7 @@ def chord_tone_fit(audio, chords, rate, offset_s=0.0, frame_s=0.01):
 # ----------------------------------------------------------------------------
 
 def mix_audio(backing, solo):
-    """Level-match the solo to the backing (equal RMS), add, and scale down only if it would clip.
+    """Level-match the solo to the backing (equal RMS), add, and scale each down only if it would clip.
 
     The codec does not keep loudness exactly, and a model's solo may come out much
     quieter or louder than the band; equal RMS is a neutral starting point for
@@ -220,10 +220,21 @@ def mix_audio(backing, solo):
     n = min(len(backing), len(solo))
     b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
     rms = lambda x: float(np.sqrt(np.mean(x ** 2)) + 1e-9)  # noqa: E731
-    s = s * (rms(b) / rms(s))
+    # At most +40 dB: a nearly silent solo stays quiet instead of its noise floor being
+    # raised to the band's level. The backing's level is trustworthy: every reader
+    # clips samples past full scale (data.checked_samples), so no spike can set it.
+    s = s * min(rms(b) / rms(s), MAX_SOLO_GAIN)
     mix = b + s
-    peak = np.abs(mix).max()
-    return (mix * (0.98 / peak) if peak > 0.98 else mix).astype(np.float32), s.astype(np.float32)
+    return limited(mix), limited(s)
+
+
+MAX_SOLO_GAIN = 100.0  # +40 dB
+
+
+def limited(x, ceiling=0.98):
+    """x scaled down (never clipped) so that its peak is at most `ceiling`, as float32."""
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    return (x * (ceiling / peak) if peak > ceiling else x).astype(np.float32)
 
 
 # One static file for a person to open: players for every wav, the pictures, the

@@ -540,7 +540,8 @@ def sampling(fn):
 
     Dropout left on would make every draw, greedy included, depend on a coin the
     caller never sees; the model's previous mode is restored afterwards, so calling
-    a sampler in the middle of training (train.py's listening test) changes nothing.
+    a sampler in the middle of training (the sample on the run's page at each new best
+    checkpoint) changes nothing.
     """
     @functools.wraps(fn)
     def run(model, *args, **kwargs):
@@ -876,7 +877,13 @@ def load_weights(model, folder, device="cpu"):
     weights = Path(folder) / "model.safetensors"
     if not weights.exists():
         raise SystemExit(f"{weights} not found: the checkpoint folder is incomplete")
-    model.load_state_dict(load_file(str(weights), device=str(device)))
+    try:
+        model.load_state_dict(load_file(str(weights), device=str(device)))
+    except RuntimeError as err:  # another preset's weights, or a file cut short: one line, not 88
+        first = str(err).strip().splitlines()[-1].strip()[:160] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"{weights} does not fit the model its folder's config.json describes ({first}): "
+                         f"the two files come from different checkpoints; copy the checkpoint folder whole, "
+                         f"or train again") from None
     return model.to(device)
 
 

@@ -54,8 +54,10 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def read_folder(folder):
-    """runner.json of an exported folder, after checking that every graph is the one it names."""
+def read_folder(folder, variants=tuple(STEP_GRAPHS)):
+    """runner.json of an exported folder, after checking its numbers and that every graph
+    the given variants need (with the codec's) is the one it names. A folder trimmed to
+    one variant (a board short of space) runs that variant."""
     folder = Path(folder)
     path = folder / "runner.json"
     try:
@@ -68,13 +70,37 @@ def read_folder(folder):
     if numbers.get("format") != FORMAT:
         raise SystemExit(f"{path}: written for runner format {numbers.get('format')}, this runner reads format "
                          f"{FORMAT}: use the onnx_runner.py inside that folder, or export the folder again")
-    for name, digest in numbers["sha256"].items():
-        if not (folder / name).exists():
-            raise SystemExit(f"{folder / name} is missing: copy the whole exported folder")
+    check_numbers(numbers, path)
+    needed = ["codec_encoder.onnx", "codec_decoder.onnx", *[g for v in variants for g in STEP_GRAPHS[v]]]
+    for name in needed:
+        digest = numbers["sha256"].get(name)
+        if digest is None or not (folder / name).exists():
+            raise SystemExit(f"{folder / name} is missing: copy the whole exported folder (or choose a --variant "
+                             f"whose graphs are there: {', '.join(present_variants(folder)) or 'none'})")
         if sha256(folder / name) != digest:
             raise SystemExit(f"{folder / name} is not the graph {path} was written with (a file from another "
                              f"export?): export the folder again, or copy it whole")
     return numbers
+
+
+def present_variants(folder):
+    """The variants whose two step graphs are in the folder."""
+    return [v for v, graphs in STEP_GRAPHS.items() if all((Path(folder) / g).exists() for g in graphs)]
+
+
+def check_numbers(numbers, path):
+    """runner.json's numbers: whole, positive (context may be 0, no window is null), so that an
+    edited file is one line here rather than an error deep inside ONNX Runtime."""
+    wanted = ["n_codebooks", "card", "d_model", "n_heads", "head_dim", "n_enc_layers", "n_dec_layers",
+              "sample_rate", "hop", "chunk_frames", "decode_frames"]
+    bad = [k for k in wanted if not (isinstance(numbers.get(k), int) and numbers[k] >= 1)]
+    bad += [k for k in ["context_frames"] if not (isinstance(numbers.get(k), int) and numbers[k] >= 0)]
+    window = numbers.get("attn_window")
+    bad += [] if window is None or (isinstance(window, int) and window >= 1) else ["attn_window"]
+    bad += [] if isinstance(numbers.get("frame_rate"), (int, float)) and numbers["frame_rate"] > 0 else ["frame_rate"]
+    if bad or not isinstance(numbers.get("sha256"), dict):
+        raise SystemExit(f"{path}: {', '.join(bad) or 'sha256'} missing or not a valid number (was the file "
+                         f"edited?): export the folder again")
 
 
 def session(path, threads):
@@ -180,11 +206,12 @@ class SoloStream:
         """The step graphs' cache inputs against runner.json: layers, heads, head width."""
         for graph, prefix, layers in ((self.encoder, "enc", "n_enc_layers"), (self.decoder, "self", "n_dec_layers")):
             shapes = {i.name: i.shape for i in graph.get_inputs()}
-            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))), *shapes[f"{prefix}_k0"][1::2]]
-            want = [numbers[layers], numbers["n_heads"], numbers["head_dim"]]  # layers, heads, head width
+            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))), *shapes[f"{prefix}_k0"][1:]]
+            # layers, heads, ring slots (the window; a name when the ring grows), head width
+            want = [numbers[layers], numbers["n_heads"], numbers["attn_window"] or found[2], numbers["head_dim"]]
             if found != want:
-                raise SystemExit(f"{folder}: a step graph has rings for layers, heads, head width {found}, "
-                                 f"runner.json says {want}: export the folder again")
+                raise SystemExit(f"{folder}: a step graph has rings for layers, heads, slots, head width {found}, "
+                                 f"runner.json says {want} (was it edited?): export the folder again")
 
     def encoder_step(self, frame):
         t = self.n_backing
@@ -265,6 +292,13 @@ class Codec:
         self.encoder = session(Path(folder) / "codec_encoder.onnx", threads)
         self.decoder = session(Path(folder) / "codec_decoder.onnx", threads)
         self.hop, self.window = numbers["hop"], numbers["decode_frames"]
+        audio_in = self.encoder.get_inputs()[0].shape[-1]
+        codes_in = self.decoder.get_inputs()[0].shape[-1]
+        want = ((numbers["context_frames"] + numbers["chunk_frames"]) * self.hop, self.window)
+        if (audio_in, codes_in) != want:
+            raise SystemExit(f"{folder}: the codec graphs take {audio_in} samples and {codes_in} frames, runner.json "
+                             f"says {want[0]} and {want[1]} (chunk, context or decode frames edited?): export the "
+                             f"folder again with the --chunk-ms and --context-ms you want")
 
     def encode(self, audio):
         """audio [(context + chunk) * hop] -> codes [K, context + chunk]."""
@@ -297,9 +331,25 @@ def read_backing(path, numbers):
     if rate != numbers["sample_rate"]:
         raise SystemExit(f"--backing {path}: {rate} Hz, the codec needs {numbers['sample_rate']} Hz; convert it "
                          f"first, e.g. ffmpeg -i {path} -ac 1 -ar {numbers['sample_rate']} backing_24k.wav")
+    promised = wav_header_frames(path)
+    if promised > len(audio) + 1:
+        print(f"WARNING: {path}: its header promises {promised / rate:.1f} s, the file holds "
+              f"{len(audio) / rate:.1f} s (a copy cut short?): using the {len(audio) / rate:.1f} s it holds")
     if audio.shape[1] > 1:
         print(f"{path}: {audio.shape[1]} channels, mixed down to mono (their mean)")
     audio = audio.mean(axis=1)
+    # The same guards as data.load_audio (this file stands alone on the board): a NaN
+    # would reach every solo frame, and a sample of 1e6 would set the level the solo is
+    # matched to, so the solo would come out at full scale.
+    bad = ~np.isfinite(audio)
+    if bad.any():
+        raise SystemExit(f"--backing {path}: {int(bad.sum())} samples are not finite (NaN or inf), the first at "
+                         f"{np.argmax(bad) / rate:.3f} s: the file is damaged; export it again")
+    over = np.abs(audio) > 1.0
+    if over.any():
+        print(f"WARNING: {path}: {int(over.sum())} samples past full scale (peak {np.abs(audio).max():.3g}, the "
+              f"first at {np.argmax(over) / rate:.3f} s): clipped to +-1 so that they cannot set the level")
+        audio = np.clip(audio, -1.0, 1.0)
     chunk = numbers["chunk_frames"] * numbers["hop"]
     if len(audio) < chunk:
         raise SystemExit(f"--backing {path}: {len(audio) / rate * 1e3:.0f} ms, shorter than one chunk "
@@ -307,17 +357,45 @@ def read_backing(path, numbers):
     return audio
 
 
+def wav_header_frames(path):
+    """The frames a WAV file's header promises (0 when not a WAV, or its length is unknown):
+    soundfile reports what the file holds, so a copy cut short is seen only here."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    at, fmt = head.find(b"data"), head.find(b"fmt ")
+    if head[:4] != b"RIFF" or at < 0 or fmt < 0 or head[at + 4:at + 8] == b"\xff" * 4:
+        return 0
+    frame_bytes = int.from_bytes(head[fmt + 10:fmt + 12], "little") * int.from_bytes(head[fmt + 22:fmt + 24],
+                                                                                       "little") // 8
+    return int.from_bytes(head[at + 4:at + 8], "little") // max(1, frame_bytes)
+
+
 def follow(stream, codec, backing, numbers, pace=True):
-    """Feed the backing chunk by chunk -> (solo frames [K, T], solo audio, timings in ms)."""
-    hop, rate = numbers["hop"], numbers["sample_rate"]
-    chunk_frames = numbers["chunk_frames"]
-    chunk, context = chunk_frames * hop, numbers["context_frames"] * hop
+    """Feed the backing chunk by chunk -> (solo frames [K, T], solo audio, timings in ms, whether
+    Ctrl-C stopped it). Ctrl-C ends the loop at once, keeping the audio decoded so far."""
+    hop, context = numbers["hop"], numbers["context_frames"] * numbers["hop"]
     n_frames = len(backing) // hop
     padded = np.concatenate([np.zeros(context, np.float32), backing[:n_frames * hop]])  # silence before the music
-    frames, audio, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
-    began = time.perf_counter()
-    for start in range(0, n_frames * hop, chunk):
-        end = min(start + chunk, n_frames * hop)
+    frames, audio, ms = [], [], {"frame": [], "codec": [], "delay": []}
+    try:
+        decoded = chunks(stream, codec, padded, numbers, pace, frames, audio, ms)
+    except KeyboardInterrupt:  # a live take stopped by hand: what was played is kept
+        done = np.stack(frames, axis=-1) if frames else np.zeros((numbers["n_codebooks"], 0), np.int64)
+        return done, np.concatenate(audio) if audio else np.zeros(0, np.float32), ms, True
+    frames += stream.finish()
+    audio.append(codec.decode_new(frames, decoded, numbers["chunk_frames"]))
+    return np.stack(frames, axis=-1), np.concatenate(audio), ms, False
+
+
+def chunks(stream, codec, padded, numbers, pace, frames, audio, ms):
+    """follow()'s loop over the chunks -> how many solo frames are decoded. It appends to the
+    lists it is given as it goes, so that an interrupted take keeps every finished chunk."""
+    hop, rate, chunk_frames = numbers["hop"], numbers["sample_rate"], numbers["chunk_frames"]
+    chunk, context = chunk_frames * hop, numbers["context_frames"] * hop
+    n_samples = len(padded) - context
+    decoded, began = 0, time.perf_counter()
+    for start in range(0, n_samples, chunk):
+        end = min(start + chunk, n_samples)
         if pace:  # a live input: this chunk exists only once the clock has reached its last sample
             arrived = began + end / rate
             time.sleep(max(0.0, arrived - time.perf_counter()))
@@ -325,32 +403,31 @@ def follow(stream, codec, backing, numbers, pace=True):
             arrived = time.perf_counter()
         t0 = time.perf_counter()
         new = codec.encode(padded[end - chunk:end + context])[:, -((end - start) // hop):]   # [K, n]
-        codec_ms.append((time.perf_counter() - t0) * 1e3)
+        ms["codec"].append((time.perf_counter() - t0) * 1e3)
         for f in range(new.shape[1]):
             t1 = time.perf_counter()
             done = stream.push(new[:, f])
-            frame_ms.append((time.perf_counter() - t1) * 1e3)
+            ms["frame"].append((time.perf_counter() - t1) * 1e3)
             if done is not None:
                 frames.append(done)
         if len(frames) > decoded:
             t2 = time.perf_counter()
             audio.append(codec.decode_new(frames, decoded, chunk_frames))
-            codec_ms[-1] += (time.perf_counter() - t2) * 1e3
+            ms["codec"][-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(frames)
-            delay_ms.append((time.perf_counter() - arrived) * 1e3)
-    frames += stream.finish()
-    audio.append(codec.decode_new(frames, decoded, chunk_frames))
-    return np.stack(frames, axis=-1), np.concatenate(audio), {"frame": frame_ms, "codec": codec_ms,
-                                                             "delay": delay_ms}
+            ms["delay"].append((time.perf_counter() - arrived) * 1e3)
+    return decoded
 
 
 def mix(backing, solo):
-    """Solo level-matched to the backing (equal RMS, means removed), summed, scaled down only if it would clip."""
+    """Solo level-matched to the backing (equal RMS, means removed, at most +40 dB), summed;
+    each scaled down, never clipped, to a peak of at most 0.98 (listening.mix_audio's rule)."""
     n = min(len(backing), len(solo))
     b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
-    s = s * (np.sqrt(np.mean(b ** 2)) + 1e-9) / (np.sqrt(np.mean(s ** 2)) + 1e-9)
-    peak = np.abs(b + s).max()
-    return ((b + s) * min(1.0, 0.98 / max(peak, 1e-9))).astype(np.float32), s.astype(np.float32)
+    gain = (np.sqrt(np.mean(b ** 2)) + 1e-9) / (np.sqrt(np.mean(s ** 2)) + 1e-9) if n else 1.0
+    s = s * min(gain, 100.0)
+    limit = lambda x: (x * min(1.0, 0.98 / max(float(np.abs(x).max()) if n else 0.0, 1e-9))).astype(np.float32)  # noqa: E731
+    return limit(b + s), limit(s)
 
 
 def peak_memory_mb():
@@ -365,8 +442,22 @@ def peak_memory_mb():
 
 def write_atomic(path, write):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_wav(path, audio, rate):
+    """A WAV file, atomically, once its samples are checked: finite and at most full scale
+    (data.write_audio's check; a NaN or a clipped sample reaches the listener at full level)."""
+    if not np.isfinite(audio).all():
+        raise SystemExit(f"not writing {path}: some samples are not finite (a bug, please report it)")
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    write_atomic(path, lambda p: sf.write(p, audio * min(1.0, 0.98 / max(peak, 1e-9)) if peak > 1 else audio,
+                                          rate, format="WAV"))
 
 
 def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
@@ -389,38 +480,91 @@ def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
     frames = min(frames, backing.shape[1])
     starts = np.linspace(0, backing.shape[1] - frames, clips).astype(int)
     losses = {}
-    for variant in STEP_GRAPHS:
+    for variant in present_variants(folder):  # fp32 first: the others are measured against it
         losses[variant] = float(np.mean([
             teacher_forced_ce(SoloStream(folder, numbers, frames, variant), backing[:, s:s + frames].astype(np.int64),
                               solo[:, s:s + frames].astype(np.int64)) for s in starts]))
-        print(f"{variant}: {losses[variant]:.4f} nats ({losses[variant] - losses['fp32']:+.4f} against fp32), "
+        against = f"{losses[variant] - losses['fp32']:+.4f} against fp32" if "fp32" in losses else "no fp32 graphs"
+        print(f"{variant}: {losses[variant]:.4f} nats ({against}), "
               f"{clips} validation clips of {frames} frames")
     return losses
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over a live backing, ONNX Runtime only.")
+def at_least(low, kind):
+    """An argparse type: a number of `kind`, at least `low`, or one line saying so."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
+def arguments(argv):
+    parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over a live backing, "
+                                                 "ONNX Runtime only.")
     parser.add_argument("folder", help="the folder written by python onnx_export.py")
     parser.add_argument("--backing", help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
     parser.add_argument("--out", default="live", help="output folder for solo.wav, mix.wav, report.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace solo.wav, mix.wav, report.json in --out")
     parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8",
-                        help="the step graphs' weights: int8 (default), int4 (fastest, about 0.01 nats of loss) or fp32")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per operator")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top-k", type=int, default=250, help="sample among the k most likely codes (0: all)")
+                        help="the step graphs' weights: int8 (default), int4 (fastest, about 0.01 nats of loss) "
+                             "or fp32; a folder holding one variant's graphs runs that one")
+    parser.add_argument("--threads", type=at_least(1, int), default=1, help="ONNX Runtime threads per operator "
+                        "(at least 1; default 1)")
+    parser.add_argument("--temperature", type=at_least(0.0, float), default=1.0,
+                        help="sampling temperature (0: greedy; at least 0)")
+    parser.add_argument("--top-k", type=at_least(0, int), default=250,
+                        help="sample among the k most likely codes (0: all; at least 0)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-pace", action="store_true", help="do not wait for the wall clock: measure throughput")
     parser.add_argument("--loss", metavar="DATA_DIR", help="instead of following a backing: what int8 and int4 "
                         "weights cost, as each variant's teacher-forced loss on DATA_DIR's validation split")
     args = parser.parse_args(argv)
-    numbers = read_folder(args.folder)
+    if not args.loss and not args.backing:
+        parser.error("--backing is needed (or --loss DATA_DIR)")
+    return args
+
+
+def output_folder(out, overwrite):
+    """--out as a folder to write into, refusing to replace a take without --overwrite."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file: give a folder for solo.wav, mix.wav and report.json")
+    clash = [name for name in ("solo.wav", "mix.wav", "report.json") if (out / name).exists()]
+    if clash and not overwrite:
+        raise SystemExit(f"{out} already holds {', '.join(clash)}: pass --overwrite or choose another --out")
+    return out
+
+
+def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
+    """report.json: per-frame and per-chunk times, the end-to-end delay, real-time factor, memory."""
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
+    chunk_ms = numbers["chunk_frames"] * 1e3 / numbers["frame_rate"]
+    pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
+    compute_s = (sum(ms["frame"]) + sum(ms["codec"])) / 1e3
+    return {"backing": str(args.backing), "seconds": seconds, "variant": args.variant, "threads": args.threads,
+            "paced": not args.no_pace, "interrupted": interrupted,
+            "frame_ms": {"p50": pct(ms["frame"], 50), "p90": pct(ms["frame"], 90), "p99": pct(ms["frame"], 99),
+                         "max": float(max(ms["frame"], default=float("nan")))},
+            "frame_budget_ms": 1e3 / numbers["frame_rate"],
+            "codec_chunk_ms": {"p50": pct(ms["codec"], 50), "p99": pct(ms["codec"], 99)},
+            "end_to_end_delay_ms": {q: chunk_ms + pattern_ms + pct(ms["delay"], int(q[1:])) for q in ("p50", "p99")},
+            "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
+            "realtime_factor": seconds / compute_s if compute_s else float("nan"), "wall_s": wall,
+            "peak_memory_mb": peak_memory_mb(), "solo_frames": int(frames.shape[1])}
+
+
+def main(argv=None):
+    args = arguments(argv)
+    numbers = read_folder(args.folder, present_variants(args.folder) if args.loss else [args.variant])
     if args.loss:
         return variant_losses(args.folder, numbers, Path(args.loss))
-    if not args.backing:
-        parser.error("--backing is needed (or --loss DATA_DIR)")
+    out = output_folder(args.out, args.overwrite)
     backing = read_backing(args.backing, numbers)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     n_frames = len(backing) // numbers["hop"]
     stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads, args.temperature, args.top_k,
                         args.seed)
@@ -428,38 +572,31 @@ def main(argv=None):
     print(f"{args.backing}: {len(backing) / numbers['sample_rate']:.1f} s, {args.variant} graphs, "
           f"{args.threads} thread(s), {'paced like a live input' if not args.no_pace else 'as fast as possible'}")
     t0 = time.perf_counter()
-    solo_frames, solo, ms = follow(stream, codec, backing, numbers, pace=not args.no_pace)
-    seconds, wall = n_frames / numbers["frame_rate"], time.perf_counter() - t0
-    mixed, levelled = mix(backing, solo)
+    solo_frames, solo, ms, interrupted = follow(stream, codec, backing, numbers, pace=not args.no_pace)
     rate = numbers["sample_rate"]
-    write_atomic(out / "solo.wav", lambda p: sf.write(p, levelled, rate, format="WAV"))
-    write_atomic(out / "mix.wav", lambda p: sf.write(p, mixed, rate, format="WAV"))
-    pct = {q: float(np.percentile(ms["frame"], q)) for q in (50, 90, 99)}
-    chunk_ms = numbers["chunk_frames"] * 1e3 / numbers["frame_rate"]
-    pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
-    delay = {q: chunk_ms + pattern_ms + float(np.percentile(ms["delay"], q)) for q in (50, 99)}
-    compute_s = (sum(ms["frame"]) + sum(ms["codec"])) / 1e3
-    report = {"backing": str(args.backing), "seconds": seconds, "variant": args.variant, "threads": args.threads,
-              "paced": not args.no_pace, "frame_ms": {"p50": pct[50], "p90": pct[90], "p99": pct[99],
-                                                      "max": float(max(ms["frame"]))},
-              "frame_budget_ms": 1e3 / numbers["frame_rate"],
-              "codec_chunk_ms": {"p50": float(np.percentile(ms["codec"], 50)),
-                                 "p99": float(np.percentile(ms["codec"], 99))},
-              "end_to_end_delay_ms": {"p50": delay[50], "p99": delay[99]},
-              "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
-              "realtime_factor": seconds / compute_s, "wall_s": wall,
-              "peak_memory_mb": peak_memory_mb(),
-              "solo_frames": int(solo_frames.shape[1])}
+    seconds, wall = len(solo) / rate, time.perf_counter() - t0
+    mixed, levelled = mix(backing, solo)
+    out.mkdir(parents=True, exist_ok=True)
+    write_wav(out / "solo.wav", levelled, rate)
+    write_wav(out / "mix.wav", mixed, rate)
+    report = make_report(args, numbers, ms, seconds, wall, solo_frames, interrupted)
     write_atomic(out / "report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
-    print(f"per frame (encoder + decoder step + sampling): p50 {pct[50]:.2f} ms, p90 {pct[90]:.2f} ms, "
-          f"p99 {pct[99]:.2f} ms (budget {report['frame_budget_ms']:.1f} ms); codec per chunk p50 "
+    if interrupted:
+        print(f"\nstopped by Ctrl-C: wrote the {seconds:.1f} s made so far to {out}/solo.wav, mix.wav, report.json")
+        raise SystemExit(130)
+    frame, delay = report["frame_ms"], report["end_to_end_delay_ms"]
+    print(f"per frame (encoder + decoder step + sampling): p50 {frame['p50']:.2f} ms, p90 {frame['p90']:.2f} ms, "
+          f"p99 {frame['p99']:.2f} ms (budget {report['frame_budget_ms']:.1f} ms); codec per chunk p50 "
           f"{report['codec_chunk_ms']['p50']:.1f} ms")
-    print(f"end-to-end delay p50 {delay[50]:.0f} ms, p99 {delay[99]:.0f} ms (chunk {chunk_ms:.0f} + delay pattern "
-          f"{pattern_ms:.0f} + compute); {report['realtime_factor']:.1f}x real time; "
+    print(f"end-to-end delay p50 {delay['p50']:.0f} ms, p99 {delay['p99']:.0f} ms (chunk {report['chunk_ms']:.0f} + "
+          f"delay pattern {report['delay_pattern_ms']:.0f} + compute); {report['realtime_factor']:.1f}x real time; "
           f"peak memory {report['peak_memory_mb']:.0f} MB")
     print(f"wrote {out}/solo.wav, mix.wav, report.json")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before the take began (loading): nothing was made, nothing written
+        raise SystemExit("\nstopped by Ctrl-C before the take began: nothing was written") from None

@@ -389,7 +389,8 @@ def ensure_dataset(cfg):
                                      or data.load_dataset(cfg.data).get("demo") != data.DEMO_VERSION):
         print(f"no dataset of the current demo corpus (version {data.DEMO_VERSION}) in {cfg.data}: building it first "
               "(python data.py does the same)")
-        data.build_dataset(data.DataConfig(out=cfg.data, device=cfg.device))
+        # overwrite: an older version of the demo corpus is replaced, as said above
+        data.build_dataset(data.DataConfig(out=cfg.data, device=cfg.device, overwrite=True))
     return data.load_dataset(cfg.data)
 
 
@@ -831,7 +832,8 @@ if __name__ == "__main__":
     try:
         train(config)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
-        raise SystemExit(f"\nstopped by Ctrl-C; {Path(config.out) / 'latest'} holds the last scheduled save "
-                         f"(if any): continue with --resume") from None
+        print(f"\nstopped by Ctrl-C; {Path(config.out or 'runs/' + config.preset) / 'latest'} holds the last "
+              f"scheduled save, if any: continue with --resume", file=sys.stderr)
+        sys.exit(130)
     if config.push_to_hub:
         push_to_hub(Path(config.out) / "best", config.push_to_hub, config.hub_private)

@@ -48,3 +48,19 @@ def trained_causal(demo_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("causal")
     train(quick_train_config(demo_dataset[0], out, causal_encoder=True, attn_window=40, max_steps=3))
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained_causal, tmp_path_factory):
+    """(export folder, model, codec, codec numbers, val backing codes [K, T], val solo codes [K, T])."""
+    import numpy as np
+    import data
+    import onnx_export
+    from model import load_model
+    folder = trained_causal / "best"
+    out = tmp_path_factory.mktemp("onnx") / "solo_onnx"
+    onnx_export.main(onnx_export.ExportConfig(checkpoint=str(folder), out=str(out), chunk_ms=80, context_ms=200))
+    model, config = load_model(folder)
+    codec, numbers = data.load_codec_for(config, folder, "", "cpu")
+    backing, solo = data.load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end
+    return out, model, codec, numbers, backing[:, :150].astype(np.int64), solo[:, :150].astype(np.int64)

@@ -16,18 +16,6 @@ from data import CODEC_RATE, load_split
 from model import SamplerState, SoloTransformer, StreamingSampler, build_delay_pattern, preset_config
 
 
-@pytest.fixture(scope="module")
-def exported(trained_causal, tmp_path_factory):
-    """(export folder, model, codec, codec numbers, val backing codes [K, T], val solo codes [K, T])."""
-    folder = trained_causal / "best"
-    out = tmp_path_factory.mktemp("onnx") / "solo_onnx"
-    E.main(E.ExportConfig(checkpoint=str(folder), out=str(out), chunk_ms=80, context_ms=200))
-    model, config = G.load_model(folder)
-    codec, numbers = data.load_codec_for(config, folder, "", "cpu")
-    backing, solo = load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end
-    return out, model, codec, numbers, backing[:, :150].astype(np.int64), solo[:, :150].astype(np.int64)
-
-
 def pytorch_stream(model, backing, **opts):
     sampler = StreamingSampler(model, backing.shape[1], **opts)
     frames = [sampler.push(torch.from_numpy(backing[None, :, t])) for t in range(backing.shape[1])]
@@ -193,7 +181,7 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
 
     def fails(args, *words):
         with pytest.raises(SystemExit) as err:
-            R.main([str(a) for a in args])
+            R.main([str(a) for a in args] + ["--out", str(tmp_path / "never")])
         assert all(w in str(err.value) for w in words), str(err.value)
 
     good = tmp_path / "ok.wav"
@@ -209,8 +197,9 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
     # A graph from another export: runner.json no longer describes the folder.
     mixed = tmp_path / "mixed"
     shutil.copytree(folder, mixed)
-    (mixed / "decoder_step.onnx").write_bytes((mixed / "decoder_step.int8.onnx").read_bytes())
-    fails([mixed, "--backing", good], "decoder_step.onnx", "export the folder again")
+    # (the default variant's graph: a folder is checked for the graphs the run uses)
+    (mixed / "decoder_step.int8.onnx").write_bytes((mixed / "decoder_step.int4.onnx").read_bytes())
+    fails([mixed, "--backing", good], "decoder_step.int8.onnx", "export the folder again")
     numbers = json.loads((folder / "runner.json").read_text())
     (mixed / "runner.json").write_text(json.dumps({**numbers, "format": 1}))
     fails([mixed, "--backing", good], "format 1", "export the folder again")
