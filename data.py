@@ -23,7 +23,8 @@ crash or kill -9) only does what is missing. Every file is written atomically.
 Expected output for the default demo corpus on a 2-core CPU (offline, so after a banner
 saying that it falls back to the untrained codec), in about 4 minutes:
     songs: 100%|####| 64/64 [04:14<00:00,  3.98s/song]
-    kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 837 s of training audio; 261.2 s
+    kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 837 s of training
+    audio; 261.2 s
 """
 import argparse
 import hashlib
@@ -69,14 +70,20 @@ class DataConfig:
     urls: list = opt([], "links to download with yt-dlp (optional dependency)")
     demo_songs: int = opt(64, "demo corpus: number of songs")
     demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds")
-    separate: bool = opt(False, "demo corpus: run Demucs on the mix instead of using the true stems")
-    demucs_model: str = opt("htdemucs_6s", "Demucs model name (demucs_unittest: small, random, offline)")
+    separate: bool = opt(False,
+                         "demo corpus: run Demucs on the mix instead of using the true stems")
+    demucs_model: str = opt("htdemucs_6s",
+                            "Demucs model name (demucs_unittest: small, random, offline)")
     demucs_repo: str = opt("", "local folder holding Demucs weights (offline machines)")
-    backing_sources: list = opt(["drums", "bass", "piano", "guitar"], "Demucs stems summed into the backing")
-    solo_sources: list = opt(["other", "vocals"], "Demucs stems summed into the solo (a sax lands here)")
-    encodec_weights: str = opt("pretrained", "'pretrained' (download once), a local .th file, or 'untrained'")
+    backing_sources: list = opt(["drums", "bass", "piano", "guitar"],
+                                "Demucs stems summed into the backing")
+    solo_sources: list = opt(["other", "vocals"],
+                             "Demucs stems summed into the solo (a sax lands here)")
+    encodec_weights: str = opt("pretrained",
+                               "'pretrained' (download once), a local .th file, or 'untrained'")
     bandwidth: float = opt(3.0, "EnCodec bandwidth in kbps: 3.0 gives 4 codebooks")
-    rms_rel_db: float = opt(-30.0, "solo plays where its RMS is above its loud frames' level (95th percentile) + this")
+    rms_rel_db: float = opt(-30.0, "solo plays where its RMS is above its loud "
+                                   "frames' level (95th percentile) + this")
     rms_abs_db: float = opt(-45.0, "... and above this absolute level (dBFS)")
     min_section_s: float = opt(2.0, "shortest section kept, in seconds")
     merge_gap_s: float = opt(0.75, "silences shorter than this inside a section are kept")
@@ -85,13 +92,16 @@ class DataConfig:
     pitch_semitones: float = opt(2.0, "augmentation: pitch shift drawn from [-x, +x] semitones")
     tempo_range: float = opt(0.1, "augmentation: tempo ratio drawn from [1 - x, 1 + x]")
     val_fraction: float = opt(0.1, "share of songs for validation (at least one song)")
-    test_fraction: float = opt(0.1, "share of songs for testing (at least one song when there are 3+)")
+    test_fraction: float = opt(0.1,
+                               "share of songs for testing (at least one song when there are 3+)")
     seed: int = opt(0, "seed for the demo corpus, the splits, augmentation and the untrained codec")
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
-    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 on a busy machine, docs/troubleshooting.md)")
-    demo_backing: str = opt("", "write the backing of a demo song no model trained on to this .wav or .flac, and exit")
-    overwrite: bool = opt(False, "replace an existing --demo-backing file, or a dataset in --out built with other "
-                                 "settings")
+    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 "
+                          "on a busy machine, docs/troubleshooting.md)")
+    demo_backing: str = opt("", "write the backing of a demo song no model "
+                                "trained on to this .wav or .flac, and exit")
+    overwrite: bool = opt(False, "replace an existing --demo-backing file, or "
+                                 "a dataset in --out built with other settings")
 
 
 def parse_settings(cls, argv=None, description=None):
@@ -107,14 +117,17 @@ def parse_settings(cls, argv=None, description=None):
         # The default is shown unless it is empty: then the help says what empty means.
         help = f.metadata["help"] + ("" if default in ("", None, []) else f" (default: {default})")
         if kind is bool:
-            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help)
+            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help)
         elif kind is list:
             parser.add_argument(name, dest=f.name, nargs="*", default=default, help=help)
         else:
             if typing.get_origin(kind) is typing.Union:  # Optional[int]: an int, or "none"
                 inner = typing.get_args(kind)[0]
-                kind = lambda s, inner=inner: None if s.lower() == "none" else inner(s)  # noqa: E731
-            parser.add_argument(name, dest=f.name, type=kind, default=default, help=help, choices=choices)
+                def kind(s, inner=inner):
+                    return None if s.lower() == "none" else inner(s)
+            parser.add_argument(name, dest=f.name, type=kind, default=default, help=help,
+                                choices=choices)
     return cls(**vars(parser.parse_args(argv)))
 
 
@@ -172,7 +185,8 @@ def locked_versions(path=LOCK_FILE):
         lines = Path(path).read_text().splitlines()
     except OSError:
         return {}
-    pins = [line.split(";")[0].strip().split("==") for line in lines if "==" in line and not line.startswith("#")]
+    pins = [line.split(";")[0].strip().split("==") for line in lines
+            if "==" in line and not line.startswith("#")]
     return {name.lower(): version for name, version in pins}
 
 
@@ -194,13 +208,17 @@ def check_install(*extra):
     for name in ("torchaudio", "encodec", *extra):
         try:
             importlib.import_module(name)
-        except Exception as err:  # OSError: a compiled part that does not load; ImportError: missing
+        # OSError: a compiled part that does not load; ImportError: missing
+        except Exception as err:
             why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             lock = locked_versions()
-            tested = (f"; the tested pair is torch {lock['torch']} + torchaudio {lock['torchaudio']}"
+            tested = (f"; the tested pair is torch {lock['torch']} + "
+                      f"torchaudio {lock['torchaudio']}"
                       if {"torch", "torchaudio"} <= set(lock) else "")
-            raise SystemExit(f"{name} does not import ({why}). Installed: torch {installed_version('torch')}, "
-                             f"torchaudio {installed_version('torchaudio')}{tested}. Fix: {INSTALL_FIX}") from None
+            raise SystemExit(f"{name} does not import ({why}). Installed: "
+                             f"torch {installed_version('torch')}, torchaudio "
+                             f"{installed_version('torchaudio')}{tested}. "
+                             f"Fix: {INSTALL_FIX}") from None
 
 
 def set_threads(n):
@@ -232,7 +250,8 @@ def atomic_write(path, write_fn, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a failed or interrupted write leaves nothing behind, not even the temporary file
+    # a failed or interrupted write leaves nothing behind, not even the temporary file
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
@@ -250,12 +269,15 @@ def write_audio(path, audio, rate):
     audio = np.asarray(audio, dtype=np.float32)
     bad = ~np.isfinite(audio)
     if bad.any():
-        raise SystemExit(f"not writing {path}: {int(bad.sum())} of its samples are not finite (NaN or inf), "
-                         f"the first at {np.argmax(bad.reshape(len(audio), -1).any(axis=1)) / rate:.2f} s. "
-                         f"Nothing was written; this is a bug, please report it with the command you ran")
+        raise SystemExit(f"not writing {path}: {int(bad.sum())} of its samples are not "
+                         "finite (NaN or inf), the first at "
+                         f"{np.argmax(bad.reshape(len(audio), -1).any(axis=1)) / rate:.2f} "
+                         "s. Nothing was written; this is a bug, please report it with "
+                         "the command you ran")
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     if peak > 1.0:
-        print(f"WARNING: {path}: peak {peak:.3g}, past full scale: scaled down to 0.98 before writing")
+        print(f"WARNING: {path}: peak {peak:.3g}, past full scale: "
+              "scaled down to 0.98 before writing")
         audio = audio * np.float32(0.98 / peak)
     atomic_write(path, lambda f: sf.write(f, audio, rate, format=Path(path).suffix[1:].upper()))
 
@@ -268,7 +290,8 @@ def read_metrics(path):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            print(f"{path}: dropped a damaged line ({line[:40]!r}...), left by an interrupted write")
+            print(f"{path}: dropped a damaged line "
+                  f"({line[:40]!r}...), left by an interrupted write")
     return rows
 
 
@@ -297,12 +320,15 @@ def load_audio(path):
         sf_error = str(err).splitlines()[0]
     if shutil.which("ffmpeg") is None:
         raise SkipSong(f"cannot decode ({sf_error}); install ffmpeg to read more formats")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar", str(DEMUCS_RATE), "-"]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar",
+           str(DEMUCS_RATE), "-"]
     run = subprocess.run(cmd, capture_output=True)  # a list of arguments, never a shell
     if run.returncode != 0 or not run.stdout:
         raise SkipSong(f"cannot decode (soundfile: {sf_error}; ffmpeg: "
-                       f"{run.stderr.decode(errors='replace').strip()[:200]}): convert it to WAV or FLAC")
-    return checked_samples(np.frombuffer(run.stdout, dtype=np.float32).reshape(-1, 2).T.copy(), DEMUCS_RATE,
+                       f"{run.stderr.decode(errors='replace').strip()[:200]}): "
+                       "convert it to WAV or FLAC")
+    return checked_samples(np.frombuffer(run.stdout, dtype=np.float32).reshape(-1, 2).T.copy(),
+                           DEMUCS_RATE,
                            path), DEMUCS_RATE
 
 
@@ -319,13 +345,14 @@ def checked_samples(audio, rate, path):
     bad = ~np.isfinite(audio)
     if bad.any():
         first = np.argmax(bad.any(axis=0)) / rate
-        raise SkipSong(f"{int(bad.sum())} samples are not finite (NaN or inf), the first at {first:.3f} s: "
-                       f"the file is damaged; export it again from the original")
+        raise SkipSong(f"{int(bad.sum())} samples are not finite (NaN or inf), the first at "
+                       f"{first:.3f} s: the file is damaged; export it again from the original")
     over = np.abs(audio) > 1.0
     if over.any():
         first, peak = np.argmax(over.any(axis=0)) / rate, float(np.abs(audio).max())
-        print(f"WARNING: {path}: {int(over.sum())} samples past full scale (peak {peak:.3g}, the first at "
-              f"{first:.3f} s): a click or a corrupt sample; clipped to +-1 so that it cannot set the level")
+        print(f"WARNING: {path}: {int(over.sum())} samples past full scale "
+              f"(peak {peak:.3g}, the first at {first:.3f} s): a click or a "
+              "corrupt sample; clipped to +-1 so that it cannot set the level")
         audio = np.clip(audio, -1.0, 1.0)
     return audio
 
@@ -337,14 +364,17 @@ def warn_if_truncated(path, frames, rate):
     with open(path, "rb") as f:
         head = f.read(4096)
     at, fmt = head.find(b"data"), head.find(b"fmt ")
-    if head[:4] != b"RIFF" or at < 0 or fmt < 0 or head[at + 4:at + 8] == b"\xff" * 4:  # not a WAV; unknown length
+    # not a WAV; unknown length
+    if head[:4] != b"RIFF" or at < 0 or fmt < 0 or head[at + 4:at + 8] == b"\xff" * 4:
         return
-    frame_bytes = int.from_bytes(head[fmt + 10:fmt + 12], "little") * int.from_bytes(head[fmt + 22:fmt + 24],
-                                                                                       "little") // 8
+    channels = int.from_bytes(head[fmt + 10:fmt + 12], "little")
+    bits = int.from_bytes(head[fmt + 22:fmt + 24], "little")              # per sample
+    frame_bytes = channels * bits // 8
     promised = int.from_bytes(head[at + 4:at + 8], "little") // max(1, frame_bytes)
     if promised > frames + 1:
-        print(f"WARNING: {path}: its header promises {promised / rate:.1f} s, the file holds {frames / rate:.1f} s "
-              f"(a copy cut short?): using the {frames / rate:.1f} s it holds")
+        print(f"WARNING: {path}: its header promises {promised / rate:.1f} "
+              f"s, the file holds {frames / rate:.1f} s (a copy cut "
+              f"short?): using the {frames / rate:.1f} s it holds")
 
 
 def resample(audio, rate_from, rate_to):
@@ -352,7 +382,8 @@ def resample(audio, rate_from, rate_to):
     if rate_from == rate_to:
         return audio
     import torchaudio.functional as AF  # imported here: encodec needs torchaudio anyway
-    return AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), int(rate_from), int(rate_to)).numpy()
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), int(rate_from),
+                       int(rate_to)).numpy()
 
 
 def channels(audio, n):
@@ -384,7 +415,8 @@ def channels(audio, n):
 # kicks, dynamics and lead notes: the ground truth that train.py and generate.py
 # score listening against.
 
-CHORD_TONES = {"maj7": [0, 4, 7, 11], "m7": [0, 3, 7, 10], "7": [0, 4, 7, 10], "m7b5": [0, 3, 6, 10], "m6": [0, 3, 7, 9]}
+CHORD_TONES = {"maj7": [0, 4, 7, 11], "m7": [0, 3, 7, 10], "7": [0, 4, 7, 10],
+               "m7b5": [0, 3, 6, 10], "m6": [0, 3, 7, 9]}
 # Two-bar units: (semitones above the unit's key, quality) for each bar.
 UNITS = {
     "ii-V": [(2, "m7"), (7, "7")],
@@ -396,9 +428,11 @@ UNITS = {
 }
 NOTE_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
 MODULATION_P = 0.5  # chance that a two-bar unit moves to a new key drawn at random
-UNTRAINED_AUDIO = ("the UNTRAINED codec's decoder ignores the codes: every file it decodes is the same DC offset "
-                   "(about -0.07) with faint fixed tones (-40 dBFS), whatever the model wrote")
-DEMO_VERSION = 2    # part of every demo song's cache key and of meta.json: a new corpus is never mixed with an old one
+UNTRAINED_AUDIO = ("the UNTRAINED codec's decoder ignores the codes: every "
+                   "file it decodes is the same DC offset (about -0.07) with "
+                   "faint fixed tones (-40 dBFS), whatever the model wrote")
+# part of every demo song's cache key and of meta.json: a new corpus is never mixed with an old one
+DEMO_VERSION = 2
 
 
 def midi_hz(m):
@@ -420,7 +454,8 @@ def add_tone(buf, start_s, dur_s, hz, amp, harmonics, decay, rate, vibrato=0.0, 
     t = np.arange(n) / rate
     phase = 2 * np.pi * hz * (t + vibrato * np.sin(2 * np.pi * 5.5 * t) / (2 * np.pi * 5.5))
     wave = sum(a * np.sin(h * phase) for h, a in harmonics)
-    env = np.minimum(1.0, t / attack) * np.exp(-t / decay) * np.minimum(1.0, (n - np.arange(n)) / (0.02 * rate))
+    release = np.minimum(1.0, (n - np.arange(n)) / (0.02 * rate))     # 20 ms fade at the end
+    env = np.minimum(1.0, t / attack) * np.exp(-t / decay) * release
     buf[i0:i0 + n] += amp * wave * env
 
 
@@ -465,7 +500,8 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
     bass, piano, drums, lead = (np.zeros(N) for _ in range(4))
     harmony = demo_harmony(n_bars + 1, rng)  # one bar more: the bass approaches the next root
     # Kicks: 2 to 4 distinct swung-eighth positions (0..7) per bar, drawn at random.
-    kicks = [sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)), replace=False)) for _ in range(n_bars)]
+    kicks = [sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)),
+                                               replace=False)) for _ in range(n_bars)]
     kick_times = [t for bar in range(n_bars) for e in kicks[bar]
                   if (t := bar * 4 * beat + (e // 2) * beat + (e % 2) * swing) < seconds - 0.05]
     # Phrases: the lead plays 2 to 4 bars, then rests one bar while the band goes on.
@@ -516,7 +552,8 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
             cands = [m for m in range(58, 83) if m % 12 in tones]
             near = sorted(cands, key=lambda m: abs(m - prev_lead) + rng.random() * 3)[:3]
             midi = prev_lead = int(near[int(rng.integers(len(near)))])
-            add_tone(lead, t_hit, dur, midi_hz(midi), 0.22, [(h, 1.0 / h) for h in range(1, 9)], 1.5, rate,
+            add_tone(lead, t_hit, dur, midi_hz(midi), 0.22, [(h, 1.0 / h) for h in range(1, 9)],
+                     1.5, rate,
                      vibrato=0.004, attack=0.02)
             notes.append({"start_s": round(t_hit, 4), "end_s": round(t_hit + dur, 4), "midi": midi})
     # A short low-pass softens the lead's upper harmonics, a little like a reed's.
@@ -541,9 +578,9 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
 # 3. Separation with Demucs
 # ----------------------------------------------------------------------------
 
-OFFLINE_HELP = ("Three ways out: (1) run once on a machine with internet so the weights are cached; "
-                "(2) point at local weights ({flag}); (3) use {fallback} (audio is then not meaningful, "
-                "but every step runs).")
+OFFLINE_HELP = ("Three ways out: (1) run once on a machine with internet so the "
+                "weights are cached; (2) point at local weights ({flag}); (3) use "
+                "{fallback} (audio is then not meaningful, but every step runs).")
 
 
 def load_separator(name, repo=""):
@@ -561,8 +598,10 @@ def load_separator(name, repo=""):
             torch.manual_seed(0)
             model = get_model(name, repo=Path(repo) if repo else None)
     except (Exception, SystemExit) as err:  # demucs calls sys.exit on some failures
-        where = f"the local folder {repo}" if repo else "the Hugging Face Hub and the legacy download URL"
-        raise SystemExit(f"Could not load the Demucs model {name!r} from {where}: {err}\n" + OFFLINE_HELP.format(
+        where = (f"the local folder {repo}" if repo
+                 else "the Hugging Face Hub and the legacy download URL")
+        raise SystemExit(f"Could not load the Demucs model {name!r} from {where}: {err}\n"
+                         + OFFLINE_HELP.format(
             flag="--demucs-repo DIR", fallback="--demucs-model demucs_unittest")) from None
     return model.eval()
 
@@ -594,11 +633,12 @@ def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=
         x = torch.from_numpy(mix[:, start:start + chunk]).to(device)              # [2, n]
         # Demucs was trained on mixes normalised to zero mean and unit variance (as its
         # own command line does); the stems are scaled back to the input's level after.
-        ref = x.mean(0)                                                            # [n], the mono mix
+        ref = x.mean(0)                                                          # [n], the mono mix
         mean, std = ref.mean(), ref.std() + 1e-8
         # shifts=0: Demucs's default (1) moves the input by a random offset drawn from
         # Python's global random module, so two runs would separate differently.
-        stems = apply_model(model, ((x - mean) / std)[None], shifts=0, device=device, split=True, overlap=0.25)[0]
+        stems = apply_model(model, ((x - mean) / std)[None], shifts=0, device=device, split=True,
+                            overlap=0.25)[0]
         stems = (stems * std + mean).cpu().numpy()                                 # [sources, 2, n]
         # Sum the chosen stems, then mono, then 24 kHz: two small arrays leave this chunk.
         for out, wanted in ((backs, backing_sources), (solos, solo_sources)):
@@ -682,9 +722,10 @@ def time_stretch(audio, rate, n_fft=1024, hop=256):
     window = torch.hann_window(n_fft)
     spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)      # [F, M]
     n_frames = spec.size(1)
-    spec = torch.nn.functional.pad(spec, (0, 2))                               # frames i + 1 always exist
-    omega = torch.linspace(0, math.pi * hop, spec.size(0), dtype=torch.float64)[:, None]  # expected advance per hop, [F, 1]
-    steps = torch.arange(0, n_frames, rate, dtype=torch.float64)               # fractional frame positions
+    spec = torch.nn.functional.pad(spec, (0, 2))                         # frames i + 1 always exist
+    # expected advance per hop, [F, 1]
+    omega = torch.linspace(0, math.pi * hop, spec.size(0), dtype=torch.float64)[:, None]
+    steps = torch.arange(0, n_frames, rate, dtype=torch.float64)        # fractional frame positions
     i = steps.floor().long()
     frac = (steps - i).float()[None, :]
     a, b = spec[:, i], spec[:, i + 1]                                          # [F, M'] each
@@ -693,8 +734,9 @@ def time_stretch(audio, rate, n_fft=1024, hop=256):
     dphi = dphi - 2 * math.pi * torch.round(dphi / (2 * math.pi))              # wrap to [-pi, pi]
     # Output frame j has the first input frame's phase plus the advances of frames 0..j-1.
     phase = torch.cat([spec[:, :1].angle().double(), (omega + dphi)[:, :-1]], dim=1).cumsum(dim=1)
-    phase = torch.remainder(phase, 2 * math.pi).float()                       # small again: float32 is exact enough
-    out = torch.istft(torch.polar(mag, phase), n_fft, hop, window=window, length=round(len(audio) / rate))
+    phase = torch.remainder(phase, 2 * math.pi).float()       # small again: float32 is exact enough
+    out = torch.istft(torch.polar(mag, phase), n_fft, hop, window=window,
+                      length=round(len(audio) / rate))
     return out.numpy()
 
 
@@ -725,7 +767,8 @@ def load_codec(weights, bandwidth, device):
     can run. (encodec's own loader unpickles freely; it is not used here.)
     """
     from encodec import EncodecModel
-    warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated")  # encodec 0.1.1's own, harmless
+    # encodec 0.1.1's own, harmless
+    warnings.filterwarnings("ignore", message=".*weight_norm.*deprecated")
     if weights == "untrained":
         codec = EncodecModel.encodec_model_24khz(pretrained=False)
     elif weights == "pretrained":
@@ -733,13 +776,15 @@ def load_codec(weights, bandwidth, device):
             codec = EncodecModel.encodec_model_24khz(pretrained=True)
         except Exception as err:
             raise CodecUnavailable(
-                f"Could not download the EnCodec 24 kHz weights (torch hub, from the encodec release URL): {err}\n"
+                "Could not download the EnCodec 24 kHz weights "
+                f"(torch hub, from the encodec release URL): {err}\n"
                 + OFFLINE_HELP.format(flag="--encodec-weights path/to/encodec_24khz-d7cc33bc.th",
                                       fallback="--encodec-weights untrained")) from None
     else:
         path = Path(weights)
         if not path.is_file():
-            raise SystemExit(f"--encodec-weights {weights}: no such file; give the path of encodec_24khz-d7cc33bc.th")
+            raise SystemExit(f"--encodec-weights {weights}: no such file; "
+                             "give the path of encodec_24khz-d7cc33bc.th")
         codec = EncodecModel.encodec_model_24khz(pretrained=False)
         codec.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     codec.set_target_bandwidth(bandwidth)  # without it, all 32 codebooks are used
@@ -750,7 +795,8 @@ def codec_info(codec, weights):
     """The codec's numbers, as stored in meta.json: model.py reads K, card, frame_rate here."""
     K = codec.quantizer.get_num_quantizers_for_bandwidth(codec.frame_rate, codec.bandwidth)
     return {"name": "encodec_24khz", "weights": weights, "bandwidth_kbps": codec.bandwidth,
-            "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate, "hop": codec.sample_rate // codec.frame_rate,
+            "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate,
+            "hop": codec.sample_rate // codec.frame_rate,
             "n_codebooks": K, "card": codec.quantizer.bins, "untrained": weights == "untrained"}
 
 
@@ -789,10 +835,13 @@ def encode_audio(codec, audio, chunk_s=30.0):
     device = next(codec.parameters()).device
     parts = []
     for start in range(0, len(audio), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(audio[start:start + chunk]))[None, None].to(device)  # [1, 1, n]
-        frames = codec.encode(x)                                              # [(codes [1, K, F], scale)]
-        parts.append(torch.cat([c for c, _ in frames], dim=-1)[0].cpu())     # [K, F]
-    return torch.cat(parts, dim=-1).numpy().astype(np.int16)                 # [K, F]; card 1024 fits int16
+        # [1, 1, n]
+        piece = np.ascontiguousarray(audio[start:start + chunk])
+        x = torch.from_numpy(piece)[None, None].to(device)
+        frames = codec.encode(x)                                        # [(codes [1, K, F], scale)]
+        parts.append(torch.cat([c for c, _ in frames], dim=-1)[0].cpu())  # [K, F]
+    # [K, F]; card 1024 fits int16
+    return torch.cat(parts, dim=-1).numpy().astype(np.int16)
 
 
 @torch.no_grad()
@@ -812,11 +861,13 @@ def decode_codes(codec, codes, chunk_s=10.0, context_s=1.0):
     codes = np.asarray(codes, dtype=np.int64)
     parts = []
     for start in range(0, codes.shape[-1], chunk):
-        lo = max(0, start - context)                                           # context frames before the chunk
-        x = torch.from_numpy(codes[:, lo:start + chunk])[None].to(device)      # [1, K, n]
-        audio = codec.decode([(x, None)])[0, 0].cpu().numpy()                  # [n * hop (+ a few)]
-        parts.append(audio[(start - lo) * hop:(x.size(-1)) * hop])             # the chunk's own samples
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)   # [F * hop]
+        # context frames before the chunk
+        lo = max(0, start - context)
+        x = torch.from_numpy(codes[:, lo:start + chunk])[None].to(device)     # [1, K, n]
+        audio = codec.decode([(x, None)])[0, 0].cpu().numpy()                 # [n * hop (+ a few)]
+        # the chunk's own samples
+        parts.append(audio[(start - lo) * hop:(x.size(-1)) * hop])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)  # [F * hop]
 
 
 def prepare_codec(cfg, out, calibration, device, fallback_ok):
@@ -832,7 +883,8 @@ def prepare_codec(cfg, out, calibration, device, fallback_ok):
         except CodecUnavailable as err:
             if not fallback_ok:
                 raise
-            print("=" * 78 + f"\n{err}\n\nThe demo corpus goes on with the UNTRAINED codec: training and its\n"
+            print("=" * 78 + f"\n{err}\n\nThe demo corpus goes on with "
+                             "the UNTRAINED codec: training and its\n"
                   "metrics are real, but the audio carries nothing of the tokens (its decoder\n"
                   "ignores them). For real audio, get the weights (docs/troubleshooting.md)\n"
                   "and rerun with --encodec-weights PATH.\n" + "=" * 78)
@@ -858,8 +910,9 @@ def untrained_codec(folder, bandwidth, device, seed=0, calibration=None):
         state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
         atomic_write(state_file, lambda f: f.write(save(state)))
     else:
-        raise SystemExit(f"{state_file} is missing: this model was trained on tokens of the untrained codec, "
-                         "whose codebooks live there. Rebuild the dataset with data.py.")
+        raise SystemExit(f"{state_file} is missing: this model was trained on "
+                         "tokens of the untrained codec, whose codebooks "
+                         "live there. Rebuild the dataset with data.py.")
     return codec
 
 
@@ -886,7 +939,8 @@ def load_codec_for(config, folder, weights, device):
     home = next((h for h in homes if (h / "codec.safetensors").exists()), homes[-1])
     codec = dataset_codec(numbers, home, device, weights)
     found, m = codec_info(codec, numbers["weights"]), config["model"]
-    mismatch = [(k, found[k], m[k]) for k in ("n_codebooks", "card", "frame_rate") if found[k] != m[k]]
+    mismatch = [(k, found[k], m[k]) for k in ("n_codebooks", "card",
+                                              "frame_rate") if found[k] != m[k]]
     if mismatch:
         raise SystemExit("the codec does not match the checkpoint: " + ", ".join(
             f"{k} is {a} in the codec but {b} in the model" for k, a, b in mismatch)
@@ -935,7 +989,8 @@ def song_stems(source, cfg, separator, device):
         if cfg.separate:
             est_backing, est_solo = separate(separator, (backing + solo)[None], CODEC_RATE,
                                              cfg.backing_sources, cfg.solo_sources, device)
-            facts["separation_ser_db"] = {"solo": ser_db(solo, est_solo), "backing": ser_db(backing, est_backing)}
+            facts["separation_ser_db"] = {"solo": ser_db(solo, est_solo),
+                                          "backing": ser_db(backing, est_backing)}
             backing, solo = est_backing, est_solo
         return backing, solo, facts
     audio, rate = checked_audio(source, cfg)
@@ -951,7 +1006,8 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
     Variant 0 is the song as recorded; variants 1.. are its augmented copies.
     """
     # The split is part of the key: augmented copies are made for training songs only.
-    key = hashlib.sha256((source["fingerprint"] + source["split"] + settings_key).encode()).hexdigest()[:20]
+    key = hashlib.sha256((source["fingerprint"] + source["split"]
+                          + settings_key).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
     if cached.exists():
         return json.loads(cached.read_text())
@@ -960,19 +1016,22 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
     variants = [(0.0, 1.0)]
     if source["split"] == "train":
         variants += [(float(rng.uniform(-cfg.pitch_semitones, cfg.pitch_semitones)),
-                      float(rng.uniform(1 - cfg.tempo_range, 1 + cfg.tempo_range))) for _ in range(cfg.augment)]
+                      float(rng.uniform(1 - cfg.tempo_range,
+                                        1 + cfg.tempo_range))) for _ in range(cfg.augment)]
     record = {"id": source["id"], "source": source["name"], "split": source["split"],
               "duration_s": round(len(solo) / CODEC_RATE, 3), **extra, "variants": []}
     for v, (semitones, tempo) in enumerate(variants):
         # The same transformation on both stems: they stay aligned frame for frame.
         b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, CODEC_RATE, semitones, tempo),
                                                pitch_tempo(solo, CODEC_RATE, semitones, tempo))
-        sections = select_sections(frame_rms_db(s, numbers["hop"]), numbers["frame_rate"], cfg.rms_rel_db,
+        sections = select_sections(frame_rms_db(s, numbers["hop"]), numbers["frame_rate"],
+                                   cfg.rms_rel_db,
                                    cfg.rms_abs_db, cfg.min_section_s, cfg.merge_gap_s)
         if not sections:
             if v == 0:
-                raise SkipSong("no section where the solo plays (solo RMS never above the threshold "
-                               f"for {cfg.min_section_s} s; see --rms-rel-db / --rms-abs-db)")
+                raise SkipSong("no section where the solo plays (solo RMS never "
+                               f"above the threshold for {cfg.min_section_s} s; "
+                               "see --rms-rel-db / --rms-abs-db)")
             continue
         codes_file = cache_dir / f"{key}_{v}.npz"
         # The whole song is tokenized, then cut: tokens at a section's edge were made
@@ -981,7 +1040,8 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
         atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk))
         kept = sum(e - st for st, e in sections)
         record["variants"].append({"semitones": round(semitones, 3), "tempo": round(tempo, 4),
-                                   "codes": codes_file.name, "frames": int(bk.shape[1]), "sections": sections,
+                                   "codes": codes_file.name, "frames": int(bk.shape[1]),
+                                   "sections": sections,
                                    "kept_s": round(kept / numbers["frame_rate"], 2),
                                    "kept_fraction": round(kept / max(bk.shape[1], 1), 3)})
     write_json(cached, record)  # last: the song counts as done only once everything is on disk
@@ -1015,23 +1075,27 @@ def list_sources(cfg, out):
     """
     if not cfg.input_dir and not cfg.urls:
         return [{"kind": "demo", "index": i, "id": f"demo{i:03d}", "name": f"demo song {i}",
-                 "fingerprint": f"demo{DEMO_VERSION}:{cfg.seed}:{i}:{cfg.demo_seconds}"} for i in range(cfg.demo_songs)]
+                 "fingerprint": f"demo{DEMO_VERSION}:{cfg.seed}:{i}:{cfg.demo_seconds}"}
+                for i in range(cfg.demo_songs)]
     paths = []
     if cfg.input_dir:
         folder = Path(cfg.input_dir)
         if not folder.is_dir():
             raise SystemExit(f"--input-dir {folder}: no such folder")
-        paths += sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        paths += sorted(p for p in folder.rglob("*")
+                        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
     if cfg.urls:
         paths += download_urls(cfg.urls, Path(out) / "downloads")
     sources = []
     for p in paths:
         digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         safe = "".join(c if c.isalnum() else "_" for c in p.stem)[:40]
-        sources.append({"kind": "file", "path": str(p), "id": f"{safe}_{digest[:8]}", "name": str(p),
+        sources.append({"kind": "file", "path": str(p), "id": f"{safe}_{digest[:8]}",
+                        "name": str(p),
                         "fingerprint": f"file:{digest}"})
     if not sources:
-        raise SystemExit(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) found in {cfg.input_dir or cfg.urls}")
+        raise SystemExit(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) "
+                         f"found in {cfg.input_dir or cfg.urls}")
     return sources
 
 
@@ -1040,9 +1104,11 @@ def download_urls(urls, folder):
     try:
         import yt_dlp
     except ImportError:
-        raise SystemExit("--urls needs yt-dlp: pip install yt-dlp (and ffmpeg to decode what it fetches)") from None
+        raise SystemExit("--urls needs yt-dlp: pip install yt-dlp "
+                         "(and ffmpeg to decode what it fetches)") from None
     folder.mkdir(parents=True, exist_ok=True)
-    opts = {"format": "bestaudio/best", "outtmpl": str(folder / "%(id)s.%(ext)s"), "nooverwrites": True,
+    opts = {"format": "bestaudio/best", "outtmpl": str(folder / "%(id)s.%(ext)s"),
+            "nooverwrites": True,
             "quiet": True, "noprogress": True}
     paths = []
     with yt_dlp.YoutubeDL(opts) as ydl:
@@ -1063,7 +1129,8 @@ def assign_splits(sources, cfg):
     n_val = max(1, round(cfg.val_fraction * n)) if n >= 2 else 0
     n_test = max(1, round(cfg.test_fraction * n)) if n >= 3 else 0
     for rank, i in enumerate(order):
-        sources[i]["split"] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        sources[i]["split"] = ("val" if rank < n_val else
+                               "test" if rank < n_val + n_test else "train")
 
 
 def write_split_arrays(out, split, records, cache_dir):
@@ -1080,7 +1147,8 @@ def write_split_arrays(out, split, records, cache_dir):
             for start, end in var["sections"]:
                 backs.append(codes["backing"][:, start:end])
                 solos.append(codes["solo"][:, start:end])
-                segments.append({"song": rec["id"], "variant": v, "start": offset, "length": end - start,
+                segments.append({"song": rec["id"], "variant": v, "start": offset,
+                                 "length": end - start,
                                  "song_frame": start})
                 offset += end - start
     for name, parts in (("backing", backs), ("solo", solos)):
@@ -1095,7 +1163,8 @@ def build_dataset(cfg):
     check_settings(cfg)
     out, device = Path(cfg.out), pick_device(cfg.device)
     refuse_to_replace(out, cfg)
-    sources = list_sources(cfg, out)  # before anything is created: a wrong --input-dir leaves nothing behind
+    # before anything is created: a wrong --input-dir leaves nothing behind
+    sources = list_sources(cfg, out)
     # The cheap checks run over every file first, and the splits are drawn over the files
     # that pass them: a folder with bad files still gets validation and test songs.
     # Splits come before the expensive work because augmentation is for training songs only.
@@ -1110,8 +1179,8 @@ def build_dataset(cfg):
                 tqdm.write(f"skipped {src['name']}: {why}")
                 skipped.append({"source": src["name"], "reason": str(why)})
         if not usable:
-            raise SystemExit(f"No song could be used: all {len(sources)} files were skipped (reasons above); "
-                             f"nothing written to {out}.")
+            raise SystemExit(f"No song could be used: all {len(sources)} files were "
+                             f"skipped (reasons above); nothing written to {out}.")
         sources = usable
     assign_splits(sources, cfg)
     is_demo = sources[0]["kind"] == "demo"
@@ -1123,7 +1192,8 @@ def build_dataset(cfg):
     for stale in out.rglob(".*.tmp*"):  # left by a run that was killed mid-write
         stale.unlink()
     # Demucs is loaded only when something needs separating (the demo has true stems).
-    separator = None if (is_demo and not cfg.separate) else load_separator(cfg.demucs_model, cfg.demucs_repo)
+    needs_demucs = not is_demo or cfg.separate
+    separator = load_separator(cfg.demucs_model, cfg.demucs_repo) if needs_demucs else None
 
     def calibration():  # up to 60 s of audio for the untrained codec's codebooks
         parts, total = [], 0
@@ -1149,10 +1219,12 @@ def build_dataset(cfg):
     # The cache key of every song includes the codebooks themselves: tokens made with
     # other codebooks (another codec, another untrained fill) must never be reused.
     codebook_id = hashlib.sha256(b"".join(
-        layer._codebook.embed.cpu().numpy().tobytes() for layer in codec.quantizer.vq.layers[:numbers["n_codebooks"]]
+        layer._codebook.embed.cpu().numpy().tobytes()
+        for layer in codec.quantizer.vq.layers[:numbers["n_codebooks"]]
     )).hexdigest()[:16]
     settings = {k: v for k, v in asdict(cfg).items()
-                if k not in ("out", "input_dir", "urls", "device", "threads", "demo_songs", "demo_backing")}
+                if k not in ("out", "input_dir", "urls", "device", "threads", "demo_songs",
+                             "demo_backing")}
     settings_key = json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
 
     # A bad file costs its own song only: it is skipped, with its reason shown now and
@@ -1162,7 +1234,8 @@ def build_dataset(cfg):
     for src in bar:
         bar.set_postfix_str(src["name"][-30:])
         try:
-            records.append(process_song(src, cfg, codec, numbers, separator, device, cache_dir, settings_key))
+            records.append(process_song(src, cfg, codec, numbers, separator, device, cache_dir,
+                                        settings_key))
         except SkipSong as why:
             tqdm.write(f"skipped {src['name']}: {why}")
             skipped.append({"source": src["name"], "reason": str(why)})
@@ -1171,7 +1244,8 @@ def build_dataset(cfg):
             shutil.rmtree(out)
         elif not had_codec:
             (out / "codec.safetensors").unlink(missing_ok=True)
-        raise SystemExit(f"No song could be used ({len(skipped)} skipped, reasons above); nothing written to {out}.")
+        raise SystemExit(f"No song could be used ({len(skipped)} skipped, "
+                         f"reasons above); nothing written to {out}.")
 
     # The arrays are rebuilt from the cache at every run (cheap: tokens only), so a
     # rerun with more songs or after a crash always writes a consistent dataset.
@@ -1182,13 +1256,15 @@ def build_dataset(cfg):
         splits[split] = {"songs": [r["id"] for r in chosen], "segments": segments,
                          "frames": sum(s["length"] for s in segments)}
     meta = {"format": 1, "codec": numbers, "separation": None if separator is None else {
-                "model": cfg.demucs_model, "backing_sources": cfg.backing_sources, "solo_sources": cfg.solo_sources},
+                "model": cfg.demucs_model, "backing_sources": cfg.backing_sources,
+                "solo_sources": cfg.solo_sources},
             "settings": asdict(cfg), "splits": splits, "songs": records, "skipped": skipped,
             "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1)}
     write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
     counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
-    print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} songs; "
-          f"{splits['train']['frames'] / numbers['frame_rate']:.0f} s of training audio; {meta['build_seconds']} s")
+    print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} "
+          f"songs; {splits['train']['frames'] / numbers['frame_rate']:.0f} s of "
+          f"training audio; {meta['build_seconds']} s")
     if numbers["untrained"]:
         print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
     return meta
@@ -1202,7 +1278,8 @@ def refuse_to_replace(out, cfg):
     """--out must be a folder; one holding a dataset of other settings is kept without --overwrite.
     The same settings again are a resume: songs already done come from the cache."""
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file: give a folder for the dataset (meta.json and the token arrays)")
+        raise SystemExit(f"--out {out} is a file: give a folder for "
+                         "the dataset (meta.json and the token arrays)")
     if cfg.overwrite or not (out / "meta.json").exists():
         return
     try:
@@ -1212,8 +1289,8 @@ def refuse_to_replace(out, cfg):
     new = asdict(cfg)
     changed = [k for k in new if k in old and k not in RUN_ONLY_SETTINGS and old[k] != new[k]]
     if changed:
-        raise SystemExit(f"{out} holds a dataset built with other settings ({', '.join(changed)}): --overwrite "
-                         f"rebuilds it in place, or choose another --out")
+        raise SystemExit(f"{out} holds a dataset built with other settings ({', '.join(changed)}): "
+                         "--overwrite rebuilds it in place, or choose another --out")
 
 
 def write_demo_backing(cfg):
@@ -1223,7 +1300,8 @@ def write_demo_backing(cfg):
     if path.suffix.lower() not in (".wav", ".flac"):
         raise SystemExit(f"--demo-backing {path}: give a .wav or .flac file name")
     if path.exists() and not cfg.overwrite:
-        raise SystemExit(f"--demo-backing {path} already exists: pass --overwrite or choose another file name")
+        raise SystemExit(f"--demo-backing {path} already exists: pass "
+                         "--overwrite or choose another file name")
     backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed)
     write_audio(path, backing, CODEC_RATE)
     print(f"wrote {path}: {cfg.demo_seconds:.0f} s of demo backing at {truth['tempo_bpm']:.0f} bpm "
@@ -1233,22 +1311,27 @@ def write_demo_backing(cfg):
 def load_dataset(data_dir):
     """meta.json of a dataset folder, with a clear message when it is missing or damaged."""
     meta_file = Path(data_dir) / "meta.json"
-    fix = f"rebuild it with python data.py --out {data_dir} (songs already done are reused from its cache)"
+    fix = (f"rebuild it with python data.py --out {data_dir} (songs already done are reused "
+           f"from its cache)")
     if not meta_file.exists():
-        raise SystemExit(f"{meta_file} not found: build the dataset first (python data.py --out {data_dir})")
+        raise SystemExit(f"{meta_file} not found: build the dataset "
+                         f"first (python data.py --out {data_dir})")
     try:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SystemExit(f"{meta_file} is damaged ({err}): {fix}") from None
-    missing = [k for k in ("codec", "splits", "songs") if k not in (meta if isinstance(meta, dict) else {})]
+    missing = [k for k in ("codec", "splits",
+                           "songs") if k not in (meta if isinstance(meta, dict) else {})]
     if missing:
-        raise SystemExit(f"{meta_file} lacks {', '.join(missing)}: not a dataset written by data.py; {fix}")
+        raise SystemExit(f"{meta_file} lacks {', '.join(missing)}: "
+                         f"not a dataset written by data.py; {fix}")
     return meta
 
 
 def load_split(data_dir, split):
     """Memory-mapped (backing [K, N], solo [K, N]) of one split: nothing is read until used."""
-    return tuple(np.load(Path(data_dir) / f"{split}_{name}.npy", mmap_mode="r") for name in ("backing", "solo"))
+    return tuple(np.load(Path(data_dir) / f"{split}_{name}.npy",
+                         mmap_mode="r") for name in ("backing", "solo"))
 
 
 # ----------------------------------------------------------------------------
@@ -1270,7 +1353,8 @@ class Windows:
         self.segments = meta["splits"][split]["segments"]
         self.T, self.card = T, meta["codec"]["card"]
         lengths = np.array([s["length"] for s in self.segments], dtype=np.float64)
-        self.weights = torch.tensor(lengths / lengths.sum()) if len(lengths) else None  # longer segments, more often
+        # longer segments, more often
+        self.weights = torch.tensor(lengths / lengths.sum()) if len(lengths) else None
 
     def window(self, seg, start):
         """(backing, solo) [K, T] int64 from segment seg at frame start, padded with card."""
@@ -1283,7 +1367,8 @@ class Windows:
         return out
 
     def sample(self, batch, gen):
-        """A random batch: (backing, solo) [B, K, T], drawn with the generator gen (saved in checkpoints)."""
+        """A random batch: (backing, solo) [B, K, T], drawn with the generator gen (saved in
+        checkpoints)."""
         # Segments are picked in proportion to their length, so every frame of the split
         # is about equally likely to be seen, whatever way the solo was cut into sections.
         # All randomness goes through `gen`, whose state the checkpoint keeps: that is what
@@ -1298,8 +1383,8 @@ class Windows:
 
     def fixed(self, limit=None):
         """Deterministic evaluation windows: each segment cut in consecutive windows.
-        Returns (backing, solo [N, K, T], [(song id, variant, the window's first frame in its song)]),
-        the first `limit` windows (None: all of them).
+        Returns (backing, solo [N, K, T], [(song id, variant, the window's first frame in its
+        song)]), the first `limit` windows (None: all of them).
 
         The same windows at every evaluation, so two evaluations differ only because
         the model changed, never because the sample did.
@@ -1326,6 +1411,6 @@ if __name__ == "__main__":
     try:
         build_dataset(config)
     except KeyboardInterrupt:  # every song done so far is in the cache, written whole
-        raise SystemExit(f"\nstopped by Ctrl-C: the songs done so far are cached in {config.out}; the same "
-                         f"command goes on from there") from None
+        raise SystemExit("\nstopped by Ctrl-C: the songs done so far are cached "
+                         f"in {config.out}; the same command goes on from there") from None
     sys.exit(0)

@@ -1,11 +1,12 @@
 """
 generate.py -- a saxophone solo for a backing track: tokens -> sampling -> audio (phases 3-5).
 
-    python generate.py                                   # first validation clip, runs/tiny/best -> samples/
-    python generate.py --backing my_trio.wav --out samples/trio   # python data.py --demo-backing my_trio.wav writes one
-    python generate.py --backing full_mix.wav --separate # remove the existing lead with Demucs first
-    python generate.py --checkpoint you/jazz-sax-tiny    # a model from the Hugging Face Hub (phase 4)
-    python generate.py --stream --checkpoint runs/causal/best   # phase 5: frame by frame, with latencies
+    python generate.py                          # first validation clip, runs/tiny/best -> samples/
+    python generate.py --backing my_trio.wav --out samples/trio
+                                 # no backing? python data.py --demo-backing my_trio.wav writes one
+    python generate.py --backing full_mix.wav --separate   # remove its lead with Demucs first
+    python generate.py --checkpoint you/jazz-sax-tiny      # a model from the Hugging Face Hub
+    python generate.py --stream --checkpoint runs/causal/best   # phase 5: frame by frame, latencies
 
 Writes to the output folder (never over existing files without --overwrite):
     solo.wav      the generated saxophone
@@ -13,9 +14,11 @@ Writes to the output folder (never over existing files without --overwrite):
     backing.wav   the backing as the model heard it (24 kHz mono)
     solo.png      spectrograms of backing and solo, and the solo's tokens
     generation.json  settings, timings (real-time factor) and token statistics
-    index.html    the listening page: players, pictures, figures and the command (open it in a browser)
+    index.html    the listening page: players, pictures, figures and the command (open it in a
+                  browser)
     true_solo.wav, true_mix.wav   for a validation clip (no --backing): the recording's own solo
-    solo_0.wav, mix_0.wav, solo_0.png, ...   with --num-samples N, each solo (solo.wav is solo_0.wav)
+    solo_0.wav, mix_0.wav, solo_0.png, ...   with --num-samples N, each solo (solo.wav is
+                                             solo_0.wav)
 
 Backings longer than the model's window are generated in overlapping windows: each
 window after the first is prompted with the end of the previous one (the way
@@ -35,13 +38,16 @@ from tqdm import tqdm
 import data
 from data import DEVICES, opt, parse_settings, unigram_entropy, write_audio, write_json
 from listening import generation_page, listening_figures, mix_audio
-from model import StreamingSampler, fetch_checkpoint, load_model, read_json, resolve_checkpoint, sample_solo
+from model import (StreamingSampler, fetch_checkpoint, load_model, read_json, resolve_checkpoint,
+                   sample_solo)
 
 
 @dataclass
 class GenerateConfig:
-    checkpoint: str = opt("runs/tiny/best", "checkpoint folder, or a Hugging Face Hub id (user/name)")
-    backing: str = opt("", "backing track (any audio file); empty: a validation clip of the checkpoint's dataset")
+    checkpoint: str = opt("runs/tiny/best",
+                          "checkpoint folder, or a Hugging Face Hub id (user/name)")
+    backing: str = opt("", "backing track (any audio file); empty: a "
+                           "validation clip of the checkpoint's dataset")
     separate: bool = opt(False, "the backing is a full mix: remove its lead with Demucs first")
     from_val: int = opt(0, "which validation clip (section) to use when no --backing is given")
     out: str = opt("samples", "output folder")
@@ -49,20 +55,24 @@ class GenerateConfig:
     duration: float = opt(0.0, "seconds to generate (0: the whole backing)")
     temperature: float = opt(1.0, "sampling temperature (0: greedy; at least 0)")
     top_k: int = opt(250, "sample among the k most likely codes (0: all; at least 0)")
-    top_p: float = opt(1.0, "sample among the codes holding this much probability (above 0, at most 1; 1: all)")
-    guidance: Optional[float] = opt(None, "classifier-free guidance coefficient, e.g. 3 (none: off; 1: same as "
-                                          "off; at least 0)", flag="--cfg-coef")
+    top_p: float = opt(1.0, "sample among the codes holding this much "
+                            "probability (above 0, at most 1; 1: all)")
+    guidance: Optional[float] = opt(None, "classifier-free guidance coefficient, e.g. 3 (none: "
+                                          "off; 1: same as off; at least 0)", flag="--cfg-coef")
     num_samples: int = opt(1, "solos to generate for the same backing")
     seed: int = opt(0, "sampling seed")
     stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
-    stream: bool = opt(False, "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
+    stream: bool = opt(False,
+                       "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
     chunk_ms: float = opt(80.0, "streaming: audio chunk size in milliseconds")
     context_ms: float = opt(200.0, "streaming: past audio the codec re-reads with each chunk")
-    encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
+    encodec_weights: str = opt("", "local EnCodec weights (default: "
+                                   "what the checkpoint's dataset used)")
     demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")
     demucs_repo: str = opt("", "local Demucs weights folder for --separate")
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
-    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 on a busy machine, docs/troubleshooting.md)")
+    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 "
+                          "on a busy machine, docs/troubleshooting.md)")
 
 
 def backing_tokens(cfg, config, codec, numbers, device):
@@ -82,11 +92,13 @@ def backing_tokens(cfg, config, codec, numbers, device):
         except data.SkipSong as why:
             raise SystemExit(f"--backing {path}: {why}") from None
         if audio.shape[1] < rate:
-            raise SystemExit(f"--backing {path}: {audio.shape[1] / rate:.2f} s long; give at least 1 s of backing")
+            raise SystemExit(f"--backing {path}: {audio.shape[1] / rate:.2f} "
+                             "s long; give at least 1 s of backing")
         if cfg.separate:
             separator = data.load_separator(cfg.demucs_model, cfg.demucs_repo)
             defaults = data.DataConfig()  # the same stem mapping as data.py's default
-            mono, _ = data.separate(separator, audio, rate, defaults.backing_sources, defaults.solo_sources, device)
+            mono, _ = data.separate(separator, audio, rate, defaults.backing_sources,
+                                    defaults.solo_sources, device)
         else:
             mono = data.resample(data.channels(audio, 1), rate, data.CODEC_RATE)[0]
         if cfg.duration:
@@ -96,20 +108,25 @@ def backing_tokens(cfg, config, codec, numbers, device):
     meta = data.load_dataset(data_dir)
     segments = meta["splits"]["val"]["segments"] or meta["splits"]["train"]["segments"]
     if not 0 <= cfg.from_val < len(segments):
-        raise SystemExit(f"--from-val {cfg.from_val}: the dataset {data_dir} has {len(segments)} validation clips")
+        raise SystemExit(f"--from-val {cfg.from_val}: the dataset "
+                         f"{data_dir} has {len(segments)} validation clips")
     seg = segments[cfg.from_val]
     split = "val" if meta["splits"]["val"]["segments"] else "train"
-    end = seg["start"] + (round(cfg.duration * numbers["frame_rate"]) if cfg.duration else seg["length"])
-    codes, truth = (np.asarray(part[:, seg["start"]:min(end, seg["start"] + seg["length"])], dtype=np.int64)
+    length = round(cfg.duration * numbers["frame_rate"]) if cfg.duration else seg["length"]
+    end = seg["start"] + length
+    codes, truth = (np.asarray(part[:, seg["start"]:min(end, seg["start"] + seg["length"])],
+                               dtype=np.int64)
                     for part in data.load_split(data_dir, split))
     # Named as training was given it (config["train"]["data"], e.g. data/demo): the page
     # shows no absolute path of the machine the checkpoint was trained on.
     given = config.get("train", {}).get("data", Path(data_dir).name)
-    return codes, data.decode_codes(codec, codes), f"{given} {split} clip {cfg.from_val} (song {seg['song']})", truth
+    source = f"{given} {split} clip {cfg.from_val} (song {seg['song']})"
+    return codes, data.decode_codes(codec, codes), source, truth
 
 
 def window_plan(T, W, stride):
-    """The (start, end) frame ranges of the windows that cover T frames: [(0, W), (stride, stride + W), ...]."""
+    """The (start, end) frame ranges of the windows that cover T frames:
+    [(0, W), (stride, stride + W), ...]."""
     plan = [(0, min(W, T))]
     while plan[-1][1] < T:
         start = plan[-1][0] + stride
@@ -134,14 +151,17 @@ def windowed_generate(model, backing, cfg, frame_rate, progress):
     # (W - stride frames) is what carries the solo's line from one window to the next:
     # a longer overlap gives smoother joins, a shorter one fewer wasted steps.
     W, T = model.cfg.max_frames, backing.size(-1)
-    opts = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.guidance)
+    opts = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                cfg_coef=cfg.guidance)
     solo = None
     for w, (start, end) in enumerate(window_plan(T, W, window_stride(cfg, frame_rate, W))):
-        prompt = None if solo is None else solo[..., start:]                             # [B, K, W - stride]
+        prompt = None if solo is None else solo[..., start:]                    # [B, K, W - stride]
         # A new seed per window: with the same seed, window w would redraw the random
         # numbers of window 0 and could echo its phrases.
-        part = sample_solo(model, backing[..., start:end], seed=cfg.seed + w, prompt=prompt, progress=progress, **opts)
-        solo = part if prompt is None else torch.cat([solo, part[..., prompt.size(-1):]], dim=-1)  # [B, K, end]
+        part = sample_solo(model, backing[..., start:end], seed=cfg.seed + w, prompt=prompt,
+                           progress=progress, **opts)
+        # [B, K, end]
+        solo = part if prompt is None else torch.cat([solo, part[..., prompt.size(-1):]], dim=-1)
     return solo
 
 
@@ -166,7 +186,8 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
-    for ax, audio, title in ((axes[0], backing_audio, "backing"), (axes[1], solo_audio, "generated solo")):
+    panels = ((axes[0], backing_audio, "backing"), (axes[1], solo_audio, "generated solo"))
+    for ax, audio, title in panels:
         *_, image = ax.specgram(audio + 1e-9, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
         fig.colorbar(image, ax=ax, pad=0.01, label="power (dB)")
         ax.set_ylim(0, 6000)
@@ -200,14 +221,15 @@ def decode_new(codec, frames, done, chunk_frames, decode_frames, hop):
         new = min(chunk_frames, len(frames) - done)
         window = frames[max(0, done + new - decode_frames):done + new]
         window = [window[0]] * (decode_frames - len(window)) + window
-        codes = torch.stack(window, dim=-1).numpy()                                # [N, K, decode_frames]
+        codes = torch.stack(window, dim=-1).numpy()                          # [N, K, decode_frames]
         pieces.append([data.decode_codes(codec, c)[-new * hop:] for c in codes])
         done += new
     return [np.concatenate(p) for p in zip(*pieces)]
 
 
 def stream_report(frame_ms, codec_ms, delay_ms, chunk_ms, numbers, cfg):
-    """The streaming latencies: per frame, per chunk, and end to end (chunk + delay pattern + compute)."""
+    """The streaming latencies: per frame, per chunk, and end to end (chunk + delay pattern +
+    compute)."""
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
     return {"transformer_frame_ms": {"median": pct(frame_ms, 50), "p99": pct(frame_ms, 99)},
@@ -216,7 +238,8 @@ def stream_report(frame_ms, codec_ms, delay_ms, chunk_ms, numbers, cfg):
             "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
             "end_to_end_delay_ms": {"median": chunk_ms + pattern_ms + pct(delay_ms, 50),
                                     "p99": chunk_ms + pattern_ms + pct(delay_ms, 99)},
-            "frame_budget_ms": 1e3 / numbers["frame_rate"], "solos": cfg.num_samples, "guidance": cfg.guidance}
+            "frame_budget_ms": 1e3 / numbers["frame_rate"], "solos": cfg.num_samples,
+            "guidance": cfg.guidance}
 
 
 def stream(model, codec, backing_audio, cfg, numbers):
@@ -240,18 +263,21 @@ def stream(model, codec, backing_audio, cfg, numbers):
     chunk, context = chunk_frames * hop, context_frames * hop                       # in samples
     n_frames = len(backing_audio) // hop
     if n_frames < chunk_frames:
-        raise SystemExit(f"the backing is {len(backing_audio) / rate * 1e3:.0f} ms long, shorter than one chunk "
-                         f"({chunk / rate * 1e3:.0f} ms): give a longer backing or a smaller --chunk-ms")
+        raise SystemExit(f"the backing is {len(backing_audio) / rate * 1e3:.0f} ms "
+                         f"long, shorter than one chunk ({chunk / rate * 1e3:.0f} "
+                         "ms): give a longer backing or a smaller --chunk-ms")
     # Before the music starts, a live input hears silence: `context` zeros in front.
     padded = np.concatenate([np.zeros(context, np.float32), backing_audio[:n_frames * hop]])
     # The sampler holds the caches, on the model's device and in its dtype; each push()
     # is one encoder step and one decoder step for all N solos (and their null rows
     # when guidance is on).
-    sampler = StreamingSampler(model, n_frames, batch=cfg.num_samples, temperature=cfg.temperature, top_k=cfg.top_k,
+    sampler = StreamingSampler(model, n_frames, batch=cfg.num_samples, temperature=cfg.temperature,
+                               top_k=cfg.top_k,
                                top_p=cfg.top_p, seed=cfg.seed, cfg_coef=cfg.guidance)
     device = next(model.parameters()).device
     solo_frames, audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
-    decode = lambda frames, done: decode_new(codec, frames, done, chunk_frames, decode_frames, hop)  # noqa: E731
+    def decode(frames, done):
+        return decode_new(codec, frames, done, chunk_frames, decode_frames, hop)
     for start in tqdm(range(0, n_frames * hop, chunk), desc="stream", unit="chunk"):
         arrived = time.perf_counter()  # the chunk's last sample has just arrived
         end = min(start + chunk, n_frames * hop)
@@ -259,12 +285,14 @@ def stream(model, codec, backing_audio, cfg, numbers):
         # EnCodec 24 kHz is causal: a frame depends only on audio up to its end. Re-reading
         # context_ms of the past gives its convolutions (and, approximately, its LSTM)
         # the history a whole-file encode would have had; only the new frames are kept.
-        codes = data.encode_audio(codec, padded[end - chunk:end + context])              # [K, context + chunk frames]
-        new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64)).to(device)  # [K, n]
+        # [K, context + chunk frames]
+        codes = data.encode_audio(codec, padded[end - chunk:end + context])
+        # [K, n]
+        new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64)).to(device)
         codec_ms.append((time.perf_counter() - t0) * 1e3)
         for f in range(new.size(-1)):
             t1 = time.perf_counter()
-            done = sampler.push(new[None, :, f])                                          # [N, K] or None
+            done = sampler.push(new[None, :, f])                                    # [N, K] or None
             frame_ms.append((time.perf_counter() - t1) * 1e3)
             if done is not None:
                 solo_frames.append(done.cpu())
@@ -276,7 +304,8 @@ def stream(model, codec, backing_audio, cfg, numbers):
             codec_ms[-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(solo_frames)
             delay_ms.append((time.perf_counter() - arrived) * 1e3)
-    solo_frames.extend(sampler.finish().cpu().unbind(-1))  # the backing has ended: the last K - 1 frames
+    # the backing has ended: the last K - 1 frames
+    solo_frames.extend(sampler.finish().cpu().unbind(-1))
     audio_out.append(decode(solo_frames, decoded))
     solo = torch.stack(solo_frames, dim=-1)                                            # [N, K, T]
     report = stream_report(frame_ms, codec_ms, delay_ms, chunk / rate * 1e3, numbers, cfg)
@@ -288,15 +317,18 @@ def check_generate_settings(cfg):
     """One clear line for each setting that cannot work, before anything is loaded or written."""
     data.check_settings(cfg)
     problems = [(cfg.num_samples < 1, f"--num-samples {cfg.num_samples}: must be at least 1"),
-                (cfg.temperature < 0, f"--temperature {cfg.temperature}: must be 0 (greedy) or more"),
+                (cfg.temperature < 0,
+                 f"--temperature {cfg.temperature}: must be 0 (greedy) or more"),
                 (cfg.top_k < 0, f"--top-k {cfg.top_k}: must be 0 (all codes) or more"),
                 (not 0 < cfg.top_p <= 1, f"--top-p {cfg.top_p}: must be above 0 and at most 1"),
                 (cfg.guidance is not None and cfg.guidance < 0,
-                 f"--cfg-coef {cfg.guidance}: must be 0 or more (1: no guidance; a negative one steers away "
-                 f"from the band)"),
+                 f"--cfg-coef {cfg.guidance}: must be 0 or more (1: no "
+                 "guidance; a negative one steers away from the band)"),
                 (cfg.threads < 0, f"--threads {cfg.threads}: must be 0 (torch's default) or more"),
-                (cfg.duration < 0 or cfg.stride_s < 0, "--duration and --stride-s: must be 0 or more"),
-                (cfg.chunk_ms <= 0 or cfg.context_ms < 0, "--chunk-ms must be above 0, --context-ms 0 or more")]
+                (cfg.duration < 0 or cfg.stride_s < 0,
+                 "--duration and --stride-s: must be 0 or more"),
+                (cfg.chunk_ms <= 0 or cfg.context_ms < 0,
+                 "--chunk-ms must be above 0, --context-ms 0 or more")]
     for bad, message in problems:
         if bad:
             raise SystemExit(message)
@@ -319,20 +351,23 @@ def sample_tokens(model, codec, codes, backing_audio, cfg, numbers, device):
     if cfg.stream:
         return stream(model, codec, backing_audio[:codes.shape[1] * numbers["hop"]], cfg, numbers)
     # Several samples for one backing run as one batch: the same cost per step as one.
-    backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)      # [B, K, T]
+    backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)     # [B, K, T]
     W = model.cfg.max_frames
     plan = window_plan(codes.shape[1], W, window_stride(cfg, numbers["frame_rate"], W))
-    total_steps = sum(end - start + numbers["n_codebooks"] - 1 for start, end in plan)  # decoder steps
+    # decoder steps
+    total_steps = sum(end - start + numbers["n_codebooks"] - 1 for start, end in plan)
     with tqdm(total=total_steps, desc="generate", unit="step") as bar:
-        return windowed_generate(model, backing, cfg, numbers["frame_rate"], lambda: bar.update(1)), None, None
+        return windowed_generate(model, backing, cfg, numbers["frame_rate"],
+                                 lambda: bar.update(1)), None, None
 
 
 def write_takes(out, cfg, solos, solo, backing_audio, numbers):
     """solo.wav, mix.wav and solo.png of each take (solo_0.wav ... with several) -> the page's
     [(label, solo wav, mix wav, png)]. Written atomically, like everything else."""
     rate = numbers["sample_rate"]
-    note = ("UNTRAINED codec: its decoder ignores the codes, so the spectrograms show nothing of what the model "
-            "wrote;\nonly the tokens panel does (docs/codec.md)" if numbers["untrained"] else "")
+    note = ("UNTRAINED codec: its decoder ignores the codes, so the "
+            "spectrograms show nothing of what the model wrote;\nonly "
+            "the tokens panel does (docs/codec.md)" if numbers["untrained"] else "")
     takes = []
     for i, s in enumerate(solos):
         mix, level = mix_audio(backing_audio, s)
@@ -340,12 +375,15 @@ def write_takes(out, cfg, solos, solo, backing_audio, numbers):
         names = (f"solo{suffix}.wav", f"mix{suffix}.wav", f"solo{suffix}.png")
         write_audio(out / names[0], level, rate)
         write_audio(out / names[1], mix, rate)
-        plot(out / names[2], backing_audio[:len(s)], level, solo[i].cpu().numpy(), rate, numbers["frame_rate"],
+        plot(out / names[2], backing_audio[:len(s)], level, solo[i].cpu().numpy(), rate,
+             numbers["frame_rate"],
              numbers["card"], note)
-        takes.append((f"solo {i + 1} of {len(solos)}" if cfg.num_samples > 1 else "the solo", *names))
+        takes.append((f"solo {i + 1} of {len(solos)}" if cfg.num_samples > 1 else "the solo",
+                      *names))
         if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
             for plain, name in zip(("solo.wav", "mix.wav", "solo.png"), names):
-                data.atomic_write(out / plain, lambda f, name=name: f.write((out / name).read_bytes()))
+                copy = (out / name).read_bytes()
+                data.atomic_write(out / plain, lambda f, copy=copy: f.write(copy))
     return takes
 
 
@@ -357,7 +395,8 @@ def main(cfg):
     out = Path(cfg.out)
     clash = [n for n in output_names(cfg) if (out / n).exists()]
     if clash and not cfg.overwrite:
-        raise SystemExit(f"{out} already holds {', '.join(clash)}; pass --overwrite or choose another --out")
+        raise SystemExit(f"{out} already holds {', '.join(clash)}; "
+                         "pass --overwrite or choose another --out")
     device = data.pick_device(cfg.device)
     # Checkpoint, then codec (checked against it), then the backing as tokens.
     folder = fetch_checkpoint(cfg.checkpoint)
@@ -371,7 +410,8 @@ def main(cfg):
     if numbers["untrained"]:
         print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
     t0 = time.perf_counter()
-    solo, streamed_audio, report = sample_tokens(model, codec, codes, backing_audio, cfg, numbers, device)
+    solo, streamed_audio, report = sample_tokens(model, codec, codes, backing_audio, cfg, numbers,
+                                                 device)
     token_s = time.perf_counter() - t0
     t1 = time.perf_counter()  # decoding is timed apart: it is the codec's cost, not the model's
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
@@ -380,7 +420,8 @@ def main(cfg):
     rate = numbers["sample_rate"]
     write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
     takes = write_takes(out, cfg, solos, solo, backing_audio, numbers)
-    if truth is not None:  # the recording's own solo over the same clip, decoded and levelled the same way
+    # the recording's own solo over the same clip, decoded and levelled the same way
+    if truth is not None:
         true_mix, true_level = mix_audio(backing_audio, data.decode_codes(codec, truth))
         write_audio(out / "true_solo.wav", true_level, rate)
         write_audio(out / "true_mix.wav", true_mix, rate)
@@ -390,41 +431,48 @@ def main(cfg):
               "seconds": seconds, "codec": numbers,
               "timings": {"tokens_s": token_s, "decode_s": decode_s,
                           "tokens_realtime_factor": seconds * cfg.num_samples / token_s,
-                          "total_realtime_factor": seconds * cfg.num_samples / (token_s + decode_s)},
+                          "total_realtime_factor":
+                              seconds * cfg.num_samples / (token_s + decode_s)},
               "solo_tokens": [token_stats(s.cpu().numpy(), numbers["card"]) for s in solo],
               "backing_tokens": token_stats(codes, numbers["card"]), "streaming": report,
               "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"]),
               "listening": listening_figures(cfg, config, model, codec, solo,
                                              min(codes.shape[1], model.cfg.max_frames), device)}
     write_json(out / "generation.json", result)
-    generation_page(out, result, takes, None if truth is None else ("true_solo.wav", "true_mix.wav"))
+    true_files = None if truth is None else ("true_solo.wav", "true_mix.wav")
+    generation_page(out, result, takes, true_files)
     print_result(out, result)
     return out / "generation.json"
 
 
 def require_causal(folder):
     """--stream needs a causal checkpoint: checked from its config.json, before the weights load."""
-    config = read_json(resolve_checkpoint(folder) / "config.json", "a checkpoint folder written by train.py")
+    config = read_json(resolve_checkpoint(folder) / "config.json",
+                       "a checkpoint folder written by train.py")
     if not config.get("model", {}).get("causal_encoder"):
-        raise SystemExit(f"--stream needs a causal model: {folder} was trained without --causal-encoder "
-                         f"(train one with python train.py --causal-encoder --attn-window 300)")
+        raise SystemExit(f"--stream needs a causal model: {folder} was "
+                         "trained without --causal-encoder (train one with "
+                         "python train.py --causal-encoder --attn-window 300)")
 
 
 def print_result(out, result):
     """The closing lines: what was written, how fast, how it listens, and the streaming delays."""
     timings, fig, report = result["timings"], result["listening"], result["streaming"]
-    print(f"wrote {out}/index.html (open it in a browser), solo.wav, mix.wav, backing.wav, solo.png, "
-          f"generation.json: {result['seconds']:.1f} s of audio; tokens {timings['tokens_realtime_factor']:.1f}x "
-          f"real time, with decoding {timings['total_realtime_factor']:.1f}x")
+    print(f"wrote {out}/index.html (open it in a browser), solo.wav, mix.wav, "
+          f"backing.wav, solo.png, generation.json: {result['seconds']:.1f} s "
+          f"of audio; tokens {timings['tokens_realtime_factor']:.1f}x real "
+          f"time, with decoding {timings['total_realtime_factor']:.1f}x")
     if fig:
-        print(f"listening: kick AUC {fig['kick_auc']:.3f} over its own backing, {fig['kick_auc_mismatched']:.3f} "
-              f"for a solo written over another song's (0.5: deaf to the band; the true lead "
-              f"{fig['kick_auc_true_lead']:.3f})"
-              + (f"; chord-tone fit {fig['chord_tone_fit']:.2f} vs {fig['chord_tone_fit_mismatched']:.2f}"
+        print(f"listening: kick AUC {fig['kick_auc']:.3f} over its own backing, "
+              f"{fig['kick_auc_mismatched']:.3f} for a solo written over another song's "
+              f"(0.5: deaf to the band; the true lead {fig['kick_auc_true_lead']:.3f})"
+              + (f"; chord-tone fit {fig['chord_tone_fit']:.2f} vs "
+                 f"{fig['chord_tone_fit_mismatched']:.2f}"
                  if "chord_tone_fit" in fig else ""))
     if report:
-        print("streaming: transformer per frame median {median:.2f} ms, p99 {p99:.2f} ms".format(
-            **report["transformer_frame_ms"]) + f" (budget {report['frame_budget_ms']:.1f} ms); codec per chunk "
+        frame = report["transformer_frame_ms"]
+        print(f"streaming: transformer per frame median {frame['median']:.2f} ms, p99 "
+              f"{frame['p99']:.2f} ms (budget {report['frame_budget_ms']:.1f} ms); codec per chunk "
               f"median {report['codec_chunk_ms']['median']:.1f} ms; end-to-end delay median "
               f"{report['end_to_end_delay_ms']['median']:.0f} ms")
 
@@ -435,6 +483,7 @@ if __name__ == "__main__":
     try:
         main(settings)
     except KeyboardInterrupt:  # every file is written whole or not at all, so nothing is half-made
-        raise SystemExit("\nstopped by Ctrl-C: files already in --out are complete; run again to redo the rest") \
+        raise SystemExit("\nstopped by Ctrl-C: files already in --out "
+                         "are complete; run again to redo the rest") \
             from None
     sys.exit(0)

@@ -48,7 +48,8 @@ def listening_masks(meta, where, T, frame_rate):
     if all("kicks_s" in songs[song].get("truth", {}) for song, _, _ in where):
         masks["kicks"] = torch.zeros(len(where), T, dtype=torch.bool)
         for i, (song, variant, first) in enumerate(where):
-            tempo = songs[song]["variants"][variant]["tempo"]  # augmented copies play faster or slower
+            # augmented copies play faster or slower
+            tempo = songs[song]["variants"][variant]["tempo"]
             for t in songs[song]["truth"]["kicks_s"]:
                 f = round(t / tempo * frame_rate) - first
                 masks["kicks"][i, max(0, f):max(0, f + 3)] = True
@@ -76,7 +77,8 @@ def fit_onset_detector(solo, kicks, card):
 def train_onset_detector(data_dir, meta, T):
     """fit_onset_detector on every window of T frames of the training split of a demo dataset."""
     _, solo, where = data.Windows(data_dir, "train", meta, T).fixed()
-    return fit_onset_detector(solo, listening_masks(meta, where, T, meta["codec"]["frame_rate"])["kicks"],
+    return fit_onset_detector(solo, listening_masks(meta, where, T,
+                                                    meta["codec"]["frame_rate"])["kicks"],
                               meta["codec"]["card"])
 
 
@@ -87,14 +89,16 @@ def kick_auc(table, solo, kicks, valid):
 
     solo [N, K, T]; kicks, valid [N, T] bool (valid: frames that hold real audio).
     """
-    score = table[torch.arange(solo.size(1))[None, :, None], solo].sum(dim=1)   # [N, T]: summed log-odds
+    # [N, T]: summed log-odds
+    score = table[torch.arange(solo.size(1))[None, :, None], solo].sum(dim=1)
     pos, neg = score[kicks & valid], score[~kicks & valid]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     # Mann-Whitney: the AUC is the mean rank of the kick frames among all frames, rescaled.
     # Tied scores share the mean of the ranks they span.
-    _, group, counts = torch.cat([pos, neg]).unique(return_inverse=True, return_counts=True)  # sorted values
-    ranks = (counts.cumsum(0) - (counts - 1) / 2)[group]                        # 1-based mean rank of each score
+    # sorted values
+    _, group, counts = torch.cat([pos, neg]).unique(return_inverse=True, return_counts=True)
+    ranks = (counts.cumsum(0) - (counts - 1) / 2)[group]           # 1-based mean rank of each score
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
@@ -113,16 +117,18 @@ def mismatched_backing(backing, songs, spare):
 
 
 @torch.no_grad()
-def listening_test(model, backing, solo, other_backing, kicks, detector, batch, device, top_k=250, seed=0):
+def listening_test(model, backing, solo, other_backing, kicks, detector, batch, device, top_k=250,
+                   seed=0):
     """Solos generated for the evaluation windows, scored against the band's true kicks:
     kick_auc of a solo written over the window's own backing, and of one written over
     another song's backing (the sanity check: a metric that cannot tell them apart
     measures nothing). Sampled as generate.py samples (temperature 1, top-k 250)."""
     model.eval()
-    valid = solo[:, 0] != model.cfg.card                                        # [N, T]: not padding
-    scores = {"kick_auc_true": kick_auc(detector, solo, kicks, valid)}          # the real lead, for scale
+    valid = solo[:, 0] != model.cfg.card                                  # [N, T]: not padding
+    scores = {"kick_auc_true": kick_auc(detector, solo, kicks, valid)}    # the real lead, for scale
     for name, backings in (("own", backing), ("mismatched", other_backing)):
-        parts = [sample_solo(model, backings[i:i + batch].to(device), top_k=top_k, seed=seed + i).cpu()
+        parts = [sample_solo(model, backings[i:i + batch].to(device), top_k=top_k,
+                             seed=seed + i).cpu()
                  for i in range(0, len(backings), batch)]
         scores[f"kick_auc_{name}"] = kick_auc(detector, torch.cat(parts), kicks, valid)
     model.train()
@@ -146,25 +152,32 @@ def listening_figures(cfg, config, model, codec, solo, n_frames, device):
     # The first clip of another validation song; with one validation song, of a training song.
     other_split = "val" if any(s["song"] != seg["song"] for s in segments) else "train"
     other = next(s for s in meta["splits"][other_split]["segments"] if s["song"] != seg["song"])
-    own_b, true_solo = data.Windows(data_dir, "val", meta, n_frames).window(seg, 0)   # [K, n_frames] each
+    # [K, n_frames] each
+    own_b, true_solo = data.Windows(data_dir, "val", meta, n_frames).window(seg, 0)
     other_b, _ = data.Windows(data_dir, other_split, meta, n_frames).window(other, 0)
     # Sampled exactly as the solo it is compared with (same options and seed), so the
     # only difference between the two is the backing.
-    mismatched = sample_solo(model, other_b[None].to(device), temperature=cfg.temperature, top_k=cfg.top_k,
-                          top_p=cfg.top_p, cfg_coef=cfg.guidance, seed=cfg.seed).cpu()  # [1, K, n_frames]
+    mismatched = sample_solo(model, other_b[None].to(device), temperature=cfg.temperature,
+                             top_k=cfg.top_k,
+                          # [1, K, n_frames]
+                          top_p=cfg.top_p, cfg_coef=cfg.guidance, seed=cfg.seed).cpu()
     where = [(seg["song"], seg["variant"], seg["song_frame"])]
-    kicks = listening_masks(meta, where, n_frames, fr)["kicks"]                # [1, n_frames]
-    valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]            # [1, n_frames]: real audio
+    kicks = listening_masks(meta, where, n_frames, fr)["kicks"]          # [1, n_frames]
+    valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]      # [1, n_frames]: real audio
     detector = train_onset_detector(data_dir, meta, n_frames)
     figures = {"kick_auc": kick_auc(detector, solo[:1, :, :n_frames].cpu(), kicks, valid),
                "kick_auc_mismatched": kick_auc(detector, mismatched, kicks, valid),
                "kick_auc_true_lead": kick_auc(detector, true_solo[None], kicks, valid),
                "mismatched_backing": f"{other_split} clip of song {other['song']}"}
-    if not meta["codec"]["untrained"]:  # pitches mean something only when the codec decodes real audio
+    # pitches mean something only when the codec decodes real audio
+    if not meta["codec"]["untrained"]:
         chords = next(s for s in meta["songs"] if s["id"] == seg["song"])["truth"]["chords"]
         offset, rate = seg["song_frame"] / fr, meta["codec"]["sample_rate"]
-        for name, codes in (("chord_tone_fit", solo[0, :, :n_frames]), ("chord_tone_fit_mismatched", mismatched[0])):
-            figures[name] = chord_tone_fit(data.decode_codes(codec, codes.cpu().numpy()), chords, rate, offset)
+        solos = (("chord_tone_fit", solo[0, :, :n_frames]),
+                 ("chord_tone_fit_mismatched", mismatched[0]))
+        for name, codes in solos:
+            figures[name] = chord_tone_fit(data.decode_codes(codec, codes.cpu().numpy()), chords,
+                                           rate, offset)
     return figures
 
 
@@ -188,8 +201,10 @@ def chord_tone_fit(audio, chords, rate, offset_s=0.0, frame_s=0.01):
     import torchaudio.functional as AF
     # freq_low 200 Hz keeps the tracker off the sub-octaves it otherwise locks onto with
     # reed-like spectra; a low note then reads an octave up, with the right pitch class.
-    hz = AF.detect_pitch_frequency(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), rate,
-                                   frame_time=frame_s, win_length=9, freq_low=200, freq_high=1000).numpy()
+    hz = AF.detect_pitch_frequency(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+                                   rate,
+                                   frame_time=frame_s, win_length=9, freq_low=200,
+                                   freq_high=1000).numpy()
     hop = len(audio) / max(len(hz), 1)                                 # samples per pitch frame
     level = data.frame_rms_db(audio, int(round(hop)))[:len(hz)]
     loud = level > np.percentile(level, 95) - 30 if len(level) else level
@@ -208,7 +223,8 @@ def chord_tone_fit(audio, chords, rate, offset_s=0.0, frame_s=0.01):
 # ----------------------------------------------------------------------------
 
 def mix_audio(backing, solo):
-    """Level-match the solo to the backing (equal RMS), add, and scale each down only if it would clip.
+    """Level-match the solo to the backing (equal RMS), add, and scale each down only if it
+    would clip.
 
     The codec does not keep loudness exactly, and a model's solo may come out much
     quieter or louder than the band; equal RMS is a neutral starting point for
@@ -246,7 +262,8 @@ def limited(x, ceiling=0.98):
 # page for a run, with a sample at each new best checkpoint.
 
 PAGE_STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 76rem; margin: 1.5rem auto; padding: 0 1rem; color: #1d1d1f; }
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 76rem; margin: 1.5rem auto;
+       padding: 0 1rem; color: #1d1d1f; }
 h1 { font-size: 1.45rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 1.8rem; }
 .note { background: #fff4e5; border-left: 4px solid #e8a33d; padding: .5rem .8rem; }
 .takes { display: flex; flex-wrap: wrap; gap: 1rem; }
@@ -270,9 +287,11 @@ def shown(value):
 
 
 def value_cell(key, value, tag="td"):
-    """One figure in an element (a table cell by default), tagged with its path in the JSON (data-key)."""
+    """One figure in an element (a table cell by default), tagged with its path in the JSON
+    (data-key)."""
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return f'<{tag}{" class=n" if numeric else ""} data-key="{html.escape(key)}">{shown(value)}</{tag}>'
+    kind = " class=n" if numeric else ""
+    return f'<{tag}{kind} data-key="{html.escape(key)}">{shown(value)}</{tag}>'
 
 
 def flatten(obj, prefix):
@@ -308,7 +327,8 @@ def write_page(path, title, body):
     """A self-contained HTML page, written atomically."""
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n')
+            f'<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>\n'
+            f'<body>\n{body}\n</body></html>\n')
     data.atomic_write(path, lambda f: f.write(page), mode="w")
 
 
@@ -317,8 +337,8 @@ def token_table(columns):
     head = "".join(f"<th colspan=2>{html.escape(label)}</th>" for label, _, _ in columns)
     rows = "".join(
         f"<tr><th>codebook {k + 1}</th>" + "".join(
-            value_cell(f"{key}.{k}.distinct", stats[k]["distinct"]) + value_cell(f"{key}.{k}.entropy_nats",
-                                                                                   stats[k]["entropy_nats"])
+            value_cell(f"{key}.{k}.distinct", stats[k]["distinct"])
+            + value_cell(f"{key}.{k}.entropy_nats", stats[k]["entropy_nats"])
             for _, key, stats in columns) + "</tr>"
         for k in range(len(columns[0][2])))
     sub = "".join("<th>distinct</th><th>entropy (nats)</th>" for _ in columns)
@@ -332,28 +352,31 @@ def generation_page(out, result, takes, truth):
     # lines of markup, in the order a reader meets them (listen first, numbers after).
     n = len(takes)
     parts = [f"<h1>{n} solo{'s' if n > 1 else ''} over {html.escape(result['backing'])}</h1>",
-             f"<p>Checkpoint <code>{html.escape(result['checkpoint'])}</code> at step {result['step']}; "
-             f"{result['seconds']:.1f} s. Written by <code>generate.py</code>; the figures are those of "
-             f"<a href=\"generation.json\">generation.json</a>.</p>"]
+             f"<p>Checkpoint <code>{html.escape(result['checkpoint'])}</code> at step "
+             f"{result['step']}; {result['seconds']:.1f} s. Written by <code>generate.py</code>; "
+             "the figures are those of <a href=\"generation.json\">generation.json</a>.</p>"]
     if result["codec"]["untrained"]:
-        parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. To hear the model, train '
-                     f"on tokens of the pretrained codec; here, judge the tokens panel of the pictures and the "
-                     f"figures below (docs/codec.md).</p>")
+        parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. To hear the '
+                     "model, train on tokens of the pretrained codec; here, judge the tokens panel "
+                     "of the pictures and the figures below (docs/codec.md).</p>")
     # One backing for all; then one box per take, side by side (a flex row that wraps on
     # a narrow screen), so that N solos over the same band are compared by ear at once.
-    parts += ["<h2>Listen</h2>", player("the backing, as the model heard it", "backing.wav"), '<div class="takes">']
+    parts += ["<h2>Listen</h2>", player("the backing, as the model heard it", "backing.wav"),
+              '<div class="takes">']
     for label, solo, mix, png in takes:
         parts.append(f'<section class="take"><h3>{html.escape(label)}</h3>{player("solo", solo)}'
                      f'{player("solo + backing", mix)}{picture(label, png)}</section>')
     if truth:  # the recording's own solo over the same clip: what the model is aiming at
-        parts.append(f'<section class="take"><h3>the true solo (the recording)</h3>{player("solo", truth[0])}'
-                     f'{player("solo + backing", truth[1])}</section>')
+        parts.append('<section class="take"><h3>the true solo (the recording)</h3>'
+                     f'{player("solo", truth[0])}{player("solo + backing", truth[1])}</section>')
     parts.append("</div>")
     if result.get("listening"):
         parts += ["<h2>Does it follow the band?</h2>",
-                  "<p>Kick AUC: how well the solo's note attacks line up with the band's kicks (0.5: not at all), "
-                  "over its own backing and, as the control, for a solo written over another song's backing "
-                  "(docs/phase3-training-evaluation.md).</p>", figures_table("listening", result["listening"])]
+                  "<p>Kick AUC: how well the solo's note attacks line up with "
+                  "the band's kicks (0.5: not at all), over its own backing and, "
+                  "as the control, for a solo written over another song's "
+                  "backing (docs/phase3-training-evaluation.md).</p>",
+                  figures_table("listening", result["listening"])]
     # Token statistics, a column per take: generated solos, the true solo, the backing.
     # Their data-keys are the paths in generation.json (solo_tokens.0.2.entropy_nats).
     columns = [(label, f"solo_tokens.{i}", stats)
@@ -361,8 +384,8 @@ def generation_page(out, result, takes, truth):
     if result.get("true_solo_tokens"):
         columns.append(("true solo", "true_solo_tokens", result["true_solo_tokens"]))
     columns.append(("backing", "backing_tokens", result["backing_tokens"]))
-    parts += ["<h2>Tokens</h2><p>A solo stuck on a few codes (entropy near 0) is a drone; one spread over all "
-              "of them (near 6.9 nats) is noise.</p>", token_table(columns),
+    parts += ["<h2>Tokens</h2><p>A solo stuck on a few codes (entropy near 0) is a drone; "
+              "one spread over all of them (near 6.9 nats) is noise.</p>", token_table(columns),
               "<h2>Timings</h2>", figures_table("timings", result["timings"])]
     if result.get("streaming"):
         parts += ["<h2>Streaming</h2>", figures_table("streaming", result["streaming"])]
@@ -379,6 +402,11 @@ def generation_page(out, result, takes, truth):
 # figures live in page.json beside it; the page is redrawn from that file at every
 # evaluation, so a resumed run's page shows the whole run.
 
+# The figures of each sample on the run's page: (key in page.json, label).
+SAMPLE_FIGURES = (("val_ce", "validation loss (nats)"), ("cond_gain", "conditioning gain (nats)"),
+                  ("seconds_to_make", "seconds to generate and decode"))
+
+
 class RunPage:
     """page.json + index.html + the sample wavs (in <run>/page/) of one run."""
 
@@ -389,7 +417,8 @@ class RunPage:
         self.file = self.out / "page.json"
         try:
             old = json.loads(self.file.read_text()) if resumed_at and self.file.exists() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged page costs its samples, not the run
+        # a damaged page costs its samples, not the run
+        except (json.JSONDecodeError, UnicodeDecodeError):
             print(f"WARNING: {self.file} is damaged: the page starts again from this step")
             old = {}
         # A resumed run redoes the steps after its checkpoint: their samples are redone too.
@@ -399,24 +428,27 @@ class RunPage:
         self.codec = self.clip = None
         if cfg.page_sample_s > 0:
             try:
-                with torch.random.fork_rng(devices=[]):  # the codec seeds torch: training's randomness stays its own
+                # the codec seeds torch: training's randomness stays its own
+                with torch.random.fork_rng(devices=[]):
                     self.codec = data.dataset_codec(meta["codec"], cfg.data, device)
             except (OSError, RuntimeError, SystemExit) as err:  # the page must never stop a run
-                print(f"WARNING: no samples on the run's page: the codec of {cfg.data} did not load ({err}). "
-                      f"Pass --page-sample-s 0 to skip them.")
+                print(f"WARNING: no samples on the run's page: the codec of {cfg.data} "
+                      f"did not load ({err}). Pass --page-sample-s 0 to skip them.")
         if self.codec is not None:
             # The clip: the start of the first evaluation window, up to page_sample_s
             # seconds, and no further than its real frames (a short section is padded
             # with the special token, which the codec cannot decode).
             card = meta["codec"]["card"]
-            real = ((evals.backing[0] != card) & (evals.solo[0] != card)).all(0)           # [T]: not padding
-            n = min(int(real.long().cumprod(0).sum()), round(cfg.page_sample_s * meta["codec"]["frame_rate"]))
+            real = ((evals.backing[0] != card) & (evals.solo[0] != card)).all(0)  # [T]: not padding
+            n = min(int(real.long().cumprod(0).sum()),
+                    round(cfg.page_sample_s * meta["codec"]["frame_rate"]))
             self.clip = evals.backing[0, :, :n]                                         # [K, n]
             # Written once per run: the clip's backing, and its true solo mixed exactly as
             # the samples will be (the page plays that mix), so that the two compare fairly.
             self.rate = meta["codec"]["sample_rate"]
             self.backing_audio = data.decode_codes(self.codec, self.clip.numpy())
-            true_mix, _ = mix_audio(self.backing_audio, data.decode_codes(self.codec, evals.solo[0, :, :n].numpy()))
+            true_mix, _ = mix_audio(self.backing_audio,
+                                    data.decode_codes(self.codec, evals.solo[0, :, :n].numpy()))
             for name, audio in (("backing", self.backing_audio), ("true_mix", true_mix)):
                 data.write_audio(self.out / "page" / f"{name}.wav", audio, self.rate)
 
@@ -446,38 +478,48 @@ class RunPage:
         # record, never from other state, so the two cannot disagree.
         rows = [r for r in data.read_metrics(metrics_file) if "val_ce" in r]
         keys = ["step", "train_loss", "val_ce", "val_ppl", "cond_gain"]
-        record = {"command": data.command_line("train.py", self.cfg), "untrained_codec": self.untrained,
-                  "evaluations": [{k: r[k] for k in keys if k in r} for r in rows], "samples": self.samples}
+        record = {"command": data.command_line("train.py", self.cfg),
+                  "untrained_codec": self.untrained,
+                  "evaluations": [{k: r[k] for k in keys if k in r} for r in rows],
+                  "samples": self.samples}
         data.write_json(self.file, record)
         parts = [f"<h1>Training run <code>{html.escape(self.out.name)}</code></h1>",
-                 f"<p>{len(rows)} evaluation{'s' if len(rows) != 1 else ''} so far; the figures are those of "
-                 f"<a href=\"page.json\">page.json</a> and <a href=\"metrics.jsonl\">metrics.jsonl</a>. "
-                 f"Checkpoints: <code>best/</code>, <code>latest/</code>.</p>"]
+                 f"<p>{len(rows)} evaluation{'s' if len(rows) != 1 else ''} so far; the "
+                 "figures are those of <a href=\"page.json\">page.json</a> and <a "
+                 "href=\"metrics.jsonl\">metrics.jsonl</a>. Checkpoints: "
+                 "<code>best/</code>, <code>latest/</code>.</p>"]
         if self.untrained:
-            parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. The losses are real; '
-                         f"the audio below carries nothing of the tokens (docs/codec.md).</p>")
-        parts += ["<h2>Loss</h2>", picture("training and validation loss, conditioning gain", "loss.png")]
+            parts.append(f'<p class="note">Offline: {html.escape(data.UNTRAINED_AUDIO)}. The '
+                         "losses are real; the audio below carries nothing of the tokens "
+                         "(docs/codec.md).</p>")
+        curves = picture("training and validation loss, conditioning gain", "loss.png")
+        parts += ["<h2>Loss</h2>", curves]
         if self.samples:
             parts += ["<h2>Progress, by ear</h2>",
-                      f"<p>The same validation clip at each new best checkpoint: {self.cfg.page_sample_s:g} s, "
-                      f"seed {self.cfg.seed}, top-k 250. Listen for the solo locking onto the band's kicks and "
-                      f"chords as the validation loss falls.</p>",
+                      "<p>The same validation clip at each new best checkpoint: "
+                      f"{self.cfg.page_sample_s:g} s, seed {self.cfg.seed}, "
+                      "top-k 250. Listen for the solo locking onto the band's "
+                      "kicks and chords as the validation loss falls.</p>",
                       player("the clip's backing", "page/backing.wav"),
-                      player("its true solo, with the backing", "page/true_mix.wav"), '<div class="takes">']
+                      player("its true solo, with the backing", "page/true_mix.wav"),
+                      '<div class="takes">']
             # Newest first: the latest best is what one opens the page for. j is the
             # sample's index in page.json, which its data-keys name.
             for i, s in enumerate(reversed(self.samples)):
                 j = len(self.samples) - 1 - i
                 parts.append(
-                    f'<section class="take"><h3>step {value_cell(f"samples.{j}.step", s["step"], "span")}</h3><table>'
-                    + "".join(f"<tr><th>{label}</th>{value_cell(f'samples.{j}.{key}', s[key])}</tr>" for key, label in (
-                        ("val_ce", "validation loss (nats)"), ("cond_gain", "conditioning gain (nats)"),
-                        ("seconds_to_make", "seconds to generate and decode")))
-                    + f'</table>{player("solo", s["solo"])}{player("solo + backing", s["mix"])}</section>')
+                    '<section class="take"><h3>step '
+                    f'{value_cell(f"samples.{j}.step", s["step"], "span")}</h3><table>'
+                    + "".join(f"<tr><th>{label}</th>{value_cell(f'samples.{j}.{key}', s[key])}</tr>"
+                              for key, label in SAMPLE_FIGURES)
+                    + f'</table>{player("solo", s["solo"])}'
+                    f'{player("solo + backing", s["mix"])}</section>')
             parts.append("</div>")
         head = "".join(f"<th>{k}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(value_cell(f"evaluations.{i}.{k}", e[k]) if k in e else "<td></td>"
-                                        for k in keys) + "</tr>" for i, e in enumerate(record["evaluations"]))
+        body = "".join("<tr>" + "".join(value_cell(f"evaluations.{i}.{k}",
+                                                   e[k]) if k in e else "<td></td>"
+                                        for k in keys) + "</tr>"
+                       for i, e in enumerate(record["evaluations"]))
         parts += ["<h2>Evaluations</h2>", f"<table><tr>{head}</tr>{body}</table>",
                   "<h2>How it was made</h2>", f"<pre>{html.escape(record['command'])}</pre>"]
         write_page(self.out / "index.html", f"Run {self.out.name}", "\n".join(parts))

@@ -55,22 +55,32 @@ class ModelConfig:
     # backing, the null condition of classifier-free guidance.
     frame_rate: float = 75.0      # codec frames per second; used only to turn frames into seconds
     d_model: int = 128            # D: width of every token vector
-    n_heads: int = 4              # H: attention heads; D must divide by H and D / H must be even (RoPE)
+    # H: attention heads; D must divide by H and D / H must be even (RoPE)
+    n_heads: int = 4
     n_enc_layers: int = 2         # encoder blocks (read the backing)
     n_dec_layers: int = 2         # decoder blocks (write the solo)
     d_ff: int = 512               # hidden width of each feed-forward block
     dropout: float = 0.0          # dropout on attention outputs and feed-forward blocks
-    max_frames: int = 750         # longest window (in frames) trained on; generate.py windows longer tracks
-    causal_encoder: bool = False  # phase 5: encoder and cross-attention see only frames that have arrived
-    attn_window: Optional[int] = None  # phase 5: self/cross-attention sees at most this many past positions
-    attn_impl: str = "manual"     # "manual": attention written out below; "sdpa": F.scaled_dot_product_attention
-    cond_dropout: float = 0.1     # training: probability that a clip's backing is replaced by the null condition
-    aligned_backing: bool = True  # also add backing frames s-K+1..s (encoder states) to the decoder input at step s
+    # longest window (in frames) trained on; generate.py windows longer tracks
+    max_frames: int = 750
+    # phase 5: encoder and cross-attention see only frames that have arrived
+    causal_encoder: bool = False
+    # phase 5: self/cross-attention sees at most this many past positions
+    attn_window: Optional[int] = None
+    # "manual": attention written out below; "sdpa": F.scaled_dot_product_attention
+    attn_impl: str = "manual"
+    # training: probability that a clip's backing is replaced by the null condition
+    cond_dropout: float = 0.1
+    # also add backing frames s-K+1..s (encoder states) to the decoder input at step s
+    aligned_backing: bool = True
 
     def __post_init__(self):
-        assert self.d_model % self.n_heads == 0, f"d_model={self.d_model} must divide by n_heads={self.n_heads}"
-        assert (self.d_model // self.n_heads) % 2 == 0, "head width must be even for rotary embeddings"
-        assert self.attn_impl in ("manual", "sdpa"), f"attn_impl must be 'manual' or 'sdpa', not {self.attn_impl!r}"
+        assert self.d_model % self.n_heads == 0, \
+            f"d_model={self.d_model} must divide by n_heads={self.n_heads}"
+        assert (self.d_model // self.n_heads) % 2 == 0, \
+            "head width must be even for rotary embeddings"
+        assert self.attn_impl in ("manual", "sdpa"), \
+            f"attn_impl must be 'manual' or 'sdpa', not {self.attn_impl!r}"
         assert self.attn_window is None or self.causal_encoder, (
             "attn_window bounds the caches of streaming (phase 5); set causal_encoder=True with it")
         # The last decoder step (frame T-1 of codebook K-1) comes K-1 steps after the last
@@ -188,7 +198,8 @@ def rope_angles(positions, head_dim):
     lets generate.py slide over tracks longer than any training window and lets the
     phase-5 streaming cache forget old positions without retraining.
     """
-    inv_freq = 10000.0 ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)  # [hd/2]
+    pairs = torch.arange(0, head_dim, 2, device=positions.device).float()    # [hd/2]
+    inv_freq = 10000.0 ** (-pairs / head_dim)                                # [hd/2]
     angles = positions.float()[:, None] * inv_freq[None, :]  # [L, hd/2]
     angles = torch.cat((angles, angles), dim=-1)             # [L, hd]: pair i uses angle i twice
     return angles.cos(), angles.sin()
@@ -199,9 +210,10 @@ def apply_rope(x, cos, sin):
 
     (x1, x2) turned by angle a is (x1 cos a - x2 sin a, x2 cos a + x1 sin a).
     """
-    x1, x2 = x.chunk(2, dim=-1)                              # 2 x [..., L, hd/2]
-    turned = torch.cat((-x2, x1), dim=-1)                    # [..., L, hd]: each pair turned by 90 degrees
-    return x * cos.to(x.dtype) + turned * sin.to(x.dtype)    # [..., L, hd]
+    x1, x2 = x.chunk(2, dim=-1)                            # 2 x [..., L, hd/2]
+    # [..., L, hd]: each pair turned by 90 degrees
+    turned = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + turned * sin.to(x.dtype)  # [..., L, hd]
 
 
 class KVCache:
@@ -215,8 +227,9 @@ class KVCache:
     """
 
     def __init__(self, batch, heads, capacity, head_dim, device, dtype):
-        self.k = torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype)  # [B, H, C, hd]
-        self.v = torch.zeros_like(self.k)                                                  # [B, H, C, hd]
+        # [B, H, C, hd]
+        self.k = torch.zeros(batch, heads, capacity, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)                                            # [B, H, C, hd]
         self.capacity = capacity
         self.n = 0  # positions written so far: position p lives in slot p % capacity
 
@@ -233,7 +246,8 @@ class KVCache:
         return self.k[:, :, :m], self.v[:, :, :m]
 
     def positions(self):
-        """The position held by each filled slot, [min(n, C)]: the latest p < n with p % C == slot."""
+        """The position held by each filled slot, [min(n, C)]: the latest p < n with
+        p % C == slot."""
         slots = torch.arange(min(self.n, self.capacity), device=self.k.device)
         return self.n - 1 - (self.n - 1 - slots) % self.capacity
 
@@ -256,11 +270,12 @@ class MultiHeadAttention(nn.Module):
 
     def split_heads(self, x):
         B, L, D = x.shape
-        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # [B, L, D] -> [B, H, L, hd]
+        # [B, L, D] -> [B, H, L, hd]
+        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)
 
     def merge_heads(self, x):
         B, H, L, hd = x.shape
-        return x.transpose(1, 2).reshape(B, L, H * hd)                          # [B, H, L, hd] -> [B, L, D]
+        return x.transpose(1, 2).reshape(B, L, H * hd)                  # [B, H, L, hd] -> [B, L, D]
 
     def project_kv(self, context, rope):
         """Cross-attention keys and values of the encoder output [B, T, D], computed once."""
@@ -284,13 +299,15 @@ class MultiHeadAttention(nn.Module):
             k, v = kv
         else:
             B, L, D = x.shape
-            qkv = self.qkv_proj(x).view(B, L, 3, self.n_heads, D // self.n_heads)  # [B, L, 3, H, hd]
-            qkv = qkv.permute(2, 0, 3, 1, 4)                          # [3, B, H, L, hd]
-            qk = apply_rope(qkv[:2], *rope)                           # [2, B, H, L, hd]: q and k rotated at once
-            q, k, v = qk[0], qk[1], qkv[2]                            # 3 x [B, H, L, hd]
+            # [B, L, 3, H, hd]
+            qkv = self.qkv_proj(x).view(B, L, 3, self.n_heads, D // self.n_heads)
+            qkv = qkv.permute(2, 0, 3, 1, 4)             # [3, B, H, L, hd]
+            qk = apply_rope(qkv[:2], *rope)              # [2, B, H, L, hd]: q and k rotated at once
+            q, k, v = qk[0], qk[1], qkv[2]               # 3 x [B, H, L, hd]
             if cache is not None:
                 cache.append(k, v)
-                k, v = cache.filled()                                 # [B, H, C, hd]: the past and now
+                # [B, H, C, hd]: the past and now
+                k, v = cache.filled()
         y = attention(q, k, v, mask, "sdpa" if fused else self.impl)  # [B, H, L, hd]
         return self.dropout(self.out_proj(self.merge_heads(y)))      # [B, L, D]
 
@@ -304,7 +321,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         # tanh-approximated GELU: the same curve within 1e-3, and several times cheaper on a CPU
-        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))  # [B, L, D] -> [B, L, d_ff] -> [B, L, D]
+        # [B, L, D] -> [B, L, d_ff] -> [B, L, D]
+        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -364,7 +382,8 @@ class SoloTransformer(nn.Module):
         # settling into a solo-only language model first (StemGen sums time-aligned
         # context into its input for the same reason).
         self.align_conv = nn.Conv1d(D, D, kernel_size=K) if cfg.aligned_backing else None
-        self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)  # [1, K, 1]
+        # [1, K, 1]
+        self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -386,7 +405,8 @@ class SoloTransformer(nn.Module):
         return rope_angles(positions, self.cfg.d_model // self.cfg.n_heads)  # 2 x [L, hd]
 
     def null_condition(self, backing, drop):
-        """Classifier-free guidance: rows of `drop` [B] get the null backing (all special tokens)."""
+        """Classifier-free guidance: rows of `drop` [B] get the null backing (all special
+        tokens)."""
         return torch.where(drop[:, None, None], torch.full_like(backing, self.cfg.card), backing)
 
     def encode(self, backing):
@@ -406,16 +426,18 @@ class SoloTransformer(nn.Module):
         only); on the right, steps past the last backing frame see what is left of it.
         """
         K, T = self.cfg.n_codebooks, memory.size(1)
-        right = max(K - 1, S - T)  # S = T + K - 1 in training; a solo longer than its backing needs more
-        x = F.pad(memory.transpose(1, 2), (K - 1, right))                           # [B, D, T + K - 1 + right]
-        return self.align_conv(x).transpose(1, 2)[:, :S]                            # [B, T + right, D] -> [B, S, D]
+        # S = T + K - 1 in training; a solo longer than its backing needs more
+        right = max(K - 1, S - T)
+        x = F.pad(memory.transpose(1, 2), (K - 1, right))           # [B, D, T + K - 1 + right]
+        return self.align_conv(x).transpose(1, 2)[:, :S]            # [B, T + right, D] -> [B, S, D]
 
     def aligned_step(self, recent):
         """The aligned input of one step from the encoder states of its K frames [B, K, D],
         oldest first -> [B, 1, D]: the training convolution at one output position."""
         conv = self.align_conv
-        window = recent.transpose(1, 2).reshape(recent.size(0), -1)                 # [B, D * K], as conv.weight
-        return F.linear(window, conv.weight.reshape(conv.out_channels, -1), conv.bias)[:, None]  # [B, 1, D]
+        window = recent.transpose(1, 2).reshape(recent.size(0), -1)     # [B, D * K], as conv.weight
+        # [B, 1, D]
+        return F.linear(window, conv.weight.reshape(conv.out_channels, -1), conv.bias)[:, None]
 
     def logits(self, x):
         """decoder states [B, L, D] -> logits [B, K, L, card], all K heads as one matmul."""
@@ -427,7 +449,8 @@ class SoloTransformer(nn.Module):
         return out.view(B, L, K, card).transpose(1, 2)                  # [B, K, L, card]
 
     def forward(self, backing, dec_in):
-        """Teacher forcing: backing [B, K, T] and decoder input [B, K, S] -> logits [B, K, S, card]."""
+        """Teacher forcing: backing [B, K, T] and decoder input [B, K, S] -> logits
+        [B, K, S, card]."""
         cfg, S = self.cfg, dec_in.size(-1)
         memory = self.encode(backing)                                               # [B, T, D]
         x = self.embed(self.dec_emb, dec_in)                                        # [B, S, D]
@@ -435,14 +458,15 @@ class SoloTransformer(nn.Module):
             x = x + self.aligned(memory, S)                                         # [B, S, D]
         rope = self.rope(0, S, x.device)
         enc_rope = self.rope(0, memory.size(1), x.device)
-        self_mask = attention_mask(S, S, True, cfg.attn_window, x.device)           # [S, S]: the past only
+        self_mask = attention_mask(S, S, True, cfg.attn_window, x.device)    # [S, S]: the past only
         # Step s of the decoder is "about" frame s. A causal (streaming) model may read
         # the backing only up to frame s; an offline one reads all of it.
-        cross_mask = attention_mask(S, memory.size(1), cfg.causal_encoder, cfg.attn_window, x.device)
+        cross_mask = attention_mask(S, memory.size(1), cfg.causal_encoder, cfg.attn_window,
+                                    x.device)
         for block in self.decoder:
-            kv = block.cross_attn.project_kv(memory, enc_rope)                      # 2 x [B, H, T, hd]
+            kv = block.cross_attn.project_kv(memory, enc_rope)                   # 2 x [B, H, T, hd]
             x = block(x, rope, self_mask=self_mask, kv=kv, cross_mask=cross_mask)
-        return self.logits(x)                                                        # [B, K, S, card]
+        return self.logits(x)                                                      # [B, K, S, card]
 
     # ------------------------------------------------------------------------
     # 5. The loss
@@ -479,10 +503,10 @@ def position_cross_entropy(logits, target, card):
     did not earn, and `card` is not even one of the logits' classes.
     """
     B, K, S, V = logits.shape
-    real = target != card                                                     # [B, K, S]
-    safe_target = target.masked_fill(~real, 0)                                # any valid class; masked below
+    real = target != card                                            # [B, K, S]
+    safe_target = target.masked_fill(~real, 0)                       # any valid class; masked below
     ce = F.cross_entropy(logits.float().reshape(-1, V), safe_target.reshape(-1), reduction="none")
-    return torch.where(real, ce.view(B, K, S), 0.0), real                     # where(), not *: inf * 0 is nan
+    return torch.where(real, ce.view(B, K, S), 0.0), real           # where(), not *: inf * 0 is nan
 
 
 def codebook_cross_entropy(logits, target, card):
@@ -511,14 +535,15 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)             # [B, K, card]
         probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p                             # mass before this code already >= p
+        drop = probs.cumsum(dim=-1) - probs >= top_p            # mass before this code already >= p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     # Inverse-CDF sampling: one uniform number per (row, codebook), and the first code
     # whose cumulative probability exceeds it. Same distribution as torch.multinomial,
     # at a fraction of its cost for one draw (it matters: this runs at every step).
     cdf = logits.softmax(dim=-1).cumsum(dim=-1)                                  # [B, K, card]
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device) * cdf[..., -1:]  # [B, K, 1]
+    # [B, K, 1]
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device) * cdf[..., -1:]
     # right=True: a code of probability 0 adds nothing to the CDF and can never be picked.
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.size(-1) - 1)  # [B, K]
 
@@ -564,10 +589,10 @@ def check_backing_reach(cfg, n_backing, n_frames):
     (a softmax over nothing: NaN), a state training never produces.
     """
     if cfg.attn_window is not None and n_frames > n_backing + cfg.attn_window - cfg.n_codebooks:
-        raise ValueError(f"{n_frames} solo frames over {n_backing} backing frames: with attn_window "
-                         f"{cfg.attn_window} the last steps would see no backing at all; generate at most "
-                         f"{n_backing + cfg.attn_window - cfg.n_codebooks} frames (the backing's length + "
-                         f"attn_window - K)")
+        raise ValueError(f"{n_frames} solo frames over {n_backing} backing frames: with "
+                         f"attn_window {cfg.attn_window} the last steps would see no backing at "
+                         f"all; generate at most {n_backing + cfg.attn_window - cfg.n_codebooks} "
+                         "frames (the backing's length + attn_window - K)")
 
 
 def generation_template(n_frames, n_codebooks, card, batch, device, prompt=None):
@@ -580,7 +605,8 @@ def generation_template(n_frames, n_codebooks, card, batch, device, prompt=None)
     codes = torch.full((batch, n_codebooks, n_frames), -1, dtype=torch.long, device=device)
     if prompt is not None:
         if prompt.size(-1) > n_frames:
-            raise ValueError(f"the prompt has {prompt.size(-1)} frames, more than the {n_frames} frames to generate")
+            raise ValueError(f"the prompt has {prompt.size(-1)} frames, "
+                             f"more than the {n_frames} frames to generate")
         codes[..., :prompt.size(-1)] = prompt
     return build_delay_pattern(codes, card)[0]   # [B, K, S]
 
@@ -589,7 +615,8 @@ def _prepare(model, backing, cfg_coef):
     """Double the batch for guidance: conditional rows first, null-condition rows after."""
     if cfg_coef is None:
         return backing
-    null = model.null_condition(backing, torch.ones(backing.size(0), dtype=torch.bool, device=backing.device))
+    null = model.null_condition(backing, torch.ones(backing.size(0), dtype=torch.bool,
+                                                    device=backing.device))
     return torch.cat([backing, null])
 
 
@@ -606,7 +633,7 @@ def sample_solo_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, t
     n_frames = n_frames or T
     check_backing_reach(cfg, T, n_frames)
     template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
-    backing = _prepare(model, backing, cfg_coef)                                       # [B or 2B, K, T]
+    backing = _prepare(model, backing, cfg_coef)                                   # [B or 2B, K, T]
     gen = torch.Generator(device=backing.device).manual_seed(seed)
     tokens = torch.full((B, K, 1), cfg.card, dtype=torch.long, device=backing.device)  # start token
     for s in range(template.size(-1)):
@@ -614,8 +641,8 @@ def sample_solo_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, t
         logits = model(backing, inp)[:, :, -1]                                 # [B or 2B, K, card]
         if cfg_coef is not None:
             logits = guided_logits(logits, cfg_coef)
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)              # [B, K]
-        nxt = torch.where(template[..., s] >= 0, template[..., s], nxt)        # forced positions win
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)             # [B, K]
+        nxt = torch.where(template[..., s] >= 0, template[..., s], nxt)       # forced positions win
         tokens = torch.cat([tokens, nxt[..., None]], dim=-1)
     return revert_delay_pattern(tokens[..., 1:])                               # [B, K, n_frames]
 
@@ -647,10 +674,14 @@ class SamplerState:
         state = cls(model, batch, total_steps, device, dtype)
         cfg, cap = model.cfg, state.self_caches[0].capacity
         hd = cfg.d_model // cfg.n_heads
-        state.enc_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.encoder]
-        state.cross_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.decoder]
-        if model.align_conv is not None:  # the aligned path's window: the last K encoder states, zeros at first
-            state.recent = torch.zeros(batch, cfg.n_codebooks, cfg.d_model, device=device, dtype=dtype)
+        def cache():
+            return KVCache(batch, cfg.n_heads, cap, hd, device, dtype)
+        state.enc_caches = [cache() for _ in model.encoder]
+        state.cross_caches = [cache() for _ in model.decoder]
+        # the aligned path's window: the last K encoder states, zeros at first
+        if model.align_conv is not None:
+            state.recent = torch.zeros(batch, cfg.n_codebooks, cfg.d_model, device=device,
+                                       dtype=dtype)
         return state
 
     def __init__(self, model, batch, total_steps, device, dtype):
@@ -659,10 +690,12 @@ class SamplerState:
         self.model, self.step = model, 0
         hd = cfg.d_model // cfg.n_heads
         # Rotary angles of every step, computed once rather than at every step.
-        self.cos, self.sin = rope_angles(torch.arange(total_steps, device=device), hd)  # 2 x [total_steps, hd]
+        # 2 x [total_steps, hd]
+        self.cos, self.sin = rope_angles(torch.arange(total_steps, device=device), hd)
         # A streaming model keeps only attn_window positions: memory stays bounded.
         cap = total_steps if cfg.attn_window is None else min(total_steps, cfg.attn_window)
-        self.self_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype) for _ in model.decoder]
+        self.self_caches = [KVCache(batch, cfg.n_heads, cap, hd, device, dtype)
+                            for _ in model.decoder]
         self.cross_kv = None  # offline: per layer (keys, values) [B, H, T, hd] of the whole backing
         self.cross_caches = None  # streaming: per layer KVCache of encoder frames seen so far
         self.enc_caches = None  # streaming: per encoder layer KVCache
@@ -678,7 +711,8 @@ class SamplerState:
             x = x + self.aligned[:, s:s + 1]                                   # [B, 1, D]
         elif self.recent is not None:
             if s >= self.n_backing:  # the backing has ended: zeros enter the window, as in training
-                self.recent = torch.cat([self.recent[:, 1:], torch.zeros_like(self.recent[:, :1])], dim=1)
+                self.recent = torch.cat([self.recent[:, 1:], torch.zeros_like(self.recent[:, :1])],
+                                        dim=1)
             x = x + model.aligned_step(self.recent)                           # [B, 1, D]
         rope = self.cos[s:s + 1], self.sin[s:s + 1]
         for i, (block, cache) in enumerate(zip(model.decoder, self.self_caches)):
@@ -695,7 +729,8 @@ class SamplerState:
                 # ended, positions that fell out of the window are masked as in training.
                 cache_x = self.cross_caches[i]
                 kv = cache_x.filled()
-                mask = (cache_x.positions() > s - cfg.attn_window)[None, :] if cfg.attn_window else None
+                seen = cache_x.positions() > s - cfg.attn_window if cfg.attn_window else None
+                mask = seen[None, :] if cfg.attn_window else None
             x = block(x, rope, kv=kv, cross_mask=mask, cache=cache, fused=True)  # [B, 1, D]
         self.step += 1
         return model.logits(x)[:, :, 0]                                        # [B, K, card]
@@ -735,7 +770,7 @@ def sample_solo(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1
     template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
     S = template.size(-1)
     cond = _prepare(model, backing, cfg_coef)                                     # [B or 2B, K, T]
-    state = SamplerState.offline(model, model.encode(cond), S)                   # encoder once, [B or 2B, T, D]
+    state = SamplerState.offline(model, model.encode(cond), S)       # encoder once, [B or 2B, T, D]
     gen = torch.Generator(device=backing.device).manual_seed(seed)
     tokens = torch.full((B, K), cfg.card, dtype=torch.long, device=backing.device)  # start token
     out = torch.empty(B, K, S, dtype=torch.long, device=backing.device)
@@ -743,8 +778,8 @@ def sample_solo(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1
         logits = state.decoder_step(tokens if cfg_coef is None else tokens.repeat(2, 1))
         if cfg_coef is not None:
             logits = guided_logits(logits, cfg_coef)
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)                 # [B, K]
-        tokens = torch.where(template[..., s] >= 0, template[..., s], nxt)        # forced positions win
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)             # [B, K]
+        tokens = torch.where(template[..., s] >= 0, template[..., s], nxt)    # forced positions win
         out[..., s] = tokens
         if progress is not None:
             progress()
@@ -765,10 +800,12 @@ class StreamingSampler:
     uses it. batch: solos written at once over the same backing (each row draws its own).
     """
 
-    def __init__(self, model, n_frames, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=0, cfg_coef=None):
+    def __init__(self, model, n_frames, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+                 cfg_coef=None):
         cfg = model.cfg
         if not cfg.causal_encoder:
-            raise ValueError("streaming needs a model trained with causal_encoder=True (train.py --causal-encoder)")
+            raise ValueError("streaming needs a model trained with "
+                             "causal_encoder=True (train.py --causal-encoder)")
         weight = next(model.parameters())
         device, dtype = weight.device, weight.dtype
         model.eval()  # no dropout while sampling; a sampler lives as long as the stream
@@ -776,7 +813,8 @@ class StreamingSampler:
         self.n_frames, self.cfg_coef = n_frames, cfg_coef
         self.opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.template = generation_template(n_frames, self.K, cfg.card, batch, device)  # [B, K, S]
-        rows = batch if cfg_coef is None else 2 * batch   # guidance: conditional rows, then null rows
+        # guidance: conditional rows, then null rows
+        rows = batch if cfg_coef is None else 2 * batch
         self.state = SamplerState.streaming(model, rows, self.template.size(-1), device, dtype)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
@@ -784,7 +822,8 @@ class StreamingSampler:
 
     def _decode_one(self):
         s = self.state.step
-        logits = self.state.decoder_step(self.tokens if self.cfg_coef is None else self.tokens.repeat(2, 1))
+        tokens = self.tokens if self.cfg_coef is None else self.tokens.repeat(2, 1)
+        logits = self.state.decoder_step(tokens)
         if self.cfg_coef is not None:
             logits = guided_logits(logits, self.cfg_coef)
         nxt = sample_next(logits, generator=self.gen, **self.opts)                 # [B, K]
@@ -797,21 +836,24 @@ class StreamingSampler:
 
     @torch.inference_mode()
     def push(self, frame):
-        """One backing frame [B, K] (or [1, K], shared by every row) -> a finished solo frame [B, K] or None."""
+        """One backing frame [B, K] (or [1, K], shared by every row) -> a finished solo frame
+        [B, K], or None."""
         if self.state.n_backing >= self.n_frames:
-            raise ValueError(f"the sampler was built for {self.n_frames} frames and all of them have been pushed; "
-                             "build it with a larger n_frames")
+            raise ValueError(f"the sampler was built for {self.n_frames} frames and all "
+                             "of them have been pushed; build it with a larger n_frames")
         frame = frame.to(self.tokens.device).expand(self.tokens.size(0), -1)      # [B, K]
         self.state.encoder_step(_prepare(self.model, frame[..., None], self.cfg_coef)[..., 0])
         return self._decode_one()
 
     @torch.inference_mode()
     def finish(self):
-        """The backing has ended: the remaining steps -> the last frames [B, K, n] (None when none are left)."""
+        """The backing has ended: the remaining steps -> the last frames [B, K, n] (None when
+        none are left)."""
         check_backing_reach(self.model.cfg, self.state.n_backing, self.n_frames)
         rest = [self._decode_one() for _ in range(self.template.size(-1) - self.state.step)]
         rest = [r for r in rest if r is not None]
-        return torch.stack(rest, dim=-1) if rest else None  # [B, K, K - 1] when every frame was pushed
+        # [B, K, K - 1] when every frame was pushed
+        return torch.stack(rest, dim=-1) if rest else None
 
 
 # ----------------------------------------------------------------------------
@@ -854,11 +896,13 @@ def fetch_checkpoint(name):
     if name.count("/") == 1 and not name.startswith((".", "/")):
         from huggingface_hub import snapshot_download
         try:
-            return Path(snapshot_download(name, allow_patterns=["config.json", "model.safetensors", "codec.safetensors",
-                                                                "README.md"]))
+            wanted = ["config.json", "model.safetensors", "codec.safetensors", "README.md"]
+            return Path(snapshot_download(name, allow_patterns=wanted))
         except Exception as err:
-            raise SystemExit(f"--checkpoint {name}: not a local folder, and the Hub download failed: {err}") from None
-    raise SystemExit(f"--checkpoint {name}: no such folder. Train first (python train.py) or give a Hub id user/name.")
+            raise SystemExit(f"--checkpoint {name}: not a local folder, "
+                             f"and the Hub download failed: {err}") from None
+    raise SystemExit(f"--checkpoint {name}: no such folder. Train first "
+                     "(python train.py) or give a Hub id user/name.")
 
 
 def load_model(folder, device="cpu"):
@@ -872,7 +916,8 @@ def load_model(folder, device="cpu"):
 
 
 def load_weights(model, folder, device="cpu"):
-    """Put the weights of a checkpoint folder's model.safetensors into model (on device); returns it."""
+    """Put the weights of a checkpoint folder's model.safetensors into model (on device);
+    returns it."""
     from safetensors.torch import load_file
     weights = Path(folder) / "model.safetensors"
     if not weights.exists():
@@ -880,16 +925,19 @@ def load_weights(model, folder, device="cpu"):
     try:
         model.load_state_dict(load_file(str(weights), device=str(device)))
     except RuntimeError as err:  # another preset's weights, or a file cut short: one line, not 88
-        first = str(err).strip().splitlines()[-1].strip()[:160] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"{weights} does not fit the model its folder's config.json describes ({first}): "
-                         f"the two files come from different checkpoints; copy the checkpoint folder whole, "
-                         f"or train again") from None
+        lines = str(err).strip().splitlines()
+        first = lines[-1].strip()[:160] if lines else type(err).__name__
+        raise SystemExit(f"{weights} does not fit the model its folder's config.json "
+                         f"describes ({first}): the two files come from different "
+                         "checkpoints; copy the checkpoint folder whole, or train again") from None
     return model.to(device)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Print the presets, their sizes and the settings of one of them.")
-    parser.add_argument("--preset", choices=list(PRESETS), default="tiny", help="whose settings to print")
+    parser = argparse.ArgumentParser(description="Print the presets, their sizes "
+                                                 "and the settings of one of them.")
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny",
+                        help="whose settings to print")
     args = parser.parse_args()
     for name in PRESETS:
         cfg = preset_config(name)

@@ -12,7 +12,7 @@ existing folder without --overwrite):
     encoder_step.onnx, decoder_step.onnx             one frame through the transformer, fp32
     *.int8.onnx, *.int4.onnx                          the same with 8-bit or 4-bit weights
     codec_encoder.onnx, codec_decoder.onnx           EnCodec for fixed windows of audio and codes
-    runner.json                                      the numbers the runner needs, each graph's SHA-256
+    runner.json                                      the runner's numbers, each graph's SHA-256
     onnx_runner.py                                   the runner itself
 
 The steps are model.SamplerState's encoder and decoder steps rewritten as pure
@@ -35,12 +35,15 @@ from onnx_runner import FORMAT, sha256  # the runner checks the graphs with the 
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = opt("runs/causal/best", "a causal checkpoint folder (train.py --causal-encoder), or a Hub id")
+    checkpoint: str = opt("runs/causal/best",
+                          "a causal checkpoint folder (train.py --causal-encoder), or a Hub id")
     out: str = opt("solo_onnx", "folder to write the graphs, runner.json and onnx_runner.py to")
-    overwrite: bool = opt(False, "replace the folder if it exists (only once the new one is complete)")
+    overwrite: bool = opt(False,
+                          "replace the folder if it exists (only once the new one is complete)")
     chunk_ms: float = opt(80.0, "audio chunk the runner encodes at once, in milliseconds")
     context_ms: float = opt(200.0, "past audio the codec re-reads with each chunk, in milliseconds")
-    encodec_weights: str = opt("", "local EnCodec weights (default: what the checkpoint's dataset used)")
+    encodec_weights: str = opt("", "local EnCodec weights (default: "
+                                   "what the checkpoint's dataset used)")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)")
 
 
@@ -73,7 +76,7 @@ def rotation(position, hd):
     eye, zero = torch.eye(hd // 2), torch.zeros(hd // 2, hd // 2)
     # x @ quarter = cat(-x2, x1): apply_rope's "turned by 90 degrees", as a matrix.
     quarter = torch.cat([torch.cat([zero, eye], dim=1), torch.cat([-eye, zero], dim=1)])  # [hd, hd]
-    return torch.eye(hd) * cos + quarter * sin                            # column i: cos_i, and sin_i off the diagonal
+    return torch.eye(hd) * cos + quarter * sin         # column i: cos_i, and sin_i off the diagonal
 
 
 def step_turns(position, hd):
@@ -98,10 +101,11 @@ def ring_attention(q, ring_k, ring_v, bias, k=None, v=None):
     scores = ring_k @ q.view(1, H, hd, 1)                                 # [1, H, C, 1]
     if k is None:
         return (scores.view(1, H, 1, C) + bias).softmax(dim=-1) @ ring_v
-    scores = torch.cat([scores.view(1, H, 1, C), (q * k).sum(-1, keepdim=True)], dim=-1)  # [1, H, 1, C + 1]
+    # [1, H, 1, C + 1]
+    scores = torch.cat([scores.view(1, H, 1, C), (q * k).sum(-1, keepdim=True)], dim=-1)
     weights = (scores + torch.cat([bias, bias.new_zeros(1)])).softmax(dim=-1)
-    past, now = weights.split([C, 1], dim=-1)                             # [1, H, 1, C], [1, H, 1, 1]
-    return past @ ring_v + now * v                                        # [1, H, 1, hd]
+    past, now = weights.split([C, 1], dim=-1)                           # [1, H, 1, C], [1, H, 1, 1]
+    return past @ ring_v + now * v                                      # [1, H, 1, hd]
 
 
 def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None):
@@ -113,10 +117,12 @@ def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None):
     """
     attn = block.self_attn
     H, D = attn.n_heads, x.size(-1)
-    qkv = attn.qkv_proj(block.norm1(x)).view(3, H, 1, D // H) @ turns    # [3, H, 1, hd]: q, k turned; v as is
+    # [3, H, 1, hd]: q, k turned; v as is
+    qkv = attn.qkv_proj(block.norm1(x)).view(3, H, 1, D // H) @ turns
     q, k, v = qkv.split(1)                                                # 3 x [1, H, 1, hd]
     x = x + attn.out_proj(ring_attention(q, *ring, bias, k, v).view(1, 1, D))
-    if block.cross_attn is not None:  # decoder blocks: the backing frames' ring, nothing new to add to it
+    # decoder blocks: the backing frames' ring, nothing new to add to it
+    if block.cross_attn is not None:
         c = block.cross_attn
         q = c.q_proj(block.norm2(x)).view(1, H, 1, D // H) @ turns[0]     # [1, H, 1, hd]
         x = x + c.out_proj(ring_attention(q, *cross, cross_bias).view(1, 1, D))
@@ -168,7 +174,8 @@ class EncoderStep(torch.nn.Module):
             x, k, v = block_step(block, x, turns, ring, enc_bias)
             new += [k, v]
         x = m.enc_norm(x)                                                      # [1, 1, D]
-        cross = self.cross_kv(x).view(len(m.decoder), 2, H, 1, D // H) @ turns[1:]  # keys turned, values as is
+        # keys turned, values as is
+        cross = self.cross_kv(x).view(len(m.decoder), 2, H, 1, D // H) @ turns[1:]
         return (*new, cross, x)
 
 
@@ -208,7 +215,8 @@ class DecoderStep(torch.nn.Module):
         for block, ring, cross in zip(m.decoder, pairs(rings[:2 * L]), pairs(rings[2 * L:])):
             x, k, v = block_step(block, x, turns, ring, self_bias, cross, cross_bias)
             new += [k, v]
-        return (m.logits(x).view(1, m.cfg.n_codebooks, m.cfg.card), *new)  # [1, K, 1, card] -> [1, K, card]
+        # [1, K, 1, card] -> [1, K, card]
+        return (m.logits(x).view(1, m.cfg.n_codebooks, m.cfg.card), *new)
 
 
 class CodecEncoder(torch.nn.Module):
@@ -235,7 +243,8 @@ class CodecDecoder(torch.nn.Module):
 
 
 def export_graph(module, args, path, inputs, outputs, dynamic):
-    """torch.onnx.export with its TorchScript tracer (dynamo=False: nothing beyond the onnx package)."""
+    """torch.onnx.export with its TorchScript tracer (dynamo=False: nothing beyond the onnx
+    package)."""
     import warnings
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on Python ints and deprecation
@@ -244,7 +253,8 @@ def export_graph(module, args, path, inputs, outputs, dynamic):
 
 
 def export_steps(model, folder):
-    """The transformer's two streaming steps as ONNX graphs in folder: fp32, int8 and int4 weights."""
+    """The transformer's two streaming steps as ONNX graphs in folder: fp32, int8 and int4
+    weights."""
     mcfg = model.cfg
     K, H, D, L = mcfg.n_codebooks, mcfg.n_heads, mcfg.d_model, mcfg.n_dec_layers
     # Every shape fixed where it can be: one row, and rings of attn_window slots. ONNX
@@ -262,15 +272,19 @@ def export_steps(model, folder):
     def slots(names):  # the axis that counts slots, free only without a window
         return {n: {2: "slots"} for n in names} if free else {}
 
-    enc, own, cross = ring_names("enc", mcfg.n_enc_layers), ring_names("self", L), ring_names("cross", L)
+    enc = ring_names("enc", mcfg.n_enc_layers)
+    own, cross = ring_names("self", L), ring_names("cross", L)
     export_graph(EncoderStep(model), (frame, position, bias, *rings(mcfg.n_enc_layers)),
                  folder / "encoder_step.onnx", ["frame", "position", "enc_bias", *enc],
                  [*ring_names("new_enc", mcfg.n_enc_layers), "cross", "state"],
                  {**slots(enc), **({"enc_bias": {0: "slots"}} if free else {})})
-    export_graph(DecoderStep(model), (frame, position, torch.zeros(B, K, D), bias, bias, *rings(L), *rings(L)),
-                 folder / "decoder_step.onnx", ["tokens", "position", "recent", "self_bias", "cross_bias",
-                                                *own, *cross], ["logits", *ring_names("new_self", L)],
-                 {**slots(own + cross), **({"self_bias": {0: "slots"}, "cross_bias": {0: "slots"}} if free else {})})
+    export_graph(DecoderStep(model),
+                 (frame, position, torch.zeros(B, K, D), bias, bias, *rings(L), *rings(L)),
+                 folder / "decoder_step.onnx",
+                 ["tokens", "position", "recent", "self_bias", "cross_bias", *own, *cross],
+                 ["logits", *ring_names("new_self", L)],
+                 {**slots(own + cross), **({"self_bias": {0: "slots"},
+                                            "cross_bias": {0: "slots"}} if free else {})})
     for name in ("encoder_step", "decoder_step"):
         quantize_step(folder, name)
 
@@ -284,7 +298,8 @@ def quantize_step(folder, name):
     import logging
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
     from onnxruntime.quantization.shape_inference import quant_pre_process
     root = logging.getLogger()
     level, _ = root.level, root.setLevel(logging.ERROR)  # the quantizers' notes, node by node
@@ -295,28 +310,34 @@ def quantize_step(folder, name):
         # folds constants first, so that every such weight counts as constant.
         quant_pre_process(str(folder / f"{name}.onnx"), str(folder / f"{name}.pre.onnx"))
         quantize_dynamic(str(folder / f"{name}.pre.onnx"), str(folder / f"{name}.int8.onnx"),
-                         weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+                         weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
         # int4: the same weights in ONNX Runtime's MatMulNBits, 4 bits each with one scale
         # per block of 32 along the input (symmetric: no zero point); accuracy level 4
         # lets the kernel multiply in int8, the activations quantized per block. It takes
         # MatMul only, so it reads the graph as exported (the pre-processing above turns
         # MatMul + Add into Gemm).
-        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=4)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(folder / f"{name}.onnx")), algo_config=config)
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4,
+                                              bits=4)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(folder / f"{name}.onnx")),
+                                         algo_config=config)
         quantizer.process()
-        quantizer.model.save_model_to_file(str(folder / f"{name}.int4.onnx"), use_external_data_format=False)
+        quantizer.model.save_model_to_file(str(folder / f"{name}.int4.onnx"),
+                                           use_external_data_format=False)
     finally:
         root.setLevel(level)  # the caller's logging as it was, even when a quantizer fails
     (folder / f"{name}.pre.onnx").unlink()
 
 
 def export_codec(codec, n_codebooks, encode_samples, decode_frames, folder):
-    """EnCodec as two ONNX graphs of fixed sizes: encode_samples of audio, decode_frames of codes."""
+    """EnCodec as two ONNX graphs of fixed sizes: encode_samples of audio, decode_frames of
+    codes."""
     codec = codec.float().cpu().eval()
-    export_graph(CodecEncoder(codec), (torch.zeros(1, 1, encode_samples),), folder / "codec_encoder.onnx",
-                 ["audio"], ["codes"], None)
-    export_graph(CodecDecoder(codec), (torch.zeros(1, n_codebooks, decode_frames, dtype=torch.long),),
-                 folder / "codec_decoder.onnx", ["codes"], ["audio"], None)
+    export_graph(CodecEncoder(codec), (torch.zeros(1, 1, encode_samples),),
+                 folder / "codec_encoder.onnx", ["audio"], ["codes"], None)
+    codes = torch.zeros(1, n_codebooks, decode_frames, dtype=torch.long)
+    export_graph(CodecDecoder(codec), (codes,), folder / "codec_decoder.onnx", ["codes"], ["audio"],
+                 None)
 
 
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
@@ -328,14 +349,17 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     chunk, context, decode = data.stream_windows(cfg, numbers)
     export_codec(codec, mcfg.n_codebooks, (context + chunk) * numbers["hop"], decode, folder)
     shutil.copy(Path(__file__).with_name("onnx_runner.py"), folder / "onnx_runner.py")
-    graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4") for step in ("encoder_step", "decoder_step")]
+    graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4")
+              for step in ("encoder_step", "decoder_step")]
     graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
     runner = {"format": FORMAT, "checkpoint": str(cfg.checkpoint), "step": config["step"],
-              "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model, "n_heads": mcfg.n_heads,
+              "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model,
+              "n_heads": mcfg.n_heads,
               "head_dim": mcfg.d_model // mcfg.n_heads, "n_enc_layers": mcfg.n_enc_layers,
               "n_dec_layers": mcfg.n_dec_layers, "attn_window": mcfg.attn_window,
               "aligned_backing": model.align_conv is not None,
-              "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"], "hop": numbers["hop"],
+              "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"],
+              "hop": numbers["hop"],
               "chunk_frames": chunk, "context_frames": context, "decode_frames": decode,
               "codec_untrained": numbers["untrained"],
               "sha256": {g: sha256(folder / g) for g in graphs}}
@@ -347,14 +371,16 @@ def export_onnx(model, codec, config, numbers, cfg, out):
     """Write the ONNX folder for onnx_runner.py, atomically (a temporary folder, then one rename).
 
     encoder_step / decoder_step (.onnx fp32; .int8.onnx and .int4.onnx with int8 or
-    4-bit weights for the linear layers), codec_encoder.onnx (fixed window of context + chunk audio),
+    4-bit weights for the linear layers), codec_encoder.onnx (fixed window of context + chunk
+    audio),
     codec_decoder.onnx (fixed window of frames), runner.json (the numbers the runner
     needs and each graph's SHA-256), and onnx_runner.py itself: copy the folder to the
     board, and it has everything.
     """
     if not model.cfg.causal_encoder:
-        raise SystemExit(f"onnx_export.py needs a causal model (trained with --causal-encoder): "
-                         f"{cfg.checkpoint} reads the whole backing at once, which no live input can give")
+        raise SystemExit("onnx_export.py needs a causal model (trained with "
+                         f"--causal-encoder): {cfg.checkpoint} reads the "
+                         "whole backing at once, which no live input can give")
     model = model.float().cpu().eval()
     out = Path(out)
     if out.exists() and not cfg.overwrite:

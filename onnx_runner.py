@@ -36,8 +36,9 @@ try:  # the board holds only these three packages: a missing one is one line, no
     import onnxruntime as ort
     import soundfile as sf
 except ImportError as err:
-    raise SystemExit(f"{err.name or err} does not import ({err}). On the board: pip install numpy onnxruntime "
-                     f"soundfile; on a computer: pip install -r requirements.lock") from None
+    raise SystemExit(f"{err.name or err} does not import ({err}). On the "
+                     "board: pip install numpy onnxruntime soundfile; "
+                     "on a computer: pip install -r requirements.lock") from None
 
 FORMAT = 2  # runner.json's "format": 2 since the steps return one key and value per layer, and int4
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
@@ -63,44 +64,51 @@ def read_folder(folder, variants=tuple(STEP_GRAPHS)):
     try:
         numbers = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SystemExit(f"{path} not found: give a folder written by "
-                         f"python onnx_export.py --checkpoint CAUSAL_CHECKPOINT --out {folder}") from None
+        raise SystemExit(f"{path} not found: give a folder written by python "
+                         f"onnx_export.py --checkpoint CAUSAL_CHECKPOINT --out {folder}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SystemExit(f"{path} is damaged ({err}): export the folder again") from None
     if numbers.get("format") != FORMAT:
-        raise SystemExit(f"{path}: written for runner format {numbers.get('format')}, this runner reads format "
-                         f"{FORMAT}: use the onnx_runner.py inside that folder, or export the folder again")
+        raise SystemExit(f"{path}: written for runner format {numbers.get('format')}, "
+                         f"this runner reads format {FORMAT}: use the onnx_runner.py "
+                         "inside that folder, or export the folder again")
     check_numbers(numbers, path)
-    needed = ["codec_encoder.onnx", "codec_decoder.onnx", *[g for v in variants for g in STEP_GRAPHS[v]]]
+    needed = ["codec_encoder.onnx", "codec_decoder.onnx",
+              *[g for v in variants for g in STEP_GRAPHS[v]]]
     for name in needed:
         digest = numbers["sha256"].get(name)
         if digest is None or not (folder / name).exists():
-            raise SystemExit(f"{folder / name} is missing: copy the whole exported folder (or choose a --variant "
-                             f"whose graphs are there: {', '.join(present_variants(folder)) or 'none'})")
+            raise SystemExit(f"{folder / name} is missing: copy the whole exported "
+                             "folder (or choose a --variant whose graphs are "
+                             f"there: {', '.join(present_variants(folder)) or 'none'})")
         if sha256(folder / name) != digest:
-            raise SystemExit(f"{folder / name} is not the graph {path} was written with (a file from another "
-                             f"export?): export the folder again, or copy it whole")
+            raise SystemExit(f"{folder / name} is not the graph {path} was written with (a file "
+                             "from another export?): export the folder again, or copy it whole")
     return numbers
 
 
 def present_variants(folder):
     """The variants whose two step graphs are in the folder."""
-    return [v for v, graphs in STEP_GRAPHS.items() if all((Path(folder) / g).exists() for g in graphs)]
+    return [v for v, graphs in STEP_GRAPHS.items()
+            if all((Path(folder) / g).exists() for g in graphs)]
 
 
 def check_numbers(numbers, path):
     """runner.json's numbers: whole, positive (context may be 0, no window is null), so that an
     edited file is one line here rather than an error deep inside ONNX Runtime."""
-    wanted = ["n_codebooks", "card", "d_model", "n_heads", "head_dim", "n_enc_layers", "n_dec_layers",
+    wanted = ["n_codebooks", "card", "d_model", "n_heads", "head_dim", "n_enc_layers",
+              "n_dec_layers",
               "sample_rate", "hop", "chunk_frames", "decode_frames"]
     bad = [k for k in wanted if not (isinstance(numbers.get(k), int) and numbers[k] >= 1)]
-    bad += [k for k in ["context_frames"] if not (isinstance(numbers.get(k), int) and numbers[k] >= 0)]
+    bad += [k for k in ["context_frames"] if not (isinstance(numbers.get(k),
+                                                             int) and numbers[k] >= 0)]
     window = numbers.get("attn_window")
     bad += [] if window is None or (isinstance(window, int) and window >= 1) else ["attn_window"]
-    bad += [] if isinstance(numbers.get("frame_rate"), (int, float)) and numbers["frame_rate"] > 0 else ["frame_rate"]
+    bad += [] if isinstance(numbers.get("frame_rate"),
+                            (int, float)) and numbers["frame_rate"] > 0 else ["frame_rate"]
     if bad or not isinstance(numbers.get("sha256"), dict):
-        raise SystemExit(f"{path}: {', '.join(bad) or 'sha256'} missing or not a valid number (was the file "
-                         f"edited?): export the folder again")
+        raise SystemExit(f"{path}: {', '.join(bad) or 'sha256'} missing or not a valid "
+                         "number (was the file edited?): export the folder again")
 
 
 def session(path, threads):
@@ -133,8 +141,8 @@ class Ring:
         self.held = np.full(capacity, -1)  # the position each slot holds (-1: none yet)
         # The graphs' inputs: one per layer and kind (enc_k0, enc_v0, ...), views of the
         # arrays above, so that ONNX Runtime reads the ring where it lies.
-        self.inputs = {f"{prefix}_{kv}{i}": ring[i] for i in range(layers) for kv, ring in (("k", self.k),
-                                                                                          ("v", self.v))}
+        self.inputs = {f"{prefix}_{kv}{i}": ring[i] for i in range(layers)
+                       for kv, ring in (("k", self.k), ("v", self.v))}
 
     def bias(self, now, window):
         """[C]: 0 for the slots a query at position `now` may attend to (filled, and within
@@ -147,7 +155,8 @@ class Ring:
         return np.where(seen, np.float32(0), np.float32(-np.inf))
 
     def write(self, position, k, v):
-        """k, v: per layer, position's keys and values [rows, H, 1, hd], as a step graph returns them."""
+        """k, v: per layer, position's keys and values [rows, H, 1, hd], as a step graph returns
+        them."""
         slot = position % self.held.size
         for i in range(len(k)):
             self.k[i, :, :, slot], self.v[i, :, :, slot] = k[i][:, :, 0], v[i][:, :, 0]
@@ -163,8 +172,9 @@ def sample(logits, temperature, top_k, u):
         return logits.argmax(axis=-1)
     z = logits / np.float32(temperature)
     if 0 < top_k < z.shape[-1]:
-        kth = np.partition(z, -top_k, axis=-1)[..., -top_k:-top_k + 1]  # the k-th largest, [rows, K, 1]
-        z = np.where(z < kth, -np.inf, z)                                 # exp(-inf) = 0: never drawn
+        # the k-th largest, [rows, K, 1]
+        kth = np.partition(z, -top_k, axis=-1)[..., -top_k:-top_k + 1]
+        z = np.where(z < kth, -np.inf, z)                               # exp(-inf) = 0: never drawn
     p = np.exp(z - z.max(axis=-1, keepdims=True))
     cdf = np.cumsum(p / p.sum(axis=-1, keepdims=True), axis=-1)           # [rows, K, card]
     # The first code whose cumulative probability exceeds u (searchsorted, right side).
@@ -180,42 +190,51 @@ class SoloStream:
     uniform(shape): the draws for sampling (default: numpy's generator seeded by `seed`).
     """
 
-    def __init__(self, folder, numbers, n_frames, variant="int8", threads=1, temperature=1.0, top_k=250, seed=0,
-                 uniform=None):
+    def __init__(self, folder, numbers, n_frames, variant="int8", threads=1, temperature=1.0,
+                 top_k=250, seed=0, uniform=None):
         encoder, decoder = STEP_GRAPHS[variant]
-        self.encoder, self.decoder = session(Path(folder) / encoder, threads), session(Path(folder) / decoder, threads)
+        self.encoder, self.decoder = session(Path(folder) / encoder,
+                                             threads), session(Path(folder) / decoder, threads)
         self.check_graphs(numbers, folder)
         K, D = numbers["n_codebooks"], numbers["d_model"]
-        self.K, self.card, self.n_frames, self.window = K, numbers["card"], n_frames, numbers["attn_window"]
+        self.K, self.card, self.n_frames = K, numbers["card"], n_frames
+        self.window = numbers["attn_window"]
         self.temperature, self.top_k = temperature, top_k
         rng = np.random.default_rng(seed)
         self.uniform = uniform or (lambda shape: rng.random(shape, dtype=np.float32))
         # A windowed model needs only `window` slots; without a window, room for every step.
         slots = self.window or n_frames + K - 1
-        ring = lambda prefix, layers: Ring(prefix, numbers[layers], 1, numbers["n_heads"], slots,  # noqa: E731
-                                           numbers["head_dim"])
+        def ring(prefix, layers):
+            return Ring(prefix, numbers[layers], 1, numbers["n_heads"], slots, numbers["head_dim"])
         self.enc_ring, self.self_ring = ring("enc", "n_enc_layers"), ring("self", "n_dec_layers")
         self.cross_ring = ring("cross", "n_dec_layers")       # the backing frames' keys and values
-        self.recent = np.zeros((1, K, D), np.float32)          # encoder states of the last K frames, oldest first
-        self.tokens = np.full((1, K), self.card, np.int64)     # the start token
-        self.columns = []                                      # the last K delayed columns written
+        # encoder states of the last K frames, oldest first
+        self.recent = np.zeros((1, K, D), np.float32)
+        self.tokens = np.full((1, K), self.card, np.int64)  # the start token
+        self.columns = []                                   # the last K delayed columns written
         self.n_backing = self.step = 0
-        self.wants = {i.name for i in self.decoder.get_inputs()}  # no `recent` without the aligned path
+        # no `recent` without the aligned path
+        self.wants = {i.name for i in self.decoder.get_inputs()}
 
     def check_graphs(self, numbers, folder):
         """The step graphs' cache inputs against runner.json: layers, heads, head width."""
-        for graph, prefix, layers in ((self.encoder, "enc", "n_enc_layers"), (self.decoder, "self", "n_dec_layers")):
+        steps = ((self.encoder, "enc", "n_enc_layers"), (self.decoder, "self", "n_dec_layers"))
+        for graph, prefix, layers in steps:
             shapes = {i.name: i.shape for i in graph.get_inputs()}
-            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))), *shapes[f"{prefix}_k0"][1:]]
+            found = [sum(f"{prefix}_k{i}" in shapes for i in range(len(shapes))),
+                     *shapes[f"{prefix}_k0"][1:]]
             # layers, heads, ring slots (the window; a name when the ring grows), head width
-            want = [numbers[layers], numbers["n_heads"], numbers["attn_window"] or found[2], numbers["head_dim"]]
+            want = [numbers[layers], numbers["n_heads"], numbers["attn_window"] or found[2],
+                    numbers["head_dim"]]
             if found != want:
-                raise SystemExit(f"{folder}: a step graph has rings for layers, heads, slots, head width {found}, "
-                                 f"runner.json says {want} (was it edited?): export the folder again")
+                raise SystemExit(f"{folder}: a step graph has rings for layers, "
+                                 f"heads, slots, head width {found}, runner.json says "
+                                 f"{want} (was it edited?): export the folder again")
 
     def encoder_step(self, frame):
         t = self.n_backing
-        *new, cross, state = self.encoder.run(None, {  # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd]
+        # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd]
+        *new, cross, state = self.encoder.run(None, {
             "frame": frame[None].astype(np.int64), "position": np.array([t]),
             "enc_bias": self.enc_ring.bias(t, self.window), **self.enc_ring.inputs})
         self.enc_ring.write(t, new[::2], new[1::2])
@@ -226,19 +245,24 @@ class SoloStream:
     def next_logits(self):
         """The decoder step for self.tokens, the previous step's codes -> logits [1, K, card]."""
         s = self.step
-        if s >= self.n_backing:  # the backing has ended: zeros enter the aligned window, as in training
-            self.recent = np.concatenate([self.recent[:, 1:], np.zeros_like(self.recent[:, :1])], axis=1)
+        # the backing has ended: zeros enter the aligned window, as in training
+        if s >= self.n_backing:
+            zeros = np.zeros_like(self.recent[:, :1])
+            self.recent = np.concatenate([self.recent[:, 1:], zeros], axis=1)
         feed = {"tokens": self.tokens, "position": np.array([s]), "recent": self.recent,
-                "self_bias": self.self_ring.bias(s, self.window), "cross_bias": self.cross_ring.bias(s, self.window),
+                "self_bias": self.self_ring.bias(s, self.window),
+                "cross_bias": self.cross_ring.bias(s, self.window),
                 **self.self_ring.inputs, **self.cross_ring.inputs}
-        logits, *new = self.decoder.run(None, {name: x for name, x in feed.items() if name in self.wants})
+        logits, *new = self.decoder.run(None,
+                                        {name: x for name, x in feed.items() if name in self.wants})
         self.self_ring.write(s, new[::2], new[1::2])
         self.step += 1
         return logits
 
     def decoder_step(self):
         s = self.step
-        codes = sample(self.next_logits(), self.temperature, self.top_k, self.uniform((1, self.K)))  # [1, K]
+        # [1, K]
+        codes = sample(self.next_logits(), self.temperature, self.top_k, self.uniform((1, self.K)))
         # The delay pattern: codebook k writes frame s - k, and only frames 0 .. n_frames - 1.
         frame = s - np.arange(self.K)
         self.tokens = np.where((frame >= 0) & (frame < self.n_frames), codes, self.card)
@@ -265,7 +289,8 @@ def teacher_forced_ce(stream, backing, solo):
     forcing, as in training): what int8 weights cost, measured on the validation set.
     """
     K, T = solo.shape
-    target = np.full((K, T + K - 1), stream.card)  # the delay pattern: codebook k is late by k steps
+    # the delay pattern: codebook k is late by k steps
+    target = np.full((K, T + K - 1), stream.card)
     for k in range(K):
         target[k, k:k + T] = solo[k]
     nll = []
@@ -296,9 +321,10 @@ class Codec:
         codes_in = self.decoder.get_inputs()[0].shape[-1]
         want = ((numbers["context_frames"] + numbers["chunk_frames"]) * self.hop, self.window)
         if (audio_in, codes_in) != want:
-            raise SystemExit(f"{folder}: the codec graphs take {audio_in} samples and {codes_in} frames, runner.json "
-                             f"says {want[0]} and {want[1]} (chunk, context or decode frames edited?): export the "
-                             f"folder again with the --chunk-ms and --context-ms you want")
+            raise SystemExit(f"{folder}: the codec graphs take {audio_in} samples and "
+                             f"{codes_in} frames, runner.json says {want[0]} and {want[1]} "
+                             "(chunk, context or decode frames edited?): export the "
+                             "folder again with the --chunk-ms and --context-ms you want")
 
     def encode(self, audio):
         """audio [(context + chunk) * hop] -> codes [K, context + chunk]."""
@@ -312,7 +338,8 @@ class Codec:
             new = min(chunk, len(frames) - done)
             window = frames[max(0, done + new - self.window):done + new]
             window = [window[0]] * (self.window - len(window)) + window
-            audio = self.decoder.run(None, {"codes": np.stack(window, axis=-1)[None].astype(np.int64)})[0]
+            codes = np.stack(window, axis=-1)[None].astype(np.int64)          # [1, K, window]
+            audio = self.decoder.run(None, {"codes": codes})[0]
             pieces.append(audio[0, 0, -new * self.hop:])
             done += new
         return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
@@ -327,14 +354,17 @@ def read_backing(path, numbers):
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)    # [N, channels]
     except Exception as err:
-        raise SystemExit(f"--backing {path}: cannot read it ({err}); give a WAV or FLAC file") from None
+        raise SystemExit(f"--backing {path}: cannot read it ({err}); "
+                         "give a WAV or FLAC file") from None
     if rate != numbers["sample_rate"]:
-        raise SystemExit(f"--backing {path}: {rate} Hz, the codec needs {numbers['sample_rate']} Hz; convert it "
-                         f"first, e.g. ffmpeg -i {path} -ac 1 -ar {numbers['sample_rate']} backing_24k.wav")
+        raise SystemExit(f"--backing {path}: {rate} Hz, the codec needs "
+                         f"{numbers['sample_rate']} Hz; convert it first, e.g. ffmpeg "
+                         f"-i {path} -ac 1 -ar {numbers['sample_rate']} backing_24k.wav")
     promised = wav_header_frames(path)
     if promised > len(audio) + 1:
-        print(f"WARNING: {path}: its header promises {promised / rate:.1f} s, the file holds "
-              f"{len(audio) / rate:.1f} s (a copy cut short?): using the {len(audio) / rate:.1f} s it holds")
+        print(f"WARNING: {path}: its header promises {promised / rate:.1f} "
+              f"s, the file holds {len(audio) / rate:.1f} s (a copy cut "
+              f"short?): using the {len(audio) / rate:.1f} s it holds")
     if audio.shape[1] > 1:
         print(f"{path}: {audio.shape[1]} channels, mixed down to mono (their mean)")
     audio = audio.mean(axis=1)
@@ -343,17 +373,19 @@ def read_backing(path, numbers):
     # matched to, so the solo would come out at full scale.
     bad = ~np.isfinite(audio)
     if bad.any():
-        raise SystemExit(f"--backing {path}: {int(bad.sum())} samples are not finite (NaN or inf), the first at "
-                         f"{np.argmax(bad) / rate:.3f} s: the file is damaged; export it again")
+        raise SystemExit(f"--backing {path}: {int(bad.sum())} samples are not finite "
+                         f"(NaN or inf), the first at {np.argmax(bad) / rate:.3f} s: "
+                         "the file is damaged; export it again")
     over = np.abs(audio) > 1.0
     if over.any():
-        print(f"WARNING: {path}: {int(over.sum())} samples past full scale (peak {np.abs(audio).max():.3g}, the "
-              f"first at {np.argmax(over) / rate:.3f} s): clipped to +-1 so that they cannot set the level")
+        print(f"WARNING: {path}: {int(over.sum())} samples past full scale (peak "
+              f"{np.abs(audio).max():.3g}, the first at {np.argmax(over) / rate:.3f} "
+              "s): clipped to +-1 so that they cannot set the level")
         audio = np.clip(audio, -1.0, 1.0)
     chunk = numbers["chunk_frames"] * numbers["hop"]
     if len(audio) < chunk:
-        raise SystemExit(f"--backing {path}: {len(audio) / rate * 1e3:.0f} ms, shorter than one chunk "
-                         f"({chunk / rate * 1e3:.0f} ms of this export)")
+        raise SystemExit(f"--backing {path}: {len(audio) / rate * 1e3:.0f} ms, shorter "
+                         f"than one chunk ({chunk / rate * 1e3:.0f} ms of this export)")
     return audio
 
 
@@ -365,8 +397,9 @@ def wav_header_frames(path):
     at, fmt = head.find(b"data"), head.find(b"fmt ")
     if head[:4] != b"RIFF" or at < 0 or fmt < 0 or head[at + 4:at + 8] == b"\xff" * 4:
         return 0
-    frame_bytes = int.from_bytes(head[fmt + 10:fmt + 12], "little") * int.from_bytes(head[fmt + 22:fmt + 24],
-                                                                                       "little") // 8
+    channels = int.from_bytes(head[fmt + 10:fmt + 12], "little")
+    bits = int.from_bytes(head[fmt + 22:fmt + 24], "little")              # per sample
+    frame_bytes = channels * bits // 8
     return int.from_bytes(head[at + 4:at + 8], "little") // max(1, frame_bytes)
 
 
@@ -375,12 +408,14 @@ def follow(stream, codec, backing, numbers, pace=True):
     Ctrl-C stopped it). Ctrl-C ends the loop at once, keeping the audio decoded so far."""
     hop, context = numbers["hop"], numbers["context_frames"] * numbers["hop"]
     n_frames = len(backing) // hop
-    padded = np.concatenate([np.zeros(context, np.float32), backing[:n_frames * hop]])  # silence before the music
+    # silence before the music
+    padded = np.concatenate([np.zeros(context, np.float32), backing[:n_frames * hop]])
     frames, audio, ms = [], [], {"frame": [], "codec": [], "delay": []}
     try:
         decoded = chunks(stream, codec, padded, numbers, pace, frames, audio, ms)
     except KeyboardInterrupt:  # a live take stopped by hand: what was played is kept
-        done = np.stack(frames, axis=-1) if frames else np.zeros((numbers["n_codebooks"], 0), np.int64)
+        none = np.zeros((numbers["n_codebooks"], 0), np.int64)
+        done = np.stack(frames, axis=-1) if frames else none
         return done, np.concatenate(audio) if audio else np.zeros(0, np.float32), ms, True
     frames += stream.finish()
     audio.append(codec.decode_new(frames, decoded, numbers["chunk_frames"]))
@@ -402,7 +437,7 @@ def chunks(stream, codec, padded, numbers, pace, frames, audio, ms):
         else:
             arrived = time.perf_counter()
         t0 = time.perf_counter()
-        new = codec.encode(padded[end - chunk:end + context])[:, -((end - start) // hop):]   # [K, n]
+        new = codec.encode(padded[end - chunk:end + context])[:, -((end - start) // hop):]  # [K, n]
         ms["codec"].append((time.perf_counter() - t0) * 1e3)
         for f in range(new.shape[1]):
             t1 = time.perf_counter()
@@ -426,7 +461,9 @@ def mix(backing, solo):
     b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
     gain = (np.sqrt(np.mean(b ** 2)) + 1e-9) / (np.sqrt(np.mean(s ** 2)) + 1e-9) if n else 1.0
     s = s * min(gain, 100.0)
-    limit = lambda x: (x * min(1.0, 0.98 / max(float(np.abs(x).max()) if n else 0.0, 1e-9))).astype(np.float32)  # noqa: E731
+    def limit(x):
+        peak = float(np.abs(x).max()) if n else 0.0
+        return (x * min(1.0, 0.98 / max(peak, 1e-9))).astype(np.float32)
     return limit(b + s), limit(s)
 
 
@@ -434,7 +471,8 @@ def peak_memory_mb():
     """This process's peak resident memory. Linux's VmHWM counts from the program's start;
     ru_maxrss (elsewhere) may include what a parent process held before starting it."""
     try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                    if x.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -454,10 +492,13 @@ def write_wav(path, audio, rate):
     """A WAV file, atomically, once its samples are checked: finite and at most full scale
     (data.write_audio's check; a NaN or a clipped sample reaches the listener at full level)."""
     if not np.isfinite(audio).all():
-        raise SystemExit(f"not writing {path}: some samples are not finite (a bug, please report it)")
+        raise SystemExit(f"not writing {path}: some samples are not "
+                         "finite (a bug, please report it)")
     peak = float(np.abs(audio).max()) if len(audio) else 0.0
-    write_atomic(path, lambda p: sf.write(p, audio * min(1.0, 0.98 / max(peak, 1e-9)) if peak > 1 else audio,
-                                          rate, format="WAV"))
+    if peak > 1.0:
+        print(f"WARNING: {path}: peak {peak:.3g}, past full scale: scaled down to 0.98")
+        audio = audio * np.float32(0.98 / peak)
+    write_atomic(path, lambda p: sf.write(p, audio, rate, format="WAV"))
 
 
 def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
@@ -475,16 +516,19 @@ def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
                              f"(val_backing.npy, val_solo.npy)") from None
     backing, solo = split
     if backing.shape != solo.shape or backing.shape[0] != numbers["n_codebooks"]:
-        raise SystemExit(f"{data_dir}: validation codes of shape {backing.shape} and {solo.shape}, the graphs "
-                         f"want [{numbers['n_codebooks']}, frames] each: a dataset of another codec?")
+        raise SystemExit(f"{data_dir}: validation codes of shape {backing.shape} and "
+                         f"{solo.shape}, the graphs want [{numbers['n_codebooks']}, "
+                         "frames] each: a dataset of another codec?")
     frames = min(frames, backing.shape[1])
     starts = np.linspace(0, backing.shape[1] - frames, clips).astype(int)
     losses = {}
     for variant in present_variants(folder):  # fp32 first: the others are measured against it
         losses[variant] = float(np.mean([
-            teacher_forced_ce(SoloStream(folder, numbers, frames, variant), backing[:, s:s + frames].astype(np.int64),
+            teacher_forced_ce(SoloStream(folder, numbers, frames, variant),
+                              backing[:, s:s + frames].astype(np.int64),
                               solo[:, s:s + frames].astype(np.int64)) for s in starts]))
-        against = f"{losses[variant] - losses['fp32']:+.4f} against fp32" if "fp32" in losses else "no fp32 graphs"
+        against = (f"{losses[variant] - losses['fp32']:+.4f} against fp32" if "fp32" in losses
+                   else "no fp32 graphs")
         print(f"{variant}: {losses[variant]:.4f} nats ({against}), "
               f"{clips} validation clips of {frames} frames")
     return losses
@@ -504,25 +548,32 @@ def at_least(low, kind):
 
 
 def arguments(argv):
-    parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over a live backing, "
-                                                 "ONNX Runtime only.")
+    parser = argparse.ArgumentParser(description="Phase 5 on the device: a solo over "
+                                                 "a live backing, ONNX Runtime only.")
     parser.add_argument("folder", help="the folder written by python onnx_export.py")
     parser.add_argument("--backing", help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
-    parser.add_argument("--out", default="live", help="output folder for solo.wav, mix.wav, report.json")
-    parser.add_argument("--overwrite", action="store_true", help="replace solo.wav, mix.wav, report.json in --out")
+    parser.add_argument("--out", default="live",
+                        help="output folder for solo.wav, mix.wav, report.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace solo.wav, mix.wav, report.json in --out")
     parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8",
-                        help="the step graphs' weights: int8 (default), int4 (fastest, about 0.01 nats of loss) "
-                             "or fp32; a folder holding one variant's graphs runs that one")
-    parser.add_argument("--threads", type=at_least(1, int), default=1, help="ONNX Runtime threads per operator "
+                        help="the step graphs' weights: int8 (default), int4 "
+                             "(fastest, about 0.01 nats of loss) or fp32; a "
+                             "folder holding one variant's graphs runs that one")
+    parser.add_argument("--threads", type=at_least(1, int), default=1,
+                        help="ONNX Runtime threads per operator "
                         "(at least 1; default 1)")
     parser.add_argument("--temperature", type=at_least(0.0, float), default=1.0,
                         help="sampling temperature (0: greedy; at least 0)")
     parser.add_argument("--top-k", type=at_least(0, int), default=250,
                         help="sample among the k most likely codes (0: all; at least 0)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--no-pace", action="store_true", help="do not wait for the wall clock: measure throughput")
-    parser.add_argument("--loss", metavar="DATA_DIR", help="instead of following a backing: what int8 and int4 "
-                        "weights cost, as each variant's teacher-forced loss on DATA_DIR's validation split")
+    parser.add_argument("--no-pace", action="store_true",
+                        help="do not wait for the wall clock: measure throughput")
+    parser.add_argument("--loss", metavar="DATA_DIR",
+                        help="instead of following a backing: what int8 and int4 "
+                        "weights cost, as each variant's teacher-forced "
+                        "loss on DATA_DIR's validation split")
     args = parser.parse_args(argv)
     if not args.loss and not args.backing:
         parser.error("--backing is needed (or --loss DATA_DIR)")
@@ -533,26 +584,31 @@ def output_folder(out, overwrite):
     """--out as a folder to write into, refusing to replace a take without --overwrite."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file: give a folder for solo.wav, mix.wav and report.json")
+        raise SystemExit(f"--out {out} is a file: give a folder for "
+                         "solo.wav, mix.wav and report.json")
     clash = [name for name in ("solo.wav", "mix.wav", "report.json") if (out / name).exists()]
     if clash and not overwrite:
-        raise SystemExit(f"{out} already holds {', '.join(clash)}: pass --overwrite or choose another --out")
+        raise SystemExit(f"{out} already holds {', '.join(clash)}: "
+                         "pass --overwrite or choose another --out")
     return out
 
 
 def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
-    """report.json: per-frame and per-chunk times, the end-to-end delay, real-time factor, memory."""
+    """report.json: per-frame and per-chunk times, end-to-end delay, real-time factor, memory."""
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     chunk_ms = numbers["chunk_frames"] * 1e3 / numbers["frame_rate"]
     pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
     compute_s = (sum(ms["frame"]) + sum(ms["codec"])) / 1e3
-    return {"backing": str(args.backing), "seconds": seconds, "variant": args.variant, "threads": args.threads,
+    return {"backing": str(args.backing), "seconds": seconds, "variant": args.variant,
+            "threads": args.threads,
             "paced": not args.no_pace, "interrupted": interrupted,
-            "frame_ms": {"p50": pct(ms["frame"], 50), "p90": pct(ms["frame"], 90), "p99": pct(ms["frame"], 99),
+            "frame_ms": {"p50": pct(ms["frame"], 50), "p90": pct(ms["frame"], 90),
+                         "p99": pct(ms["frame"], 99),
                          "max": float(max(ms["frame"], default=float("nan")))},
             "frame_budget_ms": 1e3 / numbers["frame_rate"],
             "codec_chunk_ms": {"p50": pct(ms["codec"], 50), "p99": pct(ms["codec"], 99)},
-            "end_to_end_delay_ms": {q: chunk_ms + pattern_ms + pct(ms["delay"], int(q[1:])) for q in ("p50", "p99")},
+            "end_to_end_delay_ms": {q: chunk_ms + pattern_ms + pct(ms["delay"], int(q[1:]))
+                                    for q in ("p50", "p99")},
             "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
             "realtime_factor": seconds / compute_s if compute_s else float("nan"), "wall_s": wall,
             "peak_memory_mb": peak_memory_mb(), "solo_frames": int(frames.shape[1])}
@@ -560,19 +616,23 @@ def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
 
 def main(argv=None):
     args = arguments(argv)
-    numbers = read_folder(args.folder, present_variants(args.folder) if args.loss else [args.variant])
+    numbers = read_folder(args.folder,
+                          present_variants(args.folder) if args.loss else [args.variant])
     if args.loss:
         return variant_losses(args.folder, numbers, Path(args.loss))
     out = output_folder(args.out, args.overwrite)
     backing = read_backing(args.backing, numbers)
     n_frames = len(backing) // numbers["hop"]
-    stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads, args.temperature, args.top_k,
+    stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
+                        args.temperature, args.top_k,
                         args.seed)
     codec = Codec(args.folder, numbers, args.threads)
     print(f"{args.backing}: {len(backing) / numbers['sample_rate']:.1f} s, {args.variant} graphs, "
-          f"{args.threads} thread(s), {'paced like a live input' if not args.no_pace else 'as fast as possible'}")
+          f"{args.threads} thread(s), "
+          f"{'paced like a live input' if not args.no_pace else 'as fast as possible'}")
     t0 = time.perf_counter()
-    solo_frames, solo, ms, interrupted = follow(stream, codec, backing, numbers, pace=not args.no_pace)
+    solo_frames, solo, ms, interrupted = follow(stream, codec, backing, numbers,
+                                                pace=not args.no_pace)
     rate = numbers["sample_rate"]
     seconds, wall = len(solo) / rate, time.perf_counter() - t0
     mixed, levelled = mix(backing, solo)
@@ -582,15 +642,18 @@ def main(argv=None):
     report = make_report(args, numbers, ms, seconds, wall, solo_frames, interrupted)
     write_atomic(out / "report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
     if interrupted:
-        print(f"\nstopped by Ctrl-C: wrote the {seconds:.1f} s made so far to {out}/solo.wav, mix.wav, report.json")
+        print(f"\nstopped by Ctrl-C: wrote the {seconds:.1f} s made "
+              f"so far to {out}/solo.wav, mix.wav, report.json")
         raise SystemExit(130)
     frame, delay = report["frame_ms"], report["end_to_end_delay_ms"]
-    print(f"per frame (encoder + decoder step + sampling): p50 {frame['p50']:.2f} ms, p90 {frame['p90']:.2f} ms, "
-          f"p99 {frame['p99']:.2f} ms (budget {report['frame_budget_ms']:.1f} ms); codec per chunk p50 "
-          f"{report['codec_chunk_ms']['p50']:.1f} ms")
-    print(f"end-to-end delay p50 {delay['p50']:.0f} ms, p99 {delay['p99']:.0f} ms (chunk {report['chunk_ms']:.0f} + "
-          f"delay pattern {report['delay_pattern_ms']:.0f} + compute); {report['realtime_factor']:.1f}x real time; "
-          f"peak memory {report['peak_memory_mb']:.0f} MB")
+    print("per frame (encoder + decoder step + sampling): p50 "
+          f"{frame['p50']:.2f} ms, p90 {frame['p90']:.2f} ms, p99 "
+          f"{frame['p99']:.2f} ms (budget {report['frame_budget_ms']:.1f} "
+          f"ms); codec per chunk p50 {report['codec_chunk_ms']['p50']:.1f} ms")
+    print(f"end-to-end delay p50 {delay['p50']:.0f} ms, p99 {delay['p99']:.0f} ms (chunk "
+          f"{report['chunk_ms']:.0f} + delay pattern {report['delay_pattern_ms']:.0f} + compute); "
+          f"{report['realtime_factor']:.1f}x real time; peak memory "
+          f"{report['peak_memory_mb']:.0f} MB")
     print(f"wrote {out}/solo.wav, mix.wav, report.json")
     return report
 
