@@ -313,8 +313,17 @@ def stream(model, codec, backing_audio, cfg, numbers):
     return solo, audio, report
 
 
+# ----------------------------------------------------------------------------
+# main: settings checked, checkpoint and backing loaded, solos sampled, files written
+# ----------------------------------------------------------------------------
+
 def check_generate_settings(cfg):
-    """One clear line for each setting that cannot work, before anything is loaded or written."""
+    """One clear line for each setting that cannot work, before anything is loaded or written.
+
+    Each of these would otherwise run without a word and give nonsense: a negative
+    temperature flips the distribution (the least likely code first), a top-p of 0 keeps
+    no code at all, a negative guidance coefficient pushes the solo away from the band.
+    """
     data.check_settings(cfg)
     problems = [(cfg.num_samples < 1, f"--num-samples {cfg.num_samples}: must be at least 1"),
                 (cfg.temperature < 0,
@@ -352,9 +361,10 @@ def sample_tokens(model, codec, codes, backing_audio, cfg, numbers, device):
         return stream(model, codec, backing_audio[:codes.shape[1] * numbers["hop"]], cfg, numbers)
     # Several samples for one backing run as one batch: the same cost per step as one.
     backing = torch.from_numpy(codes)[None].repeat(cfg.num_samples, 1, 1).to(device)     # [B, K, T]
+    # The progress bar counts decoder steps: each window of n frames takes n + K - 1 of
+    # them (the delay pattern), and the windows of a long backing overlap.
     W = model.cfg.max_frames
     plan = window_plan(codes.shape[1], W, window_stride(cfg, numbers["frame_rate"], W))
-    # decoder steps
     total_steps = sum(end - start + numbers["n_codebooks"] - 1 for start, end in plan)
     with tqdm(total=total_steps, desc="generate", unit="step") as bar:
         return windowed_generate(model, backing, cfg, numbers["frame_rate"],
@@ -376,8 +386,7 @@ def write_takes(out, cfg, solos, solo, backing_audio, numbers):
         write_audio(out / names[0], level, rate)
         write_audio(out / names[1], mix, rate)
         plot(out / names[2], backing_audio[:len(s)], level, solo[i].cpu().numpy(), rate,
-             numbers["frame_rate"],
-             numbers["card"], note)
+             numbers["frame_rate"], numbers["card"], note)
         takes.append((f"solo {i + 1} of {len(solos)}" if cfg.num_samples > 1 else "the solo",
                       *names))
         if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
@@ -400,7 +409,9 @@ def main(cfg):
     device = data.pick_device(cfg.device)
     # Checkpoint, then codec (checked against it), then the backing as tokens.
     folder = fetch_checkpoint(cfg.checkpoint)
-    if cfg.stream:  # said before seconds of loading, from the checkpoint's settings alone
+    # --stream on a model that reads the whole backing at once cannot work: said from its
+    # config.json, before the weights and the codec take seconds to load.
+    if cfg.stream:
         require_causal(folder)
     model, config = load_model(folder, device)
     codec, numbers = data.load_codec_for(config, folder, cfg.encodec_weights, device)
@@ -410,14 +421,16 @@ def main(cfg):
     if numbers["untrained"]:
         print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
     t0 = time.perf_counter()
-    solo, streamed_audio, report = sample_tokens(model, codec, codes, backing_audio, cfg, numbers,
-                                                 device)
+    solo, streamed_audio, report = sample_tokens(model, codec, codes, backing_audio, cfg,
+                                                 numbers, device)
     token_s = time.perf_counter() - t0
     t1 = time.perf_counter()  # decoding is timed apart: it is the codec's cost, not the model's
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
     solos = streamed_audio or [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
     decode_s = time.perf_counter() - t1
     rate = numbers["sample_rate"]
+    # Every wav goes through data.write_audio: finite, never past full scale, written
+    # whole or not at all. The solo is level-matched to the backing (mix_audio).
     write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
     takes = write_takes(out, cfg, solos, solo, backing_audio, numbers)
     # the recording's own solo over the same clip, decoded and levelled the same way
@@ -438,6 +451,7 @@ def main(cfg):
               "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"]),
               "listening": listening_figures(cfg, config, model, codec, solo,
                                              min(codes.shape[1], model.cfg.max_frames), device)}
+    # generation.json first, then the page drawn from the same dict: the two never disagree.
     write_json(out / "generation.json", result)
     true_files = None if truth is None else ("true_solo.wav", "true_mix.wav")
     generation_page(out, result, takes, true_files)

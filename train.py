@@ -584,6 +584,14 @@ def overfitting(history):
     return val1 > val2 > val3 and train1 < train3
 
 
+# ----------------------------------------------------------------------------
+# The run: set up once, then step, evaluate and save until max_steps
+# ----------------------------------------------------------------------------
+# train() at the bottom is the whole loop, on one screen. What it needs lives in one
+# Run object that setup_run builds: passing one object keeps each helper's argument list
+# short, and makes plain what a step may change (the weights, the optimizer, the
+# generator, the progress) and what it only reads (the settings, the data).
+
 @dataclass
 class Run:
     """Everything one training run holds, built once by setup_run and carried by each step."""
@@ -621,35 +629,38 @@ class Run:
                               dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     def checkpoint(self, name):
+        """Save best/ or latest/: weights, optimizer, scaler, generators and progress."""
         p = self.progress
+        extra = {"best_val": p.best_val, "skipped_steps": p.skipped,
+                 "unigram_baseline": self.baseline, "metrics": self.last}
         save_checkpoint(self.out / name, self.model, self.optimizer, self.scaler, p.step, self.gen,
-                        self.cfg,
-                        self.meta, {"best_val": p.best_val, "skipped_steps": p.skipped,
-                                    "unigram_baseline": self.baseline, "metrics": self.last},
-                        p.tensors())
+                        self.cfg, self.meta, extra, p.tensors())
 
 
 def setup_run(cfg):
     """Settings checked, dataset, model, optimizer, data and evaluation set, resumed or new
     -> Run."""
-    # before anything is created: a typo leaves no empty run folder behind
+    # Every check before anything is created: a typo leaves no empty run folder behind.
     check_train_settings(cfg)
     cfg.out = cfg.out or f"runs/{cfg.preset}"
     out, device = Path(cfg.out), data.pick_device(cfg.device)
     refuse_to_overwrite(out, cfg)
     data.set_threads(cfg.threads)
+    # The order below is part of the result: the seed comes before the model, so its
+    # initial weights repeat; nothing else draws from torch's generator in between.
     torch.manual_seed(cfg.seed)
     meta = ensure_dataset(cfg)
     check_against_data(cfg, meta["codec"])
     out.mkdir(parents=True, exist_ok=True)
     T = round(cfg.window_s * meta["codec"]["frame_rate"])
-    # K, card, rate: from the data
-    model = SoloTransformer(model_config(cfg, meta["codec"], T)).to(device)
+    model = SoloTransformer(model_config(cfg, meta["codec"], T)).to(device)  # K, card: the data's
     peak_lr = cfg.lr or DEFAULT_LR[cfg.preset]
     optimizer = make_optimizer(model, cfg, peak_lr, device)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     amp_dtype, use_scaler = choose_precision(cfg.dtype, device.type, capability)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    # Its own generator for the data order and the condition dropout: the checkpoint
+    # saves its state, so a resumed run draws the batches the whole run would have.
     gen = torch.Generator().manual_seed(cfg.seed)
     train_w = data.Windows(cfg.data, "train", meta, T)
     evals = evaluation_set(cfg, meta, T, train_w)
@@ -660,19 +671,18 @@ def setup_run(cfg):
     # their keys never carry torch.compile's "_orig_mod." prefix.
     train_model = torch.compile(model) if cfg.compile else model
     return Run(cfg, out, device, meta, T, model, train_model, optimizer, scaler, amp_dtype, peak_lr,
-               gen, train_w,
-               evals, baseline, progress, page)
+               gen, train_w, evals, baseline, progress, page)
 
 
 def model_config(cfg, numbers, T):
     """The preset's ModelConfig with the dataset's codec numbers and this run's options."""
+    # None means "the preset's own": only a dropout the user gave overrides it.
+    dropout = {} if cfg.dropout is None else {"dropout": cfg.dropout}
     return preset_config(cfg.preset, n_codebooks=numbers["n_codebooks"], card=numbers["card"],
                          frame_rate=numbers["frame_rate"], max_frames=T,
-                         causal_encoder=cfg.causal_encoder,
-                         attn_window=cfg.attn_window, attn_impl=cfg.attn_impl,
-                         cond_dropout=cfg.cond_dropout,
-                         aligned_backing=cfg.aligned_backing,
-                         **({} if cfg.dropout is None else {"dropout": cfg.dropout}))
+                         causal_encoder=cfg.causal_encoder, attn_window=cfg.attn_window,
+                         attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
+                         aligned_backing=cfg.aligned_backing, **dropout)
 
 
 def start_or_resume(out, model, optimizer, scaler, gen, cfg, device):
@@ -684,10 +694,9 @@ def start_or_resume(out, model, optimizer, scaler, gen, cfg, device):
         return Progress()
     progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device)
     if metrics_file.exists():  # lines logged after the checkpoint will be logged again: drop them
-        keep = [json.dumps(row) for row in data.read_metrics(metrics_file)
-                if row["step"] <= progress.step]
-        data.atomic_write(metrics_file, lambda f: f.write("".join(line + "\n" for line in keep)),
-                          mode="w")
+        keep = "".join(json.dumps(row) + "\n" for row in data.read_metrics(metrics_file)
+                       if row["step"] <= progress.step)
+        data.atomic_write(metrics_file, lambda f: f.write(keep), mode="w")
     return progress
 
 
@@ -767,8 +776,7 @@ def evaluate_and_save(run):
     """Validation metrics, the overfitting check, best/ and its sample on the page, the plot."""
     progress, evals = run.progress, run.evals
     last = evaluate(run.model, evals.backing, evals.solo, evals.other, evals.masks,
-                    run.cfg.batch_size,
-                    run.device, run.autocast)
+                    run.cfg.batch_size, run.device, run.autocast)
     last["train_loss"] = float(np.mean(progress.recent))
     run.last = last
     log_metrics(run.metrics_file, {"step": progress.step, **last})
@@ -829,6 +837,9 @@ def train(cfg):
     run = setup_run(cfg)
     describe(run)
     bar = tqdm(total=cfg.max_steps, initial=run.progress.step, desc="train", unit="step")
+    # The loop, as the README tells it: a step (target_batch windows, one optimizer
+    # update); every eval_every steps an evaluation, which saves best/ when the
+    # validation loss is the lowest yet; every save_every steps latest/, for --resume.
     with StopSignal() as stop:
         while run.progress.step < cfg.max_steps:
             row = train_step(run)
@@ -842,6 +853,7 @@ def train(cfg):
                 evaluate_and_save(run)
             if step % cfg.save_every == 0 or step == cfg.max_steps or stop.requested:
                 run.checkpoint("latest")
+            # Ctrl-C was pressed during this step: latest/ now holds its end, exactly.
             if stop.requested and step < cfg.max_steps:
                 bar.close()
                 again = data.command_line("train.py", replace(cfg, resume=True, overwrite=False))
