@@ -613,6 +613,7 @@ class Run:
     progress: Progress
     page: RunPage
     last: dict = field(default_factory=dict)  # the latest evaluation's metrics
+    peak: Optional[float] = None  # the GPU's peak FLOP/s, for MFU (None on the CPU or unknown)
 
     @property
     def metrics_file(self):
@@ -670,8 +671,9 @@ def setup_run(cfg):
     # The compiled module shares its weights with `model`; checkpoints save `model`, so
     # their keys never carry torch.compile's "_orig_mod." prefix.
     train_model = torch.compile(model) if cfg.compile else model
+    peak = peak_flops(device) if device.type == "cuda" else None
     return Run(cfg, out, device, meta, T, model, train_model, optimizer, scaler, amp_dtype, peak_lr,
-               gen, train_w, evals, baseline, progress, page)
+               gen, train_w, evals, baseline, progress, page, peak=peak)
 
 
 def model_config(cfg, numbers, T):
@@ -752,9 +754,8 @@ def train_step(run):
     dt = time.time() - t0
     row = {"step": progress.step, "loss": loss_sum, "lr": lr, "grad_norm": norm,
            "frames_per_s": cfg.target_batch * run.T / dt}
-    peak = peak_flops(run.device) if run.device.type == "cuda" else None
-    if peak:
-        row["mfu"] = cfg.target_batch * train_flops_per_window(run.model, run.T) / dt / peak
+    if run.peak:
+        row["mfu"] = cfg.target_batch * train_flops_per_window(run.model, run.T) / dt / run.peak
     log_metrics(run.metrics_file, row)
     return row
 
