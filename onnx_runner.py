@@ -15,6 +15,11 @@ same inverse-CDF rule as model.sample_next, and the finished solo frames are dec
 Writes solo.wav, mix.wav and report.json, and prints per-frame latency percentiles,
 the end-to-end delay and the peak memory.
 
+With a band, --live reads an input device and plays the solo on an output device
+(pip install sounddevice; section 5), and writes what it heard and played:
+
+    python solo_onnx/onnx_runner.py solo_onnx --live --input-device 1 --output-device 1
+
 The step graphs come with three kinds of weights (--variant): int8 (the default), int4
 (the fastest) and fp32. What int8 and int4 cost on your model, as validation loss:
 
@@ -28,6 +33,7 @@ import hashlib
 import json
 import os
 import resource
+import threading
 import time
 from pathlib import Path
 
@@ -501,6 +507,231 @@ def write_wav(path, audio, rate):
     write_atomic(path, lambda p: sf.write(p, audio, rate, format="WAV"))
 
 
+# ----------------------------------------------------------------------------
+# 5. Live: a sound card in, a sound card out
+# ----------------------------------------------------------------------------
+# With --live the backing is the band itself, heard through an input device, and the
+# solo goes to an output device. Two threads share the work. The sound card's callback
+# (PortAudio's thread, through sounddevice) must return within one block, every block,
+# or the card plays a gap: so it only copies samples, into one ring buffer and out of
+# another, and never waits on the model. The model's thread takes each complete chunk
+# from the input ring, runs the codec and the two steps, and appends the solo audio it
+# finishes to the output ring. When the model falls behind, the callback finds the
+# output ring short and plays silence (an underrun, counted); when the model's thread
+# stalls long enough for the input ring to fill, the oldest input is dropped (an
+# overrun, counted). Nothing here blocks the callback but one short lock around a copy.
+
+class AudioRing:
+    """A ring of float32 samples between two threads: write() and read() never wait for data.
+
+    write() keeps the newest samples when the ring is full (returns how many old ones it
+    dropped); read(n) returns n samples, or None when fewer are there.
+    """
+
+    def __init__(self, capacity):
+        self.buf = np.zeros(capacity, np.float32)
+        self.start = self.size = 0
+        self.lock = threading.Lock()
+
+    def write(self, x):
+        with self.lock:
+            x = x[-len(self.buf):]
+            dropped = max(0, self.size + len(x) - len(self.buf))
+            self.start, self.size = (self.start + dropped) % len(self.buf), self.size - dropped
+            end = (self.start + self.size) % len(self.buf)
+            first = min(len(x), len(self.buf) - end)
+            self.buf[end:end + first], self.buf[:len(x) - first] = x[:first], x[first:]
+            self.size += len(x)
+            return dropped
+
+    def read(self, n):
+        with self.lock:
+            if self.size < n:
+                return None
+            idx = (self.start + np.arange(n)) % len(self.buf)
+            out = self.buf[idx]
+            self.start, self.size = (self.start + n) % len(self.buf), self.size - n
+            return out
+
+    def __len__(self):
+        return self.size
+
+
+class Live:
+    """One live take: the callback, the model's thread, and what was heard and played.
+
+    open_stream(callback, rate, block) -> a started stream object with .active and
+    .close(): sounddevice's Stream by default, a stand-in in the tests.
+    """
+
+    def __init__(self, stream, codec, numbers, seconds, block, play_mix=False, prime_ms=20.0):
+        self.stream, self.codec, self.numbers, self.play_mix = stream, codec, numbers, play_mix
+        self.rate, self.block, hop = numbers["sample_rate"], block, numbers["hop"]
+        self.chunk = numbers["chunk_frames"] * hop
+        self.context = np.zeros(numbers["context_frames"] * hop, np.float32)  # silence before
+        self.inp = AudioRing(max(4 * self.chunk, 2 * block))   # room for the model to lag a little
+        self.out = AudioRing(int(self.rate * 2))               # at most 2 s of solo queued
+        self.limit = int(seconds * self.rate)                  # samples heard before the take ends
+        self.heard, self.played, self.queued_ms, self.delay_ms = [], [], [], []
+        self.n_heard = 0  # samples heard so far (the callback counts; the main thread reads)
+        self.counts = {"underruns": 0, "overruns": 0, "dropped_input_ms": 0.0, "card_flags": 0}
+        self.frames, self.decoded, self.playing = [], 0, False
+        # The solo arrives a chunk at a time, the card takes it a block at a time: playing
+        # starts (and starts again after an underrun) only once prime_ms of solo is queued,
+        # so that a chunk computed a little later than the one before leaves no gap.
+        self.prime = int(prime_ms / 1e3 * self.rate)
+        self.stop = threading.Event()
+
+    def callback(self, indata, outdata, n, time_info, status):
+        """The sound card's block: copy in, copy out, count; never wait on the model."""
+        if status:
+            self.counts["card_flags"] += 1  # PortAudio's own over- or underflow flags
+        mono = indata[:, 0] if indata.ndim > 1 else indata
+        dropped = self.inp.write(mono.astype(np.float32))  # the model's thread has fallen behind
+        if dropped:
+            self.counts["overruns"] += 1
+            self.counts["dropped_input_ms"] += dropped / self.rate * 1e3
+        self.heard.append(mono.copy())
+        self.n_heard += len(mono)
+        if not self.playing and len(self.out) >= max(n, self.prime):
+            self.playing = True
+        solo = self.out.read(n) if self.playing else None
+        if solo is None:
+            if self.playing:  # the queue ran dry mid-take: a gap the listener hears
+                self.counts["underruns"] += 1
+                self.playing = False
+            solo = np.zeros(n, np.float32)
+        out = solo + mono if self.play_mix else solo
+        outdata[:] = np.clip(out, -1.0, 1.0).reshape(outdata.shape)
+        self.played.append(solo.copy())
+
+    def model_loop(self, solo_stream):
+        """The model's thread: each complete chunk -> codec -> steps -> decoded solo audio."""
+        hop, K = self.numbers["hop"], self.numbers["n_codebooks"]
+        # The first chunk finishes K - 1 fewer solo frames than it brings (the delay
+        # pattern): K - 1 frames of silence go before its audio, so that the solo plays on
+        # without a gap, K - 1 frames (40 ms) behind the band from the start, as it must.
+        lead_in = np.zeros((K - 1) * hop, np.float32)
+        # Every solo frame lies behind its band frame by the chunk (it must arrive whole),
+        # the delay pattern (frame t is finished at step t + K - 1), the compute, and the
+        # solo queued ahead of it (follow() reports the same parts for a file).
+        fixed_ms = self.chunk / self.rate * 1e3 + (K - 1) * 1e3 / self.numbers["frame_rate"]
+        while not self.stop.is_set():
+            chunk = self.inp.read(self.chunk)
+            if chunk is None:
+                time.sleep(0.001)
+                continue
+            arrived = time.perf_counter()  # the chunk's last sample is here
+            window = np.concatenate([self.context, chunk])
+            self.context = window[-len(self.context):] if len(self.context) else self.context
+            for code in self.codec.encode(window)[:, -(self.chunk // hop):].T:  # [K] a frame
+                if solo_stream.n_backing >= solo_stream.n_frames:
+                    self.stop.set()  # the take is as long as it was built for
+                    break
+                done = solo_stream.push(code)
+                if done is not None:
+                    self.frames.append(done)
+            if len(self.frames) > self.decoded:
+                audio = self.codec.decode_new(self.frames, self.decoded,
+                                              self.numbers["chunk_frames"])
+                if self.decoded == 0:
+                    audio = np.concatenate([lead_in, audio])
+                self.decoded = len(self.frames)
+                queued = len(self.out)           # samples still to play before this audio
+                self.out.write(audio)
+                compute = (time.perf_counter() - arrived) * 1e3
+                self.queued_ms.append(queued / self.rate * 1e3)
+                # The card's own buffers (its input and output latency) come on top.
+                self.delay_ms.append(fixed_ms + compute + queued / self.rate * 1e3)
+
+    def run(self, solo_stream):
+        """Until --seconds of input, Ctrl-C, or the device going away -> why it stopped."""
+        worker = threading.Thread(target=self.model_loop, args=(solo_stream,), daemon=True)
+        worker.start()
+        why, last, quiet_since = "done", -1, time.perf_counter()
+        try:
+            while not self.stop.is_set():
+                if not self.stream.active:
+                    why = "the audio device stopped (unplugged, or taken by another program)"
+                    break
+                if self.n_heard != last:
+                    last, quiet_since = self.n_heard, time.perf_counter()
+                elif time.perf_counter() - quiet_since > 2.0:  # a card that stops calling back
+                    why = "no audio came from the input device for 2 s"
+                    break
+                if self.n_heard >= self.limit:
+                    break
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            why = "Ctrl-C"
+        finally:
+            self.stop.set()
+            worker.join(timeout=5)
+            try:
+                self.stream.close()
+            except Exception:  # a device that vanished may fail to close: the take is kept anyway
+                pass
+        return why
+
+
+def open_sound_card(callback, rate, block, devices):
+    """sounddevice's duplex stream (one channel in, one out), started; optional package."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as err:  # OSError: the package is there, PortAudio is not
+        raise SystemExit(f"--live needs sounddevice and PortAudio ({err}): pip install "
+                         f"sounddevice; on Debian or Raspberry Pi OS also sudo apt install "
+                         f"libportaudio2") from None
+    try:
+        stream = sd.Stream(samplerate=rate, blocksize=block, channels=1, dtype="float32",
+                           device=devices, callback=callback)
+        stream.start()
+    except Exception as err:  # no such device, a rate it cannot do, busy
+        raise SystemExit(f"--live: cannot open the sound card ({err}); list them with "
+                         f"python -m sounddevice, then pass --input-device and --output-device") \
+            from None
+    return stream
+
+
+def live(args, numbers, out, open_stream=open_sound_card):
+    """--live: follow the band through the input device; writes what was heard and played."""
+    rate = numbers["sample_rate"]
+    block = max(1, round(args.block_ms / 1e3 * rate))
+    n_frames = int(args.seconds * numbers["frame_rate"]) + numbers["chunk_frames"]
+    if numbers["attn_window"] is None:
+        print("note: this model has no attention window, so its caches grow with the take "
+              "(export one trained with --attn-window for long sets)")
+    solo_stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
+                             args.temperature, args.top_k, args.seed)
+    codec = Codec(args.folder, numbers, args.threads)
+    # The session exists before the stream opens: the card may call back at once.
+    session = Live(None, codec, numbers, args.seconds, block, args.play_mix, args.prime_ms)
+    session.stream = open_stream(session.callback, rate, block,
+                                 (args.input_device, args.output_device))
+    print(f"live: {rate} Hz, blocks of {block} samples, {args.variant} graphs; "
+          f"playing {'the mix' if args.play_mix else 'the solo'}; Ctrl-C stops")
+    why = session.run(solo_stream)
+    heard = np.concatenate(session.heard) if session.heard else np.zeros(0, np.float32)
+    played = np.concatenate(session.played) if session.played else np.zeros(0, np.float32)
+    write_wav(out / "backing.wav", np.clip(heard, -1.0, 1.0), rate)
+    write_wav(out / "solo.wav", played, rate)
+    write_wav(out / "mix.wav", mix(heard, played)[0] if len(played) else played, rate)
+    pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
+    report = {"live": True, "stopped_by": why, "seconds": len(heard) / rate, "block": block,
+              "variant": args.variant, **session.counts,
+              "delay_ms": {"p50": pct(session.delay_ms, 50), "p99": pct(session.delay_ms, 99)},
+              "output_queue_ms": {"p50": pct(session.queued_ms, 50)}}
+    write_atomic(out / "report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
+    print(f"stopped ({why}) after {report['seconds']:.1f} s: underruns {report['underruns']}, "
+          f"overruns {report['overruns']} ({report['dropped_input_ms']:.0f} ms of input "
+          f"dropped), sound card flags {report['card_flags']}; delay "
+          f"p50 {report['delay_ms']['p50']:.0f} ms, p99 {report['delay_ms']['p99']:.0f} ms; "
+          f"wrote {out}/backing.wav, solo.wav, mix.wav, report.json")
+    if why == "Ctrl-C":
+        raise SystemExit(130)
+    return report
+
+
 def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
     """Teacher-forced cross-entropy of every variant on `clips` clips of `frames` frames
     spread over data_dir's validation split (data.py's val_backing.npy, val_solo.npy)
@@ -570,23 +801,39 @@ def arguments(argv):
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--no-pace", action="store_true",
                         help="do not wait for the wall clock: measure throughput")
+    parser.add_argument("--live", action="store_true", help="follow the band through an input "
+                        "device and play the solo on an output device (needs: pip install "
+                        "sounddevice)")
+    parser.add_argument("--input-device", help="--live: input device, a name or a number "
+                        "(python -m sounddevice lists them; default: the system's)")
+    parser.add_argument("--output-device", help="--live: output device (default: the system's)")
+    parser.add_argument("--play-mix", action="store_true", help="--live: play the band with the "
+                        "solo, not the solo alone")
+    parser.add_argument("--prime-ms", type=at_least(0.0, float), default=20.0,
+                        help="--live: solo queued before playing starts, against the model's "
+                             "jitter (default 20; more: fewer gaps, later solo)")
+    parser.add_argument("--block-ms", type=at_least(1.0, float), default=10.0,
+                        help="--live: sound card block in milliseconds (at least 1; default 10)")
+    parser.add_argument("--seconds", type=at_least(1.0, float), default=600.0,
+                        help="--live: the longest take, in seconds (default 600); Ctrl-C ends "
+                             "it sooner")
     parser.add_argument("--loss", metavar="DATA_DIR",
                         help="instead of following a backing: what int8 and int4 "
                         "weights cost, as each variant's teacher-forced "
                         "loss on DATA_DIR's validation split")
     args = parser.parse_args(argv)
-    if not args.loss and not args.backing:
-        parser.error("--backing is needed (or --loss DATA_DIR)")
+    if not args.loss and not args.backing and not args.live:
+        parser.error("--backing is needed (or --live, or --loss DATA_DIR)")
     return args
 
 
-def output_folder(out, overwrite):
+def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json")):
     """--out as a folder to write into, refusing to replace a take without --overwrite."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out} is a file: give a folder for "
                          "solo.wav, mix.wav and report.json")
-    clash = [name for name in ("solo.wav", "mix.wav", "report.json") if (out / name).exists()]
+    clash = [name for name in names if (out / name).exists()]
     if clash and not overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}: "
                          "pass --overwrite or choose another --out")
@@ -620,12 +867,15 @@ def main(argv=None):
                           present_variants(args.folder) if args.loss else [args.variant])
     if args.loss:
         return variant_losses(args.folder, numbers, Path(args.loss))
-    out = output_folder(args.out, args.overwrite)
+    taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())
+    out = output_folder(args.out, args.overwrite, taken)
+    if args.live:
+        out.mkdir(parents=True, exist_ok=True)
+        return live(args, numbers, out)
     backing = read_backing(args.backing, numbers)
     n_frames = len(backing) // numbers["hop"]
     stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
-                        args.temperature, args.top_k,
-                        args.seed)
+                        args.temperature, args.top_k, args.seed)
     codec = Codec(args.folder, numbers, args.threads)
     print(f"{args.backing}: {len(backing) / numbers['sample_rate']:.1f} s, {args.variant} graphs, "
           f"{args.threads} thread(s), "

@@ -1,0 +1,136 @@
+"""onnx_runner.py --live without a sound card: a stand-in stream feeds a file to the callback
+in real-time-sized blocks from its own thread (as PortAudio does) and records what the
+callback played. Covers a take that keeps up, a model too slow for real time (underruns
+counted, no crash), a device that disappears, Ctrl-C, and sounddevice missing."""
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import onnx_runner as R
+from data import CODEC_RATE, render_demo_song
+
+
+class FakeCard:
+    """sounddevice.Stream's part that Live uses (.active, .close()), driven like a sound card.
+
+    Called as the open_stream factory: starts a thread that hands the callback one block
+    of `audio` every block duration, and keeps what the callback wrote. vanish_after:
+    blocks before the device goes away (its stream stops being active). at_block: a
+    function called with the block index (the Ctrl-C test sends SIGINT from there).
+    """
+
+    def __init__(self, audio, vanish_after=None, at_block=None):
+        self.audio, self.vanish_after, self.at_block = audio, vanish_after, at_block
+        self.played, self.active = [], False
+
+    def __call__(self, callback, rate, block, devices):
+        self.callback, self.rate, self.block, self.devices = callback, rate, block, devices
+        self.active = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def run(self):
+        t0 = time.perf_counter()
+        for i, start in enumerate(range(0, len(self.audio) - self.block + 1, self.block)):
+            if not self.active or i == self.vanish_after:
+                break
+            if self.at_block:
+                self.at_block(i)
+            indata = self.audio[start:start + self.block, None].copy()
+            outdata = np.zeros((self.block, 1), np.float32)
+            self.callback(indata, outdata, self.block, None, None)
+            self.played.append(outdata[:, 0].copy())
+            time.sleep(max(0.0, t0 + (i + 1) * self.block / self.rate - time.perf_counter()))
+        self.active = False  # the file has ended, or the device is gone
+
+    def close(self):
+        self.active = False
+
+
+@pytest.fixture(scope="module")
+def band():
+    """4 s of a demo band the models never trained on, at the codec's rate."""
+    return render_demo_song(71, 4.0, seed=0)[0].astype(np.float32)
+
+
+def take(exported, tmp_path, card, *flags):
+    args = R.arguments([str(exported[0]), "--live", "--variant", "fp32", "--out", str(tmp_path),
+                        *flags])
+    numbers = R.read_folder(exported[0], ["fp32"])
+    return R.live(args, numbers, tmp_path, open_stream=card)
+
+
+def test_live_take_follows_the_band_and_writes_what_it_played(exported, band, tmp_path):
+    card = FakeCard(band)
+    report = take(exported, tmp_path, card, "--seconds", "2")
+    assert report["stopped_by"] == "done", report
+    assert 2.0 <= report["seconds"] <= 2.2, report["seconds"]
+    heard, rate = sf.read(tmp_path / "backing.wav", dtype="float32")
+    solo, _ = sf.read(tmp_path / "solo.wav", dtype="float32")
+    played = np.concatenate(card.played)[:len(solo)]
+    assert rate == CODEC_RATE and len(heard) == len(solo), (len(heard), len(solo))
+    # What the card played is the solo.wav written (to 16-bit precision), and it is not silence.
+    assert np.abs(played - solo).max() < 1e-3
+    assert np.abs(solo).max() > 0, "the model's solo never reached the output"
+    assert np.abs(heard - band[:len(heard)]).max() < 1e-3, "backing.wav is not what was heard"
+    # Chunk (80 ms) + delay pattern (40 ms) at least, whatever the compute.
+    assert report["delay_ms"]["p50"] >= 120, report["delay_ms"]
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert written["live"] and written["underruns"] == report["underruns"]
+
+
+def test_a_model_too_slow_for_real_time_underruns_without_crashing(exported, band, tmp_path,
+                                                                   monkeypatch):
+    push = R.SoloStream.push
+
+    def slow_push(self, frame):  # 20 ms a frame against a budget of 13.3 ms
+        time.sleep(0.02)
+        return push(self, frame)
+
+    monkeypatch.setattr(R.SoloStream, "push", slow_push)
+    report = take(exported, tmp_path, FakeCard(band), "--seconds", "3")
+    assert report["stopped_by"] == "done"
+    assert report["underruns"] > 0, "a model slower than real time must leave gaps, counted"
+    assert sf.info(str(tmp_path / "solo.wav")).duration == pytest.approx(report["seconds"], abs=0.02)
+
+
+def test_a_device_that_disappears_ends_the_take_cleanly(exported, band, tmp_path):
+    report = take(exported, tmp_path, FakeCard(band, vanish_after=80), "--seconds", "3")
+    assert "audio device stopped" in report["stopped_by"], report["stopped_by"]
+    assert 0.7 <= report["seconds"] <= 0.9, report["seconds"]  # 80 blocks of 10 ms
+    assert (tmp_path / "solo.wav").exists() and (tmp_path / "report.json").exists()
+
+
+def test_ctrl_c_ends_the_take_writes_it_and_exits_130(exported, band, tmp_path, capsys):
+    def interrupt(i):
+        if i == 100:  # 1 s in
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(SystemExit) as stop:
+        take(exported, tmp_path, FakeCard(band, at_block=interrupt), "--seconds", "3")
+    assert stop.value.code == 130
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["stopped_by"] == "Ctrl-C" and 0.9 <= report["seconds"] <= 1.3, report
+    assert "stopped (Ctrl-C)" in capsys.readouterr().out
+
+
+def test_live_without_sounddevice_is_one_line(exported, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # `import sounddevice` now fails
+    with pytest.raises(SystemExit, match="--live needs sounddevice.*pip install sounddevice"):
+        R.main([str(exported[0]), "--live", "--out", str(tmp_path / "o"), "--variant", "fp32"])
+
+
+def test_the_rings_never_wait_and_keep_the_newest():
+    ring = R.AudioRing(5)
+    assert ring.read(1) is None, "an empty ring gives nothing, at once"
+    assert ring.write(np.arange(3, dtype=np.float32)) == 0
+    assert ring.write(np.arange(3, 7, dtype=np.float32)) == 2, "two old samples dropped"
+    assert list(ring.read(5)) == [2, 3, 4, 5, 6] and len(ring) == 0
