@@ -708,6 +708,7 @@ def live(args, numbers, out, open_stream=open_sound_card):
     session = Live(None, codec, numbers, args.seconds, block, args.play_mix, args.prime_ms)
     session.stream = open_stream(session.callback, rate, block,
                                  (args.input_device, args.output_device))
+    out.mkdir(parents=True, exist_ok=True)  # only once the card is open: a failure leaves nothing
     print(f"live: {rate} Hz, blocks of {block} samples, {args.variant} graphs; "
           f"playing {'the mix' if args.play_mix else 'the solo'}; Ctrl-C stops")
     why = session.run(solo_stream)
@@ -870,7 +871,6 @@ def main(argv=None):
     taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())
     out = output_folder(args.out, args.overwrite, taken)
     if args.live:
-        out.mkdir(parents=True, exist_ok=True)
         return live(args, numbers, out)
     backing = read_backing(args.backing, numbers)
     n_frames = len(backing) // numbers["hop"]
