@@ -1157,6 +1157,47 @@ def write_split_arrays(out, split, records, cache_dir):
     return segments
 
 
+def usable_sources(sources, cfg, out):
+    """Recordings that pass the cheap checks (readable, long enough, not silent) -> (those,
+    [the skipped ones with their reasons]). The demo corpus's songs all pass."""
+    skipped = []
+    if sources[0]["kind"] != "file":
+        return sources, skipped
+    usable = []
+    for src in tqdm(sources, desc="check", unit="file"):
+        try:
+            checked_audio(src, cfg)
+            usable.append(src)
+        except SkipSong as why:
+            tqdm.write(f"skipped {src['name']}: {why}")
+            skipped.append({"source": src["name"], "reason": str(why)})
+    if not usable:
+        raise SystemExit(f"No song could be used: all {len(sources)} files were "
+                         f"skipped (reasons above); nothing written to {out}.")
+    return usable, skipped
+
+
+# Settings that change nothing in a song's tokens: left out of the cache key, so that
+# changing them reuses every song already done (each source's own fingerprint covers
+# which files or demo songs there are).
+NOT_IN_CACHE_KEY = ("out", "input_dir", "urls", "device", "threads", "demo_songs",
+                    "demo_backing", "overwrite")
+
+
+def cache_settings_key(cfg, codec, numbers):
+    """The part of every song's cache key that the settings and the codec make.
+
+    It includes the codebooks themselves: tokens made with other codebooks (another
+    codec, another untrained fill) must never be reused.
+    """
+    codebook_id = hashlib.sha256(b"".join(
+        layer._codebook.embed.cpu().numpy().tobytes()
+        for layer in codec.quantizer.vq.layers[:numbers["n_codebooks"]]
+    )).hexdigest()[:16]
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_CACHE_KEY}
+    return json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
+
+
 def build_dataset(cfg):
     """The whole pipeline; returns the meta dict written to <out>/meta.json."""
     t0 = time.time()
@@ -1168,20 +1209,7 @@ def build_dataset(cfg):
     # The cheap checks run over every file first, and the splits are drawn over the files
     # that pass them: a folder with bad files still gets validation and test songs.
     # Splits come before the expensive work because augmentation is for training songs only.
-    skipped = []
-    if sources[0]["kind"] == "file":
-        usable = []
-        for src in tqdm(sources, desc="check", unit="file"):
-            try:
-                checked_audio(src, cfg)
-                usable.append(src)
-            except SkipSong as why:
-                tqdm.write(f"skipped {src['name']}: {why}")
-                skipped.append({"source": src["name"], "reason": str(why)})
-        if not usable:
-            raise SystemExit(f"No song could be used: all {len(sources)} files were "
-                             f"skipped (reasons above); nothing written to {out}.")
-        sources = usable
+    sources, skipped = usable_sources(sources, cfg, out)
     assign_splits(sources, cfg)
     is_demo = sources[0]["kind"] == "demo"
     # Nothing a later run would trust may stay behind if no song survives: a new folder
@@ -1216,16 +1244,7 @@ def build_dataset(cfg):
         return np.concatenate(parts)[:60 * CODEC_RATE]
 
     codec, numbers = prepare_codec(cfg, out, calibration, device, fallback_ok=is_demo)
-    # The cache key of every song includes the codebooks themselves: tokens made with
-    # other codebooks (another codec, another untrained fill) must never be reused.
-    codebook_id = hashlib.sha256(b"".join(
-        layer._codebook.embed.cpu().numpy().tobytes()
-        for layer in codec.quantizer.vq.layers[:numbers["n_codebooks"]]
-    )).hexdigest()[:16]
-    settings = {k: v for k, v in asdict(cfg).items()
-                if k not in ("out", "input_dir", "urls", "device", "threads", "demo_songs",
-                             "demo_backing")}
-    settings_key = json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
+    settings_key = cache_settings_key(cfg, codec, numbers)
 
     # A bad file costs its own song only: it is skipped, with its reason shown now and
     # kept in meta.json, and the loop goes on.

@@ -355,3 +355,16 @@ def test_demo_backing_file_to_try(tmp_path):
     assert -30 < rms_db < -3 and np.abs(audio).max() < 1.0, f"level {rms_db:.1f} dBFS, peak {np.abs(audio).max()}"
     expected, _, _ = render_demo_song(64, 6.0, seed=0)  # one past the 64 songs of the default corpus
     assert np.abs(audio - expected).max() < 1e-4, "the file is not the backing of demo song 64"
+
+
+def test_settings_that_change_no_token_leave_the_song_cache_key_alone():
+    """--overwrite (and device, threads) must reuse the songs already done: regression for
+    a key that once counted --overwrite, so train.py's rebuild and data.py's missed each
+    other's cache."""
+    codec = data.load_codec("untrained", 3.0, "cpu")
+    numbers = data.codec_info(codec, "untrained")
+    key = data.cache_settings_key(DataConfig(), codec, numbers)
+    for change in ({"overwrite": True}, {"device": "cuda"}, {"threads": 1}, {"out": "elsewhere"}):
+        assert data.cache_settings_key(DataConfig(**change), codec, numbers) == key, change
+    assert data.cache_settings_key(DataConfig(bandwidth=6.0), codec, numbers) != key, \
+        "a setting that changes the tokens must change the key"
