@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, unigram_entropy, write_audio, write_json
-from listening import generation_page, listening_figures, mix_audio
+from listening import SAMPLING, generation_page, listening_figures, mix_audio
 from model import (StreamingSampler, fetch_checkpoint, load_model, read_json, resolve_checkpoint,
                    sample_solo)
 
@@ -53,12 +53,13 @@ class GenerateConfig:
     out: str = opt("samples", "output folder")
     overwrite: bool = opt(False, "replace files already in the output folder")
     duration: float = opt(0.0, "seconds to generate (0: the whole backing)")
-    temperature: float = opt(1.0, "sampling temperature (0: greedy; at least 0)")
-    top_k: int = opt(250, "sample among the k most likely codes (0: all; at least 0)")
+    temperature: float = opt(SAMPLING["temperature"], "sampling temperature (0: greedy; at least 0)")
+    top_k: int = opt(SAMPLING["top_k"], "sample among the k most likely codes (0: all; at least 0)")
     top_p: float = opt(1.0, "sample among the codes holding this much "
                             "probability (above 0, at most 1; 1: all)")
-    guidance: Optional[float] = opt(None, "classifier-free guidance coefficient, e.g. 3 (none: "
-                                          "off; 1: same as off; at least 0)", flag="--cfg-coef")
+    guidance: Optional[float] = opt(SAMPLING["guidance"], "classifier-free guidance coefficient "
+                                    "(none: off; 1: same as off; at least 0); 3 made the solos "
+                                    "follow the band best (docs/phase3)", flag="--cfg-coef")
     num_samples: int = opt(1, "solos to generate for the same backing")
     seed: int = opt(0, "sampling seed")
     stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
@@ -450,7 +451,8 @@ def main(cfg):
               "backing_tokens": token_stats(codes, numbers["card"]), "streaming": report,
               "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"]),
               "listening": listening_figures(cfg, config, model, codec, solo,
-                                             min(codes.shape[1], model.cfg.max_frames), device)}
+                                             min(codes.shape[1], model.cfg.max_frames), device,
+                                             out)}
     # generation.json first, then the page drawn from the same dict: the two never disagree.
     write_json(out / "generation.json", result)
     true_files = None if truth is None else ("true_solo.wav", "true_mix.wav")
@@ -469,6 +471,9 @@ def require_causal(folder):
                          "python train.py --causal-encoder --attn-window 300)")
 
 
+LISTENING_SOLOS = ("own", "mismatched", "true", "true_mismatched")
+
+
 def print_result(out, result):
     """The closing lines: what was written, how fast, how it listens, and the streaming delays."""
     timings, fig, report = result["timings"], result["listening"], result["streaming"]
@@ -477,9 +482,13 @@ def print_result(out, result):
           f"of audio; tokens {timings['tokens_realtime_factor']:.1f}x real "
           f"time, with decoding {timings['total_realtime_factor']:.1f}x")
     if fig:
-        print(f"listening: kick AUC {fig['kick_auc']:.3f} over its own backing, "
-              f"{fig['kick_auc_mismatched']:.3f} for a solo written over another song's "
-              f"(0.5: deaf to the band; the true lead {fig['kick_auc_true_lead']:.3f})"
+        print(f"listening (this clip's band; solo 1 / a solo written over another song's "
+              f"backing / the true lead / another song's true lead): kick AUC "
+              + " / ".join(f"{fig['kick_auc_' + n]:.3f}" for n in LISTENING_SOLOS)
+              + "; note-in-chord " + " / ".join(f"{fig['note_in_chord_' + n]:.3f}"
+                                                for n in LISTENING_SOLOS)
+              + f"; plays with the band: rhythm {fig['plays_with_band_rhythm']:.2f}, harmony "
+              f"{fig['plays_with_band_harmony']:.2f} (1: as the real lead, 0: deaf)"
               + (f"; chord-tone fit {fig['chord_tone_fit']:.2f} vs "
                  f"{fig['chord_tone_fit_mismatched']:.2f}"
                  if "chord_tone_fit" in fig else ""))

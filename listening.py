@@ -20,6 +20,7 @@ Letters in the shape comments are model.py's: N windows, K codebooks, T frames, 
 import html
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -56,6 +57,29 @@ def listening_masks(meta, where, T, frame_rate):
     return masks
 
 
+def harmony_truth(meta, where, T, frame_rate):
+    """What sounds in each frame of the windows (demo corpus): (lead [N, T] long, the pitch
+    class of the true lead's note, -1 where it rests; chords [N, T, 12] bool, the tones
+    of the band's chord, all False outside every chord).
+
+    An augmented copy plays `tempo` times faster and `semitones` higher; its pitch
+    classes move by the nearest whole semitone (a shift of 1.4 reads as 1).
+    """
+    songs = {song["id"]: song for song in meta["songs"]}
+    lead = torch.full((len(where), T), -1, dtype=torch.long)
+    chords = torch.zeros(len(where), T, 12, dtype=torch.bool)
+    for i, (song, variant, first) in enumerate(where):
+        truth, v = songs[song]["truth"], songs[song]["variants"][variant]
+        shift = round(v["semitones"])
+        frames = lambda e: slice(max(0, round(e["start_s"] / v["tempo"] * frame_rate) - first),  # noqa: E731
+                                 max(0, round(e["end_s"] / v["tempo"] * frame_rate) - first))
+        for note in truth["lead_notes"]:
+            lead[i, frames(note)] = (note["midi"] + shift) % 12
+        for chord in truth["chords"]:
+            chords[i, frames(chord), [(pc + shift) % 12 for pc in chord["pitch_classes"]]] = True
+    return lead, chords
+
+
 def fit_onset_detector(solo, kicks, card):
     """A token-space note-onset detector, fitted on training windows with known kicks.
 
@@ -74,12 +98,63 @@ def fit_onset_detector(solo, kicks, card):
     return table
 
 
-def train_onset_detector(data_dir, meta, T):
-    """fit_onset_detector on every window of T frames of the training split of a demo dataset."""
+def fit_pitch_probe(solo, lead, card):
+    """A token-space pitch-class reader, fitted on training windows with known notes.
+
+    solo [N, K, T] codes, lead [N, T] the pitch class sounding (-1: none). Returns
+    log-probabilities [K, card + 1, 12]: log p(code | pitch class) for each codebook,
+    add-one smoothed (the padding token scores 0 for every class). read_pitch_classes
+    adds them up over the codebooks (naive Bayes: the codebooks taken as independent
+    witnesses of the note) and picks the likeliest class.
+    """
+    played = (lead >= 0) & (solo[:, 0] != card)                                 # [N, T]
+    table = torch.zeros(solo.size(1), card + 1, 12)
+    for k in range(solo.size(1)):
+        counts = torch.ones(card, 12).index_put_((solo[:, k][played], lead[played]),
+                                                 torch.ones(int(played.sum())), accumulate=True)
+        table[k, :card] = (counts / counts.sum(0)).log()
+    return table
+
+
+# Frames each side that read_pitch_classes pools: a note lasts far longer than a 13 ms
+# frame, and 5 frames (67 ms) read the true lead's pitch class right 85% of the time
+# on the default corpus, against 67% for one frame (docs/phase3).
+PITCH_SPAN = 2
+
+
+def read_pitch_classes(probe, solo, span=PITCH_SPAN):
+    """The pitch class a solo sounds in each frame, as the probe reads it: [N, K, T] -> [N, T]."""
+    ll = probe[torch.arange(solo.size(1))[None, :, None], solo].sum(dim=1)      # [N, T, 12]
+    # the mean over the frames within `span`, fewer at the window's edges
+    pooled = torch.nn.functional.avg_pool1d(ll.transpose(1, 2), 2 * span + 1, 1, span,
+                                            count_include_pad=False)           # [N, 12, T]
+    return pooled.argmax(dim=1)
+
+
+def note_in_chord(probe, solo, chords, frames):
+    """Share of the frames whose pitch class, as the probe reads it, is a tone of the chord
+    the band plays then (the note-in-chord ratio). solo [N, K, T]; chords [N, T, 12];
+    frames [N, T] bool, those to count. About a third of the 12 classes are chord tones:
+    a solo deaf to the harmony scores near 0.3, the true lead near 0.9."""
+    read = read_pitch_classes(probe, solo)                                       # [N, T]
+    hits = chords.gather(2, read[..., None])[..., 0]                             # [N, T]
+    return float(hits[frames].float().mean()) if frames.any() else float("nan")
+
+
+@dataclass
+class Probes:
+    """The two token-space readers of a solo, fitted on the training split's truth."""
+    onsets: torch.Tensor     # [K, card + 1]: fit_onset_detector
+    pitch: torch.Tensor      # [K, card + 1, 12]: fit_pitch_probe
+
+
+def fit_probes(data_dir, meta, T):
+    """Probes fitted on every window of T frames of the training split of a demo dataset."""
     _, solo, where = data.Windows(data_dir, "train", meta, T).fixed()
-    return fit_onset_detector(solo, listening_masks(meta, where, T,
-                                                    meta["codec"]["frame_rate"])["kicks"],
-                              meta["codec"]["card"])
+    fr, card = meta["codec"]["frame_rate"], meta["codec"]["card"]
+    lead, _ = harmony_truth(meta, where, T, fr)
+    return Probes(fit_onset_detector(solo, listening_masks(meta, where, T, fr)["kicks"], card),
+                  fit_pitch_probe(solo, lead, card))
 
 
 def kick_auc(table, solo, kicks, valid):
@@ -102,8 +177,9 @@ def kick_auc(table, solo, kicks, valid):
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def mismatched_backing(backing, songs, spare):
-    """For each evaluation window, the backing of a window from another song: [N, K, T].
+def mismatched_windows(windows, songs, spare):
+    """For each evaluation window, the same window of another song: [N, K, T] codes (its
+    backing when `windows` are backings, its solo when they are solos).
 
     Within the split when it holds two songs or more (the same windows, rolled until
     no window keeps its own song); otherwise from `spare`, windows of other songs
@@ -112,73 +188,203 @@ def mismatched_backing(backing, songs, spare):
     n = len(songs)
     for shift in range(1, n):
         if all(songs[i] != songs[(i + shift) % n] for i in range(n)):
-            return backing[[(i + shift) % n for i in range(n)]]
+            return windows[[(i + shift) % n for i in range(n)]]
     return spare[torch.arange(n) % len(spare)]
 
 
-@torch.no_grad()
-def listening_test(model, backing, solo, other_backing, kicks, detector, batch, device, top_k=250,
-                   seed=0):
-    """Solos generated for the evaluation windows, scored against the band's true kicks:
-    kick_auc of a solo written over the window's own backing, and of one written over
-    another song's backing (the sanity check: a metric that cannot tell them apart
-    measures nothing). Sampled as generate.py samples (temperature 1, top-k 250)."""
-    model.eval()
-    valid = solo[:, 0] != model.cfg.card                                  # [N, T]: not padding
-    scores = {"kick_auc_true": kick_auc(detector, solo, kicks, valid)}    # the real lead, for scale
-    for name, backings in (("own", backing), ("mismatched", other_backing)):
-        parts = [sample_solo(model, backings[i:i + batch].to(device), top_k=top_k,
-                             seed=seed + i).cpu()
-                 for i in range(0, len(backings), batch)]
-        scores[f"kick_auc_{name}"] = kick_auc(detector, torch.cat(parts), kicks, valid)
-    model.train()
+def plays_with_band(own, mismatched, true, true_mismatched):
+    """One figure for "does the solo play with its band": how much better a metric scores
+    the generated solo over its own band than over another song's, as a share of the same
+    difference for the true lead. 1: as tied to the band as the real soloist; 0: deaf to
+    it (the band changes nothing). (m(solo, own) - m(solo, other)) / (m(lead, own) -
+    m(lead, other)); nan when the lead itself does not tell the bands apart."""
+    scale = true - true_mismatched
+    return (own - mismatched) / scale if scale > 0 else float("nan")
+
+
+@dataclass
+class ListeningSet:
+    """The windows the listening test scores (demo corpus), with the truth it scores against.
+
+    The control for every figure is the same question asked of a solo that was not made
+    for this band: generated over another song's backing, or another song's true lead,
+    scored against this window's kicks and chords.
+    """
+    backing: torch.Tensor        # [N, K, T]
+    solo: torch.Tensor           # [N, K, T]: the true lead
+    other_backing: torch.Tensor  # [N, K, T]: for each window, another song's backing...
+    other_solo: torch.Tensor     # [N, K, T]: ...and that song's true lead
+    kicks: torch.Tensor          # [N, T] bool: the 3 frames from each of the band's kicks
+    lead: torch.Tensor           # [N, T]: the true lead's pitch class, -1 where it rests
+    chords: torch.Tensor         # [N, T, 12] bool: the tones of the band's chord
+
+    @staticmethod
+    def of(meta, where, backing, solo, other_backing, other_solo):
+        """None unless every window is of a demo song, whose truth is known."""
+        T, fr = backing.size(-1), meta["codec"]["frame_rate"]
+        masks = listening_masks(meta, where, T, fr)
+        if "kicks" not in masks:
+            return None
+        return ListeningSet(backing, solo, other_backing, other_solo, masks["kicks"],
+                            *harmony_truth(meta, where, T, fr))
+
+
+def listening_windows(data_dir, meta, T, limit=None):
+    """The evaluation windows of a dataset: (backing, solo, where, other backing, other solo).
+
+    The validation split (the training split when there is none); "other" is, for each
+    window, a window of another song (mismatched_windows).
+    """
+    split = "val" if meta["splits"]["val"]["segments"] else "train"
+    backing, solo, where = data.Windows(data_dir, split, meta, T).fixed(limit)
+    spare_backing, spare_solo, _ = data.Windows(data_dir, "train", meta, T).fixed(limit)
+    songs = [song for song, _, _ in where]
+    return (backing, solo, where, mismatched_windows(backing, songs, spare_backing),
+            mismatched_windows(solo, songs, spare_solo))
+
+
+def score_solos(probes, ls, solos):
+    """Kick AUC and note-in-chord of each solo in `solos` ({name: [N, K, T] codes}, scored
+    against the band of ls), and, when all four of own, mismatched, true and
+    true_mismatched are there, the plays-with-the-band score of each metric."""
+    card = probes.onsets.size(1) - 1
+    # Frames of real audio in both true leads: every solo is scored on the same frames.
+    valid = (ls.solo[:, 0] != card) & (ls.other_solo[:, 0] != card)              # [N, T]
+    # Harmony: the frames where the true lead sounds a note inside a chord.
+    sounding = valid & (ls.lead >= 0) & ls.chords.any(-1)                         # [N, T]
+    scores = {}
+    for name, solo in solos.items():
+        scores[f"kick_auc_{name}"] = kick_auc(probes.onsets, solo, ls.kicks, valid)
+        scores[f"note_in_chord_{name}"] = note_in_chord(probes.pitch, solo, ls.chords, sounding)
+    if set(solos) >= {"own", "mismatched", "true", "true_mismatched"}:
+        for metric, label in (("kick_auc", "rhythm"), ("note_in_chord", "harmony")):
+            scores[f"plays_with_band_{label}"] = plays_with_band(
+                *(scores[f"{metric}_{name}"] for name in ("own", "mismatched", "true",
+                                                          "true_mismatched")))
     return scores
 
 
-def listening_figures(cfg, config, model, codec, solo, n_frames, device):
-    """For a demo validation clip: how the solo follows the band, next to a solo written
-    over another song's backing and scored against this clip's band (the sanity check).
+# The sampling settings of the listening test, the run page's samples and generate.py's
+# defaults: those that made the solos play with the band best (docs/phase3, the
+# ablation table: guidance 3 doubled the rhythm score of the default run's checkpoints).
+SAMPLING = {"temperature": 1.0, "top_k": 250, "guidance": 3.0}
 
-    kick AUC (tokens, any codec): do the solo's note attacks fall on the band's kicks?
-    chord-tone fit (audio, the pretrained codec only): do its pitches fit the chords?
+
+@torch.no_grad()
+def listening_test(model, ls, probes, batch, device, seed=0, **sampling):
+    """Solos generated for every window of the ListeningSet, over its own backing and over
+    another song's, scored with score_solos beside the true leads. Sampled as generate.py
+    samples (SAMPLING; keyword arguments override it)."""
+    options = {**SAMPLING, **sampling}
+    model.eval()
+    solos = {"true": ls.solo, "true_mismatched": ls.other_solo}
+    for name, backings in (("own", ls.backing), ("mismatched", ls.other_backing)):
+        solos[name] = torch.cat([
+            sample_solo(model, backings[i:i + batch].to(device), temperature=options["temperature"],
+                        top_k=options["top_k"], cfg_coef=options["guidance"], seed=seed + i).cpu()
+            for i in range(0, len(backings), batch)])
+    model.train()
+    return score_solos(probes, ls, solos)
+
+
+def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=None):
+    """For a demo validation clip: how the solo follows the band, next to the same figures
+    for a solo written over another song's backing, the clip's true lead and another
+    song's true lead, all scored against this clip's band (score_solos).
+
+    kick AUC and note-in-chord (tokens, any codec): do the solo's attacks fall on the
+    band's kicks, do its pitch classes fit the chords? chord-tone fit (audio, the
+    pretrained codec only): the pitches read from the decoded audio instead.
+    out: a folder to draw listening.png in (probe_picture), for every take.
     Returns None when the backing is not a demo validation clip (no truth to score against).
     """
     meta = data.load_dataset(config["data"]["dir"])
     segments = meta["splits"]["val"]["segments"]
     if cfg.backing or not meta.get("demo") or not segments:
         return None
-    data_dir, fr, card = config["data"]["dir"], meta["codec"]["frame_rate"], meta["codec"]["card"]
+    data_dir, fr = config["data"]["dir"], meta["codec"]["frame_rate"]
     seg = segments[cfg.from_val]
     # The first clip of another validation song; with one validation song, of a training song.
     other_split = "val" if any(s["song"] != seg["song"] for s in segments) else "train"
     other = next(s for s in meta["splits"][other_split]["segments"] if s["song"] != seg["song"])
     # [K, n_frames] each
     own_b, true_solo = data.Windows(data_dir, "val", meta, n_frames).window(seg, 0)
-    other_b, _ = data.Windows(data_dir, other_split, meta, n_frames).window(other, 0)
+    other_b, other_solo = data.Windows(data_dir, other_split, meta, n_frames).window(other, 0)
     # Sampled exactly as the solo it is compared with (same options and seed), so the
     # only difference between the two is the backing.
     mismatched = sample_solo(model, other_b[None].to(device), temperature=cfg.temperature,
-                             top_k=cfg.top_k,
-                          # [1, K, n_frames]
-                          top_p=cfg.top_p, cfg_coef=cfg.guidance, seed=cfg.seed).cpu()
+                             top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.guidance,
+                             seed=cfg.seed).cpu()                                # [1, K, n_frames]
     where = [(seg["song"], seg["variant"], seg["song_frame"])]
-    kicks = listening_masks(meta, where, n_frames, fr)["kicks"]          # [1, n_frames]
-    valid = (true_solo[0] != card)[None] & (own_b[0] != card)[None]      # [1, n_frames]: real audio
-    detector = train_onset_detector(data_dir, meta, n_frames)
-    figures = {"kick_auc": kick_auc(detector, solo[:1, :, :n_frames].cpu(), kicks, valid),
-               "kick_auc_mismatched": kick_auc(detector, mismatched, kicks, valid),
-               "kick_auc_true_lead": kick_auc(detector, true_solo[None], kicks, valid),
-               "mismatched_backing": f"{other_split} clip of song {other['song']}"}
+    ls = ListeningSet.of(meta, where, own_b[None], true_solo[None], other_b[None],
+                         other_solo[None])
+    probes = fit_probes(data_dir, meta, n_frames)
+    solo = solo[:, :, :n_frames].cpu()
+    figures = score_solos(probes, ls, {"own": solo[:1], "mismatched": mismatched,
+                                       "true": ls.solo, "true_mismatched": ls.other_solo})
+    figures["mismatched_backing"] = f"{other_split} clip of song {other['song']}"
+    if out is not None:
+        takes = [(f"solo {i + 1}" if len(solo) > 1 else "solo", s) for i, s in enumerate(solo)]
+        probe_picture(Path(out) / "listening.png", probes, ls,
+                      takes + [("the true solo", true_solo)], fr)
     # pitches mean something only when the codec decodes real audio
     if not meta["codec"]["untrained"]:
         chords = next(s for s in meta["songs"] if s["id"] == seg["song"])["truth"]["chords"]
         offset, rate = seg["song_frame"] / fr, meta["codec"]["sample_rate"]
-        solos = (("chord_tone_fit", solo[0, :, :n_frames]),
-                 ("chord_tone_fit_mismatched", mismatched[0]))
-        for name, codes in solos:
-            figures[name] = chord_tone_fit(data.decode_codes(codec, codes.cpu().numpy()), chords,
+        for name, codes in (("chord_tone_fit", solo[0]), ("chord_tone_fit_mismatched",
+                                                           mismatched[0])):
+            figures[name] = chord_tone_fit(data.decode_codes(codec, codes.numpy()), chords,
                                            rate, offset)
     return figures
+
+
+def probe_picture(png, probes, ls, solos, frame_rate, window=0):
+    """What the probes read in each solo, drawn against the band's truth: one row per solo
+    (solos: [(label, codes [K, T])]), scored against window `window` of the ListeningSet.
+
+    Left, rhythm: the onset score of each frame (the detector's summed log-odds) and,
+    in orange, the frames right after the band's kicks: a solo that plays with the band
+    peaks inside them. Right, harmony: the band's chord tones in grey, and the pitch
+    class the probe reads in each frame where the true lead plays, green when it is a
+    chord tone, red when not. With an untrained codec this is the only way to see it.
+    """
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+    card = probes.onsets.size(1) - 1
+    real = ls.solo[window, 0] != card                                           # [T]
+    # frames before the first padding, and no more than the shortest solo holds
+    n = min([int(real.long().cumprod(0).sum())] + [codes.size(-1) for _, codes in solos])
+    t = torch.arange(n) / frame_rate                                            # seconds
+    kicks, chords = ls.kicks[window, :n], ls.chords[window, :n]
+    sounding = ((ls.lead[window, :n] >= 0) & chords.any(-1)).numpy()
+    fig, axes = plt.subplots(len(solos), 2, figsize=(12, 1.9 * len(solos) + 0.6),
+                             squeeze=False, gridspec_kw={"width_ratios": [1, 1]})
+    for row, (label, codes) in enumerate(solos):
+        codes = codes[None, :, :n]                                              # [1, K, n]
+        score = probes.onsets[torch.arange(codes.size(1))[None, :, None], codes].sum(1)[0]
+        left, right = axes[row]
+        left.fill_between(t, score.min(), score.max(), where=kicks.numpy(), color="#f0a030",
+                          alpha=0.35, step="mid", label="after a band kick")
+        left.plot(t, score, color="#1f4e9a", lw=0.8, label="onset score")
+        left.set_ylabel(label, fontsize=9)
+        # The chord tones as a grey image (12 rows), the read classes as dots on top.
+        right.imshow(chords.T.numpy(), aspect="auto", origin="lower", cmap="Greys", vmin=0,
+                     vmax=3, extent=(0, n / frame_rate, -0.5, 11.5), interpolation="nearest")
+        read = read_pitch_classes(probes.pitch, codes)[0]                       # [n]
+        hit = chords.gather(1, read[:, None])[:, 0].numpy()
+        for mask, color in ((sounding & hit, "#2a9d4a"), (sounding & ~hit, "#d03030")):
+            right.scatter(t.numpy()[mask], read.numpy()[mask], s=3, color=color, lw=0)
+        right.set_yticks(range(12), data.NOTE_NAMES, fontsize=6)
+    axes[0, 0].set_title("rhythm: onset score, band kicks in orange", fontsize=10)
+    axes[0, 1].set_title("harmony: chord tones grey; read pitch class green = in chord, "
+                         "red = not", fontsize=10)
+    axes[0, 0].legend(loc="upper right", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds")
+    fig.tight_layout()
+    data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------
@@ -372,10 +578,17 @@ def generation_page(out, result, takes, truth):
     parts.append("</div>")
     if result.get("listening"):
         parts += ["<h2>Does it follow the band?</h2>",
-                  "<p>Kick AUC: how well the solo's note attacks line up with "
-                  "the band's kicks (0.5: not at all), over its own backing and, "
-                  "as the control, for a solo written over another song's "
-                  "backing (docs/phase3-training-evaluation.md).</p>",
+                  "<p>What two probes read in the tokens (docs/phase3-training-evaluation.md). "
+                  "Kick AUC: do the solo's note attacks fall on the band's kicks (0.5: not "
+                  "at all)? Note-in-chord: is the pitch class it plays a tone of the band's "
+                  "chord (about 0.3 by chance)? Each is asked of solo 1 (<i>own</i>), of a "
+                  "solo written over another song's backing (<i>mismatched</i>), of the "
+                  "clip's true lead and of another song's true lead, all against this "
+                  "clip's band. <i>plays_with_band</i>: the solo's own-minus-mismatched "
+                  "difference over the true lead's (1: as tied to the band as the real "
+                  "soloist, 0: deaf to it).</p>",
+                  picture("what the probes read in each solo, against the band's kicks "
+                          "and chords", "listening.png"),
                   figures_table("listening", result["listening"])]
     # Token statistics, a column per take: generated solos, the true solo, the backing.
     # Their data-keys are the paths in generation.json (solo_tokens.0.2.entropy_nats).
@@ -397,7 +610,7 @@ def generation_page(out, result, takes, truth):
 
 # "Is it getting better?" answered by ear: at each new best checkpoint, the model as it
 # is then writes a short solo over one fixed validation clip (--page-sample-s seconds,
-# seeded, top-k 250 as generate.py samples), and index.html lines the samples up, step
+# seeded, sampled as generate.py samples: SAMPLING), and index.html lines the samples up, step
 # by step, next to the loss curves, the clip's backing and its true solo. The page's
 # figures live in page.json beside it; the page is redrawn from that file at every
 # evaluation, so a resumed run's page shows the whole run.
@@ -426,6 +639,10 @@ class RunPage:
         # The codec turns the sampled codes into audio. Without one (page_sample_s 0, or
         # weights that will not load), the page keeps its curves and table, no players.
         self.codec = self.clip = None
+        # The probes (demo corpus): a picture at each sample of what they read in it.
+        self.listening, self.frame_rate = evals.listening, meta["codec"]["frame_rate"]
+        self.probes = (fit_probes(cfg.data, meta, evals.backing.size(-1))
+                       if self.listening is not None and cfg.page_sample_s > 0 else None)
         if cfg.page_sample_s > 0:
             try:
                 # the codec seeds torch: training's randomness stays its own
@@ -455,18 +672,25 @@ class RunPage:
     def sample(self, model, step, metrics):
         """A new best checkpoint: its solo over the clip, added to page.json (atomically)."""
         if self.clip is not None:
-            # Seeded and sampled as generate.py samples (temperature 1, top-k 250): two
+            # Seeded and sampled as generate.py samples (SAMPLING): two
             # samples differ only because the weights changed. sample_solo() puts the model
             # in eval mode and back, and draws from its own generator, so training's
             # dropout and data order are exactly what they would be without the page.
             t0 = time.perf_counter()
-            codes = sample_solo(model, self.clip[None].to(self.device), temperature=1.0, top_k=250,
-                             seed=self.cfg.seed)[0].cpu().numpy()                        # [K, n]
+            codes = sample_solo(model, self.clip[None].to(self.device),
+                                temperature=SAMPLING["temperature"], top_k=SAMPLING["top_k"],
+                                cfg_coef=SAMPLING["guidance"],
+                                seed=self.cfg.seed)[0].cpu().numpy()                  # [K, n]
             mix, solo = mix_audio(self.backing_audio, data.decode_codes(self.codec, codes))
             # Paths relative to the run folder, as the page links them.
             names = {kind: f"page/step{step:06d}_{kind}.wav" for kind in ("solo", "mix")}
             data.write_audio(self.out / names["solo"], solo, self.rate)
             data.write_audio(self.out / names["mix"], mix, self.rate)
+            if self.probes is not None:
+                names["probes"] = f"page/step{step:06d}_probes.png"
+                probe_picture(self.out / names["probes"], self.probes, self.listening,
+                              [(f"step {step}", torch.from_numpy(codes)),
+                               ("the true solo", self.listening.solo[0])], self.frame_rate)
             # One sample per step: a resumed run that reaches this best again replaces it.
             self.samples = [s for s in self.samples if s["step"] != step] + [
                 {"step": step, "val_ce": metrics["val_ce"], "cond_gain": metrics["cond_gain"],
@@ -497,9 +721,12 @@ class RunPage:
         if self.samples:
             parts += ["<h2>Progress, by ear</h2>",
                       "<p>The same validation clip at each new best checkpoint: "
-                      f"{self.cfg.page_sample_s:g} s, seed {self.cfg.seed}, "
-                      "top-k 250. Listen for the solo locking onto the band's "
-                      "kicks and chords as the validation loss falls.</p>",
+                      f"{self.cfg.page_sample_s:g} s, seed {self.cfg.seed}, top-k "
+                      f"{SAMPLING['top_k']}, guidance {SAMPLING['guidance']:g}. Listen for the solo locking onto the band's "
+                      "kicks and chords as the validation loss falls; on the demo corpus "
+                      "the picture under each sample shows what the probes read in it "
+                      "(onsets against the band's kicks, pitch classes against its "
+                      "chords), above the same for the true solo.</p>",
                       player("the clip's backing", "page/backing.wav"),
                       player("its true solo, with the backing", "page/true_mix.wav"),
                       '<div class="takes">']
@@ -513,7 +740,9 @@ class RunPage:
                     + "".join(f"<tr><th>{label}</th>{value_cell(f'samples.{j}.{key}', s[key])}</tr>"
                               for key, label in SAMPLE_FIGURES)
                     + f'</table>{player("solo", s["solo"])}'
-                    f'{player("solo + backing", s["mix"])}</section>')
+                    f'{player("solo + backing", s["mix"])}'
+                    + (picture(f"what the probes read at step {s['step']}", s["probes"])
+                       if "probes" in s else "") + '</section>')
             parts.append("</div>")
         head = "".join(f"<th>{k}</th>" for k in keys)
         body = "".join("<tr>" + "".join(value_cell(f"evaluations.{i}.{k}",

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, unigram_entropy, write_json
-from listening import (RunPage, listening_masks, listening_test, mismatched_backing,
-                       train_onset_detector)
+from listening import (ListeningSet, RunPage, fit_probes, listening_masks, listening_test,
+                       listening_windows)
 from model import (PRESETS, SoloTransformer, build_delay_pattern, load_model, load_weights,
                    position_cross_entropy,
                    preset_config, read_json, resolve_checkpoint, teacher_forcing)
@@ -521,19 +521,19 @@ class EvalSet:
     solo: torch.Tensor           # [N, K, T]
     other: torch.Tensor          # [N, K, T]: another song's backing for each window
     masks: dict                  # {name: [N, T] bool}: frames of the listening metrics
+    listening: Optional[ListeningSet]  # the same windows with the demo band's truth, or None
 
 
-def evaluation_set(cfg, meta, T, train_w):
+def evaluation_set(cfg, meta, T):
     """EvalSet of the validation split (the training split when there is none, with a warning)."""
-    split = "val" if meta["splits"]["val"]["segments"] else "train"
-    if split == "train":
+    if not meta["splits"]["val"]["segments"]:
         print("WARNING: the dataset has no validation songs; "
               "evaluating on training songs (add recordings)")
-    backing, solo, where = data.Windows(cfg.data, split, meta, T).fixed(cfg.eval_windows)
-    other = mismatched_backing(backing, [song for song, _, _ in where],
-                               train_w.fixed(cfg.eval_windows)[0])
+    backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T,
+                                                                cfg.eval_windows)
     return EvalSet(backing, solo, other, listening_masks(meta, where, T,
-                                                         meta["codec"]["frame_rate"]))
+                                                         meta["codec"]["frame_rate"]),
+                   ListeningSet.of(meta, where, backing, solo, other, other_solo))
 
 
 def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
@@ -664,7 +664,7 @@ def setup_run(cfg):
     # saves its state, so a resumed run draws the batches the whole run would have.
     gen = torch.Generator().manual_seed(cfg.seed)
     train_w = data.Windows(cfg.data, "train", meta, T)
-    evals = evaluation_set(cfg, meta, T, train_w)
+    evals = evaluation_set(cfg, meta, T)
     baseline = unigram_entropy(train_w.solo, meta["codec"]["card"])
     progress = start_or_resume(out, model, optimizer, scaler, gen, cfg, device)
     page = RunPage(out, cfg, meta, evals, device, progress.step)
@@ -868,22 +868,23 @@ def train(cfg):
 def finish(run):
     """The summary: last and best metrics, and the listening test of best/ on the demo corpus."""
     cfg, progress, last = run.cfg, run.progress, run.last
+    history = progress.history
     summary = {"steps": progress.step, "best_val_ce": progress.best_val,
                "unigram_baseline": float(np.mean(run.baseline)), "skipped_steps": progress.skipped,
+               # how many evaluations printed the overfitting warning
+               "overfitting_warnings": sum(overfitting(history[:i + 1])
+                                           for i in range(len(history))),
                **last}
     best_dir = resolve_checkpoint(run.out / "best")
     if best_dir.exists():
         summary["best"] = read_json(best_dir / "config.json", "a checkpoint").get("metrics", {})
-        if cfg.listen_test and "kicks" in run.evals.masks:
+        if cfg.listen_test and run.evals.listening is not None:
             # Solos written by the best checkpoint (loaded beside the live model, which
-            # stays as training left it), scored against the demo band's kicks.
+            # stays as training left it), scored against the demo band's kicks and chords.
             best_model, _ = load_model(best_dir, run.device)
-            detector = train_onset_detector(cfg.data, run.meta, run.T)
-            summary["best"].update(listening_test(best_model, run.evals.backing, run.evals.solo,
-                                                  run.evals.other,
-                                                  run.evals.masks["kicks"], detector,
-                                                  cfg.batch_size, run.device,
-                                                  seed=cfg.seed))
+            summary["best"].update(listening_test(best_model, run.evals.listening,
+                                                  fit_probes(cfg.data, run.meta, run.T),
+                                                  cfg.batch_size, run.device, seed=cfg.seed))
     write_json(run.out / "summary.json", summary)
     report(run, summary)
     return summary
@@ -897,10 +898,15 @@ def report(run, summary):
           f"conditioning gain {last['cond_gain']:+.3f} nats (at the best checkpoint "
           f"{best.get('cond_gain', last['cond_gain']):+.3f}). Best checkpoint: {run.out / 'best'}.")
     if "kick_auc_own" in best:
-        print(f"listening test (best checkpoint, {len(run.evals.backing)} validation "
-              f"windows): kick AUC of generated solos {best['kick_auc_own']:.3f} over "
-              f"their own backing, {best['kick_auc_mismatched']:.3f} over another song's "
-              f"(0.5: deaf to the band; the true lead scores {best['kick_auc_true']:.3f})")
+        print(f"listening test (best checkpoint, {len(run.evals.backing)} validation windows; "
+              "generated over the own band / over another song's; the true lead over its "
+              "own band / another's):")
+        for metric, label, kind in (("kick_auc", "kick AUC", "rhythm"),
+                                    ("note_in_chord", "note-in-chord", "harmony")):
+            print(f"  {label:14s} {best[metric + '_own']:.3f} / "
+                  f"{best[metric + '_mismatched']:.3f}   true lead {best[metric + '_true']:.3f} / "
+                  f"{best[metric + '_true_mismatched']:.3f}   plays with the band "
+                  f"({kind}) {best['plays_with_band_' + kind]:.2f} (1: as the real lead, 0: deaf)")
     print(f"Listen: python generate.py --checkpoint {run.out / 'best'}")
     if run.meta["codec"]["untrained"]:
         print("NOTE: this dataset used the UNTRAINED codec: the "

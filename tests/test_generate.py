@@ -29,8 +29,14 @@ def test_end_to_end_from_validation_clip(trained, tmp_path):
     stats = result["solo_tokens"][0]
     assert len(stats) == 4 and all(s["distinct"] > 1 for s in stats), f"token statistics {stats}"
     assert result["timings"]["tokens_realtime_factor"] > 0
-    fig = result["listening"]  # a demo validation clip: scored against its band's kicks
-    assert all(0 <= fig[k] <= 1 for k in ("kick_auc", "kick_auc_mismatched", "kick_auc_true_lead")), fig
+    fig = result["listening"]  # a demo validation clip: scored against its band's kicks and chords
+    solos = ("own", "mismatched", "true", "true_mismatched")
+    assert all(0 <= fig[f"{m}_{s}"] <= 1 for m in ("kick_auc", "note_in_chord") for s in solos), fig
+    assert fig["note_in_chord_true"] > 0.6, f"the probe reads the true lead's notes in its chords: {fig}"
+    for metric, kind in (("kick_auc", "rhythm"), ("note_in_chord", "harmony")):
+        scale = fig[f"{metric}_true"] - fig[f"{metric}_true_mismatched"]
+        assert abs(fig[f"plays_with_band_{kind}"] * scale - (fig[f"{metric}_own"] - fig[f"{metric}_mismatched"])) < 1e-9
+    assert (tmp_path / "s" / "listening.png").stat().st_size > 10_000, "the probes' picture is missing or empty"
     assert "chord_tone_fit" not in fig, "pitches of the untrained codec's audio mean nothing: no chord-tone fit"
 
 
@@ -53,7 +59,8 @@ def test_windows_join_over_their_overlap():
     # Window 2 starts at frame 8 and was prompted with frames 8..19 of window 1: running it
     # again by hand must give back exactly the frames the loop kept.
     from model import sample_solo
-    again = sample_solo(model, backing[..., 8:28], seed=6, prompt=solo[..., 8:20], top_k=0)
+    again = sample_solo(model, backing[..., 8:28], seed=6, prompt=solo[..., 8:20], top_k=0,
+                        cfg_coef=cfg.guidance)  # guided, as generate.py samples by default
     assert torch.equal(again, solo[..., 8:28]), "window 2 does not continue window 1 consistently"
 
 
@@ -118,7 +125,7 @@ def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
     folder = trained_causal / "best"
     model, config = G.load_model(folder)
     codec, info = data.load_codec_for(config, folder, "", "cpu")
-    cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=40)
+    cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=40, guidance=None)
     codes, audio, _, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
     plain, _, _ = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
     cfg.guidance = 3.0

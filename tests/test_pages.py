@@ -107,7 +107,12 @@ def test_generation_page_from_a_validation_clip(trained, tmp_path):
     # Both solos side by side, the true solo beside them, the backing once.
     assert page.audio == ["backing.wav", "solo_0.wav", "mix_0.wav", "solo_1.wav", "mix_1.wav", "true_solo.wav",
                           "true_mix.wav"]
-    assert page.images == ["solo_0.png", "solo_1.png"]
+    assert page.images == ["solo_0.png", "solo_1.png", "listening.png"]
+    # The probes' picture: a row for each of the two solos and the true one, drawn (not blank).
+    import matplotlib.image
+    pixels = matplotlib.image.imread(tmp_path / "listening.png")
+    assert pixels.shape[1] == 1080 and pixels.shape[0] == round((1.9 * 3 + 0.6) * 90), pixels.shape
+    assert pixels[..., :3].std() > 0.1, "listening.png is blank"
     # The true solo is the dataset's: its codes decode to the wav on the page (levelled).
     assert record["true_solo_tokens"] is not None and record["listening"]
     n = check_figures(page, record, ["listening", "timings", "solo_tokens", "true_solo_tokens", "backing_tokens",
@@ -137,9 +142,10 @@ def test_generation_page_for_a_backing_file(trained, tmp_path):
 
 
 def test_command_line_round_trip():
-    cfg = G.GenerateConfig(checkpoint="runs/x y/best", top_k=0, guidance=3.0, stream=True, device="cpu")
+    cfg = G.GenerateConfig(checkpoint="runs/x y/best", top_k=0, guidance=None, stream=True, device="cpu")
     words = data.command_line("generate.py", cfg)
-    assert words == "python generate.py --checkpoint 'runs/x y/best' --top-k 0 --cfg-coef 3.0 --stream --device cpu"
+    # guidance is on by default (3): turning it off is written "none", and read back so
+    assert words == "python generate.py --checkpoint 'runs/x y/best' --top-k 0 --cfg-coef none --stream --device cpu"
     import shlex
     assert data.parse_settings(G.GenerateConfig, shlex.split(words)[2:]) == cfg
     from train import TrainConfig
@@ -168,7 +174,9 @@ def test_run_page_grows_with_each_best_and_survives_a_resume(demo_dataset, tmp_p
     assert page.audio[:2] == ["page/backing.wav", "page/true_mix.wav"]
     assert set(page.audio[2:]) == {s[k] for s in record["samples"] for k in ("solo", "mix")}
     assert "loss.png" in page.images
-    assert check_figures(page, record, ["evaluations", "samples"], files=("solo", "mix")) >= 3 * 5
+    # Under each sample, the picture of what the probes read in it (demo corpus).
+    assert [s["probes"] for s in record["samples"]] == [p for p in page.images if p.endswith("_probes.png")][::-1]
+    assert check_figures(page, record, ["evaluations", "samples"], files=("solo", "mix", "probes")) >= 3 * 5
     assert record["command"].startswith("python train.py --data ")
     # A resumed run keeps the samples up to its checkpoint and redoes the rest.
     record["samples"].append({"step": 99, "val_ce": 0.0, "cond_gain": 0.0, "solo": "x", "mix": "y",

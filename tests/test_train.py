@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, quick_train_config
@@ -80,11 +81,11 @@ def test_resume_after_kill_is_exact(demo_dataset, tmp_path):
 
 def test_mismatched_backing_comes_from_other_songs():
     backing = torch.arange(5).view(5, 1, 1)
-    rolled = listening.mismatched_backing(backing, ["a", "a", "b", "b", "c"], spare=None)
+    rolled = listening.mismatched_windows(backing, ["a", "a", "b", "b", "c"], spare=None)
     picked = [int(x) for x in rolled.flatten()]
     assert all(["a", "a", "b", "b", "c"][j] != s for j, s in zip(picked, ["a", "a", "b", "b", "c"])), picked
     spare = torch.full((2, 1, 1), 9)
-    assert (listening.mismatched_backing(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
+    assert (listening.mismatched_windows(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
 
 
 def test_bf16_autocast_runs_on_cpu(demo_dataset, tmp_path):
@@ -301,11 +302,46 @@ def test_listening_metrics_tell_the_true_lead_own_band_from_another(demo_dataset
     kicks = masks["kicks"]
     assert 0.03 < kicks.float().mean() < 0.3, f"share of kick frames {kicks.float().mean():.2f}"
     songs = [song for song, _, _ in where]
-    other = listening.mismatched_backing(torch.arange(len(songs)).view(-1, 1, 1), songs, None).flatten()
+    other = listening.mismatched_windows(torch.arange(len(songs)).view(-1, 1, 1), songs, None).flatten()
     valid = solo[:, 0] != meta["codec"]["card"]
     detector = listening.fit_onset_detector(solo, kicks, meta["codec"]["card"])
     own, mismatched = listening.kick_auc(detector, solo, kicks, valid), listening.kick_auc(detector, solo, kicks[other], valid)
     assert own > 0.65 and own > mismatched + 0.1, f"true lead: kick AUC {own:.3f} own band, {mismatched:.3f} another's"
+
+
+def test_harmony_probe_tells_the_true_lead_own_chords_from_another_song(demo_dataset):
+    """The pitch-class probe, fitted on the training songs' notes, reads the validation
+    songs' true lead in their own chords far more often than in another song's."""
+    out, meta = demo_dataset
+    fr, card, T = meta["codec"]["frame_rate"], meta["codec"]["card"], 75
+    probes = listening.fit_probes(out, meta, T)
+    backing, solo, where, other, other_solo = listening.listening_windows(out, meta, T)
+    ls = listening.ListeningSet.of(meta, where, backing, solo, other, other_solo)
+    read = listening.read_pitch_classes(probes.pitch, solo)
+    sounding = (ls.lead >= 0) & (solo[:, 0] != card)
+    accuracy = (read == ls.lead)[sounding].float().mean()
+    assert accuracy > 0.4, f"the probe reads the true pitch class in {accuracy:.0%} of frames (chance 1/12)"
+    scores = listening.score_solos(probes, ls, {"true": ls.solo, "true_mismatched": ls.other_solo})
+    own, other_band = scores["note_in_chord_true"], scores["note_in_chord_true_mismatched"]
+    assert own > 0.6 and own > other_band + 0.25, f"true lead: note-in-chord {own:.3f} own chords, {other_band:.3f} another's"
+
+
+def test_harmony_truth_follows_the_notes_and_chords():
+    meta = {"songs": [{"id": "s", "variants": [{"tempo": 1.0, "semitones": 0.0}, {"tempo": 2.0, "semitones": 1.2}],
+                       "truth": {"lead_notes": [{"start_s": 0.1, "end_s": 0.2, "midi": 62}],
+                                 "chords": [{"start_s": 0.0, "end_s": 0.3, "pitch_classes": [0, 4, 7]}]}}]}
+    lead, chords = listening.harmony_truth(meta, [("s", 0, 0), ("s", 1, 0)], 40, 100)
+    assert (lead[0, 10:20] == 2).all() and (lead[0, :10] == -1).all() and (lead[0, 20:] == -1).all()
+    # twice as fast, a semitone (1.2, rounded) higher
+    assert (lead[1, 5:10] == 3).all() and (lead[1, 10:] == -1).all()
+    assert chords[0, :30].nonzero()[:, 1].unique().tolist() == [0, 4, 7] and not chords[0, 30:].any()
+    assert chords[1, :15].nonzero()[:, 1].unique().tolist() == [1, 5, 8] and not chords[1, 15:].any()
+
+
+def test_plays_with_band_scales_by_the_true_lead():
+    assert listening.plays_with_band(0.7, 0.5, 0.8, 0.5) == pytest.approx(2 / 3)
+    assert listening.plays_with_band(0.5, 0.5, 0.8, 0.5) == 0  # deaf
+    assert np.isnan(listening.plays_with_band(0.7, 0.5, 0.5, 0.5))  # the lead tells nothing: no scale
 
 
 def test_kick_auc_is_a_rank_statistic():

@@ -1,0 +1,236 @@
+"""
+ablation.py -- a table of training and sampling settings, each row the mean and spread
+of several seeds (phase 3; the tables of docs/phase3 and of the paper).
+
+    python ablation.py                                   # every row, seeds 0 1 2, 2 runs at once
+    python ablation.py --rows default cross-attention-only --seeds 0 1 2 3
+    python ablation.py --list                            # the rows and what each changes
+
+One training run is one `python train.py --out <out>/<row>/seed<N> --seed N --threads 1
+<the row's flags>`, in its own process, --jobs of them at a time (one thread each:
+two one-thread runs on two cores finish sooner than two runs fighting over both, and
+their figures do not depend on the machine's load). Rows that change only how solos
+are sampled (guidance, temperature, top-k) reuse the checkpoints of the row they
+sample from. Then each run's best/ checkpoint takes listening.py's listening test
+with the row's sampling settings (kick AUC, note-in-chord, plays-with-the-band), with
+the code as it is now, and <out>/table.md and table.json get a line per row: the mean
+and the standard deviation over the seeds of every figure, and the seeds' own values
+in the JSON.
+
+Stop it any time (Ctrl-C): a finished run is never redone (its summary.json is there),
+an interrupted one continues from its latest/ checkpoint (train.py --resume), and a
+scored one is not scored again (<run>/listening.json) unless --rescore.
+"""
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+from data import DEVICES, opt, parse_settings, write_json
+from listening import SAMPLING, ListeningSet, fit_probes, listening_test, listening_windows
+from model import load_model, read_json, resolve_checkpoint
+
+
+@dataclass
+class Row:
+    """One line of the table: the train.py flags of its runs and how their solos are sampled."""
+    what: str                                     # the change, in words (the table's 2nd column)
+    flags: tuple = ()                             # train.py flags beside --out, --seed, --threads
+    sampling: dict = field(default_factory=dict)  # listening_test's options (listening.SAMPLING)
+    runs_of: str = ""                             # sample the checkpoints of this row (no training)
+
+
+# The rows, in the order of the table. The default row is `python train.py` as it stands.
+ROWS = {
+    "default": Row("python train.py as it stands, sampled as generate.py samples (guidance 3)"),
+    "no-guidance": Row("the default's checkpoints, sampled without guidance", runs_of="default",
+                       sampling={"guidance": None}),
+    "temperature-0.7": Row("the default's checkpoints, no guidance, temperature 0.7",
+                           runs_of="default", sampling={"guidance": None, "temperature": 0.7}),
+    "guidance-5": Row("the default's checkpoints, guidance 5", runs_of="default",
+                      sampling={"guidance": 5.0}),
+    "guidance-3-top-k-50": Row("the default's checkpoints, guidance 3 and top-k 50",
+                               runs_of="default", sampling={"top_k": 50}),
+    "guidance-3-temperature-0.8": Row("the default's checkpoints, guidance 3 at temperature 0.8",
+                                      runs_of="default", sampling={"temperature": 0.8}),
+    "cross-attention-only": Row("no time-aligned path (cross-attention only)",
+                                ("--no-aligned-backing",)),
+    "cross-attention-only-600": Row("cross-attention only, 600 steps",
+                                    ("--no-aligned-backing", "--max-steps", "600")),
+}
+
+# The figures of each run, in the table's order: (key, column heading, decimals).
+FIGURES = (("best_val_ce", "best val CE", 3), ("cond_gain", "conditioning gain", 3),
+           ("cond_gain_kicks", "gain at kicks", 3), ("kick_auc_own", "kick AUC own", 3),
+           ("kick_auc_mismatched", "kick AUC other", 3), ("note_in_chord_own", "in chord own", 3),
+           ("note_in_chord_mismatched", "in chord other", 3),
+           ("plays_with_band_rhythm", "plays with band: rhythm", 2),
+           ("plays_with_band_harmony", "plays with band: harmony", 2),
+           ("overfitting_warnings", "overfit warnings", 1),
+           ("frames_per_s", "frames/s (1 thread)", 0))
+
+
+@dataclass
+class AblationConfig:
+    rows: list = opt(list(ROWS), "rows to run, by name (--list shows them)")
+    seeds: list = opt([0, 1, 2], "training seeds: each row is the mean and spread over these")
+    out: str = opt("runs/ablation", "folder of the runs (<out>/<row>/seed<N>) and the table")
+    data: str = opt("data/demo", "dataset folder (the default one is built first if missing)")
+    jobs: int = opt(2, "training runs at once, one CPU thread each")
+    rescore: bool = opt(False, "score every checkpoint again (after a change to listening.py)")
+    list: bool = opt(False, "print the rows and exit")
+    device: str = opt("cpu", "where the listening test samples", DEVICES)
+
+
+def run_folder(cfg, name, seed):
+    return Path(cfg.out) / (ROWS[name].runs_of or name) / f"seed{seed}"
+
+
+def train_command(cfg, name, seed):
+    """The train.py command of one run; --resume when an interrupted one left latest/."""
+    folder = run_folder(cfg, name, seed)
+    resume = ["--resume"] if resolve_checkpoint(folder / "latest").exists() else []
+    return [sys.executable, str(HERE / "train.py"), "--data", cfg.data, "--out", str(folder), "--seed",
+            str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags, *resume]
+
+
+HERE = Path(__file__).resolve().parent  # train.py lives beside this script
+
+# Set by a Ctrl-C (or a failed run): no new run starts after it.
+STOP = threading.Event()
+
+
+def train_one(cfg, name, seed):
+    """Run train.py for one (row, seed), unless it finished before. Its output goes to
+    <run>/train.log; a failure stops the table with the log's last lines."""
+    folder = run_folder(cfg, name, seed)
+    if (folder / "summary.json").exists() or STOP.is_set():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    command = train_command(cfg, name, seed)
+    with open(folder / "train.log", "a") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        STOP.set()
+    if code == 130:  # Ctrl-C: train.py saved latest/ and said so
+        raise KeyboardInterrupt
+    if code:
+        tail = (folder / "train.log").read_text(errors="replace")[-800:]
+        raise SystemExit(f"{' '.join(command[1:])} failed (exit {code}); "
+                         f"the end of {folder / 'train.log'}:\n{tail}")
+
+
+def score_one(cfg, name, seed, cache):
+    """The run's figures: its summary, the median training speed, and the listening test of
+    its best/ with the row's sampling (cached in <run>/listening.json by sampling)."""
+    folder = run_folder(cfg, name, seed)
+    summary = read_json(folder / "summary.json", "a finished run")
+    speed = [r["frames_per_s"] for r in data.read_metrics(folder / "metrics.jsonl")
+             if "frames_per_s" in r]
+    # keyed by every sampling option, defaults included: a new default is a new score
+    sampling = {**SAMPLING, **ROWS[name].sampling}
+    scores_file, key = folder / "listening.json", json.dumps(sampling, sort_keys=True)
+    scores = {} if cfg.rescore or not scores_file.exists() else json.loads(scores_file.read_text())
+    if key not in scores:
+        model, config = load_model(folder / "best", cfg.device)
+        meta, T = cache["meta"], model.cfg.max_frames
+        if T not in cache:  # the windows and probes, built once per window length
+            backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T)
+            cache[T] = (ListeningSet.of(meta, where, backing, solo, other, other_solo),
+                        fit_probes(cfg.data, meta, T))
+        ls, probes = cache[T]
+        scores[key] = listening_test(model, ls, probes, 16, torch.device(cfg.device),
+                                     seed=seed, **sampling)
+        write_json(scores_file, scores)
+    best = summary.get("best", {})
+    return {"seed": seed, "best_val_ce": summary["best_val_ce"],
+            "cond_gain": best.get("cond_gain"), "cond_gain_kicks": best.get("cond_gain_kicks"),
+            "overfitting_warnings": summary.get("overfitting_warnings"),
+            "frames_per_s": float(np.median(speed)), **scores[key]}
+
+
+def mean_and_spread(values):
+    """(mean, sample standard deviation) of the values that are numbers (not None, not nan:
+    a plays-with-the-band score is nan where the true lead tells no difference), or None."""
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def write_table(cfg, results):
+    """table.json (every run's figures, and each row's mean and spread) and table.md."""
+    rows = {name: {"what": ROWS[name].what, "runs": runs,
+                   "mean_sd": {key: mean_and_spread([r.get(key) for r in runs])
+                               for key, _, _ in FIGURES}}
+            for name, runs in results.items()}
+    write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "rows": rows})
+    head = "| row | what | seeds | " + " | ".join(label for _, label, _ in FIGURES) + " |"
+    lines = [head, "|" + "---|" * (3 + len(FIGURES))]
+    for name, row in rows.items():
+        cells = []
+        for key, _, decimals in FIGURES:
+            m = row["mean_sd"][key]
+            cells.append("" if m is None else f"{m[0]:.{decimals}f} ± {m[1]:.{decimals}f}")
+        lines.append(f"| {name} | {row['what']} | {len(row['runs'])} | " + " | ".join(cells) + " |")
+    note = (f"\nMean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}; "
+            f"written by `python ablation.py` ({time.strftime('%Y-%m-%d')}).\n")
+    data.atomic_write(Path(cfg.out) / "table.md", lambda f: f.write("\n".join(lines) + "\n" + note),
+                      mode="w")
+    return "\n".join(lines)
+
+
+def main(cfg):
+    try:
+        cfg.seeds = [int(seed) for seed in cfg.seeds]  # the command line gives words
+    except ValueError:
+        raise SystemExit(f"--seeds {' '.join(map(str, cfg.seeds))}: whole numbers, "
+                         "e.g. --seeds 0 1 2") from None
+    unknown = [name for name in cfg.rows if name not in ROWS]
+    if unknown:
+        raise SystemExit(f"--rows: no row {', '.join(unknown)}; the rows are {', '.join(ROWS)}")
+    if cfg.data == "data/demo" and not (Path(cfg.data) / "meta.json").exists():
+        # built once here, before the parallel runs, which would otherwise each build it
+        data.build_dataset(data.DataConfig(out=cfg.data))
+    runs = sorted({(ROWS[name].runs_of or name, seed) for name in cfg.rows for seed in cfg.seeds})
+    print(f"{len(runs)} training runs ({cfg.jobs} at a time, 1 thread each) into {cfg.out}; "
+          f"train.py's output in each run's train.log")
+    with ThreadPoolExecutor(cfg.jobs) as pool, tqdm(total=len(runs), desc="runs") as bar:
+        try:
+            for _ in pool.map(lambda run: train_one(cfg, *run), runs):
+                bar.update(1)
+        except BaseException:  # Ctrl-C or a failed run: start nothing more
+            STOP.set()
+            raise
+    if STOP.is_set():  # a run of another thread was interrupted
+        raise KeyboardInterrupt
+    cache = {"meta": data.load_dataset(cfg.data)}
+    results = {name: [score_one(cfg, name, seed, cache) for seed in cfg.seeds]
+               for name in tqdm(cfg.rows, desc="listening tests")}
+    print(write_table(cfg, results))
+    print(f"wrote {Path(cfg.out) / 'table.md'} and table.json")
+
+
+if __name__ == "__main__":
+    config = parse_settings(AblationConfig, description=__doc__.split("\n\n")[0])
+    data.check_install()
+    if config.list:
+        for row_name, row in ROWS.items():
+            print(f"{row_name:24s} {row.what}: train.py {' '.join(row.flags) or '(defaults)'}"
+                  + (f", sampled with {row.sampling}" if row.sampling else ""))
+        sys.exit(0)
+    torch.set_num_threads(1)
+    try:
+        main(config)
+    except KeyboardInterrupt:
+        raise SystemExit("\nstopped by Ctrl-C: finished runs are kept and an interrupted one "
+                         "continues from its latest/; the same command goes on from there") from None

@@ -1,0 +1,57 @@
+"""ablation.py: runs each (row, seed) once, scores it, and reports each row's mean and spread."""
+import json
+
+import numpy as np
+import pytest
+
+import ablation as A
+
+QUICK = ("--window-s", "1", "--batch-size", "4", "--target-batch", "4", "--max-steps", "2",
+         "--warmup-steps", "1", "--eval-every", "2", "--save-every", "2", "--eval-windows", "4",
+         "--page-sample-s", "0", "--no-listen-test", "--device", "cpu")
+
+
+@pytest.fixture
+def rows(monkeypatch):
+    monkeypatch.setattr(A, "ROWS", {"quick": A.Row("two steps", QUICK),
+                                    "quick-greedy": A.Row("the same runs, greedy", runs_of="quick",
+                                                          sampling={"temperature": 0.0, "guidance": None})})
+
+
+def test_table_is_the_mean_and_spread_of_its_seeds_and_nothing_runs_twice(demo_dataset, tmp_path, rows):
+    data_dir, _ = demo_dataset
+    cfg = A.AblationConfig(rows=["quick", "quick-greedy"], seeds=["0", "1"], out=str(tmp_path / "abl"),
+                           data=str(data_dir))
+    A.main(cfg)
+    table = json.loads((tmp_path / "abl" / "table.json").read_text())
+    assert list(table["rows"]) == ["quick", "quick-greedy"]
+    for name, row in table["rows"].items():
+        assert [r["seed"] for r in row["runs"]] == [0, 1]
+        for key, _, _ in A.FIGURES:
+            values = [r[key] for r in row["runs"] if not np.isnan(r[key])]  # nan: not defined for that run
+            if not values:
+                assert row["mean_sd"][key] is None, (name, key)
+            else:
+                spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+                assert row["mean_sd"][key] == pytest.approx([np.mean(values), spread]), (name, key)
+    # The sampling row reused the training row's two runs, and scored them its own way.
+    runs = sorted(p.parent.name for p in (tmp_path / "abl").glob("*/*/summary.json"))
+    assert runs == ["seed0", "seed1"]
+    scores = json.loads((tmp_path / "abl" / "quick" / "seed0" / "listening.json").read_text())
+    assert len(scores) == 2 and all(0 <= s["kick_auc_own"] <= 1 for s in scores.values())
+    greedy = [r["kick_auc_own"] for r in table["rows"]["quick-greedy"]["runs"]]
+    sampled = [r["kick_auc_own"] for r in table["rows"]["quick"]["runs"]]
+    assert greedy != sampled, "the sampling row must score its own solos"
+    md = (tmp_path / "abl" / "table.md").read_text()
+    assert md.count("\n| quick") == 2 and " ± " in md
+    # Again: every run finished and scored, so nothing is trained or sampled again.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").glob("*/*/*.json")}
+    A.main(cfg)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").glob("*/*/*.json")} == stamps
+
+
+def test_unknown_row_and_bad_seed_say_so(tmp_path, rows):
+    with pytest.raises(SystemExit, match="no row nope"):
+        A.main(A.AblationConfig(rows=["nope"], out=str(tmp_path)))
+    with pytest.raises(SystemExit, match="whole numbers"):
+        A.main(A.AblationConfig(rows=["quick"], seeds=["x"], out=str(tmp_path)))
