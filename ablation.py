@@ -99,8 +99,8 @@ def train_command(cfg, name, seed):
     """The train.py command of one run; --resume when an interrupted one left latest/."""
     folder = run_folder(cfg, name, seed)
     resume = ["--resume"] if resolve_checkpoint(folder / "latest").exists() else []
-    return [sys.executable, str(HERE / "train.py"), "--data", cfg.data, "--out", str(folder), "--seed",
-            str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags, *resume]
+    return [sys.executable, str(HERE / "train.py"), "--data", cfg.data, "--out", str(folder),
+            "--seed", str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags, *resume]
 
 
 HERE = Path(__file__).resolve().parent  # train.py lives beside this script
@@ -134,8 +134,9 @@ def score_one(cfg, name, seed, cache):
     its best/ with the row's sampling (cached in <run>/listening.json by sampling)."""
     folder = run_folder(cfg, name, seed)
     summary = read_json(folder / "summary.json", "a finished run")
-    speed = [r["frames_per_s"] for r in data.read_metrics(folder / "metrics.jsonl")
-             if "frames_per_s" in r]
+    rows = data.read_metrics(folder / "metrics.jsonl")
+    speed = [r["frames_per_s"] for r in rows if "frames_per_s" in r]
+    history = [(r["train_loss"], r["val_ce"]) for r in rows if "val_ce" in r]
     # keyed by every sampling option, defaults included: a new default is a new score
     sampling = {**SAMPLING, **ROWS[name].sampling}
     scores_file, key = folder / "listening.json", json.dumps(sampling, sort_keys=True)
@@ -154,7 +155,9 @@ def score_one(cfg, name, seed, cache):
     best = summary.get("best", {})
     return {"seed": seed, "best_val_ce": summary["best_val_ce"],
             "cond_gain": best.get("cond_gain"), "cond_gain_kicks": best.get("cond_gain_kicks"),
-            "overfitting_warnings": summary.get("overfitting_warnings"),
+            # evaluations that printed train.py's overfitting warning
+            "overfitting_warnings": sum(data.overfitting(history[:i + 1])
+                                        for i in range(len(history))),
             "frames_per_s": float(np.median(speed)), **scores[key]}
 
 
@@ -232,5 +235,6 @@ if __name__ == "__main__":
     try:
         main(config)
     except KeyboardInterrupt:
-        raise SystemExit("\nstopped by Ctrl-C: finished runs are kept and an interrupted one "
-                         "continues from its latest/; the same command goes on from there") from None
+        raise SystemExit("\nstopped by Ctrl-C: finished runs are kept and an interrupted "
+                         "one continues from its latest/; the same command goes on from "
+                         "there") from None

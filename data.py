@@ -295,6 +295,17 @@ def read_metrics(path):
     return rows
 
 
+def overfitting(history):
+    """Validation loss risen twice in a row while the training loss kept falling: the
+    failure reported by earlier implementations of this idea. history: the (train loss,
+    validation loss) of each evaluation so far. train.py warns when it is True;
+    ablation.py counts the evaluations where it was."""
+    if len(history) < 3:
+        return False
+    (train3, val3), (_, val2), (train1, val1) = history[-3:]
+    return val1 > val2 > val3 and train1 < train3
+
+
 
 # ----------------------------------------------------------------------------
 # 1. Loading audio

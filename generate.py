@@ -53,7 +53,8 @@ class GenerateConfig:
     out: str = opt("samples", "output folder")
     overwrite: bool = opt(False, "replace files already in the output folder")
     duration: float = opt(0.0, "seconds to generate (0: the whole backing)")
-    temperature: float = opt(SAMPLING["temperature"], "sampling temperature (0: greedy; at least 0)")
+    temperature: float = opt(SAMPLING["temperature"],
+                             "sampling temperature (0: greedy; at least 0)")
     top_k: int = opt(SAMPLING["top_k"], "sample among the k most likely codes (0: all; at least 0)")
     top_p: float = opt(1.0, "sample among the codes holding this much "
                             "probability (above 0, at most 1; 1: all)")
@@ -482,8 +483,8 @@ def print_result(out, result):
           f"of audio; tokens {timings['tokens_realtime_factor']:.1f}x real "
           f"time, with decoding {timings['total_realtime_factor']:.1f}x")
     if fig:
-        print(f"listening (this clip's band; solo 1 / a solo written over another song's "
-              f"backing / the true lead / another song's true lead): kick AUC "
+        print("listening (this clip's band; solo 1 / a solo written over another song's "
+              "backing / the true lead / another song's true lead): kick AUC "
               + " / ".join(f"{fig['kick_auc_' + n]:.3f}" for n in LISTENING_SOLOS)
               + "; note-in-chord " + " / ".join(f"{fig['note_in_chord_' + n]:.3f}"
                                                 for n in LISTENING_SOLOS)

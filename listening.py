@@ -71,8 +71,9 @@ def harmony_truth(meta, where, T, frame_rate):
     for i, (song, variant, first) in enumerate(where):
         truth, v = songs[song]["truth"], songs[song]["variants"][variant]
         shift = round(v["semitones"])
-        frames = lambda e: slice(max(0, round(e["start_s"] / v["tempo"] * frame_rate) - first),  # noqa: E731
-                                 max(0, round(e["end_s"] / v["tempo"] * frame_rate) - first))
+        def frames(event, v=v, first=first):  # an event's seconds -> frames of the window
+            return slice(max(0, round(event["start_s"] / v["tempo"] * frame_rate) - first),
+                         max(0, round(event["end_s"] / v["tempo"] * frame_rate) - first))
         for note in truth["lead_notes"]:
             lead[i, frames(note)] = (note["midi"] + shift) % 12
         for chord in truth["chords"]:
@@ -722,7 +723,8 @@ class RunPage:
             parts += ["<h2>Progress, by ear</h2>",
                       "<p>The same validation clip at each new best checkpoint: "
                       f"{self.cfg.page_sample_s:g} s, seed {self.cfg.seed}, top-k "
-                      f"{SAMPLING['top_k']}, guidance {SAMPLING['guidance']:g}. Listen for the solo locking onto the band's "
+                      f"{SAMPLING['top_k']}, guidance {SAMPLING['guidance']:g}. Listen "
+                      "for the solo locking onto the band's "
                       "kicks and chords as the validation loss falls; on the demo corpus "
                       "the picture under each sample shows what the probes read in it "
                       "(onsets against the band's kicks, pitch classes against its "

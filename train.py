@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, opt, parse_settings, unigram_entropy, write_json
+from data import DEVICES, opt, overfitting, parse_settings, unigram_entropy, write_json
 from listening import (ListeningSet, RunPage, fit_probes, listening_masks, listening_test,
                        listening_windows)
 from model import (PRESETS, SoloTransformer, build_delay_pattern, load_model, load_weights,
@@ -573,15 +573,6 @@ def log_metrics(metrics_file, row):
     most the line being written."""
     with open(metrics_file, "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def overfitting(history):
-    """Validation loss risen twice in a row while the training loss kept falling: the
-    failure reported by earlier implementations of this idea."""
-    if len(history) < 3:
-        return False
-    (train3, val3), (_, val2), (train1, val1) = history[-3:]
-    return val1 > val2 > val3 and train1 < train3
 
 
 # ----------------------------------------------------------------------------
