@@ -64,8 +64,9 @@ ROWS = {
                                       runs_of="default", sampling={"temperature": 0.8}),
     "cross-attention-only": Row("no time-aligned path (cross-attention only)",
                                 ("--no-aligned-backing",)),
-    "cross-attention-only-600": Row("cross-attention only, 600 steps",
-                                    ("--no-aligned-backing", "--max-steps", "600")),
+    "solo-dropout-0.3": Row("30% of the solo's past tokens hidden in training",
+                            ("--solo-dropout", "0.3")),
+    "steps-1000": Row("1000 steps instead of 500", ("--max-steps", "1000")),
 }
 
 # The figures of each run, in the table's order: (key, column heading, decimals).

@@ -472,15 +472,20 @@ class SoloTransformer(nn.Module):
     # 5. The loss
     # ------------------------------------------------------------------------
 
-    def loss(self, backing, solo, cond_drop=None):
+    def loss(self, backing, solo, cond_drop=None, input_drop=None):
         """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy [K]).
 
         cond_drop [B] bool: rows whose backing is replaced by the null condition
         (classifier-free guidance training; train.py draws it).
+        input_drop [B, K, S] bool: decoder inputs (the solo's past) hidden behind the
+        special token, so the model must lean on the band for what it cannot read
+        (train.py's --solo-dropout). The targets stay whole.
         """
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
         target, dec_in = teacher_forcing(solo, self.cfg.card)            # [B, K, S] each
+        if input_drop is not None:
+            dec_in = dec_in.masked_fill(input_drop, self.cfg.card)
         return codebook_cross_entropy(self(backing, dec_in), target, self.cfg.card)
 
 

@@ -235,3 +235,18 @@ def test_bf16_autocast_is_finite():
     assert torch.isfinite(loss) and torch.isfinite(per_k).all(), f"bf16 loss not finite: {per_k}"
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), "non-finite grad"
+
+
+def test_solo_dropout_hides_the_past_and_keeps_the_targets():
+    torch.manual_seed(0)
+    model = SoloTransformer(ModelConfig(card=32, d_model=32, n_heads=4, d_ff=64, max_frames=12)).eval()
+    backing, solo = torch.randint(0, 32, (2, 4, 12)), torch.randint(0, 32, (2, 4, 12))
+    S = 12 + 4 - 1
+    none = torch.zeros(2, 4, S, dtype=torch.bool)
+    assert torch.equal(model.loss(backing, solo, input_drop=none)[0], model.loss(backing, solo)[0])
+    # Every input hidden: the model reads only special tokens, and is scored on the same targets.
+    from model import codebook_cross_entropy, teacher_forcing
+    target, dec_in = teacher_forcing(solo, 32)
+    blind = codebook_cross_entropy(model(backing, torch.full_like(dec_in, 32)), target, 32)[0]
+    assert torch.allclose(model.loss(backing, solo, input_drop=~none)[0], blind)
+    assert not torch.allclose(blind, model.loss(backing, solo)[0])

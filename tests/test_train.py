@@ -363,3 +363,10 @@ def test_mfu_counts_matmul_parameters_and_attention():
     dec = model.num_params() - tables - enc
     attention = 12 * 32 * (frames * frames + steps * steps + steps * frames)
     assert T.train_flops_per_window(model, frames) == 6 * (enc * frames + dec * steps) + attention
+
+
+def test_solo_dropout_trains(demo_dataset, tmp_path):
+    summary = T.train(quick_train_config(demo_dataset[0], tmp_path, solo_dropout=0.3, max_steps=3))
+    assert math.isfinite(summary["best_val_ce"]) and summary["steps"] == 3
+    with pytest.raises(SystemExit, match="solo-dropout"):
+        T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path, solo_dropout=1.0))
