@@ -481,26 +481,33 @@ def add_noise_hit(buf, start_s, dur_s, amp, decay, rate, rng, bright=True):
     buf[i0:i0 + n] += amp * noise * np.exp(-np.arange(n) / (decay * rate))
 
 
-def demo_harmony(n_bars, rng):
+def demo_harmony(n_bars, rng, key_change_bar=None):
     """One chord per bar: a chain of two-bar units, each in the last key or a random new one.
 
-    Returns [(root pitch class, quality, unit name, key pitch class)] per bar.
+    key_change_bar (even): instead, one key until that bar and from there a key a
+    tritone away, where no chord of the old key fits (the robustness check of
+    listening.key_change_test). Returns [(root pitch class, quality, unit name, key
+    pitch class)] per bar.
     """
     key, bars = int(rng.integers(12)), []
     while len(bars) < n_bars:
-        if bars and rng.random() < MODULATION_P:
+        if key_change_bar is not None:
+            key = (key + 6) % 12 if len(bars) == key_change_bar else key
+        elif bars and rng.random() < MODULATION_P:
             key = int(rng.integers(12))
         name = list(UNITS)[int(rng.integers(len(UNITS)))]
         bars += [((key + offset) % 12, quality, name, key) for offset, quality in UNITS[name]]
     return bars[:n_bars]
 
 
-def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
+def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None):
     """One deterministic demo song -> (backing [N], solo [N], truth dict).
 
     Rendered straight at 24 kHz mono, the codec's format, as two stems: the band
     (bass + piano + drums) and the lead. Song `index` of seed `seed` is always the
     same song, on any machine: all randomness comes from one numpy generator.
+    key_change_at (a share of the song, e.g. 0.5): one key change there, at the start
+    of a two-bar unit, and no other (truth["key_change_s"] says when).
     """
     rng = np.random.default_rng([seed, index])
     bpm = float(rng.uniform(100, 190))
@@ -509,7 +516,9 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
     n_bars = math.ceil(seconds / (4 * beat))
     N = int(seconds * rate)
     bass, piano, drums, lead = (np.zeros(N) for _ in range(4))
-    harmony = demo_harmony(n_bars + 1, rng)  # one bar more: the bass approaches the next root
+    change = None if key_change_at is None else int(n_bars * key_change_at) // 2 * 2
+    # one bar more: the bass approaches the next root
+    harmony = demo_harmony(n_bars + 1, rng, change)
     # Kicks: 2 to 4 distinct swung-eighth positions (0..7) per bar, drawn at random.
     kicks = [sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)),
                                                replace=False)) for _ in range(n_bars)]
@@ -582,6 +591,8 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE):
              "kicks_s": [round(t, 4) for t in kick_times], "lead_notes": notes,
              "dynamics": [{"start_s": round(float(t), 4), "level_db": round(float(d), 2)}
                           for t, d in zip(unit_times, levels_db)]}
+    if change is not None:
+        truth["key_change_s"] = round(change * 4 * beat, 4)
     return backing.astype(np.float32), lead.astype(np.float32), truth
 
 

@@ -288,6 +288,86 @@ def listening_test(model, ls, probes, batch, device, seed=0, **sampling):
     return score_solos(probes, ls, solos)
 
 
+# The robustness check: held-out demo songs (indices past any corpus) whose band changes
+# key once, a tritone away, in the middle of a window; how long the solo takes to find
+# the new chords. The same seed as the corpus, so the same kind of song.
+KEY_CHANGE_SONGS = range(10_000, 10_024)
+RECOVERED = 0.1  # back within this much of its note-in-chord before the change
+
+
+@dataclass
+class KeyChangeSet:
+    """KEY_CHANGE_SONGS as windows of T frames with the change at frame T // 2."""
+    backing: torch.Tensor        # [n, K, T]
+    lead: torch.Tensor           # [n, K, T]: the true lead
+    lead_pc: torch.Tensor        # [n, T]: its pitch class, -1 where it rests
+    chords: torch.Tensor         # [n, T, 12]: the band's chord tones
+
+
+def key_change_set(codec, T, songs=KEY_CHANGE_SONGS):
+    """Render and encode the songs (with a second of audio each side of the window, so
+    that the codec hears the window's edges in context)."""
+    fr, hop = codec.frame_rate, codec.sample_rate // codec.frame_rate
+    windows, records, where = [], [], []
+    for index in songs:
+        backing, lead, truth = data.render_demo_song(index, 16.0, 0, key_change_at=0.5)
+        first = round(truth["key_change_s"] * fr) - T // 2       # the change in mid-window
+        margin = min(fr, first)
+        part = slice((first - margin) * hop, (first + T + fr) * hop)
+        windows.append([torch.from_numpy(data.encode_audio(codec, x[part])[:, margin:margin + T]
+                                         .astype(np.int64)) for x in (backing, lead)])
+        records.append({"id": index, "truth": truth,
+                        "variants": [{"tempo": 1.0, "semitones": 0.0}]})
+        where.append((index, 0, first))
+    return KeyChangeSet(torch.stack([b for b, _ in windows]), torch.stack([s for _, s in windows]),
+                        *harmony_truth({"songs": records}, where, T, fr))
+
+
+def in_chord_curve(hits, frames, smooth):
+    """Per-frame note-in-chord pooled over windows: hits, frames [N, T] bool -> [T], each
+    frame the share of hits among counted frames within +-smooth frames (nan: none)."""
+    kernel = torch.ones(1, 1, 2 * smooth + 1)
+    def pool(x):
+        return torch.nn.functional.conv1d(x.sum(0, dtype=torch.float32)[None, None], kernel,
+                                          padding=smooth)[0, 0]
+    return pool(hits & frames) / pool(frames)
+
+
+def recovery_frames(curve, at, level):
+    """Frames from `at` until the curve is back within RECOVERED of `level` (0: it never
+    fell further); None when it does not get back within the window."""
+    back = (curve[at:] >= level - RECOVERED).nonzero()
+    return int(back[0]) if len(back) else None
+
+
+@torch.no_grad()
+def key_change_test(model, kc, probes, device, solos_per_song=2, seed=0, **sampling):
+    """Solos over the KeyChangeSet: the note-in-chord before the change, in the half second
+    after it, and the frames until it is back near its level before (curves smoothed
+    over half a second), for the generated solos and for the true lead (the check: it
+    is back within a fraction of a second, once the notes held over the change end)."""
+    options = {**SAMPLING, **sampling}
+    card, T = model.cfg.card, kc.backing.size(-1)
+    frames = (kc.lead_pc >= 0) & kc.chords.any(-1) & (kc.lead[:, 0] != card)     # [n, T]
+    generated = torch.cat([
+        sample_solo(model, kc.backing.to(device), temperature=options["temperature"],
+                    top_k=options["top_k"], cfg_coef=options["guidance"],
+                    seed=seed + 1000 * r).cpu() for r in range(solos_per_song)])
+    smooth, at = round(model.cfg.frame_rate / 4), T // 2       # +-0.25 s: half-second curves
+    figures = {}
+    for name, solo in (("generated", generated), ("true", kc.lead)):
+        copies = len(solo) // len(kc.lead)
+        counted, chords = frames.repeat(copies, 1), kc.chords.repeat(copies, 1, 1)
+        hits = chords.gather(2, read_pitch_classes(probes.pitch, solo)[..., None])[..., 0]
+        before = float(hits[:, :at][counted[:, :at]].float().mean())
+        after = hits[:, at:at + 2 * smooth][counted[:, at:at + 2 * smooth]]
+        figures[f"key_change_in_chord_before_{name}"] = before
+        figures[f"key_change_in_chord_after_{name}"] = float(after.float().mean())
+        figures[f"key_change_recovery_frames_{name}"] = recovery_frames(
+            in_chord_curve(hits, counted, smooth), at, before)
+    return figures
+
+
 def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=None):
     """For a demo validation clip: how the solo follows the band, next to the same figures
     for a solo written over another song's backing, the clip's true lead and another

@@ -712,8 +712,11 @@ def live(args, numbers, out, open_stream=open_sound_card):
     print(f"live: {rate} Hz, blocks of {block} samples, {args.variant} graphs; "
           f"playing {'the mix' if args.play_mix else 'the solo'}; Ctrl-C stops")
     why = session.run(solo_stream)
-    heard = np.concatenate(session.heard) if session.heard else np.zeros(0, np.float32)
-    played = np.concatenate(session.played) if session.played else np.zeros(0, np.float32)
+    # The card's thread may be inside a callback still (heard appended, played not yet):
+    # keep the blocks both lists hold, so that the files line up sample for sample.
+    blocks = min(len(session.heard), len(session.played))
+    heard = np.concatenate(session.heard[:blocks]) if blocks else np.zeros(0, np.float32)
+    played = np.concatenate(session.played[:blocks]) if blocks else np.zeros(0, np.float32)
     write_wav(out / "backing.wav", np.clip(heard, -1.0, 1.0), rate)
     write_wav(out / "solo.wav", played, rate)
     write_wav(out / "mix.wav", mix(heard, played)[0] if len(played) else played, rate)

@@ -3,7 +3,6 @@ in real-time-sized blocks from its own thread (as PortAudio does) and records wh
 callback played. Covers a take that keeps up, a model too slow for real time (underruns
 counted, no crash), a device that disappears, Ctrl-C, and sounddevice missing."""
 import json
-import os
 import signal
 import sys
 import threading
@@ -52,7 +51,10 @@ class FakeCard:
         self.active = False  # the file has ended, or the device is gone
 
     def close(self):
+        """Stop, and wait for a callback under way to end, as PortAudio's close does."""
         self.active = False
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +112,13 @@ def test_a_device_that_disappears_ends_the_take_cleanly(exported, band, tmp_path
 
 
 def test_ctrl_c_ends_the_take_writes_it_and_exits_130(exported, band, tmp_path, capsys):
+    # Ctrl-C reaches the main thread as a KeyboardInterrupt, unless an earlier test left
+    # another handler behind.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
     def interrupt(i):
-        if i == 100:  # 1 s in
-            os.kill(os.getpid(), signal.SIGINT)
+        if i == 100:  # 1 s in; to the main thread, as a terminal's Ctrl-C is handled there
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     with pytest.raises(SystemExit) as stop:
         take(exported, tmp_path, FakeCard(band, at_block=interrupt), "--seconds", "3")

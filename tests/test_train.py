@@ -370,3 +370,38 @@ def test_solo_dropout_trains(demo_dataset, tmp_path):
     assert math.isfinite(summary["best_val_ce"]) and summary["steps"] == 3
     with pytest.raises(SystemExit, match="solo-dropout"):
         T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path, solo_dropout=1.0))
+
+
+def test_a_key_change_song_changes_key_once_in_the_middle():
+    _, _, truth = data.render_demo_song(10_000, 16.0, 0, key_change_at=0.5)
+    keys = [data.NOTE_NAMES.index(c["key"]) for c in truth["chords"]]
+    change = next(c["bar"] for c in truth["chords"] if c["start_s"] == truth["key_change_s"])
+    assert set(keys[:change]) == {keys[0]} and set(keys[change:]) == {(keys[0] + 6) % 12}
+    assert change % 2 == 0 and abs(change - len(keys) / 2) <= 2
+
+
+def test_recovery_is_counted_from_the_change():
+    hits = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    frames = torch.ones_like(hits)
+    curve = listening.in_chord_curve(hits, frames, 0)
+    assert curve.tolist() == hits[0].float().tolist()
+    assert listening.recovery_frames(curve, 4, 1.0) == 3  # back (within 0.1) 3 frames after
+    assert listening.recovery_frames(curve, 4, 0.05) == 0  # never fell further than 0.1
+    assert listening.recovery_frames(curve[:7], 4, 1.0) is None  # not back within the window
+    smooth = listening.in_chord_curve(hits, frames, 1)
+    assert smooth[5].item() == 0 and smooth[4].item() == pytest.approx(1 / 3)
+
+
+def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset):
+    out, meta = demo_dataset[0], demo_dataset[1]
+    model, config = load_model(trained[0] / "best")
+    codec = data.dataset_codec(meta["codec"], out, "cpu")
+    kc = listening.key_change_set(codec, model.cfg.max_frames, songs=[10_000, 10_001])
+    assert kc.backing.shape == kc.lead.shape == (2, 4, model.cfg.max_frames)
+    figures = listening.key_change_test(model, kc, listening.fit_probes(out, meta, model.cfg.max_frames),
+                                        torch.device("cpu"))
+    for who in ("generated", "true"):
+        assert 0 <= figures[f"key_change_in_chord_before_{who}"] <= 1
+        assert 0 <= figures[f"key_change_in_chord_after_{who}"] <= 1
+        frames = figures[f"key_change_recovery_frames_{who}"]
+        assert frames is None or 0 <= frames <= model.cfg.max_frames // 2
