@@ -313,7 +313,7 @@ def test_harmony_probe_tells_the_true_lead_own_chords_from_another_song(demo_dat
     """The pitch-class probe, fitted on the training songs' notes, reads the validation
     songs' true lead in their own chords far more often than in another song's."""
     out, meta = demo_dataset
-    fr, card, T = meta["codec"]["frame_rate"], meta["codec"]["card"], 75
+    card, T = meta["codec"]["card"], 75
     probes = listening.fit_probes(out, meta, T)
     backing, solo, where, other, other_solo = listening.listening_windows(out, meta, T)
     ls = listening.ListeningSet.of(meta, where, backing, solo, other, other_solo)
