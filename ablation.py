@@ -67,6 +67,8 @@ ROWS = {
                                 ("--no-aligned-backing",)),
     "solo-dropout-0.3": Row("30% of the solo's past tokens hidden in training",
                             ("--solo-dropout", "0.3")),
+    "solo-dropout-0.5": Row("50% of the solo's past tokens hidden in training",
+                            ("--solo-dropout", "0.5")),
     "steps-1000": Row("1000 steps instead of 500", ("--max-steps", "1000")),
 }
 
