@@ -102,7 +102,20 @@ class AblationConfig:
     device: str = opt("cpu", "where the listening test samples", DEVICES)
 
 
+# ----------------------------------------------------------------------------
+# 1. Training: one train.py process per (row, seed)
+# ----------------------------------------------------------------------------
+# Why seeds: on a small model and a small corpus, one run's figure moves a lot with
+# nothing changed but the seed (the initial weights, the order of the windows, the
+# dropout masks) or even the thread count (the order of floating-point sums). A row
+# is a claim about a setting only when its mean moves by more than the spread of its
+# seeds; the table prints both so that a reader can check.
+# Why processes: each run is exactly what a user gets from `python train.py` with
+# those flags (its own interpreter, its own random state, its checkpoints and log),
+# and ablation.py never imports train.py, an entry script.
+
 def run_folder(cfg, name, seed):
+    """Where a run lives: a sampling row's runs are its training row's."""
     return Path(cfg.out) / (ROWS[name].runs_of or name) / f"seed{seed}"
 
 
@@ -140,7 +153,15 @@ def train_one(cfg, name, seed):
                          f"the end of {folder / 'train.log'}:\n{tail}")
 
 
-def test_sets(cfg, cache, T):
+# ----------------------------------------------------------------------------
+# 2. Scoring: the listening tests of each run's best checkpoint, with today's code
+# ----------------------------------------------------------------------------
+# train.py's own summary holds the figures of training (losses, conditioning gain);
+# the listening figures are recomputed here, so that every row of a table is scored by
+# the same code and the same sampling even when the runs are older than a change to
+# listening.py (--rescore), and so that sampling rows need no training at all.
+
+def scoring_sets(cfg, cache, T):
     """(ListeningSet, Probes, KeyChangeSet) for windows of T frames, built once per T."""
     if T not in cache:
         meta = cache["meta"]
@@ -166,7 +187,7 @@ def score_one(cfg, name, seed, cache):
     scores = {} if cfg.rescore or not scores_file.exists() else json.loads(scores_file.read_text())
     if KEY_CHANGE not in scores.get(key, {}):  # not scored yet, or before the key-change test
         model, config = load_model(folder / "best", cfg.device)
-        ls, probes, kc = test_sets(cfg, cache, model.cfg.max_frames)
+        ls, probes, kc = scoring_sets(cfg, cache, model.cfg.max_frames)
         device = torch.device(cfg.device)
         scores[key] = {**listening_test(model, ls, probes, 16, device, seed=seed, **sampling),
                        **key_change_test(model, kc, probes, device, seed=seed, **sampling)}
@@ -179,6 +200,10 @@ def score_one(cfg, name, seed, cache):
                                         for i in range(len(history))),
             "frames_per_s": float(np.median(speed)), **scores[key]}
 
+
+# ----------------------------------------------------------------------------
+# 3. The table: mean and standard deviation over the seeds
+# ----------------------------------------------------------------------------
 
 def mean_and_spread(values):
     """(mean, sample standard deviation) of the values that are numbers (not None, not nan:
@@ -226,6 +251,8 @@ def main(cfg):
     runs = sorted({(ROWS[name].runs_of or name, seed) for name in cfg.rows for seed in cfg.seeds})
     print(f"{len(runs)} training runs ({cfg.jobs} at a time, 1 thread each) into {cfg.out}; "
           f"train.py's output in each run's train.log")
+    # Threads only wait here: each one starts a train.py process and waits for it, so
+    # `jobs` runs go at once, each on its own core with --threads 1.
     with ThreadPoolExecutor(cfg.jobs) as pool, tqdm(total=len(runs), desc="runs") as bar:
         try:
             for _ in pool.map(lambda run: train_one(cfg, *run), runs):
@@ -235,6 +262,7 @@ def main(cfg):
             raise
     if STOP.is_set():  # a run of another thread was interrupted
         raise KeyboardInterrupt
+    # Scored one after another in this process: sampling is quick next to training.
     cache = {"meta": data.load_dataset(cfg.data)}
     results = {name: [score_one(cfg, name, seed, cache) for seed in cfg.seeds]
                for name in tqdm(cfg.rows, desc="listening tests")}
