@@ -52,24 +52,26 @@ class Row:
 
 # The rows, in the order of the table. The default row is `python train.py` as it stands.
 ROWS = {
-    "default": Row("python train.py as it stands, sampled as generate.py samples (guidance 3)"),
-    "no-guidance": Row("the default's checkpoints, sampled without guidance", runs_of="default",
+    "default": Row("python train.py as it stands (solo dropout 0.3), sampled as generate.py "
+                   "samples (guidance 3)"),
+    "no-solo-dropout": Row("no solo dropout (the default before it)", ("--solo-dropout", "0")),
+    "no-guidance": Row("no solo dropout; sampled without guidance", runs_of="no-solo-dropout",
                        sampling={"guidance": None}),
-    "temperature-0.7": Row("the default's checkpoints, no guidance, temperature 0.7",
-                           runs_of="default", sampling={"guidance": None, "temperature": 0.7}),
-    "guidance-5": Row("the default's checkpoints, guidance 5", runs_of="default",
+    "temperature-0.7": Row("no solo dropout; no guidance, temperature 0.7",
+                           runs_of="no-solo-dropout",
+                           sampling={"guidance": None, "temperature": 0.7}),
+    "guidance-5": Row("no solo dropout; guidance 5", runs_of="no-solo-dropout",
                       sampling={"guidance": 5.0}),
-    "guidance-3-top-k-50": Row("the default's checkpoints, guidance 3 and top-k 50",
-                               runs_of="default", sampling={"top_k": 50}),
-    "guidance-3-temperature-0.8": Row("the default's checkpoints, guidance 3 at temperature 0.8",
-                                      runs_of="default", sampling={"temperature": 0.8}),
-    "cross-attention-only": Row("no time-aligned path (cross-attention only)",
-                                ("--no-aligned-backing",)),
-    "solo-dropout-0.3": Row("30% of the solo's past tokens hidden in training",
-                            ("--solo-dropout", "0.3")),
+    "guidance-3-top-k-50": Row("no solo dropout; guidance 3 and top-k 50",
+                               runs_of="no-solo-dropout", sampling={"top_k": 50}),
+    "guidance-3-temperature-0.8": Row("no solo dropout; guidance 3 at temperature 0.8",
+                                      runs_of="no-solo-dropout", sampling={"temperature": 0.8}),
+    "cross-attention-only": Row("no solo dropout, no time-aligned path (cross-attention only)",
+                                ("--no-aligned-backing", "--solo-dropout", "0")),
+    "steps-1000": Row("no solo dropout, 1000 steps instead of 500",
+                      ("--max-steps", "1000", "--solo-dropout", "0")),
     "solo-dropout-0.5": Row("50% of the solo's past tokens hidden in training",
                             ("--solo-dropout", "0.5")),
-    "steps-1000": Row("1000 steps instead of 500", ("--max-steps", "1000")),
 }
 
 # listening.key_change_test's frames until the solo is back in the new key's chords:
@@ -275,7 +277,8 @@ if __name__ == "__main__":
     data.check_install()
     if config.list:
         for row_name, row in ROWS.items():
-            print(f"{row_name:24s} {row.what}: train.py {' '.join(row.flags) or '(defaults)'}"
+            flags = ROWS[row.runs_of or row_name].flags
+            print(f"{row_name:26s} {row.what}: train.py {' '.join(flags) or '(defaults)'}"
                   + (f", sampled with {row.sampling}" if row.sampling else ""))
         sys.exit(0)
     torch.set_num_threads(1)
