@@ -48,6 +48,7 @@ class Row:
     flags: tuple = ()                             # train.py flags beside --out, --seed, --threads
     sampling: dict = field(default_factory=dict)  # listening_test's options (listening.SAMPLING)
     runs_of: str = ""                             # sample the checkpoints of this row (no training)
+    data: tuple = ()                              # data.py flags of a dataset of its own
 
 
 # The rows, in the order of the table. The default row is `python train.py` as it stands.
@@ -70,6 +71,8 @@ ROWS = {
                                 ("--no-aligned-backing", "--solo-dropout", "0")),
     "steps-1000": Row("no solo dropout, 1000 steps instead of 500",
                       ("--max-steps", "1000", "--solo-dropout", "0")),
+    "augment-1": Row("one pitch/tempo copy of each training song (phase 2's augmentation)",
+                     data=("--augment", "1")),
     "solo-dropout-0.5": Row("50% of the solo's past tokens hidden in training",
                             ("--solo-dropout", "0.5")),
 }
@@ -121,11 +124,27 @@ def run_folder(cfg, name, seed):
     return Path(cfg.out) / (ROWS[name].runs_of or name) / f"seed{seed}"
 
 
+def data_folder(cfg, name):
+    """The dataset a row trains on: --data, or its own one built with data.py's flags."""
+    row = ROWS[ROWS[name].runs_of or name]
+    return f"{cfg.data}-{'-'.join(a.strip('-') for a in row.data)}" if row.data else cfg.data
+
+
+def build_data(cfg, name):
+    """A row's own dataset, built once by data.py (the demo corpus with the row's flags)."""
+    folder, row = data_folder(cfg, name), ROWS[ROWS[name].runs_of or name]
+    if row.data and not (Path(folder) / "meta.json").exists():
+        command = [sys.executable, str(HERE / "data.py"), "--out", folder, *row.data]
+        if subprocess.run(command).returncode:
+            raise SystemExit(f"{' '.join(command[1:])} failed: see its output above")
+
+
 def train_command(cfg, name, seed):
     """The train.py command of one run; --resume when an interrupted one left latest/."""
     folder = run_folder(cfg, name, seed)
     resume = ["--resume"] if resolve_checkpoint(folder / "latest").exists() else []
-    return [sys.executable, str(HERE / "train.py"), "--data", cfg.data, "--out", str(folder),
+    return [sys.executable, str(HERE / "train.py"), "--data", data_folder(cfg, name),
+            "--out", str(folder),
             "--seed", str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags, *resume]
 
 
@@ -250,6 +269,8 @@ def main(cfg):
     if cfg.data == "data/demo" and not (Path(cfg.data) / "meta.json").exists():
         # built once here, before the parallel runs, which would otherwise each build it
         data.build_dataset(data.DataConfig(out=cfg.data))
+    for name in cfg.rows:  # rows with a dataset of their own: built first, one at a time
+        build_data(cfg, name)
     runs = sorted({(ROWS[name].runs_of or name, seed) for name in cfg.rows for seed in cfg.seeds})
     print(f"{len(runs)} training runs ({cfg.jobs} at a time, 1 thread each) into {cfg.out}; "
           f"train.py's output in each run's train.log")

@@ -55,3 +55,24 @@ def test_unknown_row_and_bad_seed_say_so(tmp_path, rows):
         A.main(A.AblationConfig(rows=["nope"], out=str(tmp_path)))
     with pytest.raises(SystemExit, match="whole numbers"):
         A.main(A.AblationConfig(rows=["quick"], seeds=["x"], out=str(tmp_path)))
+
+
+def test_a_row_with_its_own_dataset_builds_it_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(A, "ROWS", {"aug": A.Row("augmented", data=("--augment", "1")),
+                                    "aug-greedy": A.Row("the same runs", runs_of="aug", sampling={"top_k": 1})})
+    cfg = A.AblationConfig(data=str(tmp_path / "demo"))
+    folder = tmp_path / "demo-augment-1"
+    assert A.data_folder(cfg, "aug") == A.data_folder(cfg, "aug-greedy") == str(folder)
+    assert A.train_command(cfg, "aug", 0)[2:4] == ["--data", str(folder)]
+    calls = []
+
+    def fake_data_py(command):  # stands in for `python data.py ...`: records it, writes meta.json
+        calls.append(command[2:])
+        folder.mkdir()
+        (folder / "meta.json").write_text("{}")
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(A.subprocess, "run", fake_data_py)
+    A.build_data(cfg, "aug")
+    A.build_data(cfg, "aug-greedy")  # the same dataset: already there
+    assert calls == [["--out", str(folder), "--augment", "1"]]
