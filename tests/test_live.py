@@ -112,16 +112,18 @@ def test_a_device_that_disappears_ends_the_take_cleanly(exported, band, tmp_path
 
 
 def test_ctrl_c_ends_the_take_writes_it_and_exits_130(exported, band, tmp_path, capsys):
-    # Ctrl-C reaches the main thread as a KeyboardInterrupt, unless an earlier test left
-    # another handler behind.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
     def interrupt(i):
         if i == 100:  # 1 s in; to the main thread, as a terminal's Ctrl-C is handled there
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    with pytest.raises(SystemExit) as stop:
-        take(exported, tmp_path, FakeCard(band, at_block=interrupt), "--seconds", "3")
+    # Python's own Ctrl-C handler, as in a terminal: a suite started in the background
+    # (nohup, `&`) inherits SIGINT ignored, and Python then installs no handler at all.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            take(exported, tmp_path, FakeCard(band, at_block=interrupt), "--seconds", "3")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stop.value.code == 130
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["stopped_by"] == "Ctrl-C" and 0.9 <= report["seconds"] <= 1.3, report
