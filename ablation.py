@@ -48,7 +48,9 @@ class Row:
     flags: tuple = ()                             # train.py flags beside --out, --seed, --threads
     sampling: dict = field(default_factory=dict)  # listening_test's options (listening.SAMPLING)
     runs_of: str = ""                             # sample the checkpoints of this row (no training)
-    data: tuple = ()                              # data.py flags of a dataset of its own
+    data: tuple = ()                              # data.py flags of a dataset of its own:
+    #                                               the demo corpus built with them, into
+    #                                               <--data>-<flags> (data_folder)
 
 
 # The rows, in the order of the table. The default row is `python train.py` as it stands.
