@@ -5,6 +5,7 @@ of several seeds (phase 3; the tables of docs/phase3 and of the paper).
     python ablation.py                                   # every row, seeds 0 1 2, 2 runs at once
     python ablation.py --rows default cross-attention-only --seeds 0 1 2 3
     python ablation.py --list                            # the rows and what each changes
+    python ablation.py --table lookahead                 # phase 5: the solo L ms ahead
 
 One training run is one `python train.py --out <out>/<row>/seed<N> --seed N --threads 1
 <the row's flags>`, in its own process, --jobs of them at a time (one thread each:
@@ -78,6 +79,20 @@ ROWS = {
     "solo-dropout-0.5": Row("50% of the solo's past tokens hidden in training",
                             ("--solo-dropout", "0.5")),
 }
+PHASE3 = list(ROWS)
+
+# Phase 5's table: causal models (as onnx_export.py takes them) that write the solo L ms
+# ahead of the backing they have heard. Sampled as the board's runner samples (no
+# guidance: onnx_runner.py has none). Besides the usual figures, each is scored as the
+# live runner would place it on the wall clock, `late` frames behind the band
+# (listening.wall_clock_kick_auc), for every lateness the runner may have.
+LOOKAHEAD_MS = (0, 40, 80, 160, 240)
+for ms in LOOKAHEAD_MS:
+    ROWS[f"lookahead-{ms}ms"] = Row(
+        f"causal, window 300, the solo written {ms} ms ahead of the backing heard",
+        ("--causal-encoder", "--attn-window", "300", "--lookahead-ms", str(ms), "--no-listen-test"),
+        sampling={"guidance": None})
+TABLES = {"phase3": PHASE3, "lookahead": [f"lookahead-{ms}ms" for ms in LOOKAHEAD_MS]}
 
 # listening.key_change_test's frames until the solo is back in the new key's chords:
 # null in table.json for a run that is not back within the window (left out of the mean).
@@ -95,18 +110,37 @@ FIGURES = (("best_val_ce", "best val CE", 3), ("cond_gain", "conditioning gain",
            (KEY_CHANGE, "frames to recover", 0),
            ("overfitting_warnings", "overfit warnings", 1),
            ("frames_per_s", "frames/s (1 thread)", 0))
+# Phase 5's table: the same training figures, the offline kick AUC, and the kick AUC of
+# the solo as the live runner places it: `late` frames behind the band frame it was
+# written for, the runner's delay (--runner-delay-ms) less the row's lookahead.
+LATE = range(0, 31)  # lateness scored for every run, in frames (0 to 400 ms at 75 Hz)
+def figures_of(*keys):
+    return tuple(next(f for f in FIGURES if f[0] == key) for key in keys)
+
+
+LOOKAHEAD_FIGURES = (figures_of("best_val_ce", "cond_gain", "kick_auc_own", "kick_auc_mismatched")
+                     + (("kick_auc_wall_clock", "kick AUC on the wall clock", 3),
+                        ("late_ms", "late on the wall clock (ms)", 0))
+                     + figures_of("plays_with_band_rhythm", "overfitting_warnings", "frames_per_s"))
+TABLE_FIGURES = {"phase3": FIGURES, "lookahead": LOOKAHEAD_FIGURES}
 
 
 @dataclass
 class AblationConfig:
-    rows: list = opt(list(ROWS), "rows to run, by name (--list shows them)")
+    table: str = opt("phase3", "which table: phase3 (training and sampling settings) or "
+                               "lookahead (phase 5's anticipation)", list(TABLES))
+    rows: list = opt([], "rows to run, by name (--list shows them; default: the table's)")
     seeds: list = opt([0, 1, 2], "training seeds: each row is the mean and spread over these")
-    out: str = opt("runs/ablation", "folder of the runs (<out>/<row>/seed<N>) and the table")
+    out: str = opt("", "folder of the runs (<out>/<row>/seed<N>) and the table "
+                       "(default runs/ablation, runs/lookahead for --table lookahead)")
     data: str = opt("data/demo", "dataset folder (the default one is built first if missing)")
     jobs: int = opt(2, "training runs at once, one CPU thread each")
     rescore: bool = opt(False, "score every checkpoint again (after a change to listening.py)")
     list: bool = opt(False, "print the rows and exit")
     device: str = opt("cpu", "where the listening test samples", DEVICES)
+    runner_delay_ms: float = opt(165.0, "--table lookahead: the live runner's end-to-end delay "
+                                        "(onnx_runner.py's report, p50), to place each solo "
+                                        "on the wall clock")
 
 
 # ----------------------------------------------------------------------------
@@ -208,13 +242,22 @@ def score_one(cfg, name, seed, cache):
     sampling = {**SAMPLING, **ROWS[name].sampling}
     scores_file, key = folder / "listening.json", json.dumps(sampling, sort_keys=True)
     scores = {} if cfg.rescore or not scores_file.exists() else json.loads(scores_file.read_text())
-    if KEY_CHANGE not in scores.get(key, {}):  # not scored yet, or before the key-change test
+    model_cfg = read_json(folder / "best" / "config.json", "a checkpoint")["model"]
+    late = LATE if model_cfg.get("causal_encoder") else ()  # streamable: scored on the wall clock
+    if KEY_CHANGE not in scores.get(key, {}) or (late and "kick_auc_own_late0" not in scores[key]):
         model, config = load_model(folder / "best", cfg.device)
         ls, probes, kc = scoring_sets(cfg, cache, model.cfg.max_frames)
         device = torch.device(cfg.device)
-        scores[key] = {**listening_test(model, ls, probes, 16, device, seed=seed, **sampling),
+        scores[key] = {**listening_test(model, ls, probes, 16, device, seed=seed, late=late,
+                                        **sampling),
                        **key_change_test(model, kc, probes, device, seed=seed, **sampling)}
         write_json(scores_file, scores)
+    if late:  # the runner's delay less the lookahead, in whole frames, never below 0
+        fr = model_cfg["frame_rate"]
+        n = max(0, round(cfg.runner_delay_ms * fr / 1e3) - model_cfg.get("lookahead", 0))
+        scores[key] = {**scores[key], "late_ms": n * 1e3 / fr,
+                       "lookahead_ms": model_cfg.get("lookahead", 0) * 1e3 / fr,
+                       "kick_auc_wall_clock": scores[key][f"kick_auc_own_late{min(n, LATE[-1])}"]}
     best = summary.get("best", {})
     return {"seed": seed, "best_val_ce": summary["best_val_ce"],
             "cond_gain": best.get("cond_gain"), "cond_gain_kicks": best.get("cond_gain_kicks"),
@@ -239,24 +282,65 @@ def mean_and_spread(values):
 
 def write_table(cfg, results):
     """table.json (every run's figures, and each row's mean and spread) and table.md."""
+    figures = TABLE_FIGURES[cfg.table]
+    keys = [key for key, _, _ in figures] + [key for key in results[next(iter(results))][0]
+                                             if key.startswith("kick_auc_own_late")
+                                             or key == "lookahead_ms"]
     rows = {name: {"what": ROWS[name].what, "runs": runs,
-                   "mean_sd": {key: mean_and_spread([r.get(key) for r in runs])
-                               for key, _, _ in FIGURES}}
+                   "mean_sd": {key: mean_and_spread([r.get(key) for r in runs]) for key in keys}}
             for name, runs in results.items()}
     write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "rows": rows})
-    head = "| row | what | seeds | " + " | ".join(label for _, label, _ in FIGURES) + " |"
-    lines = [head, "|" + "---|" * (3 + len(FIGURES))]
+    head = "| row | what | seeds | " + " | ".join(label for _, label, _ in figures) + " |"
+    lines = [head, "|" + "---|" * (3 + len(figures))]
     for name, row in rows.items():
         cells = []
-        for key, _, decimals in FIGURES:
+        for key, _, decimals in figures:
             m = row["mean_sd"][key]
             cells.append("" if m is None else f"{m[0]:.{decimals}f} ± {m[1]:.{decimals}f}")
         lines.append(f"| {name} | {row['what']} | {len(row['runs'])} | " + " | ".join(cells) + " |")
+    command = "python ablation.py" + ("" if cfg.table == "phase3" else f" --table {cfg.table}")
     note = (f"\nMean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}; "
-            f"written by `python ablation.py` ({time.strftime('%Y-%m-%d')}).\n")
+            f"written by `{command}` ({time.strftime('%Y-%m-%d')}).\n")
+    if cfg.table == "lookahead":
+        note += (f"On the wall clock: each solo heard the runner's delay ({cfg.runner_delay_ms:g} "
+                 "ms, --runner-delay-ms) less its lookahead behind the band frame it was "
+                 "written for, never early; sampled as the runner samples (no guidance).\n")
+        lookahead_picture(rows, Path(cfg.out) / "lookahead.png", cfg.runner_delay_ms)
     data.atomic_write(Path(cfg.out) / "table.md", lambda f: f.write("\n".join(lines) + "\n" + note),
                       mode="w")
     return "\n".join(lines)
+
+
+def lookahead_picture(rows, png, delay_ms):
+    """Phase 5's curve: kick AUC against lookahead, offline and on the wall clock, and what
+    each lookahead costs in validation loss (mean and standard deviation over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    stat = lambda key: np.array([rows[n]["mean_sd"].get(key) or (np.nan, np.nan)  # noqa: E731
+                                 for n in rows]).T
+    ms = stat("lookahead_ms")[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label, style in (("kick_auc_own", "offline: over its own band", "o-"),
+                              ("kick_auc_wall_clock", f"live: on the wall clock (runner delay "
+                                                      f"{delay_ms:g} ms)", "s-"),
+                              ("kick_auc_mismatched", "offline: over another song's band", "^--")):
+        mean, sd = stat(key)
+        left.errorbar(ms, mean, yerr=sd, fmt=style, capsize=3, label=label)
+    left.axhline(0.5, color="grey", lw=0.8, ls=":")
+    left.axvline(delay_ms, color="tab:red", lw=0.8, ls=":", label="the runner's delay")
+    left.set_xlabel("lookahead L (ms)")
+    left.set_ylabel("kick AUC of the generated solo")
+    left.set_title("does the solo land on the band's kicks?")
+    left.legend(fontsize=8)
+    mean, sd = stat("best_val_ce")
+    right.errorbar(ms, mean, yerr=sd, fmt="o-", capsize=3)
+    right.set_xlabel("lookahead L (ms)")
+    right.set_ylabel("best validation cross-entropy (nats)")
+    right.set_title("what looking ahead costs")
+    fig.tight_layout()
+    data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
+    plt.close(fig)
 
 
 def main(cfg):
@@ -265,6 +349,8 @@ def main(cfg):
     except ValueError:
         raise SystemExit(f"--seeds {' '.join(map(str, cfg.seeds))}: whole numbers, "
                          "e.g. --seeds 0 1 2") from None
+    cfg.rows = cfg.rows or TABLES[cfg.table]
+    cfg.out = cfg.out or ("runs/ablation" if cfg.table == "phase3" else f"runs/{cfg.table}")
     unknown = [name for name in cfg.rows if name not in ROWS]
     if unknown:
         raise SystemExit(f"--rows: no row {', '.join(unknown)}; the rows are {', '.join(ROWS)}")

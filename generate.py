@@ -229,17 +229,21 @@ def decode_new(codec, frames, done, chunk_frames, decode_frames, hop):
     return [np.concatenate(p) for p in zip(*pieces)]
 
 
-def stream_report(frame_ms, codec_ms, delay_ms, chunk_ms, numbers, cfg):
+def stream_report(frame_ms, codec_ms, delay_ms, chunk_ms, numbers, cfg, lookahead=0):
     """The streaming latencies: per frame, per chunk, and end to end (chunk + delay pattern +
-    compute)."""
+    compute); and how late the solo lands behind the band frame it was written for, live:
+    the delay less the model's lookahead (frames), never below 0 (an early solo waits)."""
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
+    ahead_ms = lookahead * 1e3 / numbers["frame_rate"]
+    late = [max(0.0, chunk_ms + pattern_ms + d - ahead_ms) for d in delay_ms]
     return {"transformer_frame_ms": {"median": pct(frame_ms, 50), "p99": pct(frame_ms, 99)},
             "codec_chunk_ms": {"median": pct(codec_ms, 50), "p99": pct(codec_ms, 99)},
             "compute_delay_ms": {"median": pct(delay_ms, 50), "p99": pct(delay_ms, 99)},
             "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
             "end_to_end_delay_ms": {"median": chunk_ms + pattern_ms + pct(delay_ms, 50),
                                     "p99": chunk_ms + pattern_ms + pct(delay_ms, 99)},
+            "lookahead_ms": ahead_ms, "late_ms": {"median": pct(late, 50), "p99": pct(late, 99)},
             "frame_budget_ms": 1e3 / numbers["frame_rate"], "solos": cfg.num_samples,
             "guidance": cfg.guidance}
 
@@ -277,7 +281,9 @@ def stream(model, codec, backing_audio, cfg, numbers):
                                top_k=cfg.top_k,
                                top_p=cfg.top_p, seed=cfg.seed, cfg_coef=cfg.guidance)
     device = next(model.parameters()).device
-    solo_frames, audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], [], 0
+    # A model with a lookahead has written its first frames before any backing arrived.
+    solo_frames = [] if sampler.ahead is None else list(sampler.ahead.cpu().unbind(-1))
+    audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], 0
     def decode(frames, done):
         return decode_new(codec, frames, done, chunk_frames, decode_frames, hop)
     for start in tqdm(range(0, n_frames * hop, chunk), desc="stream", unit="chunk"):
@@ -306,11 +312,13 @@ def stream(model, codec, backing_audio, cfg, numbers):
             codec_ms[-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(solo_frames)
             delay_ms.append((time.perf_counter() - arrived) * 1e3)
-    # the backing has ended: the last K - 1 frames
-    solo_frames.extend(sampler.finish().cpu().unbind(-1))
+    # the backing has ended: the last K - 1 frames (fewer, or none, with a lookahead)
+    rest = sampler.finish()
+    solo_frames.extend([] if rest is None else rest.cpu().unbind(-1))
     audio_out.append(decode(solo_frames, decoded))
     solo = torch.stack(solo_frames, dim=-1)                                            # [N, K, T]
-    report = stream_report(frame_ms, codec_ms, delay_ms, chunk / rate * 1e3, numbers, cfg)
+    report = stream_report(frame_ms, codec_ms, delay_ms, chunk / rate * 1e3, numbers, cfg,
+                           model.cfg.lookahead)
     audio = [np.concatenate([part[i] for part in audio_out]) for i in range(cfg.num_samples)]
     return solo, audio, report
 
@@ -498,7 +506,9 @@ def print_result(out, result):
         print(f"streaming: transformer per frame median {frame['median']:.2f} ms, p99 "
               f"{frame['p99']:.2f} ms (budget {report['frame_budget_ms']:.1f} ms); codec per chunk "
               f"median {report['codec_chunk_ms']['median']:.1f} ms; end-to-end delay median "
-              f"{report['end_to_end_delay_ms']['median']:.0f} ms")
+              f"{report['end_to_end_delay_ms']['median']:.0f} ms; the model looks "
+              f"{report['lookahead_ms']:.0f} ms ahead, so the solo lands "
+              f"{report['late_ms']['median']:.0f} ms behind the band frame it was written for")
 
 
 if __name__ == "__main__":

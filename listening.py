@@ -178,6 +178,18 @@ def kick_auc(table, solo, kicks, valid):
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def kick_auc_late(table, solo, kicks, valid, late):
+    """Phase 5: kick_auc of a solo heard `late` frames after the band frame it was written for
+    (a live runner's delay, less its lookahead): solo frame t is scored at frame t + late,
+    on the frames from `late` on."""
+    T = solo.size(-1)
+    late = min(late, T - 1)
+    shifted = torch.cat([solo[..., :1].expand(-1, -1, late), solo[..., :T - late]], dim=-1)
+    valid = valid.clone()
+    valid[:, :late] = False
+    return kick_auc(table, shifted, kicks, valid)
+
+
 def mismatched_windows(windows, songs, spare):
     """For each evaluation window, the same window of another song: [N, K, T] codes (its
     backing when `windows` are backings, its solo when they are solos).
@@ -272,10 +284,11 @@ SAMPLING = {"temperature": 1.0, "top_k": 250, "guidance": 3.0}
 
 
 @torch.no_grad()
-def listening_test(model, ls, probes, batch, device, seed=0, **sampling):
+def listening_test(model, ls, probes, batch, device, seed=0, late=(), **sampling):
     """Solos generated for every window of the ListeningSet, over its own backing and over
     another song's, scored with score_solos beside the true leads. Sampled as generate.py
-    samples (SAMPLING; keyword arguments override it)."""
+    samples (SAMPLING; keyword arguments override it). late: lateness in frames at which
+    to score the own-band solos' kicks too (kick_auc_late: kick_auc_own_late<n>)."""
     options = {**SAMPLING, **sampling}
     model.eval()
     solos = {"true": ls.solo, "true_mismatched": ls.other_solo}
@@ -285,7 +298,11 @@ def listening_test(model, ls, probes, batch, device, seed=0, **sampling):
                         top_k=options["top_k"], cfg_coef=options["guidance"], seed=seed + i).cpu()
             for i in range(0, len(backings), batch)])
     model.train()
-    return score_solos(probes, ls, solos)
+    scores = score_solos(probes, ls, solos)
+    valid = (ls.solo[:, 0] != model.cfg.card) & (ls.other_solo[:, 0] != model.cfg.card)  # as score_solos
+    for n in late:
+        scores[f"kick_auc_own_late{n}"] = kick_auc_late(probes.onsets, solos["own"], ls.kicks, valid, n)
+    return scores
 
 
 # The robustness check: held-out demo songs (indices past any corpus) whose band changes

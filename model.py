@@ -67,6 +67,10 @@ class ModelConfig:
     causal_encoder: bool = False
     # phase 5: self/cross-attention sees at most this many past positions
     attn_window: Optional[int] = None
+    # phase 5: write the solo this many frames ahead of the backing heard (0: aligned).
+    # Live, the solo is heard a chunk, the delay pattern and the compute after the band
+    # played the frame it answers; a model that guesses that far ahead lands on the beat.
+    lookahead: int = 0
     # "manual": attention written out below; "sdpa": F.scaled_dot_product_attention
     attn_impl: str = "manual"
     # training: probability that a clip's backing is replaced by the null condition
@@ -87,6 +91,9 @@ class ModelConfig:
         # backing frame; a shorter window would leave it no backing frame to look at.
         assert self.attn_window is None or self.attn_window >= self.n_codebooks, (
             f"attn_window={self.attn_window} must be at least n_codebooks={self.n_codebooks}")
+        assert self.lookahead >= 0 and (self.lookahead == 0 or self.causal_encoder), (
+            f"lookahead={self.lookahead}: a causal model's own setting, 0 or more "
+            "(an offline model hears the whole backing anyway)")
 
 
 # The three sizes of the proposal. K, card and frame_rate are filled in from the dataset.
@@ -409,8 +416,21 @@ class SoloTransformer(nn.Module):
         tokens)."""
         return torch.where(drop[:, None, None], torch.full_like(backing, self.cfg.card), backing)
 
+    def heard(self, backing):
+        """Phase 5, anticipation: backing [B, K, T] -> what the model hears, [B, K, L + T].
+
+        A model with lookahead L hears the band L frames late: L frames of the special
+        token ("nothing heard yet") go in front. Decoder step s still reads encoder
+        positions <= s, so solo frame t is written from backing frames <= t - L: the
+        solo is a guess L frames ahead of what was heard. Everything else (masks, the
+        aligned path, the streaming caches, the exported graphs) is unchanged.
+        """
+        L = self.cfg.lookahead
+        return F.pad(backing, (L, 0), value=self.cfg.card) if L else backing
+
     def encode(self, backing):
-        """backing codes [B, K, T] -> encoder states [B, T, D]."""
+        """backing codes [B, K, T] -> encoder states [B, L + T, D] (L = cfg.lookahead, often 0)."""
+        backing = self.heard(backing)
         cfg, T = self.cfg, backing.size(-1)
         x = self.embed(self.enc_emb, backing)                                       # [B, T, D]
         rope = self.rope(0, T, x.device)
@@ -591,13 +611,15 @@ def check_backing_reach(cfg, n_backing, n_frames):
     With attn_window = w, step s reads backing frames s - w + 1 .. s. The last step of
     n_frames frames is s = n_frames + K - 2, so it still reads a frame only while
     n_frames <= n_backing + w - K. Past that, cross-attention would have no key at all
-    (a softmax over nothing: NaN), a state training never produces.
+    (a softmax over nothing: NaN), a state training never produces. A model with
+    lookahead L hears L positions more (its L frames of "nothing heard yet").
     """
-    if cfg.attn_window is not None and n_frames > n_backing + cfg.attn_window - cfg.n_codebooks:
+    reach = n_backing + cfg.lookahead + (cfg.attn_window or 0) - cfg.n_codebooks
+    if cfg.attn_window is not None and n_frames > reach:
         raise ValueError(f"{n_frames} solo frames over {n_backing} backing frames: with "
                          f"attn_window {cfg.attn_window} the last steps would see no backing at "
-                         f"all; generate at most {n_backing + cfg.attn_window - cfg.n_codebooks} "
-                         "frames (the backing's length + attn_window - K)")
+                         f"all; generate at most {reach} frames (the backing's length "
+                         "+ lookahead + attn_window - K)")
 
 
 def generation_template(n_frames, n_codebooks, card, batch, device, prompt=None):
@@ -799,6 +821,9 @@ class StreamingSampler:
     frames: codebook K-1 of frame t is only decided at step t + K - 1). finish()
     returns the last K - 1 frames once the backing has ended. With the same seed it
     gives exactly the tokens of sample_solo() on the same causal model, guidance included.
+    A model with lookahead L (cfg.lookahead) finishes frame t when backing frame
+    t + K - 1 - L arrives: the frames due before the first push are in `ahead`, and
+    finish() returns what is left (max(0, K - 1 - L) frames).
 
     The caches live on the model's device in the model's dtype (a bf16 model on a GPU
     gets bf16 caches), and the model is put in eval mode for as long as the sampler
@@ -824,6 +849,15 @@ class StreamingSampler:
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
         self.recent = []  # the last K delayed columns, from which finished frames are read
+        # Anticipation (cfg.lookahead = L): the model hears L frames of "nothing" before the
+        # band, so L steps run before any backing arrives, and every push then finishes
+        # the solo frame L frames ahead of the one it brings. The frames decided before
+        # the first push (L - K + 1 of them when L >= K) wait in `ahead` [B, K, n], or None.
+        silence = torch.full((1, self.K), cfg.card, dtype=torch.long, device=device)
+        with torch.inference_mode():
+            early = [self._step(silence) for _ in range(cfg.lookahead)]
+        early = [f for f in early if f is not None]
+        self.ahead = torch.stack(early, dim=-1) if early else None
 
     def _decode_one(self):
         s = self.state.step
@@ -839,22 +873,30 @@ class StreamingSampler:
         # Frame s - K + 1 is complete: codebook k of it was written at step s - K + 1 + k.
         return torch.stack([self.recent[k][:, k] for k in range(self.K)], dim=1)  # [B, K]
 
+    def _step(self, frame):
+        """One backing frame [1 or B, K] through the encoder, then one decoder step (when any
+        is left) -> a finished solo frame [B, K], or None."""
+        frame = frame.to(self.tokens.device).expand(self.tokens.size(0), -1)      # [B, K]
+        if self.state.step >= self.template.size(-1):
+            return None  # a model that looks ahead has written every frame already
+        self.state.encoder_step(_prepare(self.model, frame[..., None], self.cfg_coef)[..., 0])
+        return self._decode_one()
+
     @torch.inference_mode()
     def push(self, frame):
         """One backing frame [B, K] (or [1, K], shared by every row) -> a finished solo frame
         [B, K], or None."""
-        if self.state.n_backing >= self.n_frames:
+        if self.state.n_backing - self.model.cfg.lookahead >= self.n_frames:
             raise ValueError(f"the sampler was built for {self.n_frames} frames and all "
                              "of them have been pushed; build it with a larger n_frames")
-        frame = frame.to(self.tokens.device).expand(self.tokens.size(0), -1)      # [B, K]
-        self.state.encoder_step(_prepare(self.model, frame[..., None], self.cfg_coef)[..., 0])
-        return self._decode_one()
+        return self._step(frame)
 
     @torch.inference_mode()
     def finish(self):
         """The backing has ended: the remaining steps -> the last frames [B, K, n] (None when
         none are left)."""
-        check_backing_reach(self.model.cfg, self.state.n_backing, self.n_frames)
+        cfg = self.model.cfg
+        check_backing_reach(cfg, self.state.n_backing - cfg.lookahead, self.n_frames)
         rest = [self._decode_one() for _ in range(self.template.size(-1) - self.state.step)]
         rest = [r for r in rest if r is not None]
         # [B, K, K - 1] when every frame was pushed

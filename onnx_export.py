@@ -357,6 +357,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "n_heads": mcfg.n_heads,
               "head_dim": mcfg.d_model // mcfg.n_heads, "n_enc_layers": mcfg.n_enc_layers,
               "n_dec_layers": mcfg.n_dec_layers, "attn_window": mcfg.attn_window,
+              "lookahead": mcfg.lookahead,
               "aligned_backing": model.align_conv is not None,
               "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"],
               "hop": numbers["hop"],

@@ -108,6 +108,8 @@ def check_numbers(numbers, path):
     bad = [k for k in wanted if not (isinstance(numbers.get(k), int) and numbers[k] >= 1)]
     bad += [k for k in ["context_frames"] if not (isinstance(numbers.get(k),
                                                              int) and numbers[k] >= 0)]
+    lookahead = numbers.get("lookahead", 0)  # folders exported before it look 0 frames ahead
+    bad += [] if isinstance(lookahead, int) and lookahead >= 0 else ["lookahead"]
     window = numbers.get("attn_window")
     bad += [] if window is None or (isinstance(window, int) and window >= 1) else ["attn_window"]
     bad += [] if isinstance(numbers.get("frame_rate"),
@@ -190,14 +192,16 @@ def sample(logits, temperature, top_k, u):
 
 class SoloStream:
     """push(backing frame [K]) -> the solo frame [K] the delay pattern has just finished,
-    or None for the first K - 1 frames; finish() -> the last K - 1 frames.
+    or None for the first K - 1 frames; finish() -> the last K - 1 frames. With a
+    lookahead of L frames, the first L - K + 1 solo frames are in `ahead` before any
+    push, and finish() gives max(0, K - 1 - L).
 
     model.StreamingSampler's steps, one solo, no guidance: the same tokens (tested).
     uniform(shape): the draws for sampling (default: numpy's generator seeded by `seed`).
     """
 
     def __init__(self, folder, numbers, n_frames, variant="int8", threads=1, temperature=1.0,
-                 top_k=250, seed=0, uniform=None):
+                 top_k=250, seed=0, uniform=None, look_ahead=True):
         encoder, decoder = STEP_GRAPHS[variant]
         self.encoder, self.decoder = session(Path(folder) / encoder,
                                              threads), session(Path(folder) / decoder, threads)
@@ -208,8 +212,9 @@ class SoloStream:
         self.temperature, self.top_k = temperature, top_k
         rng = np.random.default_rng(seed)
         self.uniform = uniform or (lambda shape: rng.random(shape, dtype=np.float32))
+        self.lookahead = numbers.get("lookahead", 0)
         # A windowed model needs only `window` slots; without a window, room for every step.
-        slots = self.window or n_frames + K - 1
+        slots = self.window or n_frames + K - 1 + self.lookahead
         def ring(prefix, layers):
             return Ring(prefix, numbers[layers], 1, numbers["n_heads"], slots, numbers["head_dim"])
         self.enc_ring, self.self_ring = ring("enc", "n_enc_layers"), ring("self", "n_dec_layers")
@@ -221,6 +226,14 @@ class SoloStream:
         self.n_backing = self.step = 0
         # no `recent` without the aligned path
         self.wants = {i.name for i in self.decoder.get_inputs()}
+        # A model that looks L frames ahead hears L frames of "nothing" (the special
+        # token) before the band: the solo frames they finish wait in `ahead`
+        # (model.StreamingSampler does the same).
+        # (look_ahead=False leaves those steps to the caller: teacher_forced_ce.)
+        silence = np.full(K, self.card, np.int64)
+        self.ahead = [f for f in (self.step_with(silence)
+                                  for _ in range(self.lookahead if look_ahead else 0))
+                      if f is not None]
 
     def check_graphs(self, numbers, folder):
         """The step graphs' cache inputs against runner.json: layers, heads, head width."""
@@ -277,11 +290,17 @@ class SoloStream:
             return None
         return np.array([self.columns[k][k] for k in range(self.K)])  # frame s - K + 1, complete
 
-    def push(self, frame):
-        if self.n_backing >= self.n_frames:
-            raise ValueError(f"all {self.n_frames} frames have been pushed")
+    def step_with(self, frame):
+        """One backing frame in, one decoder step (when any is left) -> a finished frame or None."""
+        if self.step >= self.n_frames + self.K - 1:
+            return None  # looking ahead, every frame is written already
         self.encoder_step(frame)
         return self.decoder_step()
+
+    def push(self, frame):
+        if self.n_backing - self.lookahead >= self.n_frames:
+            raise ValueError(f"all {self.n_frames} frames have been pushed")
+        return self.step_with(frame)
 
     def finish(self):
         rest = [self.decoder_step() for _ in range(self.n_frames + self.K - 1 - self.step)]
@@ -299,10 +318,13 @@ def teacher_forced_ce(stream, backing, solo):
     target = np.full((K, T + K - 1), stream.card)
     for k in range(K):
         target[k, k:k + T] = solo[k]
+    # What the model hears: L frames of nothing first when it looks L frames ahead (the
+    # stream must be built with look_ahead=False, so that no step has run yet).
+    heard = np.concatenate([np.full((K, stream.lookahead), stream.card), backing], axis=1)
     nll = []
     for s in range(T + K - 1):
-        if s < T:
-            stream.encoder_step(backing[:, s])
+        if s < heard.shape[1]:
+            stream.encoder_step(heard[:, s])
         stream.tokens = target[None, :, s - 1] if s else np.full((1, K), stream.card)
         z = stream.next_logits()[0].astype(np.float64)                               # [K, card]
         log_p = z - z.max(axis=-1, keepdims=True)
@@ -416,7 +438,8 @@ def follow(stream, codec, backing, numbers, pace=True):
     n_frames = len(backing) // hop
     # silence before the music
     padded = np.concatenate([np.zeros(context, np.float32), backing[:n_frames * hop]])
-    frames, audio, ms = [], [], {"frame": [], "codec": [], "delay": []}
+    # a model that looks ahead has finished its first frames before the first chunk
+    frames, audio, ms = list(stream.ahead), [], {"frame": [], "codec": [], "delay": []}
     try:
         decoded = chunks(stream, codec, padded, numbers, pace, frames, audio, ms)
     except KeyboardInterrupt:  # a live take stopped by hand: what was played is kept
@@ -572,7 +595,8 @@ class Live:
         self.inp = AudioRing(max(4 * self.chunk, 2 * block))   # room for the model to lag a little
         self.out = AudioRing(int(self.rate * 2))               # at most 2 s of solo queued
         self.limit = int(seconds * self.rate)                  # samples heard before the take ends
-        self.heard, self.played, self.queued_ms, self.delay_ms = [], [], [], []
+        self.heard, self.played, self.queued_ms, self.delay_ms, self.late_ms = [], [], [], [], []
+        self.skipped = 0  # solo frames dropped at the start (negative: frames of silence first)
         self.n_heard = 0  # samples heard so far (the callback counts; the main thread reads)
         self.counts = {"underruns": 0, "overruns": 0, "dropped_input_ms": 0.0, "card_flags": 0}
         self.frames, self.decoded, self.playing = [], 0, False
@@ -605,23 +629,34 @@ class Live:
         outdata[:] = np.clip(out, -1.0, 1.0).reshape(outdata.shape)
         self.played.append(solo.copy())
 
+    def place(self, audio, lookahead):
+        """The first solo audio (frames 0 ..), placed on the wall clock -> what to queue.
+
+        Without a lookahead (L = 0), the first chunk finishes K - 1 fewer solo frames than
+        it brings (the delay pattern): K - 1 frames of silence go first, so that the solo
+        plays on without a gap, behind the band by the chunk, the pattern, the compute and
+        the queue. A model that writes L frames ahead needs L fewer: K - 1 - L frames of
+        silence, or, past K - 1, the first L - K + 1 frames dropped (their moment has
+        passed), so every later frame plays L frames sooner. But never before its
+        moment: at most as many frames are dropped as the band has played, and the rest of
+        the lookahead waits in the queue (a committed buffer).
+        """
+        hop, K = self.numbers["hop"], self.numbers["n_codebooks"]
+        skip = min(lookahead - (K - 1), self.n_heard // hop)
+        self.skipped = skip
+        return audio[skip * hop:] if skip >= 0 else np.concatenate(
+            [np.zeros(-skip * hop, np.float32), audio])
+
     def model_loop(self, solo_stream):
         """The model's thread: each complete chunk -> codec -> steps -> decoded solo audio."""
-        hop, K = self.numbers["hop"], self.numbers["n_codebooks"]
-        # The first chunk finishes K - 1 fewer solo frames than it brings (the delay
-        # pattern): K - 1 frames of silence go before its audio, so that the solo plays on
-        # without a gap, K - 1 frames (40 ms) behind the band from the start, as it must.
-        lead_in = np.zeros((K - 1) * hop, np.float32)
-        # Every solo frame lies behind its band frame by the chunk (it must arrive whole),
-        # the delay pattern (frame t is finished at step t + K - 1), the compute, and the
-        # solo queued ahead of it (follow() reports the same parts for a file).
-        fixed_ms = self.chunk / self.rate * 1e3 + (K - 1) * 1e3 / self.numbers["frame_rate"]
+        hop = self.numbers["hop"]
+        self.frames = list(solo_stream.ahead)  # a model that looks ahead has begun already
+        ahead_ms = solo_stream.lookahead * 1e3 / self.numbers["frame_rate"]
         while not self.stop.is_set():
             chunk = self.inp.read(self.chunk)
             if chunk is None:
                 time.sleep(0.001)
                 continue
-            arrived = time.perf_counter()  # the chunk's last sample is here
             window = np.concatenate([self.context, chunk])
             self.context = window[-len(self.context):] if len(self.context) else self.context
             for code in self.codec.encode(window)[:, -(self.chunk // hop):].T:  # [K] a frame
@@ -635,14 +670,20 @@ class Live:
                 audio = self.codec.decode_new(self.frames, self.decoded,
                                               self.numbers["chunk_frames"])
                 if self.decoded == 0:
-                    audio = np.concatenate([lead_in, audio])
+                    audio = self.place(audio, solo_stream.lookahead)
                 self.decoded = len(self.frames)
                 queued = len(self.out)           # samples still to play before this audio
                 self.out.write(audio)
-                compute = (time.perf_counter() - arrived) * 1e3
                 self.queued_ms.append(queued / self.rate * 1e3)
-                # The card's own buffers (its input and output latency) come on top.
-                self.delay_ms.append(fixed_ms + compute + queued / self.rate * 1e3)
+                # How late the newest solo frame will sound behind the band frame it was
+                # written for: the duplex card plays a sample for each one it hears, so
+                # this audio ends `queued + len(audio)` samples after the present, while
+                # its frame ended when the band's frame did. That is the chunk (it must
+                # arrive whole), the delay pattern, the compute and the queue, less the
+                # lookahead. The card's own buffers (its input and output latency) come on top.
+                end = self.n_heard + queued + len(audio)
+                self.late_ms.append((end - len(self.frames) * hop) / self.rate * 1e3)
+                self.delay_ms.append(self.late_ms[-1] + ahead_ms)  # behind the band it heard
 
     def run(self, solo_stream):
         """Until --seconds of input, Ctrl-C, or the device going away -> why it stopped."""
@@ -724,13 +765,18 @@ def live(args, numbers, out, open_stream=open_sound_card):
     report = {"live": True, "stopped_by": why, "seconds": len(heard) / rate, "block": block,
               "variant": args.variant, **session.counts,
               "delay_ms": {"p50": pct(session.delay_ms, 50), "p99": pct(session.delay_ms, 99)},
+              "lookahead_ms": solo_stream.lookahead * 1e3 / numbers["frame_rate"],
+              "late_ms": {"p50": pct(session.late_ms, 50), "p99": pct(session.late_ms, 99)},
+              "solo_frames_dropped_at_start": session.skipped,
               "output_queue_ms": {"p50": pct(session.queued_ms, 50)}}
     write_atomic(out / "report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
     print(f"stopped ({why}) after {report['seconds']:.1f} s: underruns {report['underruns']}, "
           f"overruns {report['overruns']} ({report['dropped_input_ms']:.0f} ms of input "
           f"dropped), sound card flags {report['card_flags']}; delay "
-          f"p50 {report['delay_ms']['p50']:.0f} ms, p99 {report['delay_ms']['p99']:.0f} ms; "
-          f"wrote {out}/backing.wav, solo.wav, mix.wav, report.json")
+          f"p50 {report['delay_ms']['p50']:.0f} ms, p99 {report['delay_ms']['p99']:.0f} ms "
+          f"behind the band heard; looking {report['lookahead_ms']:.0f} ms ahead, the solo "
+          f"lands {report['late_ms']['p50']:.0f} ms (p50) behind the band frame it was "
+          f"written for; wrote {out}/backing.wav, solo.wav, mix.wav, report.json")
     if why == "Ctrl-C":
         raise SystemExit(130)
     return report
@@ -759,7 +805,7 @@ def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
     losses = {}
     for variant in present_variants(folder):  # fp32 first: the others are measured against it
         losses[variant] = float(np.mean([
-            teacher_forced_ce(SoloStream(folder, numbers, frames, variant),
+            teacher_forced_ce(SoloStream(folder, numbers, frames, variant, look_ahead=False),
                               backing[:, s:s + frames].astype(np.int64),
                               solo[:, s:s + frames].astype(np.int64)) for s in starts]))
         against = (f"{losses[variant] - losses['fp32']:+.4f} against fp32" if "fp32" in losses
@@ -850,6 +896,7 @@ def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
     chunk_ms = numbers["chunk_frames"] * 1e3 / numbers["frame_rate"]
     pattern_ms = (numbers["n_codebooks"] - 1) * 1e3 / numbers["frame_rate"]
     compute_s = (sum(ms["frame"]) + sum(ms["codec"])) / 1e3
+    ahead_ms = numbers.get("lookahead", 0) * 1e3 / numbers["frame_rate"]
     return {"backing": str(args.backing), "seconds": seconds, "variant": args.variant,
             "threads": args.threads,
             "paced": not args.no_pace, "interrupted": interrupted,
@@ -860,6 +907,11 @@ def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
             "codec_chunk_ms": {"p50": pct(ms["codec"], 50), "p99": pct(ms["codec"], 99)},
             "end_to_end_delay_ms": {q: chunk_ms + pattern_ms + pct(ms["delay"], int(q[1:]))
                                     for q in ("p50", "p99")},
+            # Live, a solo written L ms ahead lands the delay less L behind the band frame
+            # it was written for (never before it: an early solo waits in the queue).
+            "lookahead_ms": ahead_ms,
+            "late_ms": {q: max(0.0, chunk_ms + pattern_ms + pct(ms["delay"], int(q[1:])) - ahead_ms)
+                        for q in ("p50", "p99")},
             "chunk_ms": chunk_ms, "delay_pattern_ms": pattern_ms,
             "realtime_factor": seconds / compute_s if compute_s else float("nan"), "wall_s": wall,
             "peak_memory_mb": peak_memory_mb(), "solo_frames": int(frames.shape[1])}
@@ -905,6 +957,8 @@ def main(argv=None):
           f"ms); codec per chunk p50 {report['codec_chunk_ms']['p50']:.1f} ms")
     print(f"end-to-end delay p50 {delay['p50']:.0f} ms, p99 {delay['p99']:.0f} ms (chunk "
           f"{report['chunk_ms']:.0f} + delay pattern {report['delay_pattern_ms']:.0f} + compute); "
+          f"looking {report['lookahead_ms']:.0f} ms ahead, live the solo would land "
+          f"{report['late_ms']['p50']:.0f} ms behind the band frame it was written for; "
           f"{report['realtime_factor']:.1f}x real time; peak memory "
           f"{report['peak_memory_mb']:.0f} MB")
     print(f"wrote {out}/solo.wav, mix.wav, report.json")

@@ -61,6 +61,8 @@ class TrainConfig:
     causal_encoder: bool = opt(False, "phase 5: train a causal (streamable) model")
     attn_window: Optional[int] = opt(None, "phase 5: attention window in frames "
                                            "(bounds the streaming caches)")
+    lookahead_ms: float = opt(0.0, "phase 5: write the solo this far ahead of the backing "
+                                   "heard, in ms (needs --causal-encoder; docs/phase5)")
     attn_impl: str = opt("sdpa", "sdpa: the fused kernel; manual: the hand-written attention",
                          ["sdpa", "manual"])
     aligned_backing: bool = opt(True, "add backing frames s-K+1..s (encoder states) "
@@ -263,7 +265,8 @@ def model_card(config, repo_id):
         "An encoder-decoder transformer that hears a jazz backing track (as EnCodec tokens) "
         "and writes a saxophone solo, trained with the jazz-sax-solo project's train.py.", "",
         f"- architecture: {m['n_enc_layers']}+{m['n_dec_layers']} layers, d_model {m['d_model']}, "
-        f"{m['n_heads']} heads, causal encoder: {m['causal_encoder']}",
+        f"{m['n_heads']} heads, causal encoder: {m['causal_encoder']}, "
+        f"lookahead: {m.get('lookahead', 0)} frames",
         f"- codec: {codec['name']} at {codec['bandwidth_kbps']} kbps: {codec['n_codebooks']} "
         f"codebooks of {codec['card']} codes, {codec['frame_rate']} frames per second"
         + (" (UNTRAINED codec: its decoder ignores the codes, so the audio carries "
@@ -443,6 +446,9 @@ def check_train_settings(cfg):
     if cfg.attn_window is not None and cfg.attn_window < 1:
         raise SystemExit(f"--attn-window {cfg.attn_window}: must be at least 1 "
                          "(the training window, e.g. 300, is usual)")
+    if cfg.lookahead_ms < 0 or (cfg.lookahead_ms and not cfg.causal_encoder):
+        raise SystemExit(f"--lookahead-ms {cfg.lookahead_ms:g}: 0 or more, and only with "
+                         "--causal-encoder (an offline model hears the whole backing anyway)")
     if (not 0 <= cfg.cond_dropout < 1 or not 0 <= cfg.solo_dropout < 1
             or (cfg.dropout is not None and not 0 <= cfg.dropout < 1)):
         raise SystemExit("--cond-dropout, --solo-dropout and --dropout are probabilities in [0, 1)")
@@ -678,6 +684,7 @@ def model_config(cfg, numbers, T):
     return preset_config(cfg.preset, n_codebooks=numbers["n_codebooks"], card=numbers["card"],
                          frame_rate=numbers["frame_rate"], max_frames=T,
                          causal_encoder=cfg.causal_encoder, attn_window=cfg.attn_window,
+                         lookahead=round(cfg.lookahead_ms * numbers["frame_rate"] / 1e3),
                          attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
                          aligned_backing=cfg.aligned_backing, **dropout)
 

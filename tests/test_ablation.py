@@ -76,3 +76,25 @@ def test_a_row_with_its_own_dataset_builds_it_once(tmp_path, monkeypatch):
     A.build_data(cfg, "aug")
     A.build_data(cfg, "aug-greedy")  # the same dataset: already there
     assert calls == [["--out", str(folder), "--augment", "1"]]
+
+
+def test_lookahead_table_places_each_solo_on_the_wall_clock(demo_dataset, tmp_path, monkeypatch):
+    """--table lookahead: causal runs scored at every lateness; the wall-clock figure is the one at
+    the runner's delay less the row's lookahead (80 ms less 40 ms: 3 frames at 75 Hz), and the curve is drawn."""
+    causal = QUICK + ("--causal-encoder", "--attn-window", "75")
+    monkeypatch.setattr(A, "ROWS", {"ahead-0": A.Row("aligned", causal, sampling={"guidance": None}),
+                                    "ahead-40": A.Row("40 ms ahead", causal + ("--lookahead-ms", "40"),
+                                                      sampling={"guidance": None})})
+    cfg = A.AblationConfig(table="lookahead", rows=["ahead-0", "ahead-40"], seeds=["0"], out=str(tmp_path / "la"),
+                           data=str(demo_dataset[0]), runner_delay_ms=80)
+    A.main(cfg)
+    rows = json.loads((tmp_path / "la" / "table.json").read_text())["rows"]
+    for name, lookahead_ms, late in (("ahead-0", 0, 6), ("ahead-40", 40, 3)):
+        run = rows[name]["runs"][0]
+        assert run["lookahead_ms"] == lookahead_ms and run["late_ms"] == pytest.approx(late * 1e3 / 75)
+        assert run["kick_auc_wall_clock"] == run[f"kick_auc_own_late{late}"]
+        assert run["kick_auc_own_late0"] == run["kick_auc_own"], "0 frames late is the offline score"
+        assert len({run[f"kick_auc_own_late{n}"] for n in A.LATE}) > 5, "lateness must move the score"
+    md = (tmp_path / "la" / "table.md").read_text()
+    assert "kick AUC on the wall clock" in md and "--table lookahead" in md
+    assert (tmp_path / "la" / "lookahead.png").stat().st_size > 10_000

@@ -2,7 +2,9 @@
 in real-time-sized blocks from its own thread (as PortAudio does) and records what the
 callback played. Covers a take that keeps up, a model too slow for real time (underruns
 counted, no crash), a device that disappears, Ctrl-C, and sounddevice missing."""
+import dataclasses
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -11,9 +13,12 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+import onnx_export as E
 import onnx_runner as R
 from data import CODEC_RATE, render_demo_song
+from model import SoloTransformer
 
 
 class FakeCard:
@@ -70,6 +75,22 @@ def take(exported, tmp_path, card, *flags):
     return R.live(args, numbers, tmp_path, open_stream=card)
 
 
+@pytest.fixture(scope="module")
+def looking_ahead(exported, tmp_path_factory):
+    """The exported folder with the step graphs of a model that writes 18 frames (240 ms)
+    ahead: the test model's shapes, random weights, runner.json's lookahead and digests."""
+    folder = tmp_path_factory.mktemp("ahead") / "solo_onnx"
+    shutil.copytree(exported[0], folder)
+    torch.manual_seed(0)
+    model = SoloTransformer(dataclasses.replace(exported[1].cfg, lookahead=18)).eval()
+    E.export_steps(model, folder)
+    numbers = json.loads((folder / "runner.json").read_text())
+    numbers["lookahead"] = 18
+    numbers["sha256"].update({g: R.sha256(folder / g) for graphs in R.STEP_GRAPHS.values() for g in graphs})
+    (folder / "runner.json").write_text(json.dumps(numbers))
+    return (folder,)
+
+
 def test_live_take_follows_the_band_and_writes_what_it_played(exported, band, tmp_path):
     card = FakeCard(band)
     report = take(exported, tmp_path, card, "--seconds", "2")
@@ -87,6 +108,25 @@ def test_live_take_follows_the_band_and_writes_what_it_played(exported, band, tm
     assert report["delay_ms"]["p50"] >= 120, report["delay_ms"]
     written = json.loads((tmp_path / "report.json").read_text())
     assert written["live"] and written["underruns"] == report["underruns"]
+    # No lookahead: K - 1 frames of silence went first, and the solo is as late as it is delayed.
+    assert report["solo_frames_dropped_at_start"] == -3 and report["lookahead_ms"] == 0
+    assert report["late_ms"] == report["delay_ms"]
+
+
+def test_a_model_that_looks_ahead_plays_on_the_band_frame_it_wrote_for(looking_ahead, band, tmp_path):
+    """240 ms ahead, more than the runner's delay here: the first solo frames, whose moment has
+    passed when the first chunk is done, are dropped, no more than the band has played, and
+    the rest waits in the queue so that each frame plays with the band frame it was written
+    for (less than a frame late), the delay behind the band it heard being the 240 ms more."""
+    report = take(looking_ahead, tmp_path, FakeCard(band), "--seconds", "2")
+    assert report["stopped_by"] == "done" and report["underruns"] == 0, report
+    frame_ms = 1e3 / 75
+    assert report["lookahead_ms"] == pytest.approx(240)
+    assert 6 <= report["solo_frames_dropped_at_start"] <= 18 - 3, report  # at least the first chunk's 6
+    assert 0 <= report["late_ms"]["p50"] < frame_ms + 10, report["late_ms"]  # + a 10 ms block
+    assert report["delay_ms"]["p50"] == pytest.approx(report["late_ms"]["p50"] + 240)
+    solo, _ = sf.read(tmp_path / "solo.wav", dtype="float32")
+    assert np.abs(solo).max() > 0
 
 
 def test_a_model_too_slow_for_real_time_underruns_without_crashing(exported, band, tmp_path,
@@ -142,3 +182,4 @@ def test_the_rings_never_wait_and_keep_the_newest():
     assert ring.write(np.arange(3, dtype=np.float32)) == 0
     assert ring.write(np.arange(3, 7, dtype=np.float32)) == 2, "two old samples dropped"
     assert list(ring.read(5)) == [2, 3, 4, 5, 6] and len(ring) == 0
+

@@ -9,7 +9,8 @@ from model import (PRESETS, ModelConfig, SoloTransformer, StreamingSampler, atte
 
 def stream_all(sampler, backing):
     """Push every frame of backing [1, K, T] into sampler, then finish: solo [B, K, n_frames]."""
-    frames = [f for f in (sampler.push(backing[..., t]) for t in range(backing.size(-1))) if f is not None]
+    ahead = [] if sampler.ahead is None else list(sampler.ahead.unbind(-1))  # a model that looks ahead
+    frames = ahead + [f for f in (sampler.push(backing[..., t]) for t in range(backing.size(-1))) if f is not None]
     rest = sampler.finish()
     return torch.cat(frames and [torch.stack(frames, dim=-1)] + ([rest] if rest is not None else []), dim=-1)
 
@@ -180,6 +181,37 @@ def test_streaming_guidance_and_several_solos_equal_offline():
     unguided = stream_all(StreamingSampler(model, 15, temperature=0, seed=5), backing)
     guided = stream_all(StreamingSampler(model, 15, temperature=0, seed=5, cfg_coef=3.0), backing)
     assert not torch.equal(unguided, guided), "cfg_coef=3 must change what streaming writes"
+
+
+@pytest.mark.parametrize("lookahead,window", [(2, None), (3, 6), (9, 6), (9, None)])
+def test_lookahead_streaming_equals_offline(lookahead, window):
+    """A model that writes L frames ahead: streamed tokens equal offline ones, guidance too, with L
+    below, at and above K - 1 (where frames are finished before the first backing frame arrives)."""
+    model = tiny_model(causal_encoder=True, attn_window=window, lookahead=lookahead)
+    backing = random_codes(1, 4, 20)
+    for cfg_coef in (None, 3.0):
+        offline = sample_solo(model, backing, temperature=1.0, seed=13, cfg_coef=cfg_coef)
+        sampler = StreamingSampler(model, n_frames=20, temperature=1.0, seed=13, cfg_coef=cfg_coef)
+        early = 0 if sampler.ahead is None else sampler.ahead.size(-1)
+        assert early == max(0, lookahead - 3), f"L={lookahead}: {early} frames before any backing"
+        assert torch.equal(stream_all(sampler, backing), offline), f"L={lookahead} cfg={cfg_coef}: streamed != offline"
+    assert torch.equal(offline, sample_solo_plain(model, backing, temperature=1.0, seed=13, cfg_coef=3.0))
+
+
+@pytest.mark.parametrize("lookahead", [0, 5])
+def test_lookahead_writes_each_frame_from_the_band_L_frames_before(lookahead):
+    """Solo frame t is written from backing frames <= t - L: changing backing frame j moves no
+    logit of a step before j + L (step s holds codebook k of frame s - k), and moves step j + L."""
+    model = tiny_model(causal_encoder=True, lookahead=lookahead)
+    backing, solo, j = random_codes(1, 4, 24), random_codes(1, 4, 24, seed=2), 10
+    changed = backing.clone()
+    changed[..., j] = (changed[..., j] + 1) % CARD
+    dec_in = build_delay_pattern(torch.cat([torch.full((1, 4, 1), CARD), solo[..., :-1]], -1), CARD)[0]
+    with torch.no_grad():
+        a, b = model(backing, dec_in), model(changed, dec_in)                     # [1, K, S, card]
+    moved = (a - b).abs().amax(dim=(0, 1, 3))                                     # [S]
+    assert moved[:j + lookahead].max() == 0, f"a step before {j + lookahead} heard backing frame {j}"
+    assert moved[j + lookahead] > 0, f"step {j + lookahead} should hear backing frame {j}"
 
 
 def test_streaming_takes_the_models_dtype():

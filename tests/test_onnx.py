@@ -18,15 +18,18 @@ from model import SamplerState, SoloTransformer, StreamingSampler, build_delay_p
 
 def pytorch_stream(model, backing, **opts):
     sampler = StreamingSampler(model, backing.shape[1], **opts)
-    frames = [sampler.push(torch.from_numpy(backing[None, :, t])) for t in range(backing.shape[1])]
-    frames = [f[0] for f in frames if f is not None] + list(sampler.finish()[0].unbind(-1))
+    frames = [] if sampler.ahead is None else list(sampler.ahead[0].unbind(-1))  # a model that looks ahead
+    frames += [sampler.push(torch.from_numpy(backing[None, :, t])) for t in range(backing.shape[1])]
+    rest = sampler.finish()
+    frames = [f[0] if f.dim() == 2 else f for f in frames if f is not None]
+    frames += [] if rest is None else list(rest[0].unbind(-1))
     return torch.stack(frames, dim=-1).numpy()                                        # [K, T]
 
 
 def onnx_stream(folder, backing, variant="fp32", numbers=None, **opts):
     numbers = numbers or R.read_folder(folder)
     stream = R.SoloStream(folder, numbers, backing.shape[1], variant, **opts)
-    frames = [stream.push(backing[:, t]) for t in range(backing.shape[1])]
+    frames = stream.ahead + [stream.push(backing[:, t]) for t in range(backing.shape[1])]
     return np.stack([f for f in frames if f is not None] + stream.finish(), axis=-1)  # [K, T]
 
 
@@ -89,6 +92,31 @@ def test_a_model_without_window_exports_rings_that_grow(tmp_path):
     want = pytorch_stream(model, backing, temperature=0.0)
     got = onnx_stream(tmp_path, backing, numbers=numbers, temperature=0.0)
     assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+
+
+@pytest.mark.parametrize("window", [None, 12])
+def test_a_model_that_looks_ahead_streams_the_same_tokens(tmp_path, window):
+    """lookahead 6 (80 ms), from runner.json: the runner hears 6 frames of nothing first, as
+    StreamingSampler does; 3 solo frames are finished before the first backing frame."""
+    torch.manual_seed(0)
+    model = SoloTransformer(preset_config("tiny", max_frames=64, causal_encoder=True, attn_window=window,
+                                          lookahead=6)).eval()
+    E.export_steps(model, tmp_path)
+    cfg = model.cfg
+    numbers = {"n_codebooks": cfg.n_codebooks, "d_model": cfg.d_model, "card": cfg.card, "attn_window": window,
+               "n_enc_layers": cfg.n_enc_layers, "n_dec_layers": cfg.n_dec_layers, "n_heads": cfg.n_heads,
+               "head_dim": cfg.d_model // cfg.n_heads, "lookahead": 6}
+    backing = np.random.default_rng(0).integers(0, cfg.card, (cfg.n_codebooks, 30))
+    want = pytorch_stream(model, backing, temperature=0.0)
+    assert len(R.SoloStream(tmp_path, numbers, 30, "fp32").ahead) == 3
+    got = onnx_stream(tmp_path, backing, numbers=numbers, temperature=0.0)
+    assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+    # teacher forcing hears the same 6 frames of nothing first: the graphs' loss is training's
+    solo = np.random.default_rng(1).integers(0, cfg.card, (cfg.n_codebooks, 30))
+    stream = R.SoloStream(tmp_path, numbers, 30, "fp32", look_ahead=False)
+    with torch.no_grad():
+        ce = model.loss(torch.from_numpy(backing)[None], torch.from_numpy(solo)[None])[0].item()
+    assert abs(R.teacher_forced_ce(stream, backing, solo) - ce) < 1e-4
 
 
 def test_seeded_sampling_equal_given_the_same_draws(exported):
