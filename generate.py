@@ -67,7 +67,6 @@ class GenerateConfig:
     stream: bool = opt(False,
                        "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
     chunk_ms: float = opt(80.0, "streaming: audio chunk size in milliseconds")
-    context_ms: float = opt(200.0, "streaming: past audio the codec re-reads with each chunk")
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
     demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")
@@ -214,19 +213,33 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     plt.close(fig)
 
 
-def decode_new(codec, frames, done, chunk_frames, decode_frames, hop):
-    """Audio of frames[done:] of each solo [N arrays], at most a chunk per decode, each in a
-    window of decode_frames frames ending at its last frame (the first frame repeated
-    where the solo has not begun yet): the causal decoder hears what came before."""
-    pieces = []
-    while done < len(frames):
-        new = min(chunk_frames, len(frames) - done)
-        window = frames[max(0, done + new - decode_frames):done + new]
-        window = [window[0]] * (decode_frames - len(window)) + window
-        codes = torch.stack(window, dim=-1).numpy()                          # [N, K, decode_frames]
-        pieces.append([data.decode_codes(codec, c)[-new * hop:] for c in codes])
-        done += new
-    return [np.concatenate(p) for p in zip(*pieces)]
+class CodecStream:
+    """The codec on a stream, its state carried from chunk to chunk (data.StreamingEncoder and
+    StreamingDecoder, the modules onnx_export.py traces): encode(audio chunk) -> codes,
+    decode(new solo frames of N solos) -> their audio."""
+
+    def __init__(self, codec, n_solos):
+        device = next(codec.parameters()).device
+        self.encoder, self.decoder = data.StreamingEncoder(codec), data.StreamingDecoder(codec)
+        self.enc_state = self.encoder.seanet.initial_state(device)   # zeros: silence before
+        self.dec_state = [self.decoder.seanet.initial_state(device) for _ in range(n_solos)]
+        self.device = device
+
+    @torch.no_grad()
+    def encode(self, audio):
+        """audio [n * hop] (numpy) -> codes [K, n] (on the codec's device)."""
+        x = torch.from_numpy(np.ascontiguousarray(audio))[None, None].to(self.device)
+        codes, *self.enc_state = self.encoder(x, *self.enc_state)
+        return codes[0]
+
+    @torch.no_grad()
+    def decode(self, frames):
+        """N solos' new frames [N, K, n] -> their audio, a list of N arrays [n * hop]."""
+        out = []
+        for i, codes in enumerate(frames.to(self.device)):
+            audio, *self.dec_state[i] = self.decoder(codes[None], *self.dec_state[i])
+            out.append(audio[0, 0].cpu().numpy())
+        return out
 
 
 def stream_report(frame_ms, codec_ms, delay_ms, chunk_ms, numbers, cfg, lookahead=0):
@@ -254,10 +267,10 @@ def stream(model, codec, backing_audio, cfg, numbers):
     Returns (solo codes [N, K, T], the N solos' audio as decoded chunk by chunk, report),
     N = --num-samples: the solos are written side by side over the same live backing.
 
-    Per chunk: the codec encodes it (re-reading context_ms of past audio, so the
-    causal encoder's convolutions see what came before), the transformer takes each
-    new frame (encoder step, then decoder step), and the solo frames the delay pattern
-    has completed are decoded to audio, again with past frames as context.
+    Per chunk: the codec encodes it (carrying its state from the chunk before, so the
+    codes are those of a whole-file encode), the transformer takes each new frame
+    (encoder step, then decoder step), and the solo frames the delay pattern has
+    completed are decoded to audio, the decoder too carrying its state.
     """
     # Latency has three parts. (1) The chunk: audio must arrive before it is encoded,
     # so a chunk of 80 ms adds up to 80 ms. (2) The delay pattern: codebook K-1 of frame
@@ -265,38 +278,29 @@ def stream(model, codec, backing_audio, cfg, numbers):
     # at 75 Hz) after its backing. (3) Compute: codec encode, transformer, codec decode.
     # The report gives all three; real time needs (3) below the chunk's duration.
     hop, rate = numbers["hop"], numbers["sample_rate"]
-    chunk_frames, context_frames, decode_frames = data.stream_windows(cfg, numbers)
-    chunk, context = chunk_frames * hop, context_frames * hop                       # in samples
+    chunk = data.chunk_frames(cfg, numbers) * hop                                  # in samples
     n_frames = len(backing_audio) // hop
-    if n_frames < chunk_frames:
+    if n_frames * hop < chunk:
         raise SystemExit(f"the backing is {len(backing_audio) / rate * 1e3:.0f} ms "
                          f"long, shorter than one chunk ({chunk / rate * 1e3:.0f} "
                          "ms): give a longer backing or a smaller --chunk-ms")
-    # Before the music starts, a live input hears silence: `context` zeros in front.
-    padded = np.concatenate([np.zeros(context, np.float32), backing_audio[:n_frames * hop]])
+    backing_audio = backing_audio[:n_frames * hop]                                 # whole frames
     # The sampler holds the caches, on the model's device and in its dtype; each push()
     # is one encoder step and one decoder step for all N solos (and their null rows
     # when guidance is on).
     sampler = StreamingSampler(model, n_frames, batch=cfg.num_samples, temperature=cfg.temperature,
                                top_k=cfg.top_k,
                                top_p=cfg.top_p, seed=cfg.seed, cfg_coef=cfg.guidance)
-    device = next(model.parameters()).device
+    codec_stream = CodecStream(codec, cfg.num_samples)
     # A model with a lookahead has written its first frames before any backing arrived.
     solo_frames = [] if sampler.ahead is None else list(sampler.ahead.cpu().unbind(-1))
     audio_out, frame_ms, codec_ms, delay_ms, decoded = [], [], [], [], 0
-    def decode(frames, done):
-        return decode_new(codec, frames, done, chunk_frames, decode_frames, hop)
+    def decode_rest():
+        return codec_stream.decode(torch.stack(solo_frames[decoded:], dim=-1))
     for start in tqdm(range(0, n_frames * hop, chunk), desc="stream", unit="chunk"):
         arrived = time.perf_counter()  # the chunk's last sample has just arrived
-        end = min(start + chunk, n_frames * hop)
         t0 = time.perf_counter()
-        # EnCodec 24 kHz is causal: a frame depends only on audio up to its end. Re-reading
-        # context_ms of the past gives its convolutions (and, approximately, its LSTM)
-        # the history a whole-file encode would have had; only the new frames are kept.
-        # [K, context + chunk frames]
-        codes = data.encode_audio(codec, padded[end - chunk:end + context])
-        # [K, n]
-        new = torch.from_numpy(codes[:, -((end - start) // hop):].astype(np.int64)).to(device)
+        new = codec_stream.encode(backing_audio[start:start + chunk])                # [K, n]
         codec_ms.append((time.perf_counter() - t0) * 1e3)
         for f in range(new.size(-1)):
             t1 = time.perf_counter()
@@ -306,16 +310,17 @@ def stream(model, codec, backing_audio, cfg, numbers):
                 solo_frames.append(done.cpu())
         # The chunk's compute ends when its completed solo frames are audio: that moment,
         # minus the chunk's arrival, is the compute delay reported below.
-        if len(solo_frames) > decoded:  # decode what is complete, with past frames as context
+        if len(solo_frames) > decoded:  # decode what is complete, the decoder's state carried
             t2 = time.perf_counter()
-            audio_out.append(decode(solo_frames, decoded))
+            audio_out.append(decode_rest())
             codec_ms[-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(solo_frames)
             delay_ms.append((time.perf_counter() - arrived) * 1e3)
     # the backing has ended: the last K - 1 frames (fewer, or none, with a lookahead)
     rest = sampler.finish()
     solo_frames.extend([] if rest is None else rest.cpu().unbind(-1))
-    audio_out.append(decode(solo_frames, decoded))
+    if len(solo_frames) > decoded:
+        audio_out.append(decode_rest())
     solo = torch.stack(solo_frames, dim=-1)                                            # [N, K, T]
     report = stream_report(frame_ms, codec_ms, delay_ms, chunk / rate * 1e3, numbers, cfg,
                            model.cfg.lookahead)
@@ -346,8 +351,7 @@ def check_generate_settings(cfg):
                 (cfg.threads < 0, f"--threads {cfg.threads}: must be 0 (torch's default) or more"),
                 (cfg.duration < 0 or cfg.stride_s < 0,
                  "--duration and --stride-s: must be 0 or more"),
-                (cfg.chunk_ms <= 0 or cfg.context_ms < 0,
-                 "--chunk-ms must be above 0, --context-ms 0 or more")]
+                (cfg.chunk_ms <= 0, "--chunk-ms must be above 0")]
     for bad, message in problems:
         if bad:
             raise SystemExit(message)

@@ -41,7 +41,6 @@ class ExportConfig:
     overwrite: bool = opt(False,
                           "replace the folder if it exists (only once the new one is complete)")
     chunk_ms: float = opt(80.0, "audio chunk the runner encodes at once, in milliseconds")
-    context_ms: float = opt(200.0, "past audio the codec re-reads with each chunk, in milliseconds")
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)")
@@ -219,29 +218,6 @@ class DecoderStep(torch.nn.Module):
         return (m.logits(x).view(1, m.cfg.n_codebooks, m.cfg.card), *new)
 
 
-class CodecEncoder(torch.nn.Module):
-    """EnCodec's encoder and quantizer: audio [1, 1, N] -> codes [1, K, N / hop]."""
-
-    def __init__(self, codec):
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, audio):
-        c = self.codec
-        return c.quantizer.encode(c.encoder(audio), c.frame_rate, c.bandwidth).transpose(0, 1)
-
-
-class CodecDecoder(torch.nn.Module):
-    """EnCodec's dequantizer and decoder: codes [1, K, F] -> audio [1, 1, F * hop]."""
-
-    def __init__(self, codec):
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, codes):
-        return self.codec.decoder(self.codec.quantizer.decode(codes.transpose(0, 1)))
-
-
 def export_graph(module, args, path, inputs, outputs, dynamic):
     """torch.onnx.export with its TorchScript tracer (dynamo=False: nothing beyond the onnx
     package)."""
@@ -329,15 +305,31 @@ def quantize_step(folder, name):
     (folder / f"{name}.pre.onnx").unlink()
 
 
-def export_codec(codec, n_codebooks, encode_samples, decode_frames, folder):
-    """EnCodec as two ONNX graphs of fixed sizes: encode_samples of audio, decode_frames of
-    codes."""
-    codec = codec.float().cpu().eval()
-    export_graph(CodecEncoder(codec), (torch.zeros(1, 1, encode_samples),),
-                 folder / "codec_encoder.onnx", ["audio"], ["codes"], None)
-    codes = torch.zeros(1, n_codebooks, decode_frames, dtype=torch.long)
-    export_graph(CodecDecoder(codec), (codes,), folder / "codec_decoder.onnx", ["codes"], ["audio"],
-                 None)
+def plain_weights(codec):
+    """EnCodec with its weight norm folded into plain weights, in place (the same function):
+    the graphs then hold each convolution's weights as constants, as ONNX Runtime's
+    quantizer wants them (int8 codec graphs ran slower than fp32 here: docs/phase5)."""
+    for module in codec.modules():
+        if hasattr(module, "weight_g"):
+            torch.nn.utils.remove_weight_norm(module)
+    return codec
+
+
+def export_codec(codec, n_codebooks, chunk_frames, hop, folder):
+    """EnCodec as two ONNX graphs that carry their state (data.StreamingEncoder and
+    StreamingDecoder): audio or codes of any number of frames in, with the state the last
+    chunk left; codes or audio out, with the new state. Traced at one chunk."""
+    codec = plain_weights(codec.float().cpu().eval())
+    for name, module, example, x, y in (
+            ("codec_encoder", data.StreamingEncoder(codec), torch.zeros(1, 1, chunk_frames * hop),
+             "audio", "codes"),
+            ("codec_decoder", data.StreamingDecoder(codec),
+             torch.zeros(1, n_codebooks, chunk_frames, dtype=torch.long), "codes", "audio")):
+        state = module.seanet.initial_state()
+        names = [f"state{i}" for i in range(len(state))]
+        export_graph(module, (example, *state), folder / f"{name}.onnx", [x, *names],
+                     [y, *[f"new_{n}" for n in names]],
+                     {x: {2: "length"}, y: {2: "length"}})  # any number of frames
 
 
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
@@ -345,9 +337,9 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     mcfg = model.cfg
     print("the transformer's two steps ...")
     export_steps(model, folder)
-    print("... and the codec, for fixed windows")
-    chunk, context, decode = data.stream_windows(cfg, numbers)
-    export_codec(codec, mcfg.n_codebooks, (context + chunk) * numbers["hop"], decode, folder)
+    print("... and the codec, which carries its state from chunk to chunk")
+    chunk = data.chunk_frames(cfg, numbers)
+    export_codec(codec, mcfg.n_codebooks, chunk, numbers["hop"], folder)
     shutil.copy(Path(__file__).with_name("onnx_runner.py"), folder / "onnx_runner.py")
     graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4")
               for step in ("encoder_step", "decoder_step")]
@@ -361,7 +353,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "aligned_backing": model.align_conv is not None,
               "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"],
               "hop": numbers["hop"],
-              "chunk_frames": chunk, "context_frames": context, "decode_frames": decode,
+              "chunk_frames": chunk,
               "codec_untrained": numbers["untrained"],
               "sha256": {g: sha256(folder / g) for g in graphs}}
     data.write_json(folder / "runner.json", runner)

@@ -46,7 +46,7 @@ except ImportError as err:
                      "board: pip install numpy onnxruntime soundfile; "
                      "on a computer: pip install -r requirements.lock") from None
 
-FORMAT = 2  # runner.json's "format": 2 since the steps return one key and value per layer, and int4
+FORMAT = 3  # runner.json's "format": 3 since the codec graphs carry their state (no context window)
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
                "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
                "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
@@ -100,14 +100,12 @@ def present_variants(folder):
 
 
 def check_numbers(numbers, path):
-    """runner.json's numbers: whole, positive (context may be 0, no window is null), so that an
+    """runner.json's numbers: whole, positive (no window is null, lookahead may be 0), so that an
     edited file is one line here rather than an error deep inside ONNX Runtime."""
     wanted = ["n_codebooks", "card", "d_model", "n_heads", "head_dim", "n_enc_layers",
               "n_dec_layers",
-              "sample_rate", "hop", "chunk_frames", "decode_frames"]
+              "sample_rate", "hop", "chunk_frames"]
     bad = [k for k in wanted if not (isinstance(numbers.get(k), int) and numbers[k] >= 1)]
-    bad += [k for k in ["context_frames"] if not (isinstance(numbers.get(k),
-                                                             int) and numbers[k] >= 0)]
     lookahead = numbers.get("lookahead", 0)  # folders exported before it look 0 frames ahead
     bad += [] if isinstance(lookahead, int) and lookahead >= 0 else ["lookahead"]
     window = numbers.get("attn_window")
@@ -338,39 +336,32 @@ def teacher_forced_ce(stream, backing, solo):
 # ----------------------------------------------------------------------------
 
 class Codec:
-    """EnCodec's graphs: encode a window of context + chunk frames of audio, decode a window
-    of decode_frames frames (generate.stream_windows says why the windows are fixed)."""
+    """EnCodec's two graphs, each with the state it carries from one call to the next
+    (data.StreamingEncoder, StreamingDecoder): encode a chunk of audio, decode new frames.
+    Any number of frames per call; the audio and the frames must come in order, once."""
 
-    def __init__(self, folder, numbers, threads=1):
-        self.encoder = session(Path(folder) / "codec_encoder.onnx", threads)
-        self.decoder = session(Path(folder) / "codec_decoder.onnx", threads)
-        self.hop, self.window = numbers["hop"], numbers["decode_frames"]
-        audio_in = self.encoder.get_inputs()[0].shape[-1]
-        codes_in = self.decoder.get_inputs()[0].shape[-1]
-        want = ((numbers["context_frames"] + numbers["chunk_frames"]) * self.hop, self.window)
-        if (audio_in, codes_in) != want:
-            raise SystemExit(f"{folder}: the codec graphs take {audio_in} samples and "
-                             f"{codes_in} frames, runner.json says {want[0]} and {want[1]} "
-                             "(chunk, context or decode frames edited?): export the "
-                             "folder again with the --chunk-ms and --context-ms you want")
+    def __init__(self, folder, numbers, threads=1, graphs=("codec_encoder.onnx", "codec_decoder.onnx")):
+        self.encoder, self.decoder = (session(Path(folder) / g, threads) for g in graphs)
+        self.hop = numbers["hop"]
+        # Zeros to begin with: silence before the music (the state's shapes are fixed).
+        self.state = {graph: [np.zeros(i.shape, np.float32) for i in graph.get_inputs()[1:]]
+                      for graph in (self.encoder, self.decoder)}
+
+    def run(self, graph, x):
+        names = [i.name for i in graph.get_inputs()]
+        out, *self.state[graph] = graph.run(None, dict(zip(names, [x, *self.state[graph]])))
+        return out
 
     def encode(self, audio):
-        """audio [(context + chunk) * hop] -> codes [K, context + chunk]."""
-        return self.encoder.run(None, {"audio": audio[None, None].astype(np.float32)})[0][0]
+        """audio [n * hop] -> codes [K, n]."""
+        return self.run(self.encoder, audio[None, None].astype(np.float32))[0]
 
-    def decode_new(self, frames, done, chunk):
-        """Audio of frames[done:], at most `chunk` frames per decode, each decoded in a window
-        ending at its last frame (the first frame repeated before the solo begins)."""
-        pieces = []
-        while done < len(frames):
-            new = min(chunk, len(frames) - done)
-            window = frames[max(0, done + new - self.window):done + new]
-            window = [window[0]] * (self.window - len(window)) + window
-            codes = np.stack(window, axis=-1)[None].astype(np.int64)          # [1, K, window]
-            audio = self.decoder.run(None, {"codes": codes})[0]
-            pieces.append(audio[0, 0, -new * self.hop:])
-            done += new
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    def decode_new(self, frames, done):
+        """Audio of frames[done:] (solo frames [K] each, in order), [len(frames[done:]) * hop]."""
+        if done >= len(frames):
+            return np.zeros(0, np.float32)
+        codes = np.stack(frames[done:], axis=-1)[None].astype(np.int64)       # [1, K, n]
+        return self.run(self.decoder, codes)[0, 0]
 
 
 # ----------------------------------------------------------------------------
@@ -434,29 +425,26 @@ def wav_header_frames(path):
 def follow(stream, codec, backing, numbers, pace=True):
     """Feed the backing chunk by chunk -> (solo frames [K, T], solo audio, timings in ms, whether
     Ctrl-C stopped it). Ctrl-C ends the loop at once, keeping the audio decoded so far."""
-    hop, context = numbers["hop"], numbers["context_frames"] * numbers["hop"]
-    n_frames = len(backing) // hop
-    # silence before the music
-    padded = np.concatenate([np.zeros(context, np.float32), backing[:n_frames * hop]])
+    hop = numbers["hop"]
+    whole = backing[:len(backing) // hop * hop]  # whole frames
     # a model that looks ahead has finished its first frames before the first chunk
     frames, audio, ms = list(stream.ahead), [], {"frame": [], "codec": [], "delay": []}
     try:
-        decoded = chunks(stream, codec, padded, numbers, pace, frames, audio, ms)
+        decoded = chunks(stream, codec, whole, numbers, pace, frames, audio, ms)
     except KeyboardInterrupt:  # a live take stopped by hand: what was played is kept
         none = np.zeros((numbers["n_codebooks"], 0), np.int64)
         done = np.stack(frames, axis=-1) if frames else none
         return done, np.concatenate(audio) if audio else np.zeros(0, np.float32), ms, True
     frames += stream.finish()
-    audio.append(codec.decode_new(frames, decoded, numbers["chunk_frames"]))
+    audio.append(codec.decode_new(frames, decoded))
     return np.stack(frames, axis=-1), np.concatenate(audio), ms, False
 
 
-def chunks(stream, codec, padded, numbers, pace, frames, audio, ms):
+def chunks(stream, codec, backing, numbers, pace, frames, audio, ms):
     """follow()'s loop over the chunks -> how many solo frames are decoded. It appends to the
     lists it is given as it goes, so that an interrupted take keeps every finished chunk."""
     hop, rate, chunk_frames = numbers["hop"], numbers["sample_rate"], numbers["chunk_frames"]
-    chunk, context = chunk_frames * hop, numbers["context_frames"] * hop
-    n_samples = len(padded) - context
+    chunk, n_samples = chunk_frames * hop, len(backing)
     decoded, began = 0, time.perf_counter()
     for start in range(0, n_samples, chunk):
         end = min(start + chunk, n_samples)
@@ -466,7 +454,7 @@ def chunks(stream, codec, padded, numbers, pace, frames, audio, ms):
         else:
             arrived = time.perf_counter()
         t0 = time.perf_counter()
-        new = codec.encode(padded[end - chunk:end + context])[:, -((end - start) // hop):]  # [K, n]
+        new = codec.encode(backing[start:end])                                       # [K, n]
         ms["codec"].append((time.perf_counter() - t0) * 1e3)
         for f in range(new.shape[1]):
             t1 = time.perf_counter()
@@ -476,7 +464,7 @@ def chunks(stream, codec, padded, numbers, pace, frames, audio, ms):
                 frames.append(done)
         if len(frames) > decoded:
             t2 = time.perf_counter()
-            audio.append(codec.decode_new(frames, decoded, chunk_frames))
+            audio.append(codec.decode_new(frames, decoded))
             ms["codec"][-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(frames)
             ms["delay"].append((time.perf_counter() - arrived) * 1e3)
@@ -591,7 +579,6 @@ class Live:
         self.stream, self.codec, self.numbers, self.play_mix = stream, codec, numbers, play_mix
         self.rate, self.block, hop = numbers["sample_rate"], block, numbers["hop"]
         self.chunk = numbers["chunk_frames"] * hop
-        self.context = np.zeros(numbers["context_frames"] * hop, np.float32)  # silence before
         self.inp = AudioRing(max(4 * self.chunk, 2 * block))   # room for the model to lag a little
         self.out = AudioRing(int(self.rate * 2))               # at most 2 s of solo queued
         self.limit = int(seconds * self.rate)                  # samples heard before the take ends
@@ -657,18 +644,15 @@ class Live:
             if chunk is None:
                 time.sleep(0.001)
                 continue
-            window = np.concatenate([self.context, chunk])
-            self.context = window[-len(self.context):] if len(self.context) else self.context
-            for code in self.codec.encode(window)[:, -(self.chunk // hop):].T:  # [K] a frame
-                if solo_stream.n_backing >= solo_stream.n_frames:
+            for code in self.codec.encode(chunk).T:                          # [K]: a frame
+                if solo_stream.n_backing - solo_stream.lookahead >= solo_stream.n_frames:
                     self.stop.set()  # the take is as long as it was built for
                     break
                 done = solo_stream.push(code)
                 if done is not None:
                     self.frames.append(done)
             if len(self.frames) > self.decoded:
-                audio = self.codec.decode_new(self.frames, self.decoded,
-                                              self.numbers["chunk_frames"])
+                audio = self.codec.decode_new(self.frames, self.decoded)
                 if self.decoded == 0:
                     audio = self.place(audio, solo_stream.lookahead)
                 self.decoded = len(self.frames)
@@ -849,6 +833,10 @@ def arguments(argv):
     parser.add_argument("--top-k", type=at_least(0, int), default=250,
                         help="sample among the k most likely codes (0: all; at least 0)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--chunk-ms", type=at_least(1.0, float),
+                        help="audio encoded at once, in ms (rounded to whole frames; default: "
+                             "the export's, runner.json's chunk_frames): shorter is sooner, "
+                             "and costs more per second of audio")
     parser.add_argument("--no-pace", action="store_true",
                         help="do not wait for the wall clock: measure throughput")
     parser.add_argument("--live", action="store_true", help="follow the band through an input "
@@ -923,6 +911,8 @@ def main(argv=None):
                           present_variants(args.folder) if args.loss else [args.variant])
     if args.loss:
         return variant_losses(args.folder, numbers, Path(args.loss))
+    if args.chunk_ms:  # the codec graphs take any number of frames: the chunk is the runner's
+        numbers["chunk_frames"] = max(1, round(args.chunk_ms * numbers["frame_rate"] / 1e3))
     taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())
     out = output_folder(args.out, args.overwrite, taken)
     if args.live:

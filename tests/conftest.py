@@ -59,7 +59,7 @@ def exported(trained_causal, tmp_path_factory):
     from model import load_model
     folder = trained_causal / "best"
     out = tmp_path_factory.mktemp("onnx") / "solo_onnx"
-    onnx_export.main(onnx_export.ExportConfig(checkpoint=str(folder), out=str(out), chunk_ms=80, context_ms=200))
+    onnx_export.main(onnx_export.ExportConfig(checkpoint=str(folder), out=str(out), chunk_ms=80))
     model, config = load_model(folder)
     codec, numbers = data.load_codec_for(config, folder, "", "cpu")
     backing, solo = data.load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end

@@ -263,7 +263,7 @@ def test_runner_keeps_an_existing_take(exported, bad_backings, tmp_path):
 
 @pytest.mark.parametrize("edit,words", [
     ({"chunk_frames": 0}, ["chunk_frames", "not a valid number", "export the folder again"]),
-    ({"chunk_frames": 3}, ["codec graphs take", "export the folder again"]),
+    ({"lookahead": -3}, ["lookahead", "not a valid number", "export the folder again"]),
     ({"attn_window": 64}, ["rings for layers, heads, slots", "export the folder again"]),
 ])
 def test_an_edited_runner_json_is_one_line(exported, bad_backings, tmp_path, edit, words):
