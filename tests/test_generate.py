@@ -1,4 +1,5 @@
 """generate.py: end to end, determinism, windows, guidance, streaming, bad input."""
+import dataclasses
 import json
 
 import numpy as np
@@ -133,6 +134,28 @@ def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
     assert report["guidance"] == 3.0 and len(guided_audio) == 1
     assert plain.shape == guided.shape == (1, 4, codes.shape[1])
     assert not torch.equal(plain, guided), "--cfg-coef 3 left the streamed solo unchanged"
+
+
+def test_streaming_a_model_that_looks_ahead_writes_the_offline_solo(trained_causal):
+    """generate.stream with a model that writes 160 ms (12 frames) ahead: the frames finished
+    before the first chunk come first, finish() has none left, and the tokens are offline
+    sample_solo()'s on the streamed codec's backing codes; the report says how late it lands."""
+    folder = trained_causal / "best"
+    model, config = G.load_model(folder)
+    codec, info = data.load_codec_for(config, folder, "", "cpu")
+    torch.manual_seed(0)
+    ahead = SoloTransformer(dataclasses.replace(model.cfg, lookahead=12)).eval()
+    cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=80, guidance=None)
+    codes, audio, _, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
+    audio = audio[:codes.shape[1] * info["hop"]]
+    solo, solo_audio, report = G.stream(ahead, codec, audio, cfg, info)
+    stream = G.CodecStream(codec, 1)
+    heard = torch.cat([stream.encode(audio[s:s + 6 * info["hop"]]) for s in range(0, len(audio), 6 * info["hop"])], -1)
+    want = G.sample_solo(ahead, heard[None], temperature=1.0, top_k=cfg.top_k, seed=cfg.seed)
+    assert solo.shape == want.shape == (1, 4, codes.shape[1]) and torch.equal(solo, want)
+    assert len(solo_audio[0]) == len(audio)
+    assert report["lookahead_ms"] == 160 and report["late_ms"]["median"] == pytest.approx(
+        max(0.0, report["end_to_end_delay_ms"]["median"] - 160))
 
 
 def test_stream_needs_a_causal_model(trained, tmp_path):

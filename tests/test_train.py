@@ -372,6 +372,17 @@ def test_solo_dropout_trains(demo_dataset, tmp_path):
         T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path, solo_dropout=1.0))
 
 
+def test_lookahead_ms_becomes_frames_of_a_causal_model(demo_dataset, tmp_path):
+    """--lookahead-ms 80 at 75 Hz: 6 frames in the checkpoint's config; refused without --causal-encoder
+    or below 0."""
+    T.train(quick_train_config(demo_dataset[0], tmp_path / "a", causal_encoder=True, attn_window=75,
+                               lookahead_ms=80, max_steps=2, listen_test=False))
+    assert json.loads((tmp_path / "a" / "best" / "config.json").read_text())["model"]["lookahead"] == 6
+    for bad in (dict(lookahead_ms=80), dict(causal_encoder=True, lookahead_ms=-40)):
+        with pytest.raises(SystemExit, match="--lookahead-ms .*--causal-encoder"):
+            T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path / "b", **bad))
+
+
 def test_a_key_change_song_changes_key_once_in_the_middle():
     _, _, truth = data.render_demo_song(10_000, 16.0, 0, key_change_at=0.5)
     keys = [data.NOTE_NAMES.index(c["key"]) for c in truth["chords"]]
