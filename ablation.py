@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, write_json
-from listening import (SAMPLING, ListeningSet, fit_probes, key_change_set, key_change_test,
-                       listening_test, listening_windows)
+from listening import (KEY_CHANGE_SONGS, SAMPLING, ListeningSet, fit_probes, key_change_set,
+                       key_change_test, listening_test, listening_windows)
 from model import load_model, read_json, resolve_checkpoint
 
 
@@ -94,6 +94,11 @@ for ms in LOOKAHEAD_MS:
         sampling={"guidance": None})
 TABLES = {"phase3": PHASE3, "lookahead": [f"lookahead-{ms}ms" for ms in LOOKAHEAD_MS]}
 
+# --quick: what every run gets on top of its row's flags, so that a table builds in a minute.
+QUICK = ("--window-s", "1", "--batch-size", "4", "--target-batch", "4", "--max-steps", "2",
+         "--warmup-steps", "1", "--eval-every", "2", "--save-every", "2", "--eval-windows", "4",
+         "--page-sample-s", "0", "--no-listen-test", "--device", "cpu")
+
 # listening.key_change_test's frames until the solo is back in the new key's chords:
 # null in table.json for a run that is not back within the window (left out of the mean).
 KEY_CHANGE = "key_change_recovery_frames_generated"
@@ -138,6 +143,8 @@ class AblationConfig:
     rescore: bool = opt(False, "score every checkpoint again (after a change to listening.py)")
     list: bool = opt(False, "print the rows and exit")
     device: str = opt("cpu", "where the listening test samples", DEVICES)
+    quick: bool = opt(False, "tiny runs (2 steps on 1 s windows, 2 key-change songs): a check "
+                             "that the table builds end to end (the tests', the paper's --quick)")
     runner_delay_ms: float = opt(165.0, "--table lookahead: the live runner's end-to-end delay "
                                         "(onnx_runner.py's report, p50), to place each solo "
                                         "on the wall clock")
@@ -181,7 +188,8 @@ def train_command(cfg, name, seed):
     resume = ["--resume"] if resolve_checkpoint(folder / "latest").exists() else []
     return [sys.executable, str(HERE / "train.py"), "--data", data_folder(cfg, name),
             "--out", str(folder),
-            "--seed", str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags, *resume]
+            "--seed", str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags,
+            *(QUICK if cfg.quick else ()), *resume]
 
 
 HERE = Path(__file__).resolve().parent  # train.py lives beside this script
@@ -225,7 +233,8 @@ def scoring_sets(cfg, cache, T):
         backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T)
         codec = data.dataset_codec(meta["codec"], cfg.data, cfg.device)
         cache[T] = (ListeningSet.of(meta, where, backing, solo, other, other_solo),
-                    fit_probes(cfg.data, meta, T), key_change_set(codec, T))
+                    fit_probes(cfg.data, meta, T),
+                    key_change_set(codec, T, KEY_CHANGE_SONGS[:2 if cfg.quick else None]))
     return cache[T]
 
 
@@ -280,6 +289,22 @@ def mean_and_spread(values):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def command_line(cfg):
+    """The command that rebuilds this table (its non-default options)."""
+    return ("python ablation.py" + (" --quick" if cfg.quick else "")
+            + ("" if cfg.table == "phase3" else f" --table {cfg.table}")
+            + ("" if cfg.table != "lookahead" else f" --runner-delay-ms {cfg.runner_delay_ms:g}"))
+
+
+def machine():
+    """Where the table was made: each run used one thread of this machine."""
+    import os
+    import platform
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "threads_per_run": 1, "date": time.strftime("%Y-%m-%d")}
+
+
 def write_table(cfg, results):
     """table.json (every run's figures, and each row's mean and spread) and table.md."""
     figures = TABLE_FIGURES[cfg.table]
@@ -289,7 +314,9 @@ def write_table(cfg, results):
     rows = {name: {"what": ROWS[name].what, "runs": runs,
                    "mean_sd": {key: mean_and_spread([r.get(key) for r in runs]) for key in keys}}
             for name, runs in results.items()}
-    write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "rows": rows})
+    extra = {"runner_delay_ms": cfg.runner_delay_ms} if cfg.table == "lookahead" else {}
+    write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "rows": rows, **extra,
+                                              "command": command_line(cfg), "machine": machine()})
     head = "| row | what | seeds | " + " | ".join(label for _, label, _ in figures) + " |"
     lines = [head, "|" + "---|" * (3 + len(figures))]
     for name, row in rows.items():
@@ -298,7 +325,7 @@ def write_table(cfg, results):
             m = row["mean_sd"][key]
             cells.append("" if m is None else f"{m[0]:.{decimals}f} ± {m[1]:.{decimals}f}")
         lines.append(f"| {name} | {row['what']} | {len(row['runs'])} | " + " | ".join(cells) + " |")
-    command = "python ablation.py" + ("" if cfg.table == "phase3" else f" --table {cfg.table}")
+    command = command_line(cfg)
     note = (f"\nMean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}; "
             f"written by `{command}` ({time.strftime('%Y-%m-%d')}).\n")
     if cfg.table == "lookahead":

@@ -299,9 +299,11 @@ def listening_test(model, ls, probes, batch, device, seed=0, late=(), **sampling
             for i in range(0, len(backings), batch)])
     model.train()
     scores = score_solos(probes, ls, solos)
-    valid = (ls.solo[:, 0] != model.cfg.card) & (ls.other_solo[:, 0] != model.cfg.card)  # as score_solos
+    card = model.cfg.card
+    valid = (ls.solo[:, 0] != card) & (ls.other_solo[:, 0] != card)  # as score_solos counts
     for n in late:
-        scores[f"kick_auc_own_late{n}"] = kick_auc_late(probes.onsets, solos["own"], ls.kicks, valid, n)
+        scores[f"kick_auc_own_late{n}"] = kick_auc_late(probes.onsets, solos["own"], ls.kicks,
+                                                         valid, n)
     return scores
 
 

@@ -340,7 +340,8 @@ class Codec:
     (data.StreamingEncoder, StreamingDecoder): encode a chunk of audio, decode new frames.
     Any number of frames per call; the audio and the frames must come in order, once."""
 
-    def __init__(self, folder, numbers, threads=1, graphs=("codec_encoder.onnx", "codec_decoder.onnx")):
+    def __init__(self, folder, numbers, threads=1,
+                 graphs=("codec_encoder.onnx", "codec_decoder.onnx")):
         self.encoder, self.decoder = (session(Path(folder) / g, threads) for g in graphs)
         self.hop = numbers["hop"]
         # Zeros to begin with: silence before the music (the state's shapes are fixed).

@@ -65,7 +65,7 @@ def codec_per_chunk(codec, tmp, band, hop):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice to pre-process first
     whole = data.encode_audio(codec, band).astype(np.int64)
-    n = len(band) // hop
+    n, figures = len(band) // hop, {}
     for chunk in (3, 6):  # 40 and 80 ms at 75 Hz
         folder = tmp / f"chunk{chunk}"
         folder.mkdir()
@@ -95,6 +95,7 @@ def codec_per_chunk(codec, tmp, band, hop):
         base = percentiles(times[2:])
         base_codes = np.concatenate(codes, -1)
         print(f"  {chunk * 1000 // 75} ms chunks:")
+        row = figures[chunk * 1000 // 75] = {"window_fp32": {"p50": base[0], "p99": base[1]}}
         print(f"    fixed windows (200 ms context), fp32: p50 {base[0]:5.1f} ms  p99 {base[1]:5.1f} ms; "
               f"codes shared with a whole-file encode {(base_codes == whole[:, :base_codes.shape[1]]).mean():.1%}")
         results = {}
@@ -111,9 +112,12 @@ def codec_per_chunk(codec, tmp, band, hop):
             results[variant] = np.concatenate(codes, -1)
             p50, p99 = percentiles(times[2:])
             shared = (results[variant] == whole[:, :results[variant].shape[1]]).mean()
+            row[f"state_{variant}"] = {"p50": p50, "p99": p99, "speedup": base[0] / p50,
+                                      "codes_shared_with_whole_file": float(shared)}
             extra = "" if variant == "fp32" else f"; codes shared with the fp32 graphs' {(results['int8'] == results['fp32']).mean():.1%}"
             print(f"    state carried, {variant}:             p50 {p50:5.1f} ms  p99 {p99:5.1f} ms "
                   f"({base[0] / p50:4.1f}x faster); codes shared with a whole-file encode {shared:.1%}{extra}")
+    return figures
 
 
 def runners(presets, tmp, hop):
@@ -121,6 +125,7 @@ def runners(presets, tmp, hop):
     backing = tmp / "backing.wav"
     import soundfile as sf
     sf.write(backing, data.render_demo_song(71, 10.0, seed=0)[0].astype(np.float32), 24000)
+    figures = {}
     for name in presets:
         torch.manual_seed(0)
         model = SoloTransformer(preset_config(name, max_frames=750, causal_encoder=True, attn_window=300)).eval()
@@ -139,15 +144,21 @@ def runners(presets, tmp, hop):
                                check=True, capture_output=True)
                 r = json.loads((out / "report.json").read_text())
                 d = r["end_to_end_delay_ms"]
+                figures.setdefault(name, {}).setdefault(chunk_ms, {})[variant] = {
+                    "realtime_factor": r["realtime_factor"], "frame_ms_p50": r["frame_ms"]["p50"],
+                    "codec_chunk_ms_p50": r["codec_chunk_ms"]["p50"], "delay_ms": d}
                 print(f"  {name:5s} {variant} {chunk_ms} ms chunks: {r['realtime_factor']:4.1f}x real time; "
                       f"per frame p50 {r['frame_ms']['p50']:.2f} ms; codec per chunk p50 "
                       f"{r['codec_chunk_ms']['p50']:4.1f} ms; delay p50 {d['p50']:.0f} ms, p99 {d['p99']:.0f} ms")
+    return figures
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--no-runner", dest="runner", action="store_false", help="only section 1")
+    ap.add_argument("--json", help="also write the figures here (the paper's build reads "
+                                   "runs/speed.json)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -158,12 +169,20 @@ def main():
     hop = codec.sample_rate // codec.frame_rate
     print(f"1 ONNX Runtime thread; untrained EnCodec 24 kHz (random weights: the pretrained one's speed); "
           f"a 10 s demo band")
+    import os
+    import platform
+    figures = {"machine": f"{os.cpu_count()}-core {platform.machine()}, 1 ONNX Runtime thread, "
+                          f"{time.strftime('%Y-%m-%d')}",
+               "command": "python tests/benchmark_codec.py"}
     with tempfile.TemporaryDirectory() as tmp:
         print("1. the codec per chunk (encode the chunk + decode its frames):")
-        codec_per_chunk(codec, Path(tmp), band, hop)
+        figures["codec"] = codec_per_chunk(codec, Path(tmp), band, hop)
         if args.runner:
             print("2. the whole runner, codec included (onnx_runner.py --no-pace --threads 1):")
-            runners(args.presets, Path(tmp), hop)
+            figures["runner"] = runners(args.presets, Path(tmp), hop)
+    if args.json:
+        data.write_json(args.json, figures)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

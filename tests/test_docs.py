@@ -33,6 +33,9 @@ def cited_keys():
         for group in re.findall(r"\[(@[^\]]+)\]", page.read_text()):
             for key in re.findall(r"@([a-z]+\d{4}[a-z0-9]*)", group):
                 keys.setdefault(key, page.name)
+    # The paper draft cites in Typst's own way: @key anywhere in its text.
+    for key in re.findall(r"@([a-z]+\d{4}[a-z0-9]*)", (ROOT / "docs" / "paper" / "paper.typ").read_text()):
+        keys.setdefault(key, "paper.typ")
     return keys
 
 
