@@ -114,7 +114,8 @@ def codec_per_chunk(codec, tmp, band, hop):
             shared = (results[variant] == whole[:, :results[variant].shape[1]]).mean()
             row[f"state_{variant}"] = {"p50": p50, "p99": p99, "speedup": base[0] / p50,
                                       "codes_shared_with_whole_file": float(shared)}
-            extra = "" if variant == "fp32" else f"; codes shared with the fp32 graphs' {(results['int8'] == results['fp32']).mean():.1%}"
+            same = (results["int8"] == results["fp32"]).mean() if variant == "int8" else None
+            extra = "" if same is None else f"; codes shared with the fp32 graphs' {same:.1%}"
             print(f"    state carried, {variant}:             p50 {p50:5.1f} ms  p99 {p99:5.1f} ms "
                   f"({base[0] / p50:4.1f}x faster); codes shared with a whole-file encode {shared:.1%}{extra}")
     return figures

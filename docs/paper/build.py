@@ -30,8 +30,10 @@ ROOT = HERE.parent.parent  # the repository: ablation.py, data.py
 
 # The columns of each table: (key in ablation.py's table.json, heading, decimals).
 ABLATION_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3),
-                    ("kick_auc_own", "kick AUC own", 3), ("kick_auc_mismatched", "kick AUC other", 3),
-                    ("plays_with_band_rhythm", "rhythm", 2), ("plays_with_band_harmony", "harmony", 2))
+                    ("kick_auc_own", "kick AUC own", 3),
+                    ("kick_auc_mismatched", "kick AUC other", 3),
+                    ("plays_with_band_rhythm", "rhythm", 2),
+                    ("plays_with_band_harmony", "harmony", 2))
 LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("kick_auc_own", "kick AUC offline", 3),
                      ("kick_auc_mismatched", "other band", 3),
                      ("kick_auc_wall_clock", "kick AUC on the wall clock", 3),
@@ -154,7 +156,7 @@ def build(runs, out):
     (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs)}
     (out / "numbers.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False))
-    for name in ("ablation", "lookahead"):  # the tables as they were read, beside what was made of them
+    for name in ("ablation", "lookahead"):  # the tables as read, beside what was made of them
         shutil.copy(Path(runs) / name / "table.json", out / f"{name}.json")
     shutil.copy(Path(runs) / "lookahead" / "lookahead.png", out / "lookahead.png")
     shutil.copy(ROOT / "docs" / "img" / "listening_probes.png", out / "listening_probes.png")
