@@ -66,7 +66,8 @@ class GenerateConfig:
     stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
     stream: bool = opt(False,
                        "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
-    chunk_ms: float = opt(80.0, "streaming: audio chunk size in milliseconds")
+    chunk_ms: float = opt(40.0, "streaming: audio chunk size in milliseconds (docs/phase5: 40 ms "
+                                "halves the chunk's share of the delay)")
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
     demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")

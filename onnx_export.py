@@ -40,7 +40,8 @@ class ExportConfig:
     out: str = opt("solo_onnx", "folder to write the graphs, runner.json and onnx_runner.py to")
     overwrite: bool = opt(False,
                           "replace the folder if it exists (only once the new one is complete)")
-    chunk_ms: float = opt(80.0, "audio chunk the runner encodes at once, in milliseconds")
+    chunk_ms: float = opt(40.0, "audio chunk the runner encodes at once, in milliseconds "
+                                "(its default; onnx_runner.py --chunk-ms chooses another)")
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)")

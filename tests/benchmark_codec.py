@@ -132,6 +132,7 @@ def runners(presets, tmp, hop):
         model = SoloTransformer(preset_config(name, max_frames=750, causal_encoder=True, attn_window=300)).eval()
         for chunk_ms in (40, 80):
             folder = tmp / f"{name}{chunk_ms}"
+            folder.mkdir()
             torch.manual_seed(0)
             codec = data.load_codec("untrained", 3.0, "cpu")
             numbers = data.codec_info(codec, "untrained")
