@@ -34,7 +34,8 @@ ABLATION_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3
                     ("kick_auc_mismatched", "kick AUC other", 3),
                     ("plays_with_band_rhythm", "rhythm", 2),
                     ("plays_with_band_harmony", "harmony", 2))
-LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("kick_auc_own", "kick AUC offline", 3),
+LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3),
+                     ("kick_auc_own", "kick AUC offline", 3),
                      ("kick_auc_mismatched", "other band", 3),
                      ("kick_auc_wall_clock", "kick AUC on the wall clock", 3),
                      ("late_ms", "late (ms)", 0))
