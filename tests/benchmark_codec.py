@@ -175,7 +175,7 @@ def main():
     import platform
     figures = {"machine": f"{os.cpu_count()}-core {platform.machine()}, 1 ONNX Runtime thread, "
                           f"{time.strftime('%Y-%m-%d')}",
-               "command": "python tests/benchmark_codec.py"}
+               "command": " ".join(["python", "tests/benchmark_codec.py", *sys.argv[1:]])}
     with tempfile.TemporaryDirectory() as tmp:
         print("1. the codec per chunk (encode the chunk + decode its frames):")
         figures["codec"] = codec_per_chunk(codec, Path(tmp), band, hop)

@@ -72,11 +72,11 @@ def typst_table(table, columns, first):
     head = [first, *[label for _, label, _ in columns]]
     cells = []
     for name, row in table["rows"].items():
-        cells.append([name.replace("-", "‑"), *[cell(row["mean_sd"].get(key), d)
-                                               for key, _, d in columns]])
+        cells.append([name, *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
     quoted = ", ".join(f"[{c}]" for line in [head, *cells] for c in line)
-    return (f"#table(columns: {len(head)}, align: (left, {', '.join(['right'] * len(columns))}), "
-            f"stroke: 0.4pt, inset: 4pt, {quoted})\n")
+    return (f"#set text(size: 7.5pt)\n#table(columns: {len(head)}, "
+            f"align: (left, {', '.join(['right'] * len(columns))}), stroke: 0.4pt, inset: 3pt, "
+            f"{quoted})\n")
 
 
 def facts():
