@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -860,6 +861,7 @@ def arguments(argv):
                         help="instead of following a backing: what int8 and int4 "
                         "weights cost, as each variant's teacher-forced "
                         "loss on DATA_DIR's validation split")
+    parser.add_argument("--json", help="--loss: also write the losses to this JSON file")
     args = parser.parse_args(argv)
     if not args.loss and not args.backing and not args.live:
         parser.error("--backing is needed (or --live, or --loss DATA_DIR)")
@@ -911,7 +913,15 @@ def main(argv=None):
     numbers = read_folder(args.folder,
                           present_variants(args.folder) if args.loss else [args.variant])
     if args.loss:
-        return variant_losses(args.folder, numbers, Path(args.loss))
+        losses = variant_losses(args.folder, numbers, Path(args.loss))
+        if args.json:  # the paper's build reads runs/quantization.json
+            write_atomic(Path(args.json), lambda p: Path(p).write_text(json.dumps(
+                {"losses": losses, "data": str(args.loss), "folder": str(args.folder),
+                 "command": " ".join(["python", sys.argv[0] if argv is None else "onnx_runner.py",
+                                      *(argv or sys.argv[1:])])},
+                indent=2)))
+            print(f"wrote {args.json}")
+        return losses
     if args.chunk_ms:  # the codec graphs take any number of frames: the chunk is the runner's
         numbers["chunk_frames"] = max(1, round(args.chunk_ms * numbers["frame_rate"] / 1e3))
     taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())

@@ -145,12 +145,15 @@ def test_teacher_forced_loss_equals_training_and_int8_int4_are_close(exported):
     assert abs(ce["int8"] - ce["fp32"]) < 0.02 and abs(ce["int4"] - ce["fp32"]) < 0.02, ce
 
 
-def test_variant_losses_on_the_validation_split(exported, trained_causal):
+def test_variant_losses_on_the_validation_split(exported, trained_causal, tmp_path):
     """onnx_runner.py FOLDER --loss DATA_DIR: each variant's loss on validation clips; the
-    fp32 graphs' equals model.loss on the same clips, int8 and int4 are within 0.02 nats."""
+    fp32 graphs' equals model.loss on the same clips, int8 and int4 are within 0.02 nats;
+    --json writes them (the paper's build reads that file)."""
     folder, model, *_ = exported
     data_dir = G.load_model(trained_causal / "best")[1]["data"]["dir"]
-    losses = R.main([str(folder), "--loss", data_dir])
+    losses = R.main([str(folder), "--loss", data_dir, "--json", str(tmp_path / "q.json")])
+    written = json.loads((tmp_path / "q.json").read_text())
+    assert written["losses"] == losses and "--loss" in written["command"]
     backing, solo = load_split(data_dir, "val")
     T = min(300, backing.shape[1])
     clip = lambda codes, s: torch.from_numpy(codes[None, :, s:s + T].astype(np.int64))  # noqa: E731

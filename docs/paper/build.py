@@ -113,6 +113,18 @@ def speed_of(runs):
             "command": raw["command"]}
 
 
+def quantization_of(runs):
+    """onnx_runner.py --loss --json's losses, formatted, when the runs folder holds them
+    (runs/quantization.json), else None."""
+    path = Path(runs) / "quantization.json"
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    fp32 = raw["losses"]["fp32"]
+    return {"fp32": f"{fp32:.4f}", "command": raw["command"],
+            **{f"{v}_cost": f"{raw['losses'][v] - fp32:+.4f}" for v in ("int8", "int4")}}
+
+
 def numbers_of(ablation, lookahead):
     """numbers.json: every figure the prose quotes, formatted as the tables format it."""
     rows = {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in ABLATION_COLUMNS}
@@ -155,7 +167,8 @@ def build(runs, out):
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row"))
     (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
-    numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs)}
+    numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
+               "quantization": quantization_of(runs)}
     (out / "numbers.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False))
     for name in ("ablation", "lookahead"):  # the tables as read, beside what was made of them
         shutil.copy(Path(runs) / name / "table.json", out / f"{name}.json")
