@@ -91,13 +91,18 @@ def facts():
             "tiny_width": PRESETS["tiny"]["d_model"], "frame_ms": f"{1e3 / 75:.1f}"}
 
 
+def optional_json(runs, name):
+    """runs/<name> read, or None when this runs folder has none (a figure left out)."""
+    path = Path(runs) / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def speed_of(runs):
     """tests/benchmark_codec.py --json's figures, formatted, when the runs folder holds them
     (runs/speed.json), else None."""
-    path = Path(runs) / "speed.json"
-    if not path.exists():
+    raw = optional_json(runs, "speed.json")
+    if raw is None:
         return None
-    raw = json.loads(path.read_text())
     codec = {ms: {"window": f"{c['window_fp32']['p50']:.1f}",
                   "state": f"{c['state_fp32']['p50']:.1f}",
                   "speedup": f"{c['state_fp32']['speedup']:.1f}",
@@ -116,10 +121,9 @@ def speed_of(runs):
 def quantization_of(runs):
     """onnx_runner.py --loss --json's losses, formatted, when the runs folder holds them
     (runs/quantization.json), else None."""
-    path = Path(runs) / "quantization.json"
-    if not path.exists():
+    raw = optional_json(runs, "quantization.json")
+    if raw is None:
         return None
-    raw = json.loads(path.read_text())
     fp32 = raw["losses"]["fp32"]
     return {"fp32": f"{fp32:.4f}", "command": raw["command"],
             **{f"{v}_cost": f"{raw['losses'][v] - fp32:+.4f}" for v in ("int8", "int4")}}
