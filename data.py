@@ -992,6 +992,16 @@ def _conv_layers(module):
             yield kind, layer, None
 
 
+def _carried(conv):
+    """Steps of a streamed convolution's state: what whole-file padding puts on the left of
+    a Conv1d ((kernel - 1) * dilation - (stride - 1) inputs), or the overhang of a
+    ConvTranspose1d into the next chunk (kernel - stride outputs)."""
+    k, s = conv.kernel_size[0], conv.stride[0]
+    if isinstance(conv, torch.nn.ConvTranspose1d):
+        return k - s
+    return (k - 1) * conv.dilation[0] - (s - 1)
+
+
 class StreamingSEANet(torch.nn.Module):
     """One SEANet (EnCodec's encoder or decoder) on a chunk [1, C, n] with its state.
 
@@ -1008,15 +1018,12 @@ class StreamingSEANet(torch.nn.Module):
     def initial_state(self, device="cpu"):
         state = []
         def visit(kind, layer):
-            if kind == "SConv1d":
+            if kind == "SConv1d" and _carried(layer.conv.conv):
                 conv = layer.conv.conv
-                pad = (conv.kernel_size[0] - 1) * conv.dilation[0] - (conv.stride[0] - 1)
-                if pad:
-                    state.append(torch.zeros(1, conv.in_channels, pad, device=device))
+                state.append(torch.zeros(1, conv.in_channels, _carried(conv), device=device))
             elif kind == "SConvTranspose1d":
                 tr = layer.convtr.convtr
-                state.append(torch.zeros(1, tr.out_channels, tr.kernel_size[0] - tr.stride[0],
-                                         device=device))
+                state.append(torch.zeros(1, tr.out_channels, _carried(tr), device=device))
             elif kind == "SLSTM":
                 lstm = layer.lstm
                 state.extend([torch.zeros(lstm.num_layers, 1, lstm.hidden_size, device=device)] * 2)
@@ -1036,7 +1043,7 @@ class StreamingSEANet(torch.nn.Module):
         def run(kind, layer, x):
             if kind == "SConv1d":
                 conv = layer.conv.conv
-                pad = (conv.kernel_size[0] - 1) * conv.dilation[0] - (conv.stride[0] - 1)
+                pad = _carried(conv)
                 if pad:
                     x = torch.cat([state.pop(0), x], dim=-1)       # the past, then the chunk
                     new.append(x[..., x.size(-1) - pad:])
@@ -1044,8 +1051,7 @@ class StreamingSEANet(torch.nn.Module):
             if kind == "SConvTranspose1d":
                 tr = layer.convtr.convtr
                 y = tr(x)                                   # [1, C, (n - 1) * stride + kernel]
-                tail = tr.kernel_size[0] - tr.stride[0]
-                n = x.size(-1) * tr.stride[0]
+                tail, n = _carried(tr), x.size(-1) * tr.stride[0]
                 # the last chunk's overhang added in; this chunk's overhang kept (bias once)
                 y = torch.cat([y[..., :tail] + state.pop(0), y[..., tail:]], dim=-1)
                 new.append(y[..., n:] - tr.bias[None, :, None])

@@ -231,6 +231,11 @@ class ListeningSet:
     lead: torch.Tensor           # [N, T]: the true lead's pitch class, -1 where it rests
     chords: torch.Tensor         # [N, T, 12] bool: the tones of the band's chord
 
+    def scored_frames(self, card):
+        """[N, T] bool: frames of real audio in both true leads (not the special token
+        `card`). Every solo is scored on the same frames."""
+        return (self.solo[:, 0] != card) & (self.other_solo[:, 0] != card)
+
     @staticmethod
     def of(meta, where, backing, solo, other_backing, other_solo):
         """None unless every window is of a demo song, whose truth is known."""
@@ -260,9 +265,7 @@ def score_solos(probes, ls, solos):
     """Kick AUC and note-in-chord of each solo in `solos` ({name: [N, K, T] codes}, scored
     against the band of ls), and, when all four of own, mismatched, true and
     true_mismatched are there, the plays-with-the-band score of each metric."""
-    card = probes.onsets.size(1) - 1
-    # Frames of real audio in both true leads: every solo is scored on the same frames.
-    valid = (ls.solo[:, 0] != card) & (ls.other_solo[:, 0] != card)              # [N, T]
+    valid = ls.scored_frames(probes.onsets.size(1) - 1)                           # [N, T]
     # Harmony: the frames where the true lead sounds a note inside a chord.
     sounding = valid & (ls.lead >= 0) & ls.chords.any(-1)                         # [N, T]
     scores = {}
@@ -299,8 +302,7 @@ def listening_test(model, ls, probes, batch, device, seed=0, late=(), **sampling
             for i in range(0, len(backings), batch)])
     model.train()
     scores = score_solos(probes, ls, solos)
-    card = model.cfg.card
-    valid = (ls.solo[:, 0] != card) & (ls.other_solo[:, 0] != card)  # as score_solos counts
+    valid = ls.scored_frames(model.cfg.card)
     for n in late:
         scores[f"kick_auc_own_late{n}"] = kick_auc_late(probes.onsets, solos["own"], ls.kicks,
                                                          valid, n)

@@ -348,10 +348,13 @@ class Codec:
         # Zeros to begin with: silence before the music (the state's shapes are fixed).
         self.state = {graph: [np.zeros(i.shape, np.float32) for i in graph.get_inputs()[1:]]
                       for graph in (self.encoder, self.decoder)}
+        # the inputs' names, read once here rather than at every chunk
+        self.names = {graph: [i.name for i in graph.get_inputs()]
+                      for graph in (self.encoder, self.decoder)}
 
     def run(self, graph, x):
-        names = [i.name for i in graph.get_inputs()]
-        out, *self.state[graph] = graph.run(None, dict(zip(names, [x, *self.state[graph]])))
+        feed = dict(zip(self.names[graph], [x, *self.state[graph]]))
+        out, *self.state[graph] = graph.run(None, feed)
         return out
 
     def encode(self, audio):
