@@ -58,6 +58,10 @@ class TrainConfig:
                     "dataset folder; the default one is built from the demo corpus if missing")
     out: str = opt("", "run folder (default runs/<preset>)")
     preset: str = opt("tiny", "model size (python model.py prints them)", list(PRESETS))
+    layers: int = opt(0, "layers in the encoder and in the decoder each (0: the preset's; "
+                         "the depth rows of docs/phase3's table)")
+    d_model: int = opt(0, "width of the model, with d_ff = 4 x d_model (0: the preset's; "
+                          "a multiple of 2 x the preset's heads)")
     causal_encoder: bool = opt(False, "phase 5: train a causal (streamable) model")
     attn_window: Optional[int] = opt(None, "phase 5: attention window in frames "
                                            "(bounds the streaming caches)")
@@ -443,6 +447,11 @@ def check_train_settings(cfg):
         raise SystemExit(f"--target-batch {cfg.target_batch} must be a multiple of --batch-size "
                          f"{cfg.batch_size} (gradients accumulate over whole batches): try "
                          f"--target-batch {low or cfg.batch_size} or {low + cfg.batch_size}")
+    heads = PRESETS[cfg.preset]["n_heads"]
+    if cfg.layers < 0 or cfg.d_model < 0 or cfg.d_model % (2 * heads):
+        raise SystemExit(f"--layers {cfg.layers} --d-model {cfg.d_model}: 0 (the preset's) or more, "
+                         f"and the width a multiple of {2 * heads} (the {cfg.preset} preset's "
+                         f"{heads} heads, each an even width for the rotary embedding)")
     if cfg.attn_window is not None and cfg.attn_window < 1:
         raise SystemExit(f"--attn-window {cfg.attn_window}: must be at least 1 "
                          "(the training window, e.g. 300, is usual)")
@@ -679,14 +688,16 @@ def setup_run(cfg):
 
 def model_config(cfg, numbers, T):
     """The preset's ModelConfig with the dataset's codec numbers and this run's options."""
-    # None means "the preset's own": only a dropout the user gave overrides it.
+    # None or 0 means "the preset's own": only a size or dropout the user gave overrides it.
     dropout = {} if cfg.dropout is None else {"dropout": cfg.dropout}
+    depth = {"n_enc_layers": cfg.layers, "n_dec_layers": cfg.layers} if cfg.layers else {}
+    width = {"d_model": cfg.d_model, "d_ff": 4 * cfg.d_model} if cfg.d_model else {}
     return preset_config(cfg.preset, n_codebooks=numbers["n_codebooks"], card=numbers["card"],
                          frame_rate=numbers["frame_rate"], max_frames=T,
                          causal_encoder=cfg.causal_encoder, attn_window=cfg.attn_window,
                          lookahead=round(cfg.lookahead_ms * numbers["frame_rate"] / 1e3),
                          attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
-                         aligned_backing=cfg.aligned_backing, **dropout)
+                         aligned_backing=cfg.aligned_backing, **dropout, **depth, **width)
 
 
 def start_or_resume(out, model, optimizer, scaler, gen, cfg, device):
@@ -708,8 +719,9 @@ def describe(run):
     """What the run is about to do, printed once, and settings.json."""
     cfg, numbers, model = run.cfg, run.meta["codec"], run.model
     print("settings:", json.dumps(asdict(cfg)))
-    print(f"model: {cfg.preset}, {model.num_params() / 1e6:.2f} M parameters; "
-          f"K={model.cfg.n_codebooks} card={model.cfg.card} {model.cfg.frame_rate} Hz; window "
+    m = model.cfg
+    print(f"model: {cfg.preset} ({m.n_enc_layers}+{m.n_dec_layers} layers, d_model {m.d_model}), "
+          f"{model.num_params() / 1e6:.2f} M parameters; K={model.cfg.n_codebooks} card={model.cfg.card} {model.cfg.frame_rate} Hz; window "
           f"{run.T} frames; {run.accum} micro-batches of {cfg.batch_size}; device {run.device} "
           f"({torch.get_num_threads()} CPU threads), precision "
           f"{run.amp_dtype or torch.float32}{' + GradScaler' if run.scaler.is_enabled() else ''}")

@@ -383,6 +383,21 @@ def test_lookahead_ms_becomes_frames_of_a_causal_model(demo_dataset, tmp_path):
             T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path / "b", **bad))
 
 
+def test_layers_and_width_override_the_preset(demo_dataset, tmp_path):
+    """--layers 1 --d-model 64: the checkpoint is a 1+1-layer model of width 64 (d_ff 256), and
+    it loads back; a width the heads cannot split is refused before anything is written."""
+    T.train(quick_train_config(demo_dataset[0], tmp_path / "a", layers=1, d_model=64, max_steps=2,
+                               listen_test=False))
+    model, _ = load_model(tmp_path / "a" / "best", "cpu")
+    m = model.cfg
+    assert (m.n_enc_layers, m.n_dec_layers, m.d_model, m.d_ff, m.n_heads) == (1, 1, 64, 256, 4)
+    assert len(model.encoder) == 1 and len(model.decoder) == 1
+    for bad in (dict(d_model=100), dict(layers=-1)):
+        with pytest.raises(SystemExit, match="--layers .* --d-model .*multiple of 8"):
+            T.train(quick_train_config(demo_dataset[0], tmp_path / "b", **bad))
+        assert not (tmp_path / "b").exists()
+
+
 def test_a_key_change_song_changes_key_once_in_the_middle():
     _, _, truth = data.render_demo_song(10_000, 16.0, 0, key_change_at=0.5)
     keys = [data.NOTE_NAMES.index(c["key"]) for c in truth["chords"]]
