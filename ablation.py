@@ -39,7 +39,7 @@ import data
 from data import DEVICES, opt, parse_settings, write_json
 from listening import (KEY_CHANGE_SONGS, SAMPLING, ListeningSet, fit_probes, key_change_set,
                        key_change_test, listening_test, listening_windows)
-from model import load_model, read_json, resolve_checkpoint
+from model import ModelConfig, SoloTransformer, load_model, read_json, resolve_checkpoint
 
 
 @dataclass
@@ -78,6 +78,15 @@ ROWS = {
                      data=("--augment", "1")),
     "solo-dropout-0.5": Row("50% of the solo's past tokens hidden in training",
                             ("--solo-dropout", "0.5")),
+    # The architecture: the tiny preset (2+2 layers, width 128, 2.6 M parameters) made
+    # shallower, deeper, narrower and wider, each trained as the default row is (500
+    # steps, solo dropout 0.3, the preset's learning rate and dropout), so the row
+    # asks "does size matter on this corpus, at this budget of steps?"
+    "layers-1": Row("1+1 layers instead of 2+2 (2.1 M parameters)", ("--layers", "1")),
+    "layers-4": Row("4+4 layers instead of 2+2 (3.5 M parameters)", ("--layers", "4")),
+    "width-64": Row("width 64 instead of 128, d_ff 256 (1.0 M parameters)", ("--d-model", "64")),
+    "width-192": Row("width 192 instead of 128, d_ff 768 (4.6 M parameters)",
+                     ("--d-model", "192")),
 }
 PHASE3 = list(ROWS)
 
@@ -268,7 +277,8 @@ def score_one(cfg, name, seed, cache):
                        "lookahead_ms": model_cfg.get("lookahead", 0) * 1e3 / fr,
                        "kick_auc_wall_clock": scores[key][f"kick_auc_own_late{min(n, LATE[-1])}"]}
     best = summary.get("best", {})
-    return {"seed": seed, "best_val_ce": summary["best_val_ce"],
+    size = SoloTransformer(ModelConfig(**model_cfg)).num_params() / 1e6  # the architecture rows'
+    return {"seed": seed, "params_m": size, "best_val_ce": summary["best_val_ce"],
             "cond_gain": best.get("cond_gain"), "cond_gain_kicks": best.get("cond_gain_kicks"),
             # evaluations that printed train.py's overfitting warning
             "overfitting_warnings": sum(data.overfitting(history[:i + 1])
@@ -291,8 +301,9 @@ def mean_and_spread(values):
 
 def command_line(cfg):
     """The command that rebuilds this table (its non-default options)."""
+    rows = "" if cfg.rows == TABLES[cfg.table] else " --rows " + " ".join(cfg.rows)
     return ("python ablation.py" + (" --quick" if cfg.quick else "")
-            + ("" if cfg.table == "phase3" else f" --table {cfg.table}")
+            + ("" if cfg.table == "phase3" else f" --table {cfg.table}") + rows
             + ("" if cfg.table != "lookahead" else f" --runner-delay-ms {cfg.runner_delay_ms:g}"))
 
 
