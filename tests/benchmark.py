@@ -21,6 +21,8 @@ Prints, for batch 1 on this machine's CPU:
     per second; then the whole runner (codec graphs included) on a 10 s backing as a
     separate process: its real-time factor and peak memory (--no-onnx skips this); and the
     floor at batch 1: what reading that many int8 or int4 weights once takes (weight_floor).
+--json PATH also writes these figures (the paper's build reads runs/bench.json, made with
+`python tests/benchmark.py --threads 1 --json runs/bench.json`: one thread on each side).
 Random weights: speed does not depend on what the model has learned.
 """
 import argparse
@@ -58,14 +60,18 @@ def per_frame(push, finish, T):
 
 
 def show(label, times, fps, rate):
+    """Print one line of per-frame figures -> them, as the JSON keeps them."""
     p99 = times[int(0.99 * (len(times) - 1))]
     print(f"    {label:28s} median {statistics.median(times):5.2f} ms  p99 {p99:5.2f} ms  "
           f"{fps:7.1f} frames/s = {fps / rate:5.1f}x real time")
+    return {"frame_ms_p50": statistics.median(times), "frame_ms_p99": p99, "frames_per_s": fps,
+            "realtime_factor": fps / rate}
 
 
-def onnx_streaming(model, backing, top_k, rate):
+def onnx_streaming(model, backing, top_k, rate, figures):
     """The causal model exported, stepped by onnx_runner on one thread, fp32, int8 and int4;
-    then the whole runner on a 10 s backing in its own process (real time, peak memory)."""
+    then the whole runner on a 10 s backing in its own process (real time, peak memory).
+    Their figures go into `figures`; returns the fastest step's frames per second."""
     import data
     import onnx_export
     import onnx_runner
@@ -85,7 +91,7 @@ def onnx_streaming(model, backing, top_k, rate):
             stream = onnx_runner.SoloStream(tmp, runner, T, variant, threads=1, top_k=top_k)
             frames = backing[0].numpy()
             times, fps = per_frame(lambda t: stream.push(frames[:, t]), stream.finish, T)
-            show(f"ONNX {variant} (1 thread)", times, fps, rate)
+            figures[f"onnx_{variant}"] = show(f"ONNX {variant} (1 thread)", times, fps, rate)
             best = max(best, fps)
         sf.write(tmp / "backing.wav", (0.1 * np.random.default_rng(0).standard_normal(10 * 24000)).astype(np.float32),
                  24000)
@@ -95,8 +101,10 @@ def onnx_streaming(model, backing, top_k, rate):
                            check=True, capture_output=True)
             report = json.loads((tmp / variant / "report.json").read_text())
             print(f"    runner, {variant}, 10 s file, codec included: {report['realtime_factor']:4.1f}x real time, "
-                  f"per frame p99 {report['frame_ms']['p99']:.2f} ms, codec per 80 ms chunk "
-                  f"{report['codec_chunk_ms']['p50']:.0f} ms, peak memory {report['peak_memory_mb']:.0f} MB")
+                  f"per frame p99 {report['frame_ms']['p99']:.2f} ms, codec per {report['chunk_ms']:.0f} ms chunk "
+                  f"{report['codec_chunk_ms']['p50']:.1f} ms, peak memory {report['peak_memory_mb']:.0f} MB")
+            figures[f"runner_{variant}"] = {key: report[key] for key in (
+                "realtime_factor", "chunk_ms", "codec_chunk_ms", "peak_memory_mb", "end_to_end_delay_ms")}
     return best
 
 
@@ -156,9 +164,17 @@ def main():
     ap.add_argument("--window", type=int, default=300,
                     help="phase 5's attention window in frames (300: the training command of docs/phase5)")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime figures")
+    ap.add_argument("--json", help="also write the figures here (the paper's build reads runs/bench.json)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    import os
+    import platform
+    figures = {"machine": f"{os.cpu_count()}-core {platform.machine()}, {torch.get_num_threads()} torch "
+                          f"thread(s), 1 ONNX Runtime thread, {time.strftime('%Y-%m-%d')}",
+               "command": " ".join(["python", "tests/benchmark.py", *sys.argv[1:]]),
+               "torch_threads": torch.get_num_threads(), "top_k": args.top_k, "frames": args.frames,
+               "presets": {}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, {args.frames} frames, "
           f"temperature 1, top-k {args.top_k}")
     opts = dict(temperature=1.0, top_k=args.top_k)
@@ -175,6 +191,9 @@ def main():
         _, t_cached = timed(lambda: sample_solo(model, backing, **opts))
         _, t_greedy = timed(lambda: sample_solo(model, backing, temperature=0))  # no sampling cost: the model alone
         steps = T + K - 1
+        fig = figures["presets"][name] = {
+            "params_m": model.num_params() / 1e6, "cached_vs_plain": t_plain / t_cached_n,
+            "offline_steps_per_s": steps / t_cached, "offline_realtime_factor": T / rate / t_cached}
         print(f"\n[{name}] {model.num_params() / 1e6:.1f} M parameters")
         print(f"  first {n} steps:  cached {n / t_cached_n:7.1f} steps/s   plain {n / t_plain:7.1f} steps/s"
               f"   ratio {t_plain / t_cached_n:5.1f}x")
@@ -189,15 +208,16 @@ def main():
         print(f"  streaming (window {args.window} frames), one frame = encoder step + decoder step + "
               f"top-k {args.top_k} draw (budget {1e3 / rate:.1f} ms per frame):")
         times, torch_fps = per_frame(lambda t: sampler.push(backing[..., t]), sampler.finish, T)
-        show(f"PyTorch ({torch.get_num_threads()} threads)", times, torch_fps, rate)
+        fig["torch_stream"] = show(f"PyTorch ({torch.get_num_threads()} threads)", times, torch_fps, rate)
         if args.onnx:
-            onnx_fps = onnx_streaming(smodel, backing, args.top_k, rate)
+            onnx_fps = onnx_streaming(smodel, backing, args.top_k, rate, fig)
             floors, n_weights = weight_floor(smodel)
             print(f"    floor: reading {n_weights / 1e6:.1f} M weights once costs " + ", ".join(
                 f"{ms:.2f} ms {v} (at most {1e3 / ms / rate:.1f}x real time)" for v, ms in floors.items()) +
                 " on 1 thread, before attention's rings and the draw")
             print(f"    fastest ONNX: {onnx_fps / torch_fps:4.2f}x PyTorch streaming, "
                   f"{onnx_fps / (T / t_cached):4.2f}x PyTorch sample_solo() (offline, cached)")
+            fig["weight_floor_ms"] = floors
         # Training step at T frames, manual attention against the fused kernel.
         solo = torch.randint(0, cfg.card, (1, K, T))
         for impl in ("manual", "sdpa"):
@@ -209,7 +229,13 @@ def main():
             for _ in range(reps):
                 tmodel.zero_grad(set_to_none=True)
                 tmodel.loss(backing, solo)[0].backward()
-            print(f"  train step (B=1, T={T}), {impl:6s} attention: {(time.perf_counter() - t0) / reps * 1e3:7.1f} ms")
+            ms = (time.perf_counter() - t0) / reps * 1e3
+            fig[f"train_step_ms_{impl}"] = ms
+            print(f"  train step (B=1, T={T}), {impl:6s} attention: {ms:7.1f} ms")
+    if args.json:
+        import data
+        data.write_json(args.json, figures)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
