@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, parse_settings, write_json
-from listening import (KEY_CHANGE_SONGS, SAMPLING, ListeningSet, fit_probes, key_change_set,
-                       key_change_test, listening_test, listening_windows)
+from listening import (KEY_CHANGE_SONGS, SAMPLING, ListeningSet, counting_listener, fit_probes,
+                       key_change_set, key_change_test, listening_test, listening_windows)
 from model import ModelConfig, SoloTransformer, load_model, read_json, resolve_checkpoint
 
 
@@ -235,16 +235,22 @@ def train_one(cfg, name, seed):
 # the same code and the same sampling even when the runs are older than a change to
 # listening.py (--rescore), and so that sampling rows need no training at all.
 
-def scoring_sets(cfg, cache, T):
-    """(ListeningSet, Probes, KeyChangeSet) for windows of T frames, built once per T."""
-    if T not in cache:
+def listening_set(cfg, cache, T):
+    """(ListeningSet, Probes) for windows of T frames, built once per T."""
+    if ("listening", T) not in cache:
         meta = cache["meta"]
         backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T)
-        codec = data.dataset_codec(meta["codec"], cfg.data, cfg.device)
-        cache[T] = (ListeningSet.of(meta, where, backing, solo, other, other_solo),
-                    fit_probes(cfg.data, meta, T),
-                    key_change_set(codec, T, KEY_CHANGE_SONGS[:2 if cfg.quick else None]))
-    return cache[T]
+        cache["listening", T] = (ListeningSet.of(meta, where, backing, solo, other, other_solo),
+                                 fit_probes(cfg.data, meta, T))
+    return cache["listening", T]
+
+
+def scoring_sets(cfg, cache, T):
+    """(ListeningSet, Probes, KeyChangeSet) for windows of T frames, built once per T."""
+    if ("key change", T) not in cache:
+        codec = data.dataset_codec(cache["meta"]["codec"], cfg.data, cfg.device)
+        cache["key change", T] = key_change_set(codec, T, KEY_CHANGE_SONGS[:2 if cfg.quick else None])
+    return (*listening_set(cfg, cache, T), cache["key change", T])
 
 
 def score_one(cfg, name, seed, cache):
@@ -316,8 +322,9 @@ def machine():
             "threads_per_run": 1, "date": time.strftime("%Y-%m-%d")}
 
 
-def write_table(cfg, results):
-    """table.json (every run's figures, and each row's mean and spread) and table.md."""
+def write_table(cfg, results, counted):
+    """table.json (every run's figures, each row's mean and spread, and `counted`: the data's
+    own figures, listening.counting_listener's) and table.md."""
     figures = TABLE_FIGURES[cfg.table]
     keys = [key for key, _, _ in figures] + [key for key in results[next(iter(results))][0]
                                              if key.startswith("kick_auc_own_late")
@@ -327,6 +334,7 @@ def write_table(cfg, results):
             for name, runs in results.items()}
     extra = {"runner_delay_ms": cfg.runner_delay_ms} if cfg.table == "lookahead" else {}
     write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "rows": rows, **extra,
+                                              "counting_listener": counted,
                                               "command": command_line(cfg), "machine": machine()})
     head = "| row | what | seeds | " + " | ".join(label for _, label, _ in figures) + " |"
     lines = [head, "|" + "---|" * (3 + len(figures))]
@@ -339,6 +347,9 @@ def write_table(cfg, results):
     command = command_line(cfg)
     note = (f"\nMean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}; "
             f"written by `{command}` ({time.strftime('%Y-%m-%d')}).\n")
+    note += ("A listener that only counts the band's codes (listening.counting_listener) "
+             f"picks chord tones {counted['note_in_chord_counted_own']:.3f} of the time over its "
+             f"own band, {counted['note_in_chord_counted_mismatched']:.3f} over another song's.\n")
     if cfg.table == "lookahead":
         note += (f"On the wall clock: each solo heard the runner's delay ({cfg.runner_delay_ms:g} "
                  "ms, --runner-delay-ms) less its lookahead behind the band frame it was "
@@ -415,7 +426,10 @@ def main(cfg):
     cache = {"meta": data.load_dataset(cfg.data)}
     results = {name: [score_one(cfg, name, seed, cache) for seed in cfg.seeds]
                for name in tqdm(cfg.rows, desc="listening tests")}
-    print(write_table(cfg, results))
+    # what counting the band's codes gives, on the windows of the first row's models
+    T = read_json(run_folder(cfg, cfg.rows[0], cfg.seeds[0]) / "best" / "config.json",
+                  "a checkpoint")["model"]["max_frames"]
+    print(write_table(cfg, results, counting_listener(*listening_set(cfg, cache, T)[::-1])))
     print(f"wrote {Path(cfg.out) / 'table.md'} and table.json")
 
 

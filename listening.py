@@ -132,30 +132,32 @@ def read_pitch_classes(probe, solo, span=PITCH_SPAN):
     return pooled.argmax(dim=1)
 
 
-def note_in_chord(probe, solo, chords, frames):
+def note_in_chord(probe, solo, chords, frames, span=PITCH_SPAN):
     """Share of the frames whose pitch class, as the probe reads it, is a tone of the chord
     the band plays then (the note-in-chord ratio). solo [N, K, T]; chords [N, T, 12];
     frames [N, T] bool, those to count. About a third of the 12 classes are chord tones:
     a solo deaf to the harmony scores near 0.3, the true lead near 0.9."""
-    read = read_pitch_classes(probe, solo)                                       # [N, T]
+    read = read_pitch_classes(probe, solo, span)                                 # [N, T]
     hits = chords.gather(2, read[..., None])[..., 0]                             # [N, T]
     return float(hits[frames].float().mean()) if frames.any() else float("nan")
 
 
 @dataclass
 class Probes:
-    """The two token-space readers of a solo, fitted on the training split's truth."""
-    onsets: torch.Tensor     # [K, card + 1]: fit_onset_detector
-    pitch: torch.Tensor      # [K, card + 1, 12]: fit_pitch_probe
+    """The token-space readers, fitted on the training split's truth: two of a solo, and
+    one that reads the lead's pitch class from the band's own codes (counting_listener)."""
+    onsets: torch.Tensor         # [K, card + 1]: fit_onset_detector
+    pitch: torch.Tensor          # [K, card + 1, 12]: fit_pitch_probe, on the lead's codes
+    backing_pitch: torch.Tensor  # [K, card + 1, 12]: fit_pitch_probe, on the backing's codes
 
 
 def fit_probes(data_dir, meta, T):
     """Probes fitted on every window of T frames of the training split of a demo dataset."""
-    _, solo, where = data.Windows(data_dir, "train", meta, T).fixed()
+    backing, solo, where = data.Windows(data_dir, "train", meta, T).fixed()
     fr, card = meta["codec"]["frame_rate"], meta["codec"]["card"]
     lead, _ = harmony_truth(meta, where, T, fr)
     return Probes(fit_onset_detector(solo, listening_masks(meta, where, T, fr)["kicks"], card),
-                  fit_pitch_probe(solo, lead, card))
+                  fit_pitch_probe(solo, lead, card), fit_pitch_probe(backing, lead, card))
 
 
 def kick_auc(table, solo, kicks, valid):
@@ -236,6 +238,11 @@ class ListeningSet:
         `card`). Every solo is scored on the same frames."""
         return (self.solo[:, 0] != card) & (self.other_solo[:, 0] != card)
 
+    def harmony_frames(self, card):
+        """[N, T] bool: the scored frames where the true lead sounds a note inside a chord
+        (note-in-chord counts these)."""
+        return self.scored_frames(card) & (self.lead >= 0) & self.chords.any(-1)
+
     @staticmethod
     def of(meta, where, backing, solo, other_backing, other_solo):
         """None unless every window is of a demo song, whose truth is known."""
@@ -265,9 +272,8 @@ def score_solos(probes, ls, solos):
     """Kick AUC and note-in-chord of each solo in `solos` ({name: [N, K, T] codes}, scored
     against the band of ls), and, when all four of own, mismatched, true and
     true_mismatched are there, the plays-with-the-band score of each metric."""
-    valid = ls.scored_frames(probes.onsets.size(1) - 1)                           # [N, T]
-    # Harmony: the frames where the true lead sounds a note inside a chord.
-    sounding = valid & (ls.lead >= 0) & ls.chords.any(-1)                         # [N, T]
+    card = probes.onsets.size(1) - 1
+    valid, sounding = ls.scored_frames(card), ls.harmony_frames(card)            # [N, T] each
     scores = {}
     for name, solo in solos.items():
         scores[f"kick_auc_{name}"] = kick_auc(probes.onsets, solo, ls.kicks, valid)
@@ -278,6 +284,25 @@ def score_solos(probes, ls, solos):
                 *(scores[f"{metric}_{name}"] for name in ("own", "mismatched", "true",
                                                           "true_mismatched")))
     return scores
+
+
+# A listener that only counts: the lead's pitch class guessed from the band's codes by the
+# naive-Bayes reader of fit_pitch_probe, fitted on the training split's backing, the
+# guesses pooled over half a second (18 frames each side at 75 Hz: a chord lasts longer
+# than a note). It learns nothing but which codes of the band come with which note of
+# the lead. Its note-in-chord says how much of the harmony a model could take from the
+# backing's tokens with no more than counting: on the default corpus its guesses are
+# chord tones far more often than chance (docs/phase3), so the chords are in the tokens.
+COUNTING_SPAN = 18
+
+
+def counting_listener(probes, ls):
+    """Note-in-chord of the pitch classes counted from the band's codes, over its own band
+    and, as the control, over another song's: {note_in_chord_counted_own, ..._mismatched}."""
+    frames = ls.harmony_frames(probes.onsets.size(1) - 1)
+    return {f"note_in_chord_counted_{name}": note_in_chord(probes.backing_pitch, backing,
+                                                           ls.chords, frames, COUNTING_SPAN)
+            for name, backing in (("own", ls.backing), ("mismatched", ls.other_backing))}
 
 
 # The sampling settings of the listening test, the run page's samples and generate.py's

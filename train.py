@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 import data
 from data import DEVICES, opt, overfitting, parse_settings, unigram_entropy, write_json
-from listening import (ListeningSet, RunPage, fit_probes, listening_masks, listening_test,
-                       listening_windows)
+from listening import (ListeningSet, RunPage, counting_listener, fit_probes, listening_masks,
+                       listening_test, listening_windows)
 from model import (PRESETS, SoloTransformer, build_delay_pattern, load_model, load_weights,
                    position_cross_entropy,
                    preset_config, read_json, resolve_checkpoint, teacher_forcing)
@@ -903,9 +903,10 @@ def finish(run):
             # Solos written by the best checkpoint (loaded beside the live model, which
             # stays as training left it), scored against the demo band's kicks and chords.
             best_model, _ = load_model(best_dir, run.device)
-            summary["best"].update(listening_test(best_model, run.evals.listening,
-                                                  fit_probes(cfg.data, run.meta, run.T),
+            probes = fit_probes(cfg.data, run.meta, run.T)
+            summary["best"].update(listening_test(best_model, run.evals.listening, probes,
                                                   cfg.batch_size, run.device, seed=cfg.seed))
+            summary["best"].update(counting_listener(probes, run.evals.listening))
     write_json(run.out / "summary.json", summary)
     report(run, summary)
     return summary
@@ -928,6 +929,9 @@ def report(run, summary):
                   f"{best[metric + '_mismatched']:.3f}   true lead {best[metric + '_true']:.3f} / "
                   f"{best[metric + '_true_mismatched']:.3f}   plays with the band "
                   f"({kind}) {best['plays_with_band_' + kind]:.2f} (1: as the real lead, 0: deaf)")
+        print(f"  {'':14s} the lead's notes counted from the band's codes alone "
+              f"{best['note_in_chord_counted_own']:.3f} / {best['note_in_chord_counted_mismatched']:.3f}"
+              " (listening.counting_listener: how much harmony the backing's tokens hold)")
     print(f"Listen: python generate.py --checkpoint {run.out / 'best'}")
     if run.meta["codec"]["untrained"]:
         print("NOTE: this dataset used the UNTRAINED codec: the "

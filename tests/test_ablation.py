@@ -46,6 +46,9 @@ def test_table_is_the_mean_and_spread_of_its_seeds_and_nothing_runs_twice(demo_d
     assert greedy != sampled, "the sampling row must score its own solos"
     md = (tmp_path / "abl" / "table.md").read_text()
     assert md.count("\n| quick") == 2 and " ± " in md
+    counted = table["counting_listener"]  # the data's own figure, beside the runs'
+    assert set(counted) == {"note_in_chord_counted_own", "note_in_chord_counted_mismatched"}
+    assert f"{counted['note_in_chord_counted_own']:.3f}" in md
     # Again: every run finished and scored, so nothing is trained or sampled again.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").glob("*/*/*.json")}
     A.main(cfg)

@@ -326,6 +326,20 @@ def test_harmony_probe_tells_the_true_lead_own_chords_from_another_song(demo_dat
     assert own > 0.6 and own > other_band + 0.25, f"true lead: note-in-chord {own:.3f} own chords, {other_band:.3f} another's"
 
 
+def test_the_chords_can_be_counted_from_the_band_codes(demo_dataset):
+    """listening.counting_listener: the lead's pitch class guessed from the backing's codes alone
+    lands on the band's chord tones far more often over its own band than over another song's
+    (the harmony is in the backing's tokens, for a model to take)."""
+    out, meta = demo_dataset
+    T = 75
+    probes = listening.fit_probes(out, meta, T)
+    backing, solo, where, other_backing, other_solo = listening.listening_windows(out, meta, T)
+    ls = listening.ListeningSet.of(meta, where, backing, solo, other_backing, other_solo)
+    counted = listening.counting_listener(probes, ls)
+    own, other = counted["note_in_chord_counted_own"], counted["note_in_chord_counted_mismatched"]
+    assert own > other + 0.2, f"counted from the band: {own:.3f} in its own chords, {other:.3f} in another's"
+
+
 def test_harmony_truth_follows_the_notes_and_chords():
     meta = {"songs": [{"id": "s", "variants": [{"tempo": 1.0, "semitones": 0.0}, {"tempo": 2.0, "semitones": 1.2}],
                        "truth": {"lead_notes": [{"start_s": 0.1, "end_s": 0.2, "midi": 62}],
