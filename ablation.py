@@ -249,7 +249,8 @@ def scoring_sets(cfg, cache, T):
     """(ListeningSet, Probes, KeyChangeSet) for windows of T frames, built once per T."""
     if ("key change", T) not in cache:
         codec = data.dataset_codec(cache["meta"]["codec"], cfg.data, cfg.device)
-        cache["key change", T] = key_change_set(codec, T, KEY_CHANGE_SONGS[:2 if cfg.quick else None])
+        songs = KEY_CHANGE_SONGS[:2 if cfg.quick else None]
+        cache["key change", T] = key_change_set(codec, T, songs)
     return (*listening_set(cfg, cache, T), cache["key change", T])
 
 

@@ -449,9 +449,9 @@ def check_train_settings(cfg):
                          f"--target-batch {low or cfg.batch_size} or {low + cfg.batch_size}")
     heads = PRESETS[cfg.preset]["n_heads"]
     if cfg.layers < 0 or cfg.d_model < 0 or cfg.d_model % (2 * heads):
-        raise SystemExit(f"--layers {cfg.layers} --d-model {cfg.d_model}: 0 (the preset's) or more, "
-                         f"and the width a multiple of {2 * heads} (the {cfg.preset} preset's "
-                         f"{heads} heads, each an even width for the rotary embedding)")
+        raise SystemExit(f"--layers {cfg.layers} --d-model {cfg.d_model}: 0 (the preset's) or "
+                         f"more, and the width a multiple of {2 * heads} (the {cfg.preset} "
+                         f"preset's {heads} heads, each an even width for the rotary embedding)")
     if cfg.attn_window is not None and cfg.attn_window < 1:
         raise SystemExit(f"--attn-window {cfg.attn_window}: must be at least 1 "
                          "(the training window, e.g. 300, is usual)")
@@ -721,7 +721,8 @@ def describe(run):
     print("settings:", json.dumps(asdict(cfg)))
     m = model.cfg
     print(f"model: {cfg.preset} ({m.n_enc_layers}+{m.n_dec_layers} layers, d_model {m.d_model}), "
-          f"{model.num_params() / 1e6:.2f} M parameters; K={model.cfg.n_codebooks} card={model.cfg.card} {model.cfg.frame_rate} Hz; window "
+          f"{model.num_params() / 1e6:.2f} M parameters; K={m.n_codebooks} card={m.card} "
+          f"{m.frame_rate} Hz; window "
           f"{run.T} frames; {run.accum} micro-batches of {cfg.batch_size}; device {run.device} "
           f"({torch.get_num_threads()} CPU threads), precision "
           f"{run.amp_dtype or torch.float32}{' + GradScaler' if run.scaler.is_enabled() else ''}")
@@ -929,9 +930,10 @@ def report(run, summary):
                   f"{best[metric + '_mismatched']:.3f}   true lead {best[metric + '_true']:.3f} / "
                   f"{best[metric + '_true_mismatched']:.3f}   plays with the band "
                   f"({kind}) {best['plays_with_band_' + kind]:.2f} (1: as the real lead, 0: deaf)")
+        counted = best["note_in_chord_counted_own"], best["note_in_chord_counted_mismatched"]
         print(f"  {'':14s} the lead's notes counted from the band's codes alone "
-              f"{best['note_in_chord_counted_own']:.3f} / {best['note_in_chord_counted_mismatched']:.3f}"
-              " (listening.counting_listener: how much harmony the backing's tokens hold)")
+              f"{counted[0]:.3f} / {counted[1]:.3f} (listening.counting_listener: how much "
+              "harmony the backing's tokens hold)")
     print(f"Listen: python generate.py --checkpoint {run.out / 'best'}")
     if run.meta["codec"]["untrained"]:
         print("NOTE: this dataset used the UNTRAINED codec: the "
