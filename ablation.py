@@ -84,6 +84,7 @@ ROWS = {
     # asks "does size matter on this corpus, at this budget of steps?"
     "layers-1": Row("1+1 layers instead of 2+2 (2.1 M parameters)", ("--layers", "1")),
     "layers-4": Row("4+4 layers instead of 2+2 (3.5 M parameters)", ("--layers", "4")),
+    "width-32": Row("width 32 instead of 128, d_ff 128 (0.5 M parameters)", ("--d-model", "32")),
     "width-64": Row("width 64 instead of 128, d_ff 256 (1.0 M parameters)", ("--d-model", "64")),
     "width-192": Row("width 192 instead of 128, d_ff 768 (4.6 M parameters)",
                      ("--d-model", "192")),
