@@ -5,15 +5,21 @@ folders, and the PDF compiled from them.
     python docs/paper/build.py --runs runs      # from ablation.py's two tables (below)
     python docs/paper/build.py --quick          # tiny runs made first, in a temporary folder
 
-The runs come from two commands (each resumable; hours on 2 CPU cores):
+The runs come from two commands (each resumable; hours on 2 CPU cores; the exact command
+of each table, with its --rows, is in its table.json and in the draft's captions):
 
-    python ablation.py                          # runs/ablation: phase 3's settings, 3 seeds each
+    python ablation.py [--rows ...]             # runs/ablation: phase 3's settings, 3 seeds each
     python ablation.py --table lookahead        # runs/lookahead: phase 5's lookahead, 3 seeds each
+
+and, when they are there, three optional files of figures (a dash in the draft otherwise):
+runs/speed.json (python tests/benchmark_codec.py --json runs/speed.json), runs/bench.json
+(python tests/benchmark.py --threads 1 --json runs/bench.json) and runs/quantization.json
+(python solo_onnx/onnx_runner.py solo_onnx --loss data/demo --json runs/quantization.json).
 
 Writes into --out (docs/paper/build by default): numbers.json (every figure the prose
 quotes, already formatted: paper.typ reads them from there, so no number in the text
-is typed by hand), ablation.typ and lookahead.typ (the tables), lookahead.png (the
-curve), and paper.pdf. --quick builds everything from 2-step runs on a 5-song corpus:
+is typed by hand), ablation.typ, architecture.typ and lookahead.typ (the tables),
+lookahead.png (the curve), and paper.pdf. --quick builds everything from 2-step runs on a 5-song corpus:
 the numbers mean nothing, but every step that makes the real draft runs (the test
 suite builds it this way).
 """
@@ -33,12 +39,17 @@ ABLATION_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3
                     ("kick_auc_own", "kick AUC own", 3),
                     ("kick_auc_mismatched", "kick AUC other", 3),
                     ("plays_with_band_rhythm", "rhythm", 2),
-                    ("plays_with_band_harmony", "harmony", 2))
+                    ("plays_with_band_harmony", "harmony", 2),
+                    ("overfitting_warnings", "overfit warnings", 1))
 LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3),
                      ("kick_auc_own", "kick AUC offline", 3),
                      ("kick_auc_mismatched", "other band", 3),
                      ("kick_auc_wall_clock", "kick AUC on the wall clock", 3),
                      ("late_ms", "late (ms)", 0))
+# The architecture rows of ablation.py's phase 3 table get a table of their own, beside the
+# default (the tiny preset they change); the other rows are the training choices.
+ARCHITECTURE_ROWS = ("default", "layers-1", "layers-4", "width-32", "width-64", "width-192")
+ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),)
 # The true lead's figures (the same for every run: they score the data, not a model).
 TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
              "note_in_chord_true_mismatched")
@@ -52,10 +63,11 @@ def read_table(runs, name, command):
 
 
 def cell(mean_sd, decimals):
-    """'0.690 ± 0.020' from [mean, sd]; an en dash where a figure is undefined."""
+    """'0.690 ± 0.020' from [mean, sd], with a minus sign rather than a hyphen; an en dash
+    where a figure is undefined."""
     if mean_sd is None:
         return "–"
-    return f"{mean_sd[0]:.{decimals}f} ± {mean_sd[1]:.{decimals}f}"
+    return f"{mean_sd[0]:.{decimals}f} ± {mean_sd[1]:.{decimals}f}".replace("-", "−")
 
 
 def provenance(table):
@@ -67,15 +79,20 @@ def provenance(table):
             "seeds": ", ".join(map(str, table["seeds"])), "machine": where}
 
 
-def typst_table(table, columns, first):
-    """A Typst table: one line per row, mean ± standard deviation over the seeds."""
-    head = [first, *[label for _, label, _ in columns]]
+def typst_table(table, columns, first, rows=None):
+    """A Typst table: one line per row (those named, else all), mean ± standard deviation over
+    the seeds; the architecture table puts each row's parameter count after its name."""
+    rows = [name for name in rows or table["rows"] if name in table["rows"]]
+    size = first == "architecture"
+    head = [first, *(["params (M)"] if size else []), *[label for _, label, _ in columns]]
     cells = []
-    for name, row in table["rows"].items():
-        cells.append([name, *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
+    for name in rows:
+        row = table["rows"][name]
+        params = [f"{row['runs'][0]['params_m']:.1f}"] if size else []
+        cells.append([name, *params, *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
     quoted = ", ".join(f"[{c}]" for line in [head, *cells] for c in line)
     return (f"#set text(size: 7.5pt)\n#table(columns: {len(head)}, "
-            f"align: (left, {', '.join(['right'] * len(columns))}), stroke: 0.4pt, inset: 3pt, "
+            f"align: (left, {', '.join(['right'] * (len(head) - 1))}), stroke: 0.4pt, inset: 3pt, "
             f"{quoted})\n")
 
 
@@ -118,6 +135,24 @@ def speed_of(runs):
             "command": raw["command"]}
 
 
+def bench_of(runs):
+    """tests/benchmark.py --json's figures, formatted, when the runs folder holds them
+    (runs/bench.json: one frame at a time, PyTorch's streaming sampler against the exported
+    steps on ONNX Runtime), else None."""
+    raw = optional_json(runs, "bench.json")
+    if raw is None:
+        return None
+    presets = {}
+    for name, fig in raw["presets"].items():
+        torch_fps = fig["torch_stream"]["frames_per_s"]
+        presets[name] = {"params_m": f"{fig['params_m']:.1f}", **{
+            way: {"p50": f"{fig[way]['frame_ms_p50']:.2f}", "p99": f"{fig[way]['frame_ms_p99']:.2f}",
+                  "rtf": f"{fig[way]['realtime_factor']:.1f}",
+                  "vs_torch": f"{fig[way]['frames_per_s'] / torch_fps:.1f}"}
+            for way in ("torch_stream", "onnx_fp32", "onnx_int8", "onnx_int4") if way in fig}}
+    return {"presets": presets, "machine": raw["machine"], "command": raw["command"]}
+
+
 def quantization_of(runs):
     """onnx_runner.py --loss --json's losses, formatted, when the runs folder holds them
     (runs/quantization.json), else None."""
@@ -126,12 +161,23 @@ def quantization_of(runs):
         return None
     fp32 = raw["losses"]["fp32"]
     return {"fp32": f"{fp32:.4f}", "command": raw["command"],
-            **{f"{v}_cost": f"{raw['losses'][v] - fp32:+.4f}" for v in ("int8", "int4")}}
+            **{f"{v}_cost": f"{raw['losses'][v] - fp32:+.4f}".replace("-", "−")
+               for v in ("int8", "int4")}}
+
+
+def counted_of(counted, true_lead):
+    """listening.counting_listener's note-in-chord (own, mismatched), and its harmony score
+    as listening.plays_with_band scales a solo's: by the true lead's gap."""
+    own, other = counted["note_in_chord_counted_own"], counted["note_in_chord_counted_mismatched"]
+    gap = true_lead["note_in_chord_true"] - true_lead["note_in_chord_true_mismatched"]
+    return {"own": f"{own:.3f}", "mismatched": f"{other:.3f}", "harmony": f"{(own - other) / gap:.2f}"}
 
 
 def numbers_of(ablation, lookahead):
     """numbers.json: every figure the prose quotes, formatted as the tables format it."""
-    rows = {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in ABLATION_COLUMNS}
+    rows = {name: {key: cell(row["mean_sd"].get(key), d)
+                   for key, _, d in dict.fromkeys(ABLATION_COLUMNS + ARCHITECTURE_COLUMNS)}
+            | {"params_m": f"{row['runs'][0]['params_m']:.1f}"}
             for name, row in ablation["rows"].items()}
     first = next(iter(ablation["rows"].values()))["runs"][0]
     ahead = {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in LOOKAHEAD_COLUMNS}
@@ -139,22 +185,26 @@ def numbers_of(ablation, lookahead):
     return {"ablation": {"rows": rows, "provenance": provenance(ablation),
                          "n_seeds": len(ablation["seeds"])},
             "true_lead": {key: f"{first[key]:.3f}" for key in TRUE_LEAD},
+            "counted": counted_of(ablation["counting_listener"], first),
             "lookahead": {"rows": ahead, "provenance": provenance(lookahead),
                           "runner_delay_ms": f"{lookahead['runner_delay_ms']:g}"}}
 
 
 def quick_runs(tmp, corpus=None):
-    """2-step runs of two rows of each table, one seed, on a 5-song demo corpus (built here
-    unless given) -> the runs folder."""
+    """2-step runs of three rows of the phase 3 table and two of the lookahead table, one
+    seed, on a 5-song demo corpus (built here unless given), and the steps' benchmark on
+    30 frames -> the runs folder."""
     python, runs = sys.executable, tmp / "runs"
     steps = [] if corpus else [[python, ROOT / "data.py", "--out", tmp / "data", "--demo-songs",
                                 "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
     corpus = corpus or tmp / "data"
     steps += [[python, ROOT / "ablation.py", "--quick", "--rows", "default", "no-solo-dropout",
-               "--seeds", "0", "--data", corpus, "--out", runs / "ablation"],
+               "layers-1", "--seeds", "0", "--data", corpus, "--out", runs / "ablation"],
               [python, ROOT / "ablation.py", "--quick", "--table", "lookahead", "--rows",
                "lookahead-0ms", "lookahead-80ms", "--seeds", "0", "--data", corpus,
-               "--out", runs / "lookahead", "--runner-delay-ms", "80"]]
+               "--out", runs / "lookahead", "--runner-delay-ms", "80"],
+              [python, ROOT / "tests" / "benchmark.py", "--presets", "tiny", "--frames", "30",
+               "--plain-steps", "10", "--threads", "1", "--json", runs / "bench.json"]]
     for command in steps:
         done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
         if done.returncode:
@@ -169,13 +219,19 @@ def build(runs, out):
     ablation = read_table(runs, "ablation", "python ablation.py")
     lookahead = read_table(runs, "lookahead", "python ablation.py --table lookahead")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row"))
+    choices = [name for name in ablation["rows"] if name not in ARCHITECTURE_ROWS[1:]]
+    (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row", choices))
+    (out / "architecture.typ").write_text(typst_table(ablation, ARCHITECTURE_COLUMNS,
+                                                      "architecture", ARCHITECTURE_ROWS))
     (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
-               "quantization": quantization_of(runs)}
+               "quantization": quantization_of(runs), "bench": bench_of(runs)}
     (out / "numbers.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False))
     for name in ("ablation", "lookahead"):  # the tables as read, beside what was made of them
         shutil.copy(Path(runs) / name / "table.json", out / f"{name}.json")
+    for name in ("speed.json", "bench.json", "quantization.json"):  # and the optional figures
+        if (Path(runs) / name).exists():
+            shutil.copy(Path(runs) / name, out / name)
     shutil.copy(Path(runs) / "lookahead" / "lookahead.png", out / "lookahead.png")
     shutil.copy(ROOT / "docs" / "img" / "listening_probes.png", out / "listening_probes.png")
     # paper.typ reads build/...: compiled from a copy beside the build folder's files
