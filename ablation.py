@@ -431,7 +431,8 @@ def main(cfg):
     # what counting the band's codes gives, on the windows of the first row's models
     T = read_json(run_folder(cfg, cfg.rows[0], cfg.seeds[0]) / "best" / "config.json",
                   "a checkpoint")["model"]["max_frames"]
-    print(write_table(cfg, results, counting_listener(*listening_set(cfg, cache, T)[::-1])))
+    ls, probes = listening_set(cfg, cache, T)
+    print(write_table(cfg, results, counting_listener(probes, ls)))
     print(f"wrote {Path(cfg.out) / 'table.md'} and table.json")
 
 

@@ -19,9 +19,9 @@ runs/speed.json (python tests/benchmark_codec.py --json runs/speed.json), runs/b
 Writes into --out (docs/paper/build by default): numbers.json (every figure the prose
 quotes, already formatted: paper.typ reads them from there, so no number in the text
 is typed by hand), ablation.typ, architecture.typ and lookahead.typ (the tables),
-lookahead.png (the curve), and paper.pdf. --quick builds everything from 2-step runs on a 5-song corpus:
-the numbers mean nothing, but every step that makes the real draft runs (the test
-suite builds it this way).
+lookahead.png (the curve), and paper.pdf. --quick builds everything from 2-step runs on
+a 5-song corpus: the numbers mean nothing, but every step that makes the real draft
+runs (the test suite builds it this way).
 """
 import argparse
 import json
@@ -79,17 +79,16 @@ def provenance(table):
             "seeds": ", ".join(map(str, table["seeds"])), "machine": where}
 
 
-def typst_table(table, columns, first, rows=None):
+def typst_table(table, columns, first, rows=None, params=False):
     """A Typst table: one line per row (those named, else all), mean ± standard deviation over
-    the seeds; the architecture table puts each row's parameter count after its name."""
+    the seeds; with params, each row's parameter count after its name."""
     rows = [name for name in rows or table["rows"] if name in table["rows"]]
-    size = first == "architecture"
-    head = [first, *(["params (M)"] if size else []), *[label for _, label, _ in columns]]
+    head = [first, *(["params (M)"] if params else []), *[label for _, label, _ in columns]]
     cells = []
     for name in rows:
         row = table["rows"][name]
-        params = [f"{row['runs'][0]['params_m']:.1f}"] if size else []
-        cells.append([name, *params, *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
+        size = [f"{row['runs'][0]['params_m']:.1f}"] if params else []
+        cells.append([name, *size, *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
     quoted = ", ".join(f"[{c}]" for line in [head, *cells] for c in line)
     return (f"#set text(size: 7.5pt)\n#table(columns: {len(head)}, "
             f"align: (left, {', '.join(['right'] * (len(head) - 1))}), stroke: 0.4pt, inset: 3pt, "
@@ -146,7 +145,8 @@ def bench_of(runs):
     for name, fig in raw["presets"].items():
         torch_fps = fig["torch_stream"]["frames_per_s"]
         presets[name] = {"params_m": f"{fig['params_m']:.1f}", **{
-            way: {"p50": f"{fig[way]['frame_ms_p50']:.2f}", "p99": f"{fig[way]['frame_ms_p99']:.2f}",
+            way: {"p50": f"{fig[way]['frame_ms_p50']:.2f}",
+                  "p99": f"{fig[way]['frame_ms_p99']:.2f}",
                   "rtf": f"{fig[way]['realtime_factor']:.1f}",
                   "vs_torch": f"{fig[way]['frames_per_s'] / torch_fps:.1f}"}
             for way in ("torch_stream", "onnx_fp32", "onnx_int8", "onnx_int4") if way in fig}}
@@ -170,7 +170,8 @@ def counted_of(counted, true_lead):
     as listening.plays_with_band scales a solo's: by the true lead's gap."""
     own, other = counted["note_in_chord_counted_own"], counted["note_in_chord_counted_mismatched"]
     gap = true_lead["note_in_chord_true"] - true_lead["note_in_chord_true_mismatched"]
-    return {"own": f"{own:.3f}", "mismatched": f"{other:.3f}", "harmony": f"{(own - other) / gap:.2f}"}
+    return {"own": f"{own:.3f}", "mismatched": f"{other:.3f}",
+            "harmony": f"{(own - other) / gap:.2f}"}
 
 
 def numbers_of(ablation, lookahead):
@@ -221,8 +222,8 @@ def build(runs, out):
     out.mkdir(parents=True, exist_ok=True)
     choices = [name for name in ablation["rows"] if name not in ARCHITECTURE_ROWS[1:]]
     (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row", choices))
-    (out / "architecture.typ").write_text(typst_table(ablation, ARCHITECTURE_COLUMNS,
-                                                      "architecture", ARCHITECTURE_ROWS))
+    (out / "architecture.typ").write_text(typst_table(
+        ablation, ARCHITECTURE_COLUMNS, "architecture", ARCHITECTURE_ROWS, params=True))
     (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs)}
