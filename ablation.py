@@ -86,6 +86,7 @@ ROWS = {
     "layers-4": Row("4+4 layers instead of 2+2 (3.5 M parameters)", ("--layers", "4")),
     "width-32": Row("width 32 instead of 128, d_ff 128 (0.5 M parameters)", ("--d-model", "32")),
     "width-64": Row("width 64 instead of 128, d_ff 256 (1.0 M parameters)", ("--d-model", "64")),
+    "width-96": Row("width 96 instead of 128, d_ff 384 (1.7 M parameters)", ("--d-model", "96")),
     "width-192": Row("width 192 instead of 128, d_ff 768 (4.6 M parameters)",
                      ("--d-model", "192")),
 }

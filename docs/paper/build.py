@@ -48,7 +48,8 @@ LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 
                      ("late_ms", "late (ms)", 0))
 # The architecture rows of ablation.py's phase 3 table get a table of their own, beside the
 # default (the tiny preset they change); the other rows are the training choices.
-ARCHITECTURE_ROWS = ("default", "layers-1", "layers-4", "width-32", "width-64", "width-192")
+ARCHITECTURE_ROWS = ("default", "layers-1", "layers-4", "width-32", "width-64", "width-96",
+                     "width-192")
 ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),)
 # The true lead's figures (the same for every run: they score the data, not a model).
 TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
