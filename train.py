@@ -904,7 +904,9 @@ def finish(run):
             # Solos written by the best checkpoint (loaded beside the live model, which
             # stays as training left it), scored against the demo band's kicks and chords.
             best_model, _ = load_model(best_dir, run.device)
-            probes = fit_probes(cfg.data, run.meta, run.T)
+            # the run page's probes when it has them (the same deterministic fit), else fitted now
+            probes = run.page.probes if run.page.probes is not None else fit_probes(
+                cfg.data, run.meta, run.T)
             summary["best"].update(listening_test(best_model, run.evals.listening, probes,
                                                   cfg.batch_size, run.device, seed=cfg.seed))
             summary["best"].update(counting_listener(probes, run.evals.listening))
