@@ -89,6 +89,9 @@ ROWS = {
     "width-96": Row("width 96 instead of 128, d_ff 384 (1.7 M parameters)", ("--d-model", "96")),
     "width-192": Row("width 192 instead of 128, d_ff 768 (4.6 M parameters)",
                      ("--d-model", "192")),
+    "pitch-aux-1": Row("an auxiliary loss, weight 1: a head on the decoder reads the lead's "
+                       "pitch class in each frame", ("--pitch-aux", "1")),
+    "pitch-aux-3": Row("the same auxiliary loss, weight 3", ("--pitch-aux", "3")),
 }
 PHASE3 = list(ROWS)
 

@@ -1529,20 +1529,23 @@ class Windows:
             out.append(torch.from_numpy(w))
         return out
 
-    def sample(self, batch, gen):
+    def sample(self, batch, gen, where=False):
         """A random batch: (backing, solo) [B, K, T], drawn with the generator gen (saved in
-        checkpoints)."""
+        checkpoints). where=True adds, as fixed() does, each window's (song id, variant,
+        first frame in its song): train.py --pitch-aux looks up the notes played there."""
         # Segments are picked in proportion to their length, so every frame of the split
         # is about equally likely to be seen, whatever way the solo was cut into sections.
         # All randomness goes through `gen`, whose state the checkpoint keeps: that is what
         # makes a resumed run draw exactly the batches the uninterrupted run would have.
         picks = torch.multinomial(self.weights, batch, replacement=True, generator=gen).tolist()
-        pairs = []
+        pairs, places = [], []
         for i in picks:
             seg = self.segments[i]
             start = int(torch.randint(0, max(1, seg["length"] - self.T + 1), (1,), generator=gen))
             pairs.append(self.window(seg, start))
-        return [torch.stack(x) for x in zip(*pairs)]
+            places.append((seg["song"], seg["variant"], seg["song_frame"] + start))
+        batch = [torch.stack(x) for x in zip(*pairs)]
+        return (*batch, places) if where else batch
 
     def fixed(self, limit=None):
         """Deterministic evaluation windows: each segment cut in consecutive windows.

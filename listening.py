@@ -81,6 +81,21 @@ def harmony_truth(meta, where, T, frame_rate):
     return lead, chords
 
 
+def knows_the_notes(meta):
+    """Whether every song of the dataset carries its lead's notes (the demo corpus does;
+    separated recordings do not)."""
+    return all("lead_notes" in song.get("truth", {}) for song in meta["songs"])
+
+
+def pitch_targets(meta, where, solo):
+    """train.py --pitch-aux's targets for windows solo [N, K, T] found at `where`: the
+    lead's pitch class in each frame, [N, T] long; 12 where it rests, and -100 (not
+    counted) where the window is padding."""
+    codec = meta["codec"]
+    lead, _ = harmony_truth(meta, where, solo.size(-1), codec["frame_rate"])
+    return lead.masked_fill(lead < 0, 12).masked_fill(solo[:, 0] == codec["card"], -100)
+
+
 def fit_onset_detector(solo, kicks, card):
     """A token-space note-onset detector, fitted on training windows with known kicks.
 

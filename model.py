@@ -77,6 +77,9 @@ class ModelConfig:
     cond_dropout: float = 0.1
     # also add backing frames s-K+1..s (encoder states) to the decoder input at step s
     aligned_backing: bool = True
+    # training aid (train.py --pitch-aux): a 13-way head that reads, from decoder step s,
+    # the pitch class the lead plays in frame s (or a rest). Only the loss uses it.
+    pitch_head: bool = False
 
     def __post_init__(self):
         assert self.d_model % self.n_heads == 0, \
@@ -392,6 +395,12 @@ class SoloTransformer(nn.Module):
         # [1, K, 1]
         self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)
         self.apply(self._init_weights)
+        # The pitch head: 12 pitch classes and a rest; sampling never reads it. Made after
+        # every other weight has drawn its random numbers, so that those start as they
+        # would without it.
+        self.pitch_head = nn.Linear(D, 13) if cfg.pitch_head else None
+        if self.pitch_head is not None:
+            self._init_weights(self.pitch_head)
 
     @staticmethod
     def _init_weights(m):
@@ -471,6 +480,10 @@ class SoloTransformer(nn.Module):
     def forward(self, backing, dec_in):
         """Teacher forcing: backing [B, K, T] and decoder input [B, K, S] -> logits
         [B, K, S, card]."""
+        return self.logits(self.decode(backing, dec_in))
+
+    def decode(self, backing, dec_in):
+        """backing [B, K, T] and decoder input [B, K, S] -> decoder states [B, S, D]."""
         cfg, S = self.cfg, dec_in.size(-1)
         memory = self.encode(backing)                                               # [B, T, D]
         x = self.embed(self.dec_emb, dec_in)                                        # [B, S, D]
@@ -486,13 +499,13 @@ class SoloTransformer(nn.Module):
         for block in self.decoder:
             kv = block.cross_attn.project_kv(memory, enc_rope)                   # 2 x [B, H, T, hd]
             x = block(x, rope, self_mask=self_mask, kv=kv, cross_mask=cross_mask)
-        return self.logits(x)                                                      # [B, K, S, card]
+        return x                                                                    # [B, S, D]
 
     # ------------------------------------------------------------------------
     # 5. The loss
     # ------------------------------------------------------------------------
 
-    def loss(self, backing, solo, cond_drop=None, input_drop=None):
+    def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None):
         """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy [K]).
 
         cond_drop [B] bool: rows whose backing is replaced by the null condition
@@ -500,13 +513,24 @@ class SoloTransformer(nn.Module):
         input_drop [B, K, S] bool: decoder inputs (the solo's past) hidden behind the
         special token, so the model must lean on the band for what it cannot read
         (train.py's --solo-dropout). The targets stay whole.
+        pitch [B, T] long: the lead's pitch class in each frame (12: a rest, -100: not
+        counted), for a model with the pitch head (train.py --pitch-aux). Then a third
+        value comes back: the pitch head's cross-entropy, read at steps 0 .. T-1.
         """
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
         target, dec_in = teacher_forcing(solo, self.cfg.card)            # [B, K, S] each
         if input_drop is not None:
             dec_in = dec_in.masked_fill(input_drop, self.cfg.card)
-        return codebook_cross_entropy(self(backing, dec_in), target, self.cfg.card)
+        x = self.decode(backing, dec_in)                                 # [B, S, D]
+        codes = codebook_cross_entropy(self.logits(x), target, self.cfg.card)
+        if pitch is None:
+            return codes
+        # Step s writes codebook 0 of frame s, the frame whose note it must choose.
+        guess = self.pitch_head(self.dec_norm(x[:, :pitch.size(1)]))    # [B, T, 13]
+        ce = F.cross_entropy(guess.float().transpose(1, 2), pitch, ignore_index=-100,
+                             reduction="sum")
+        return (*codes, ce / (pitch != -100).sum().clamp(min=1))        # 0, not nan, if none count
 
 
 def teacher_forcing(solo, card):

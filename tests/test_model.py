@@ -282,3 +282,26 @@ def test_solo_dropout_hides_the_past_and_keeps_the_targets():
     blind = codebook_cross_entropy(model(backing, torch.full_like(dec_in, 32)), target, 32)[0]
     assert torch.allclose(model.loss(backing, solo, input_drop=~none)[0], blind)
     assert not torch.allclose(blind, model.loss(backing, solo)[0])
+
+
+def test_the_pitch_head_trains_and_leaves_the_rest_as_it_was():
+    """pitch_head=True (train.py --pitch-aux): every other weight starts as without it, so the
+    code loss is the same; the third loss value trains the head, here on a pitch that the
+    backing spells out (its first code mod 12) from about log 13 to a fraction of it; frames
+    marked -100 are not counted."""
+    plain, model = tiny_model(), tiny_model(pitch_head=True).train()
+    for name, weight in plain.state_dict().items():
+        assert torch.equal(weight, model.state_dict()[name]), f"{name} starts otherwise with the pitch head"
+    backing, solo = random_codes(8, 4, 12), random_codes(8, 4, 12, seed=2)
+    pitch = backing[:, 0] % 12                                                      # [B, T]
+    ce, _, pitch_ce = model.loss(backing, solo, pitch=pitch)
+    assert torch.equal(ce, plain.loss(backing, solo)[0])
+    assert abs(pitch_ce.item() - torch.log(torch.tensor(13.0)).item()) < 0.2, pitch_ce
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        ce, _, pitch_ce = model.loss(backing, solo, pitch=pitch)
+        optimizer.zero_grad()
+        (ce + pitch_ce).backward()
+        optimizer.step()
+    assert pitch_ce.item() < 0.6, f"the pitch head did not learn a pitch the backing spells out: {pitch_ce}"
+    assert model.loss(backing, solo, pitch=torch.full_like(pitch, -100))[2].item() == 0.0

@@ -445,3 +445,40 @@ def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset
         assert 0 <= figures[f"key_change_in_chord_after_{who}"] <= 1
         frames = figures[f"key_change_recovery_frames_{who}"]
         assert frames is None or 0 <= frames <= model.cfg.max_frames // 2
+
+
+def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset, tmp_path):
+    """--pitch-aux 1: the targets are the true lead's pitch classes (12 for a rest, -100 on
+    padding), the run logs the head's loss beside the codes' and saves a model with the head; a
+    dataset that does not know its notes is refused before anything is written."""
+    data_dir, meta = demo_dataset
+    windows = data.Windows(data_dir, "train", meta, 75)
+    backing, solo, where = windows.sample(6, torch.Generator().manual_seed(0), where=True)
+    again = windows.sample(6, torch.Generator().manual_seed(0))
+    assert torch.equal(again[1], solo), "where=True must draw the same windows"
+    lead, _ = listening.harmony_truth(meta, where, 75, meta["codec"]["frame_rate"])
+    target = listening.pitch_targets(meta, where, solo)
+    played = solo[:, 0] != meta["codec"]["card"]
+    assert torch.equal(target[played], lead.masked_fill(lead < 0, 12)[played])
+    assert (target[~played] == -100).all() and (target[played] >= 0).all() and (lead >= 0).any()
+
+    T.train(quick_train_config(data_dir, tmp_path / "a", pitch_aux=1.0, max_steps=3, listen_test=False))
+    rows = [r for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(rows) == 3 and all(1.0 < r["pitch_ce"] < 3.0 for r in rows), rows
+    model, _ = load_model(tmp_path / "a" / "best", "cpu")
+    assert model.cfg.pitch_head and model.pitch_head is not None
+
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    for name in os.listdir(data_dir):
+        if name != "meta.json":
+            os.symlink(os.path.join(data_dir, name), unknown / name)
+    stripped = json.loads((data_dir / "meta.json").read_text())
+    for song in stripped["songs"]:
+        song.pop("truth", None)
+    (unknown / "meta.json").write_text(json.dumps(stripped))
+    with pytest.raises(SystemExit, match="--pitch-aux: the dataset in .* does not know its lead's notes"):
+        T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0))
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(SystemExit, match="--pitch-aux -1: a weight"):
+        T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=-1.0))
