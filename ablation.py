@@ -89,9 +89,13 @@ ROWS = {
     "width-96": Row("width 96 instead of 128, d_ff 384 (1.7 M parameters)", ("--d-model", "96")),
     "width-192": Row("width 192 instead of 128, d_ff 768 (4.6 M parameters)",
                      ("--d-model", "192")),
-    "pitch-aux-1": Row("an auxiliary loss, weight 1: a head on the decoder reads the lead's "
-                       "pitch class in each frame", ("--pitch-aux", "1")),
+    "pitch-aux-0.3": Row("an auxiliary loss, weight 0.3: a head on the decoder reads the "
+                         "lead's pitch class in each frame", ("--pitch-aux", "0.3")),
+    "pitch-aux-1": Row("the same auxiliary loss, weight 1", ("--pitch-aux", "1")),
     "pitch-aux-3": Row("the same auxiliary loss, weight 3", ("--pitch-aux", "3")),
+    "pitch-aux-10": Row("the same auxiliary loss, weight 10", ("--pitch-aux", "10")),
+    "pitch-aux-3-width-192": Row("the same auxiliary loss, weight 3, at width 192 (4.6 M "
+                                 "parameters)", ("--pitch-aux", "3", "--d-model", "192")),
 }
 PHASE3 = list(ROWS)
 

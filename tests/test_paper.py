@@ -26,17 +26,21 @@ def built(demo_dataset, tmp_path_factory):
 def test_the_draft_builds_to_a_pdf(built):
     pdf = (built / "paper.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(pdf) > 50_000, len(pdf)
-    for part in ("ablation.typ", "architecture.typ", "lookahead.typ", "lookahead.png", "numbers.json"):
+    for part in ("ablation.typ", "architecture.typ", "pitch.typ", "lookahead.typ", "lookahead.png",
+                 "numbers.json"):
         assert (built / part).stat().st_size > 0, part
-    # the architecture rows have a table of their own, beside the default they change
+    # the architecture rows and the pitch-target rows have tables of their own, beside the default
     assert "[layers-1], [2.1]" in (built / "architecture.typ").read_text()
-    assert "layers-1" not in (built / "ablation.typ").read_text()
+    assert "[pitch-aux-1], [2.6]" in (built / "pitch.typ").read_text()
+    for row in ("layers-1", "pitch-aux-1"):
+        assert row not in (built / "ablation.typ").read_text(), row
 
 
 def test_numbers_quoted_are_the_tables_values(built):
     """numbers.json (what the prose prints) against the table.json files the build read."""
     numbers = json.loads((built / "numbers.json").read_text())
-    for name, columns in (("ablation", build.ABLATION_COLUMNS + build.ARCHITECTURE_COLUMNS),
+    for name, columns in (("ablation", build.ABLATION_COLUMNS + build.ARCHITECTURE_COLUMNS
+                           + build.PITCH_COLUMNS),
                           ("lookahead", build.LOOKAHEAD_COLUMNS)):
         table = json.loads((built / f"{name}.json").read_text())
         assert set(numbers[name]["rows"]) == set(table["rows"])
@@ -84,7 +88,8 @@ def test_no_number_in_the_prose_is_typed_by_hand():
     typed = [m.group() for m in re.finditer(r"\d+\.\d+(?!\s*(cm|pt|em|%))", prose)]
     assert not typed, f"decimals typed into the draft: {typed}"
     import ablation
-    columns = {"A": build.ABLATION_COLUMNS + build.ARCHITECTURE_COLUMNS, "L": build.LOOKAHEAD_COLUMNS}
+    columns = {"A": build.ABLATION_COLUMNS + build.ARCHITECTURE_COLUMNS + build.PITCH_COLUMNS,
+               "L": build.LOOKAHEAD_COLUMNS}
     quoted = re.findall(r'#f\((\w), "([^"]+)", "([^"]+)"\)', source)
     assert len(quoted) > 10
     for rows, row, key in quoted:

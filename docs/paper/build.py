@@ -51,6 +51,13 @@ LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 
 ARCHITECTURE_ROWS = ("default", "layers-1", "layers-4", "width-32", "width-64", "width-96",
                      "width-192")
 ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),)
+# The rows with the auxiliary pitch target (train.py --pitch-aux) get a third table, with
+# how often the notes are chord tones over the own band and over another song's.
+PITCH_ROWS = ("default", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3", "pitch-aux-10",
+              "pitch-aux-3-width-192")
+PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
+                                        ("note_in_chord_mismatched", "in chord other", 3)) \
+    + ABLATION_COLUMNS[4:6]
 # The true lead's figures (the same for every run: they score the data, not a model).
 TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
              "note_in_chord_true_mismatched")
@@ -178,7 +185,8 @@ def counted_of(counted, true_lead):
 def numbers_of(ablation, lookahead):
     """numbers.json: every figure the prose quotes, formatted as the tables format it."""
     rows = {name: {key: cell(row["mean_sd"].get(key), d)
-                   for key, _, d in dict.fromkeys(ABLATION_COLUMNS + ARCHITECTURE_COLUMNS)}
+                   for key, _, d in dict.fromkeys(ABLATION_COLUMNS + ARCHITECTURE_COLUMNS
+                                                  + PITCH_COLUMNS)}
             | {"params_m": f"{row['runs'][0]['params_m']:.1f}"}
             for name, row in ablation["rows"].items()}
     first = next(iter(ablation["rows"].values()))["runs"][0]
@@ -201,7 +209,8 @@ def quick_runs(tmp, corpus=None):
                                 "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
     corpus = corpus or tmp / "data"
     steps += [[python, ROOT / "ablation.py", "--quick", "--rows", "default", "no-solo-dropout",
-               "layers-1", "--seeds", "0", "--data", corpus, "--out", runs / "ablation"],
+               "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
+               "--out", runs / "ablation"],
               [python, ROOT / "ablation.py", "--quick", "--table", "lookahead", "--rows",
                "lookahead-0ms", "lookahead-80ms", "--seeds", "0", "--data", corpus,
                "--out", runs / "lookahead", "--runner-delay-ms", "80"],
@@ -221,10 +230,13 @@ def build(runs, out):
     ablation = read_table(runs, "ablation", "python ablation.py")
     lookahead = read_table(runs, "lookahead", "python ablation.py --table lookahead")
     out.mkdir(parents=True, exist_ok=True)
-    choices = [name for name in ablation["rows"] if name not in ARCHITECTURE_ROWS[1:]]
+    apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
+    choices = [name for name in ablation["rows"] if name not in apart]
     (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row", choices))
     (out / "architecture.typ").write_text(typst_table(
         ablation, ARCHITECTURE_COLUMNS, "architecture", ARCHITECTURE_ROWS, params=True))
+    (out / "pitch.typ").write_text(typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS,
+                                               params=True))
     (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs)}
