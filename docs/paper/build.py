@@ -235,8 +235,7 @@ def build(runs, out):
     (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row", choices))
     (out / "architecture.typ").write_text(typst_table(
         ablation, ARCHITECTURE_COLUMNS, "architecture", ARCHITECTURE_ROWS, params=True))
-    (out / "pitch.typ").write_text(typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS,
-                                               params=True))
+    (out / "pitch.typ").write_text(typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS))
     (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs)}
