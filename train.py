@@ -767,7 +767,7 @@ def train_step(run):
                     < cfg.solo_dropout).to(run.device)
         with run.autocast():
             loss, _, *aux = run.train_model.loss(backing.to(run.device), solo.to(run.device),
-                                                 drop.to(run.device), hide, pitch)
+                                                 drop.to(run.device), hide, pitch=pitch)
         # The auxiliary loss joins the gradient only; the logged loss stays the codes'
         # cross-entropy, comparable with every other run's.
         total = loss + cfg.pitch_aux * aux[0] if aux else loss

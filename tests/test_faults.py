@@ -166,11 +166,11 @@ def test_ctrl_c_then_resume_is_bit_identical(demo_dataset, uninterrupted, tmp_pa
     cfg = quick_train_config(demo_dataset[0], tmp_path, page_sample_s=0)
     original, calls = data.Windows.sample, []
 
-    def sample_then_interrupt(self, batch, gen):
+    def sample_then_interrupt(self, batch, gen, where=False):
         calls.append(1)
         if len(calls) == draw:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the middle of the step
-        return original(self, batch, gen)
+        return original(self, batch, gen, where)
 
     monkeypatch.setattr(data.Windows, "sample", sample_then_interrupt)
     with pytest.raises(SystemExit) as stop:

@@ -131,7 +131,7 @@ def test_fp16_training_step_on_cuda(demo_dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_message(demo_dataset, tmp_path, monkeypatch):
-    def nan_loss(self, backing, solo, cond_drop=None, input_drop=None):
+    def nan_loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None):
         p = next(self.parameters())
         return p.sum() * float("nan"), torch.zeros(4)
     monkeypatch.setattr(SoloTransformer, "loss", nan_loss)
