@@ -777,9 +777,10 @@ def train_step(run):
         loss_sum += loss.item() / run.accum
         pitch_sum += aux[0].item() / run.accum if aux else 0.0
     # Under fp16 an overflow is routine: the GradScaler skips that step and lowers its
-    # scale. Anywhere else a non-finite loss is a real fault: stop and say so.
-    if not math.isfinite(loss_sum) and not run.scaler.is_enabled():
-        stop_on_bad_loss(run, loss_sum)
+    # scale. Anywhere else a non-finite loss is a real fault: stop and say so. (The pitch
+    # term is 0 without --pitch-aux; with it, a nan there would spoil the weights too.)
+    if not math.isfinite(loss_sum + pitch_sum) and not run.scaler.is_enabled():
+        stop_on_bad_loss(run, loss_sum + pitch_sum)
     # Clipping caps the size of one update: a rare batch with a huge gradient (a burst
     # of unusual codes) then nudges the weights instead of wrecking them.
     norm, was_skipped = scaled_step(run.model, run.optimizer, run.scaler, cfg.grad_clip)
