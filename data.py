@@ -307,6 +307,10 @@ def overfitting(history):
 
 
 
+# The dataset's format: 2 since the solo's notes are tracked (<split>_notes.npy).
+FORMAT = 2
+
+
 # ----------------------------------------------------------------------------
 # 1. Loading audio
 # ----------------------------------------------------------------------------
@@ -720,6 +724,75 @@ def select_sections(rms_db, frame_rate, rel_db, abs_db, min_section_s, merge_gap
         else:
             merged.append((start, end))
     return [(int(s), int(e)) for s, e in merged if e - s >= min_section_s * frame_rate]
+
+
+# What the solo plays: its pitch class in each codec frame, by the YIN pitch tracker
+# (de Cheveigné and Kawahara 2002). train.py --pitch-aux learns from these notes, so it
+# works on any recording, not only on the demo corpus whose notes are known. A pitch
+# class forgives the tracker's commonest mistake, a note heard an octave off.
+TRACKER_VERSION = 1  # a song cached without notes of this version is done again
+NOTE_RANGE_HZ = (80.0, 1000.0)  # baritone sax's lowest note to well above the alto's highest
+
+
+def track_notes(audio, hop, rate, window=1024, dip=0.15, voiced=0.35, rel_db=-30.0):
+    """The pitch class (0 = C .. 11 = B) the audio sounds in each hop-sized frame, or -1
+    (silence, noise): int8 [ceil(N / hop)], aligned with the codec's frames as
+    frame_rms_db is.
+
+    YIN in short: for each frame, a window of `window` samples around its centre;
+    d(tau), the energy of the window minus itself shifted by tau samples, is small
+    when tau is a period; dividing d by its running mean makes it about 1 where there
+    is no period. The first lag whose normalized d dips below `dip` (else the lowest),
+    walked down to its local minimum, is the period. The frame counts as a note when
+    that minimum is below `voiced` and the frame is within rel_db of the loud frames
+    (the 95th percentile). On the demo corpus's lead it names the true pitch class of
+    99% of the frames where a note sounds (docs/phase1-data.md).
+    """
+    n = math.ceil(len(audio) / hop)
+    lo, hi = int(rate / NOTE_RANGE_HZ[1]), int(rate / NOTE_RANGE_HZ[0]) + 1   # lags, samples
+    span = window - hi                                          # samples each difference sums
+    padded = np.pad(audio.astype(np.float64), (window // 2, window // 2 + n * hop))
+    centres = np.arange(n) * hop + hop // 2           # frame i's centre; its window starts there
+    frames = np.lib.stride_tricks.sliding_window_view(padded, window)[centres]   # [F, window]
+    # d(tau) = sum_j (x_j - x_{j+tau})^2 over j < span = e(0) + e(tau) - 2 r(tau), where
+    # r(tau) = sum_j x_j x_{j+tau} comes from one FFT product and e from running sums.
+    spectrum = np.fft.rfft(frames, 2 * window)
+    r = np.fft.irfft(np.conj(np.fft.rfft(frames[:, :span], 2 * window)) * spectrum,
+                     2 * window)[:, :hi + 1]                                       # [F, hi + 1]
+    energy = np.pad(np.cumsum(frames ** 2, axis=1), ((0, 0), (1, 0)))             # [F, window + 1]
+    lags = np.arange(hi + 1)
+    d = energy[:, span:span + 1] + energy[:, lags + span] - energy[:, lags] - 2 * r
+    d[:, 0] = 0.0
+    norm = np.ones_like(d)                                  # d / its mean over lags 1 .. tau
+    norm[:, 1:] = d[:, 1:] * lags[1:] / np.maximum(np.cumsum(d[:, 1:], axis=1), 1e-12)
+    band = norm[:, lo:hi]                                                      # [F, hi - lo]
+    dips = band < dip
+    first = np.where(dips.any(axis=1), dips.argmax(axis=1), band.argmin(axis=1))   # [F]
+    # from there, the first lag that is not above its right neighbour: the local minimum
+    is_min = np.concatenate([band[:, :-1] <= band[:, 1:], np.ones((n, 1), bool)], axis=1)
+    tau = np.where(np.arange(band.shape[1]) >= first[:, None], is_min, False).argmax(axis=1)
+    best = band[np.arange(n), tau]
+    tau = tau + lo
+    # a parabola through the minimum and its neighbours: the period to a fraction of a sample
+    a, b, c = (norm[np.arange(n), np.minimum(tau + i, hi)] for i in (-1, 0, 1))
+    curve = a - 2 * b + c
+    period = tau + np.where(curve > 0, 0.5 * (a - c) / np.where(curve > 0, curve, 1), 0.0)
+    midi = 69 + 12 * np.log2(rate / period / 440.0)
+    centre = frames[:, window // 2 - hop // 2:window // 2 + hop // 2]
+    level = 10 * np.log10((centre ** 2).mean(axis=1) + 1e-18)                   # dBFS
+    loud = level > np.percentile(level, 95) + rel_db if n else level > 0
+    return np.where((best < voiced) & loud, np.round(midi) % 12, -1).astype(np.int8)
+
+
+def notes_right(tracked, truth, frame_rate, semitones=0.0, tempo=1.0):
+    """Share of the frames where the demo's lead plays a note that track_notes names right
+    (the check of the tracker against the corpus's truth)."""
+    lead = np.full(len(tracked), -1)
+    for note in truth["lead_notes"]:
+        lead[round(note["start_s"] / tempo * frame_rate):
+             round(note["end_s"] / tempo * frame_rate)] = (note["midi"] + round(semitones)) % 12
+    sounding = lead >= 0
+    return float((tracked[sounding] == lead[sounding]).mean()) if sounding.any() else None
 
 
 # ----------------------------------------------------------------------------
@@ -1154,7 +1227,9 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
                           + settings_key).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        record = json.loads(cached.read_text())
+        if record.get("notes") == TRACKER_VERSION:  # else made before the notes were tracked
+            return record
     backing, solo, extra = song_stems(source, cfg, separator, device)
     rng = np.random.default_rng([cfg.seed, int(key[:8], 16)])
     variants = [(0.0, 1.0)]
@@ -1163,7 +1238,8 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
                       float(rng.uniform(1 - cfg.tempo_range,
                                         1 + cfg.tempo_range))) for _ in range(cfg.augment)]
     record = {"id": source["id"], "source": source["name"], "split": source["split"],
-              "duration_s": round(len(solo) / CODEC_RATE, 3), **extra, "variants": []}
+              "duration_s": round(len(solo) / CODEC_RATE, 3), **extra,
+              "notes": TRACKER_VERSION, "variants": []}
     for v, (semitones, tempo) in enumerate(variants):
         # The same transformation on both stems: they stay aligned frame for frame.
         b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, CODEC_RATE, semitones, tempo),
@@ -1181,13 +1257,19 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
         # The whole song is tokenized, then cut: tokens at a section's edge were made
         # with the audio around them, as at generation time.
         bk, sk = encode_audio(codec, b), encode_audio(codec, s)  # [K, F] each
-        atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk))
+        notes = track_notes(s, numbers["hop"], CODEC_RATE)                     # [F]
+        notes = np.pad(notes, (0, max(0, bk.shape[1] - len(notes))), constant_values=-1)
+        atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk,
+                                                    notes=notes[:bk.shape[1]]))
         kept = sum(e - st for st, e in sections)
         record["variants"].append({"semitones": round(semitones, 3), "tempo": round(tempo, 4),
                                    "codes": codes_file.name, "frames": int(bk.shape[1]),
                                    "sections": sections,
                                    "kept_s": round(kept / numbers["frame_rate"], 2),
                                    "kept_fraction": round(kept / max(bk.shape[1], 1), 3)})
+        if "truth" in extra:  # the demo corpus: how often the tracker names the true note
+            record["variants"][-1]["notes_right"] = notes_right(
+                notes, extra["truth"], numbers["frame_rate"], semitones, tempo)
     write_json(cached, record)  # last: the song counts as done only once everything is on disk
     return record
 
@@ -1278,19 +1360,21 @@ def assign_splits(sources, cfg):
 
 
 def write_split_arrays(out, split, records, cache_dir):
-    """Concatenate the kept sections of a split into backing / solo arrays [K, N] (int16).
+    """Concatenate the kept sections of a split into backing / solo arrays [K, N] (int16),
+    and the solo's tracked notes [N] (int8, track_notes).
 
     One flat array per stem and split, plus a list of segments (where each section
     starts and how long it is): train.py memory-maps the arrays and reads only the
     windows it draws, so a dataset larger than memory trains just as well.
     """
-    backs, solos, segments, offset = [], [], [], 0
+    backs, solos, notes, segments, offset = [], [], [], [], 0
     for rec in records:
         for v, var in enumerate(rec["variants"]):
             codes = np.load(cache_dir / var["codes"])
             for start, end in var["sections"]:
                 backs.append(codes["backing"][:, start:end])
                 solos.append(codes["solo"][:, start:end])
+                notes.append(codes["notes"][start:end])
                 segments.append({"song": rec["id"], "variant": v, "start": offset,
                                  "length": end - start,
                                  "song_frame": start})
@@ -1298,6 +1382,9 @@ def write_split_arrays(out, split, records, cache_dir):
     for name, parts in (("backing", backs), ("solo", solos)):
         array = np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), dtype=np.int16)
         atomic_write(Path(out) / f"{split}_{name}.npy", lambda f: np.save(f, array))
+    # the tracked pitch class of each solo frame (-1: none), [N] int8 beside the tokens
+    array = np.concatenate(notes) if notes else np.zeros(0, dtype=np.int8)
+    atomic_write(Path(out) / f"{split}_notes.npy", lambda f: np.save(f, array))
     return segments
 
 
@@ -1418,16 +1505,24 @@ def build_dataset(cfg):
         segments = write_split_arrays(out, split, chosen, cache_dir)
         splits[split] = {"songs": [r["id"] for r in chosen], "segments": segments,
                          "frames": sum(s["length"] for s in segments)}
-    meta = {"format": 1, "codec": numbers, "separation": None if separator is None else {
+    right = [var["notes_right"] for r in records for var in r["variants"]
+             if var.get("notes_right") is not None]
+    meta = {"format": FORMAT, "codec": numbers, "separation": None if separator is None else {
                 "model": cfg.demucs_model, "backing_sources": cfg.backing_sources,
                 "solo_sources": cfg.solo_sources},
             "settings": asdict(cfg), "splits": splits, "songs": records, "skipped": skipped,
-            "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1)}
+            "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1),
+            # the demo corpus: the share of the lead's note frames whose pitch class the
+            # tracker named right, over every song and copy
+            "notes_right": round(float(np.mean(right)), 4) if right else None}
     write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
     counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
     print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} "
           f"songs; {splits['train']['frames'] / numbers['frame_rate']:.0f} s of "
           f"training audio; {meta['build_seconds']} s")
+    if right:
+        print(f"the solo's notes, tracked: the true pitch class in {meta['notes_right']:.1%} "
+              "of the frames where the demo's lead plays a note")
     if numbers["untrained"]:
         print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
     return meta
@@ -1497,6 +1592,13 @@ def load_split(data_dir, split):
                          mmap_mode="r") for name in ("backing", "solo"))
 
 
+def load_notes(data_dir, split):
+    """The solo's tracked notes of one split, [N] int8 memory-mapped (-1: no note), or None
+    for a dataset built before data.py tracked them (format 1)."""
+    path = Path(data_dir) / f"{split}_notes.npy"
+    return np.load(path, mmap_mode="r") if path.exists() else None
+
+
 # ----------------------------------------------------------------------------
 # Windows: random ones for training, fixed ones for evaluation
 # ----------------------------------------------------------------------------
@@ -1513,6 +1615,7 @@ class Windows:
 
     def __init__(self, data_dir, split, meta, T):
         self.backing, self.solo = load_split(data_dir, split)     # [K, N] each, memory-mapped
+        self.notes = load_notes(data_dir, split)                  # [N] or None
         self.segments = meta["splits"][split]["segments"]
         self.T, self.card = T, meta["codec"]["card"]
         lengths = np.array([s["length"] for s in self.segments], dtype=np.float64)
@@ -1546,6 +1649,19 @@ class Windows:
             places.append((seg["song"], seg["variant"], seg["song_frame"] + start))
         batch = [torch.stack(x) for x in zip(*pairs)]
         return (*batch, places) if where else batch
+
+    def notes_at(self, where):
+        """The tracked notes of windows found at `where` (sample(where=True), fixed()):
+        [N, T] long, the pitch class of each frame, -1 where none sounds or past the
+        segment's end."""
+        out = torch.full((len(where), self.T), -1, dtype=torch.long)
+        for i, (song, variant, first) in enumerate(where):
+            seg = next(s for s in self.segments if s["song"] == song and s["variant"] == variant
+                       and s["song_frame"] <= first < s["song_frame"] + s["length"])
+            at = seg["start"] + first - seg["song_frame"]
+            n = min(self.T, seg["start"] + seg["length"] - at)
+            out[i, :n] = torch.from_numpy(self.notes[at:at + n].astype(np.int64))
+        return out
 
     def fixed(self, limit=None):
         """Deterministic evaluation windows: each segment cut in consecutive windows.

@@ -80,6 +80,30 @@ def test_chord_tone_fit_knows_the_true_lead_own_harmony():
     assert min(own) > 0.7 and max(other) < 0.5, f"chord-tone fit own {own}, another song's chords {other}"
 
 
+@pytest.mark.parametrize("midi,octave_up", [(46, 0), (58, 0), (70, 0), (81, 0), (61, 1)])
+def test_the_tracker_names_a_notes_pitch_class_and_not_a_silence_or_a_hiss(midi, octave_up):
+    """track_notes on crafted audio: a reedy tone (harmonics falling as 1/h, vibrato), its
+    pitch class on every frame where it sounds, through a tenor's range; a tone whose
+    octave above is louder than its own fundamental still reads as its own class; a
+    silence and white noise read as no note (-1)."""
+    hop, rate = 320, RATE
+    t = np.arange(rate) / rate
+    f0 = 440 * 2 ** ((midi - 69) / 12) * (1 + 0.004 * np.sin(2 * np.pi * 5 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    weights = {h: 1 / h for h in range(1, 9)}
+    weights[2] = weights[2] + 2 * octave_up
+    tone = 0.2 * sum(w * np.sin(h * phase) for h, w in weights.items())
+    noise = 0.05 * np.random.default_rng(0).standard_normal(rate)
+    audio = np.concatenate([np.zeros(rate // 2), tone, np.zeros(rate // 2), noise]).astype(np.float32)
+    notes = data.track_notes(audio, hop, rate)
+    fr = rate // hop
+    assert notes.dtype == np.int8 and len(notes) == len(audio) // hop
+    sounding = notes[fr // 2 + 2:fr // 2 + fr - 2]                        # the tone, less its edges
+    assert (sounding == midi % 12).all(), np.unique(sounding, return_counts=True)
+    assert (notes[:fr // 2 - 7] == -1).all(), "a silence read as a note"
+    assert (notes[2 * fr + 7:] == -1).mean() > 0.95, "white noise read as a note"
+
+
 def test_rms_selection_on_crafted_signal():
     frame_rate, hop = 75, 320
     t = np.arange(12 * RATE) / RATE
