@@ -80,6 +80,12 @@ class ModelConfig:
     # training aid (train.py --pitch-aux): a 13-way head that reads, from decoder step s,
     # the pitch class the lead plays in frame s (or a rest). Only the loss uses it.
     pitch_head: bool = False
+    # train.py --pitch-first (with the pitch head): the note first, then its codes. The
+    # code heads also read the pitch class of frame s, as an embedding added to the
+    # decoder state; training hands them the true one, sampling draws it from the pitch
+    # head first. The note is then one explicit choice made from the band, instead of
+    # something spread over 4 x 1024 codes.
+    pitch_first: bool = False
 
     def __post_init__(self):
         assert self.d_model % self.n_heads == 0, \
@@ -97,6 +103,8 @@ class ModelConfig:
         assert self.lookahead >= 0 and (self.lookahead == 0 or self.causal_encoder), (
             f"lookahead={self.lookahead}: a causal model's own setting, 0 or more "
             "(an offline model hears the whole backing anyway)")
+        assert self.pitch_head or not self.pitch_first, (
+            "pitch_first samples the note from the pitch head: set pitch_head=True with it")
 
 
 # The three sizes of the proposal. K, card and frame_rate are filled in from the dataset.
@@ -401,6 +409,8 @@ class SoloTransformer(nn.Module):
         self.pitch_head = nn.Linear(D, 13) if cfg.pitch_head else None
         if self.pitch_head is not None:
             self._init_weights(self.pitch_head)
+        # pitch-first: one embedding per pitch class and the rest, [13, D]
+        self.pitch_emb = nn.Parameter(torch.randn(13, D) * 0.02) if cfg.pitch_first else None
 
     @staticmethod
     def _init_weights(m):
@@ -477,10 +487,30 @@ class SoloTransformer(nn.Module):
         # every call: at one frame per step that copy cost more than the whole model.)
         return out.view(B, L, K, card).transpose(1, 2)                  # [B, K, L, card]
 
+    def pitch_logits(self, x):
+        """decoder states [B, L, D] -> the pitch head's logits [B, L, 13] (12 classes, a rest)."""
+        return self.pitch_head(self.dec_norm(x))
+
+    def predict(self, x):
+        """decoder states [B, L, D] -> what the heads predict, [B, K, L, card]: the logits,
+        or for a pitch-first model the log-probabilities of each codebook with the note
+        summed out, log sum_p p(p | x) p(code | x, p), which are logits too. So the
+        validation loss and the conditioning gain mean the same for both kinds of model:
+        the cross-entropy of each codebook's own prediction."""
+        if self.pitch_emb is None:
+            return self.logits(x)
+        # [B, 1, L, 13, 1]: log p(note | state), broadcast over codebooks and codes
+        prior = self.pitch_logits(x).float().log_softmax(-1)[:, None, :, :, None]
+        out = None
+        for p in range(13):  # one note at a time: 13 copies of [B, K, L, card] at once are large
+            part = self.logits(x + self.pitch_emb[p]).float().log_softmax(-1) + prior[:, :, :, p]
+            out = part if out is None else torch.logaddexp(out, part)
+        return out
+
     def forward(self, backing, dec_in):
         """Teacher forcing: backing [B, K, T] and decoder input [B, K, S] -> logits
-        [B, K, S, card]."""
-        return self.logits(self.decode(backing, dec_in))
+        [B, K, S, card] (predict)."""
+        return self.predict(self.decode(backing, dec_in))
 
     def decode(self, backing, dec_in):
         """backing [B, K, T] and decoder input [B, K, S] -> decoder states [B, S, D]."""
@@ -523,11 +553,17 @@ class SoloTransformer(nn.Module):
         if input_drop is not None:
             dec_in = dec_in.masked_fill(input_drop, self.cfg.card)
         x = self.decode(backing, dec_in)                                 # [B, S, D]
-        codes = codebook_cross_entropy(self.logits(x), target, self.cfg.card)
         if pitch is None:
-            return codes
+            return codebook_cross_entropy(self.predict(x), target, self.cfg.card)
+        T, states = pitch.size(1), x
+        if self.pitch_emb is not None:
+            # pitch-first: the heads read the true note of each frame (a rest on padding
+            # and on the K - 1 steps past the last frame), as sampling hands them its own
+            note = F.pad(pitch.masked_fill(pitch < 0, 12), (0, x.size(1) - T), value=12)
+            states = x + self.pitch_emb[note]                            # [B, S, D]
+        codes = codebook_cross_entropy(self.logits(states), target, self.cfg.card)
         # Step s writes codebook 0 of frame s, the frame whose note it must choose.
-        guess = self.pitch_head(self.dec_norm(x[:, :pitch.size(1)]))    # [B, T, 13]
+        guess = self.pitch_logits(x[:, :T])                             # [B, T, 13]
         ce = F.cross_entropy(guess.float().transpose(1, 2), pitch, ignore_index=-100,
                              reduction="sum")
         return (*codes, ce / (pitch != -100).sum().clamp(min=1))        # 0, not nan, if none count
@@ -680,6 +716,9 @@ def sample_solo_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, t
     backing [B, K, T] -> solo codes [B, K, n_frames].
     """
     cfg = model.cfg
+    if cfg.pitch_first:
+        raise ValueError("a pitch-first model draws each note before its codes: sample it "
+                         "with sample_solo")
     B, K, T = backing.shape
     n_frames = n_frames or T
     check_backing_reach(cfg, T, n_frames)
@@ -754,8 +793,12 @@ class SamplerState:
         self.recent = None  # streaming: encoder states of the last K frames [B, K, D], oldest first
         self.n_backing = 0  # encoder frames available
 
-    def decoder_step(self, tokens):
-        """tokens [B, K] (the previous step's codes) -> logits [B, K, card] for this step."""
+    def decoder_step(self, tokens, choose_pitch=None):
+        """tokens [B, K] (the previous step's codes) -> logits [B, K, card] for this step.
+
+        A pitch-first model first has its note chosen: choose_pitch(pitch logits [B, 13])
+        -> pitch classes [B] (sample_solo's draws it), whose embedding the heads then read.
+        """
         model, cfg, s = self.model, self.model.cfg, self.step
         x = model.embed(model.dec_emb, tokens[..., None])                      # [B, 1, D]
         if self.aligned is not None:
@@ -784,6 +827,8 @@ class SamplerState:
                 mask = seen[None, :] if cfg.attn_window else None
             x = block(x, rope, kv=kv, cross_mask=mask, cache=cache, fused=True)  # [B, 1, D]
         self.step += 1
+        if model.pitch_emb is not None:
+            x = x + model.pitch_emb[choose_pitch(model.pitch_logits(x)[:, 0])][:, None]
         return model.logits(x)[:, :, 0]                                        # [B, K, card]
 
     def encoder_step(self, frame):
@@ -823,10 +868,20 @@ def sample_solo(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1
     cond = _prepare(model, backing, cfg_coef)                                     # [B or 2B, K, T]
     state = SamplerState.offline(model, model.encode(cond), S)       # encoder once, [B or 2B, T, D]
     gen = torch.Generator(device=backing.device).manual_seed(seed)
+
+    def choose_pitch(logits):
+        """pitch-first: the note of this step, drawn as the codes are (guidance, temperature)
+        and shared by the conditional and the null rows: [B or 2B, 13] -> [B or 2B]."""
+        if cfg_coef is not None:
+            logits = guided_logits(logits, cfg_coef)
+        note = sample_next(logits[:, None], temperature, generator=gen)[:, 0]  # [B]
+        return note if cfg_coef is None else note.repeat(2)
+
     tokens = torch.full((B, K), cfg.card, dtype=torch.long, device=backing.device)  # start token
     out = torch.empty(B, K, S, dtype=torch.long, device=backing.device)
     for s in range(S):
-        logits = state.decoder_step(tokens if cfg_coef is None else tokens.repeat(2, 1))
+        logits = state.decoder_step(tokens if cfg_coef is None else tokens.repeat(2, 1),
+                                    choose_pitch)
         if cfg_coef is not None:
             logits = guided_logits(logits, cfg_coef)
         nxt = sample_next(logits, temperature, top_k, top_p, gen)             # [B, K]
@@ -860,6 +915,9 @@ class StreamingSampler:
         if not cfg.causal_encoder:
             raise ValueError("streaming needs a model trained with "
                              "causal_encoder=True (train.py --causal-encoder)")
+        if cfg.pitch_first:
+            raise ValueError("streaming does not draw a pitch-first model's notes yet: train "
+                             "the streaming model without --pitch-first")
         weight = next(model.parameters())
         device, dtype = weight.device, weight.dtype
         model.eval()  # no dropout while sampling; a sampler lives as long as the stream

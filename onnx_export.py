@@ -375,6 +375,10 @@ def export_onnx(model, codec, config, numbers, cfg, out):
         raise SystemExit("onnx_export.py needs a causal model (trained with "
                          f"--causal-encoder): {cfg.checkpoint} reads the "
                          "whole backing at once, which no live input can give")
+    if model.cfg.pitch_first:
+        raise SystemExit(f"onnx_export.py: {cfg.checkpoint} is pitch-first (--pitch-first), "
+                         "and the runner does not draw notes yet: export a model trained "
+                         "without it")
     model = model.float().cpu().eval()
     out = Path(out)
     if out.exists() and not cfg.overwrite:

@@ -294,6 +294,13 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit, match="--overwrite"):
         E.main(E.ExportConfig(checkpoint=str(trained_causal / "best"), out=str(folder)))
+    # A pitch-first model draws notes, which the runner cannot: refused before anything is written.
+    noted = SoloTransformer(preset_config("tiny", max_frames=64, causal_encoder=True,
+                                          pitch_head=True, pitch_first=True))
+    with pytest.raises(SystemExit, match="pitch-first"):
+        E.export_onnx(noted, None, {}, {}, E.ExportConfig(checkpoint="noted", out=""),
+                      tmp_path / "noted")
+    assert not (tmp_path / "noted").exists()
 
 
 def test_failed_export_leaves_nothing(trained_causal, tmp_path, monkeypatch):
