@@ -87,13 +87,18 @@ def knows_the_notes(meta):
     return all("lead_notes" in song.get("truth", {}) for song in meta["songs"])
 
 
-def pitch_targets(meta, where, solo):
-    """train.py --pitch-aux's targets for windows solo [N, K, T] found at `where`: the
-    lead's pitch class in each frame, [N, T] long; 12 where it rests, and -100 (not
-    counted) where the window is padding."""
-    codec = meta["codec"]
-    lead, _ = harmony_truth(meta, where, solo.size(-1), codec["frame_rate"])
-    return lead.masked_fill(lead < 0, 12).masked_fill(solo[:, 0] == codec["card"], -100)
+def pitch_targets(windows, where, solo, meta=None):
+    """train.py --pitch-aux's targets for windows solo [N, K, T] of `windows` (data.Windows)
+    found at `where`: the pitch class the solo plays in each frame, [N, T] long; 12 where
+    it rests, and -100 (not counted) where the window is padding.
+
+    The notes data.py tracked in the solo's audio (any dataset of format 2); with `meta`,
+    the demo corpus's true notes instead (train.py --pitch-targets truth)."""
+    if meta is None:
+        notes = windows.notes_at(where)
+    else:
+        notes, _ = harmony_truth(meta, where, solo.size(-1), meta["codec"]["frame_rate"])
+    return notes.masked_fill(notes < 0, 12).masked_fill(solo[:, 0] == windows.card, -100)
 
 
 def fit_onset_detector(solo, kicks, card):

@@ -448,19 +448,24 @@ def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset
 
 
 def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset, tmp_path):
-    """--pitch-aux 1: the targets are the true lead's pitch classes (12 for a rest, -100 on
-    padding), the run logs the head's loss beside the codes' and saves a model with the head; a
-    dataset that does not know its notes is refused before anything is written."""
+    """--pitch-aux 1: the targets are the pitch classes data.py tracked in the solo (12 for a
+    rest, -100 on padding), nearly always the true lead's; --pitch-targets truth gives the
+    true ones. The run logs the head's loss beside the codes' and saves a model with the
+    head; a dataset without the notes asked for is refused before anything is written."""
     data_dir, meta = demo_dataset
     windows = data.Windows(data_dir, "train", meta, 75)
     backing, solo, where = windows.sample(6, torch.Generator().manual_seed(0), where=True)
     again = windows.sample(6, torch.Generator().manual_seed(0))
     assert torch.equal(again[1], solo), "where=True must draw the same windows"
     lead, _ = listening.harmony_truth(meta, where, 75, meta["codec"]["frame_rate"])
-    target = listening.pitch_targets(meta, where, solo)
+    truth = listening.pitch_targets(windows, where, solo, meta)
     played = solo[:, 0] != meta["codec"]["card"]
-    assert torch.equal(target[played], lead.masked_fill(lead < 0, 12)[played])
-    assert (target[~played] == -100).all() and (target[played] >= 0).all() and (lead >= 0).any()
+    assert torch.equal(truth[played], lead.masked_fill(lead < 0, 12)[played])
+    assert (truth[~played] == -100).all() and (truth[played] >= 0).all() and (lead >= 0).any()
+    tracked = listening.pitch_targets(windows, where, solo)
+    assert (tracked[~played] == -100).all()
+    sounding = played & (lead >= 0)
+    assert (tracked[sounding] == truth[sounding]).float().mean() > 0.9, "the tracked notes are not the lead's"
 
     T.train(quick_train_config(data_dir, tmp_path / "a", pitch_aux=1.0, max_steps=3, listen_test=False))
     rows = [r for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
@@ -477,8 +482,24 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     for song in stripped["songs"]:
         song.pop("truth", None)
     (unknown / "meta.json").write_text(json.dumps(stripped))
-    with pytest.raises(SystemExit, match="--pitch-aux: the dataset in .* does not know its lead's notes"):
+    with pytest.raises(SystemExit, match="--pitch-targets truth: the dataset in .* does not know its lead's"):
+        T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0, pitch_targets="truth"))
+    assert not (tmp_path / "b").exists()
+    stripped["format"] = 1  # built before data.py tracked the notes
+    (unknown / "meta.json").write_text(json.dumps(stripped))
+    with pytest.raises(SystemExit, match="built before data.py tracked the solo's notes"):
         T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0))
     assert not (tmp_path / "b").exists()
     with pytest.raises(SystemExit, match="--pitch-aux -1: a weight"):
         T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=-1.0))
+    with pytest.raises(SystemExit, match="--pitch-first draws each note from the pitch head"):
+        T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=0.0,
+                                                  pitch_first=True))
+
+    # --pitch-first: the saved model draws its notes; the listening test samples it.
+    T.train(quick_train_config(data_dir, tmp_path / "c", pitch_aux=1.0, pitch_first=True,
+                               max_steps=2))
+    model, _ = load_model(tmp_path / "c" / "best", "cpu")
+    assert model.cfg.pitch_first and model.pitch_emb is not None
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert 0 <= summary["best"]["note_in_chord_own"] <= 1, summary

@@ -53,8 +53,10 @@ ARCHITECTURE_ROWS = ("default", "layers-1", "layers-4", "width-32", "width-64", 
 ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),)
 # The rows with the auxiliary pitch target (train.py --pitch-aux) get a third table, with
 # how often the notes are chord tones over the own band and over another song's.
-PITCH_ROWS = ("default", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3", "pitch-aux-10",
-              "pitch-aux-3-width-192")
+PITCH_ROWS = ("default", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3",
+              "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
+              "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5",
+              "pitch-first-0.3", "pitch-first-1")
 PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
                                         ("note_in_chord_mismatched", "in chord other", 3)) \
     + ABLATION_COLUMNS[4:6]
