@@ -477,6 +477,10 @@ def check_train_settings(cfg):
     if cfg.pitch_first and not cfg.pitch_aux:
         raise SystemExit("--pitch-first draws each note from the pitch head, which only "
                          "--pitch-aux trains: give it a weight, e.g. --pitch-aux 1")
+    if cfg.pitch_first and cfg.causal_encoder:
+        raise SystemExit("--pitch-first with --causal-encoder: streaming and the board's "
+                         "runner do not draw notes yet; train the streaming model without "
+                         "--pitch-first")
     if (not 0 <= cfg.cond_dropout < 1 or not 0 <= cfg.solo_dropout < 1
             or (cfg.dropout is not None and not 0 <= cfg.dropout < 1)):
         raise SystemExit("--cond-dropout, --solo-dropout and --dropout are probabilities in [0, 1)")

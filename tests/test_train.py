@@ -495,6 +495,9 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     with pytest.raises(SystemExit, match="--pitch-first draws each note from the pitch head"):
         T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=0.0,
                                                   pitch_first=True))
+    with pytest.raises(SystemExit, match="--pitch-first with --causal-encoder"):
+        T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=1.0,
+                                                  pitch_first=True, causal_encoder=True))
 
     # --pitch-first: the saved model draws its notes; the listening test samples it.
     T.train(quick_train_config(data_dir, tmp_path / "c", pitch_aux=1.0, pitch_first=True,
