@@ -117,6 +117,8 @@ ROWS = {
                            ("--pitch-aux", "0.3", "--pitch-first", *TRUTH)),
     "pitch-first-1": Row("the note first, weight 1, true notes",
                          ("--pitch-aux", "1", "--pitch-first", *TRUTH)),
+    "pitch-first-3": Row("the note first, weight 3, true notes",
+                         ("--pitch-aux", "3", "--pitch-first", *TRUTH)),
 }
 PHASE3 = list(ROWS)
 

@@ -56,7 +56,7 @@ ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),
 PITCH_ROWS = ("default", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3",
               "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
               "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5",
-              "pitch-first-0.3", "pitch-first-1")
+              "pitch-first-0.3", "pitch-first-1", "pitch-first-3")
 PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
                                         ("note_in_chord_mismatched", "in chord other", 3)) \
     + ABLATION_COLUMNS[4:6]
