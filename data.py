@@ -746,7 +746,7 @@ def track_notes(audio, hop, rate, window=1024, dip=0.15, voiced=0.35, rel_db=-30
     walked down to its local minimum, is the period. The frame counts as a note when
     that minimum is below `voiced` and the frame is within rel_db of the loud frames
     (the 95th percentile). On the demo corpus's lead it names the true pitch class of
-    99% of the frames where a note sounds (docs/phase1-data.md).
+    99.6% of the frames where a note sounds (docs/phase1-proof-of-concept.md).
     """
     n = math.ceil(len(audio) / hop)
     lo, hi = int(rate / NOTE_RANGE_HZ[1]), int(rate / NOTE_RANGE_HZ[0]) + 1   # lags, samples
