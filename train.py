@@ -428,6 +428,12 @@ def train_flops_per_window(model, T):
     return 6 * (counts["enc"] * T + counts["dec"] * S) + 12 * cfg.d_model * attention_pairs
 
 
+def wants_tracked_notes(cfg):
+    """--pitch-aux on the notes data.py tracked (the default targets): the dataset must be
+    of format 2, which stores them."""
+    return cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"
+
+
 def ensure_dataset(cfg):
     """The dataset's meta.json; the default demo dataset is built on first use.
 
@@ -438,9 +444,8 @@ def ensure_dataset(cfg):
     stale = not meta_file.exists()
     if not stale:  # another version of the demo corpus, or (for --pitch-aux) one without notes
         built = data.load_dataset(cfg.data)
-        notes = cfg.pitch_aux and cfg.pitch_targets == "tracked"
         stale = (built.get("demo") != data.DEMO_VERSION
-                 or (notes and built.get("format", 1) < data.FORMAT))
+                 or (wants_tracked_notes(cfg) and built.get("format", 1) < data.FORMAT))
     if cfg.data == DEFAULT_DATA and stale:
         print(f"no dataset of the current demo corpus (version {data.DEMO_VERSION}) "
               f"in {cfg.data}: building it first (python data.py does the same)")
@@ -689,7 +694,7 @@ def setup_run(cfg):
         raise SystemExit(f"--pitch-targets truth: the dataset in {cfg.data} does not know its "
                          "lead's true notes (only the demo corpus does). Fix: the notes data.py "
                          "tracked, --pitch-targets tracked")
-    if cfg.pitch_aux and cfg.pitch_targets == "tracked" and meta.get("format", 1) < data.FORMAT:
+    if wants_tracked_notes(cfg) and meta.get("format", 1) < data.FORMAT:
         raise SystemExit(f"--pitch-aux: the dataset in {cfg.data} was built before data.py "
                          f"tracked the solo's notes. Fix: python data.py --out {cfg.data} with "
                          "the settings it was built with (its songs are done again, with "
