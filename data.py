@@ -784,13 +784,20 @@ def track_notes(audio, hop, rate, window=1024, dip=0.15, voiced=0.35, rel_db=-30
     return np.where((best < voiced) & loud, np.round(midi) % 12, -1).astype(np.int8)
 
 
+def event_frames(event, frame_rate, tempo=1.0, first=0):
+    """The frames of a demo truth event (a note or a chord: start_s, end_s) as a slice, in a
+    copy played `tempo` times faster, counted from frame `first` of the song (a window's
+    start; frames before it are cut)."""
+    return slice(max(0, round(event["start_s"] / tempo * frame_rate) - first),
+                 max(0, round(event["end_s"] / tempo * frame_rate) - first))
+
+
 def notes_right(tracked, truth, frame_rate, semitones=0.0, tempo=1.0):
     """Share of the frames where the demo's lead plays a note that track_notes names right
     (the check of the tracker against the corpus's truth)."""
     lead = np.full(len(tracked), -1)
     for note in truth["lead_notes"]:
-        lead[round(note["start_s"] / tempo * frame_rate):
-             round(note["end_s"] / tempo * frame_rate)] = (note["midi"] + round(semitones)) % 12
+        lead[event_frames(note, frame_rate, tempo)] = (note["midi"] + round(semitones)) % 12
     sounding = lead >= 0
     return float((tracked[sounding] == lead[sounding]).mean()) if sounding.any() else None
 

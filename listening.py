@@ -72,8 +72,7 @@ def harmony_truth(meta, where, T, frame_rate):
         truth, v = songs[song]["truth"], songs[song]["variants"][variant]
         shift = round(v["semitones"])
         def frames(event, v=v, first=first):  # an event's seconds -> frames of the window
-            return slice(max(0, round(event["start_s"] / v["tempo"] * frame_rate) - first),
-                         max(0, round(event["end_s"] / v["tempo"] * frame_rate) - first))
+            return data.event_frames(event, frame_rate, v["tempo"], first)
         for note in truth["lead_notes"]:
             lead[i, frames(note)] = (note["midi"] + shift) % 12
         for chord in truth["chords"]:
