@@ -307,8 +307,11 @@ def overfitting(history):
 
 
 
-# The dataset's format: 2 since the solo's notes are tracked (<split>_notes.npy).
-FORMAT = 2
+# The dataset's format: 2 since the solo's notes are tracked (<split>_notes.npy), 3 since
+# the band's chroma is heard (<split>_chroma.npy). HEARD_SINCE: the format that first
+# stores each.
+FORMAT = 3
+HEARD_SINCE = {"notes": 2, "chroma": 3}
 
 
 # ----------------------------------------------------------------------------
@@ -730,7 +733,9 @@ def select_sections(rms_db, frame_rate, rel_db, abs_db, min_section_s, merge_gap
 # (de Cheveigné and Kawahara 2002). train.py --pitch-aux learns from these notes, so it
 # works on any recording, not only on the demo corpus whose notes are known. A pitch
 # class forgives the tracker's commonest mistake, a note heard an octave off.
-TRACKER_VERSION = 1  # a song cached without notes of this version is done again
+# A song cached by an older version of what is heard beside the tokens is done again
+# (1: the solo's notes; 2: and the band's chroma, band_chroma below).
+TRACKER_VERSION = 2
 NOTE_RANGE_HZ = (80.0, 1000.0)  # baritone sax's lowest note to well above the alto's highest
 
 
@@ -784,12 +789,66 @@ def track_notes(audio, hop, rate, window=1024, dip=0.15, voiced=0.35, rel_db=-30
     return np.where((best < voiced) & loud, np.round(midi) % 12, -1).astype(np.int8)
 
 
+# What the band plays: its chroma, the share of its pitched energy in each of the 12
+# pitch classes, in each codec frame. train.py --chord-aux teaches the encoder to name
+# it, so that the chord the solo's notes are chosen from is plain in the encoder states
+# (docs/phase3). From the backing's audio, so any recording has it, not only the demo
+# corpus whose chords are known.
+CHROMA_RANGE_HZ = (55.0, 2000.0)  # the bass's low A to the piano's voicings; drums above
+
+
+def band_chroma(audio, hop, rate, window=8192, block=256):
+    """The chroma of the audio in each hop-sized frame: float16 [ceil(N / hop), 12], each
+    row summing to 1 (all 0 where it is silent), aligned with the codec's frames.
+
+    The power spectrum of a Hann window of `window` samples (341 ms at 24 kHz: a
+    semitone apart is 5 Hz at the bass's low A, and the bins are 2.9 Hz apart; a chord
+    lasts longer than the window) around each frame's centre; each spectral peak (a bin
+    above its neighbours) in CHROMA_RANGE_HZ adds its power to the pitch class of the
+    nearest semitone. Counting peaks only keeps most of the drums' noise out. On the
+    demo corpus 73% of the chroma falls on the chord's tones (a third by chance;
+    docs/phase1-proof-of-concept.md). Computed `block` frames at a time, to keep the
+    spectra small.
+    """
+    n = math.ceil(len(audio) / hop)
+    freqs = np.fft.rfftfreq(window, 1 / rate)
+    inside = (freqs >= CHROMA_RANGE_HZ[0]) & (freqs <= CHROMA_RANGE_HZ[1])
+    pc = np.round(12 * np.log2(freqs[inside] / 440.0)).astype(int) % 12    # A = 9, C = 0
+    fold = np.zeros((inside.sum(), 12), np.float32)
+    fold[np.arange(len(pc)), (pc + 9) % 12] = 1.0                           # bin -> class
+    padded = np.pad(audio.astype(np.float32), (window // 2, window // 2 + n * hop))
+    taper = np.hanning(window).astype(np.float32)
+    centres = np.arange(n) * hop + hop // 2
+    out = np.zeros((n, 12), np.float32)
+    for b in range(0, n, block):
+        frames = np.lib.stride_tricks.sliding_window_view(padded, window)[centres[b:b + block]]
+        power = np.abs(np.fft.rfft(frames * taper, axis=1)) ** 2               # [block, bins]
+        peak = np.zeros_like(power, dtype=bool)
+        peak[:, 1:-1] = (power[:, 1:-1] > power[:, :-2]) & (power[:, 1:-1] >= power[:, 2:])
+        out[b:b + block] = (power * peak)[:, inside] @ fold
+    total = out.sum(axis=1, keepdims=True)
+    return np.where(total > 1e-10, out / np.maximum(total, 1e-30), 0.0).astype(np.float16)
+
+
 def event_frames(event, frame_rate, tempo=1.0, first=0):
     """The frames of a demo truth event (a note or a chord: start_s, end_s) as a slice, in a
     copy played `tempo` times faster, counted from frame `first` of the song (a window's
     start; frames before it are cut)."""
     return slice(max(0, round(event["start_s"] / tempo * frame_rate) - first),
                  max(0, round(event["end_s"] / tempo * frame_rate) - first))
+
+
+def chroma_on_chords(chroma, truth, frame_rate, semitones=0.0, tempo=1.0):
+    """Share of band_chroma's weight that falls on the tones of the demo's chord, over the
+    frames inside a chord (the check of the chroma against the corpus's truth; by
+    chance about a third)."""
+    tones = np.zeros(chroma.shape, dtype=bool)
+    for chord in truth["chords"]:
+        tones[event_frames(chord, frame_rate, tempo),
+              [(pc + round(semitones)) % 12 for pc in chord["pitch_classes"]]] = True
+    counted = tones.any(axis=1) & (chroma.sum(axis=1) > 0)
+    weight = (chroma.astype(np.float32) * tones).sum(axis=1)
+    return float(weight[counted].mean()) if counted.any() else None
 
 
 def notes_right(tracked, truth, frame_rate, semitones=0.0, tempo=1.0):
@@ -1266,8 +1325,11 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
         bk, sk = encode_audio(codec, b), encode_audio(codec, s)  # [K, F] each
         notes = track_notes(s, numbers["hop"], CODEC_RATE)                     # [F]
         notes = np.pad(notes, (0, max(0, bk.shape[1] - len(notes))), constant_values=-1)
+        chroma = band_chroma(b, numbers["hop"], CODEC_RATE)                    # [F, 12]
+        chroma = np.pad(chroma, ((0, max(0, bk.shape[1] - len(chroma))), (0, 0)))
         atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk,
-                                                    notes=notes[:bk.shape[1]]))
+                                                    notes=notes[:bk.shape[1]],
+                                                    chroma=chroma[:bk.shape[1]]))
         kept = sum(e - st for st, e in sections)
         record["variants"].append({"semitones": round(semitones, 3), "tempo": round(tempo, 4),
                                    "codes": codes_file.name, "frames": int(bk.shape[1]),
@@ -1277,6 +1339,8 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
         if "truth" in extra:  # the demo corpus: how often the tracker names the true note
             record["variants"][-1]["notes_right"] = notes_right(
                 notes, extra["truth"], numbers["frame_rate"], semitones, tempo)
+            record["variants"][-1]["chroma_on_chords"] = chroma_on_chords(
+                chroma, extra["truth"], numbers["frame_rate"], semitones, tempo)
     write_json(cached, record)  # last: the song counts as done only once everything is on disk
     return record
 
@@ -1368,13 +1432,14 @@ def assign_splits(sources, cfg):
 
 def write_split_arrays(out, split, records, cache_dir):
     """Concatenate the kept sections of a split into backing / solo arrays [K, N] (int16),
-    and the solo's tracked notes [N] (int8, track_notes).
+    the solo's tracked notes [N] (int8, track_notes) and the band's chroma [N, 12]
+    (float16, band_chroma).
 
     One flat array per stem and split, plus a list of segments (where each section
     starts and how long it is): train.py memory-maps the arrays and reads only the
     windows it draws, so a dataset larger than memory trains just as well.
     """
-    backs, solos, notes, segments, offset = [], [], [], [], 0
+    backs, solos, notes, chromas, segments, offset = [], [], [], [], [], 0
     for rec in records:
         for v, var in enumerate(rec["variants"]):
             codes = np.load(cache_dir / var["codes"])
@@ -1382,6 +1447,7 @@ def write_split_arrays(out, split, records, cache_dir):
                 backs.append(codes["backing"][:, start:end])
                 solos.append(codes["solo"][:, start:end])
                 notes.append(codes["notes"][start:end])
+                chromas.append(codes["chroma"][start:end])
                 segments.append({"song": rec["id"], "variant": v, "start": offset,
                                  "length": end - start,
                                  "song_frame": start})
@@ -1392,6 +1458,9 @@ def write_split_arrays(out, split, records, cache_dir):
     # the tracked pitch class of each solo frame (-1: none), [N] int8 beside the tokens
     array = np.concatenate(notes) if notes else np.zeros(0, dtype=np.int8)
     atomic_write(Path(out) / f"{split}_notes.npy", lambda f: np.save(f, array))
+    # the band's chroma in each frame, [N, 12] float16
+    array = np.concatenate(chromas) if chromas else np.zeros((0, 12), dtype=np.float16)
+    atomic_write(Path(out) / f"{split}_chroma.npy", lambda f: np.save(f, array))
     return segments
 
 
@@ -1512,24 +1581,29 @@ def build_dataset(cfg):
         segments = write_split_arrays(out, split, chosen, cache_dir)
         splits[split] = {"songs": [r["id"] for r in chosen], "segments": segments,
                          "frames": sum(s["length"] for s in segments)}
-    right = [var["notes_right"] for r in records for var in r["variants"]
-             if var.get("notes_right") is not None]
+    def checked(name):  # the demo corpus: a tracker's check, over every song and copy
+        values = [var[name] for r in records for var in r["variants"] if var.get(name) is not None]
+        return round(float(np.mean(values)), 4) if values else None
     meta = {"format": FORMAT, "codec": numbers, "separation": None if separator is None else {
                 "model": cfg.demucs_model, "backing_sources": cfg.backing_sources,
                 "solo_sources": cfg.solo_sources},
             "settings": asdict(cfg), "splits": splits, "songs": records, "skipped": skipped,
             "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1),
             # the demo corpus: the share of the lead's note frames whose pitch class the
-            # tracker named right, over every song and copy
-            "notes_right": round(float(np.mean(right)), 4) if right else None}
+            # tracker named right; the share of the band's chroma on its chord's tones
+            "notes_right": checked("notes_right"),
+            "chroma_on_chords": checked("chroma_on_chords")}
     write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
     counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
     print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} "
           f"songs; {splits['train']['frames'] / numbers['frame_rate']:.0f} s of "
           f"training audio; {meta['build_seconds']} s")
-    if right:
+    if meta["notes_right"] is not None:
         print(f"the solo's notes, tracked: the true pitch class in {meta['notes_right']:.1%} "
               "of the frames where the demo's lead plays a note")
+    if meta["chroma_on_chords"] is not None:
+        print(f"the band's chroma, heard: {meta['chroma_on_chords']:.1%} of it on the tones of "
+              "the demo's chords (a third by chance)")
     if numbers["untrained"]:
         print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
     return meta
@@ -1599,10 +1673,12 @@ def load_split(data_dir, split):
                          mmap_mode="r") for name in ("backing", "solo"))
 
 
-def load_notes(data_dir, split):
-    """The solo's tracked notes of one split, [N] int8 memory-mapped (-1: no note), or None
-    for a dataset built before data.py tracked them (format 1)."""
-    path = Path(data_dir) / f"{split}_notes.npy"
+def load_heard(data_dir, split, name):
+    """What data.py heard beside the tokens of one split, memory-mapped: "notes", the
+    solo's tracked notes [N] int8 (-1: no note), or "chroma", the band's chroma [N, 12]
+    float16; None for a dataset built before data.py heard it (notes: format 1,
+    chroma: formats 1 and 2)."""
+    path = Path(data_dir) / f"{split}_{name}.npy"
     return np.load(path, mmap_mode="r") if path.exists() else None
 
 
@@ -1622,7 +1698,8 @@ class Windows:
 
     def __init__(self, data_dir, split, meta, T):
         self.backing, self.solo = load_split(data_dir, split)     # [K, N] each, memory-mapped
-        self.notes = load_notes(data_dir, split)                  # [N] or None
+        self.notes = load_heard(data_dir, split, "notes")         # [N] or None
+        self.chroma = load_heard(data_dir, split, "chroma")       # [N, 12] or None
         self.segments = meta["splits"][split]["segments"]
         self.T, self.card = T, meta["codec"]["card"]
         lengths = np.array([s["length"] for s in self.segments], dtype=np.float64)
@@ -1657,18 +1734,28 @@ class Windows:
         batch = [torch.stack(x) for x in zip(*pairs)]
         return (*batch, places) if where else batch
 
-    def notes_at(self, where):
-        """The tracked notes of windows found at `where` (sample(where=True), fixed()):
-        [N, T] long, the pitch class of each frame, -1 where none sounds or past the
-        segment's end."""
-        out = torch.full((len(where), self.T), -1, dtype=torch.long)
+    def heard_at(self, array, where, fill):
+        """Frames of `array` ([N, ...], one row per frame of the split) under the windows
+        found at `where` (sample(where=True), fixed()): [len(where), T, ...], `fill` past
+        a segment's end."""
+        out = np.full((len(where), self.T, *array.shape[1:]), fill, dtype=np.float32)
         for i, (song, variant, first) in enumerate(where):
             seg = next(s for s in self.segments if s["song"] == song and s["variant"] == variant
                        and s["song_frame"] <= first < s["song_frame"] + s["length"])
             at = seg["start"] + first - seg["song_frame"]
             n = min(self.T, seg["start"] + seg["length"] - at)
-            out[i, :n] = torch.from_numpy(self.notes[at:at + n].astype(np.int64))
-        return out
+            out[i, :n] = array[at:at + n]
+        return torch.from_numpy(out)
+
+    def notes_at(self, where):
+        """The tracked notes of the windows at `where`: [N, T] long, the pitch class of
+        each frame, -1 where none sounds or past the segment's end."""
+        return self.heard_at(self.notes, where, -1).long()
+
+    def chroma_at(self, where):
+        """The band's chroma under the windows at `where`: [N, T, 12] float, 0 past the
+        segment's end."""
+        return self.heard_at(self.chroma, where, 0.0)
 
     def fixed(self, limit=None):
         """Deterministic evaluation windows: each segment cut in consecutive windows.

@@ -104,6 +104,25 @@ def test_the_tracker_names_a_notes_pitch_class_and_not_a_silence_or_a_hiss(midi,
     assert (notes[2 * fr + 7:] == -1).mean() > 0.95, "white noise read as a note"
 
 
+def test_the_chroma_hears_a_chords_tones_over_drums_and_nothing_in_silence():
+    """band_chroma on crafted audio: a C major triad (C3 E3 G3, with harmonics) over a bass
+    C2 and a hiss of drums puts nearly all its weight on C, E and G; a silence is all 0;
+    every other row sums to 1."""
+    rate, hop = RATE, 320
+    t = np.arange(2 * rate) / rate
+    chord = sum(0.1 / h * np.sin(2 * np.pi * h * 440 * 2 ** ((m - 69) / 12) * t)
+                for m in (36, 48, 52, 55) for h in (1, 2, 3))
+    drums = 0.02 * np.random.default_rng(0).standard_normal(len(t))
+    audio = np.concatenate([chord + drums, np.zeros(rate)]).astype(np.float32)
+    chroma = data.band_chroma(audio, hop, rate).astype(np.float32)
+    fr = rate // hop
+    assert chroma.shape == (3 * fr, 12) and chroma.dtype == np.float32
+    sounding = chroma[10:2 * fr - 10]
+    assert np.allclose(sounding.sum(1), 1, atol=2e-3)
+    assert sounding[:, [0, 4, 7]].sum(1).min() > 0.9, sounding.mean(0)
+    assert (chroma[2 * fr + 60:] == 0).all(), "a silence has no chroma"
+
+
 def test_rms_selection_on_crafted_signal():
     frame_rate, hop = 75, 320
     t = np.arange(12 * RATE) / RATE
