@@ -119,6 +119,24 @@ ROWS = {
                          ("--pitch-aux", "1", "--pitch-first", *TRUTH)),
     "pitch-first-3": Row("the note first, weight 3, true notes",
                          ("--pitch-aux", "3", "--pitch-first", *TRUTH)),
+    # The chord aid (train.py --chord-aux): a head on the encoder names the band's
+    # harmony in each frame, so that the chord the decoder must choose its notes from is
+    # plain in the encoder states.
+    "chord-aux-1-truth": Row("the chord aid at weight 1 on the demo's true chords: a head on "
+                             "the encoder names the band's pitch classes in each frame",
+                             ("--chord-aux", "1", "--chord-targets", "truth")),
+    "chord-aux-0.3": Row("the chord aid at weight 0.3 on the chroma data.py heard in the "
+                         "backing's audio", ("--chord-aux", "0.3")),
+    "chord-aux-0.1": Row("the chord aid at weight 0.1 on the heard chroma",
+                         ("--chord-aux", "0.1")),
+    "pitch-aux-1-chord-aux-1-truth": Row("the pitch aid (weight 1) and the chord aid (weight 1), "
+                                         "true notes and chords",
+                                         ("--pitch-aux", "1", "--chord-aux", "1",
+                                          "--chord-targets", "truth", *TRUTH)),
+    "pitch-aux-3-chord-aux-1-truth": Row("the pitch aid (weight 3) and the chord aid (weight 1), "
+                                         "true notes and chords",
+                                         ("--pitch-aux", "3", "--chord-aux", "1",
+                                          "--chord-targets", "truth", *TRUTH)),
 }
 PHASE3 = list(ROWS)
 

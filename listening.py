@@ -100,6 +100,24 @@ def pitch_targets(windows, where, solo, meta=None):
     return notes.masked_fill(notes < 0, 12).masked_fill(solo[:, 0] == windows.card, -100)
 
 
+def chord_targets(windows, where, backing, meta=None):
+    """train.py --chord-aux's targets for windows backing [N, K, T] of `windows`
+    (data.Windows) found at `where`: the band's harmony in each frame as a distribution
+    over the 12 pitch classes, [N, T, 12] float, each row summing to 1; all 0 (not
+    counted) where the band plays no chord and where the window is padding.
+
+    The chroma data.py heard in the backing's audio (any dataset of format 3); with
+    `meta`, the demo corpus's chords instead (train.py --chord-targets truth), each
+    chord tone an equal share."""
+    if meta is None:
+        chroma = windows.chroma_at(where)
+    else:
+        _, tones = harmony_truth(meta, where, backing.size(-1), meta["codec"]["frame_rate"])
+        chroma = tones.float()
+    chroma = chroma / chroma.sum(-1, keepdim=True).clamp(min=1e-8)
+    return chroma.masked_fill((backing[:, 0] == windows.card)[..., None], 0.0)
+
+
 def fit_onset_detector(solo, kicks, card):
     """A token-space note-onset detector, fitted on training windows with known kicks.
 

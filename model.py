@@ -86,6 +86,12 @@ class ModelConfig:
     # head first. The note is then one explicit choice made from the band, instead of
     # something spread over 4 x 1024 codes.
     pitch_first: bool = False
+    # training aid (train.py --chord-aux): a 12-way head on the encoder that names the
+    # band's harmony in each backing frame (its pitch classes, as a distribution). The
+    # decoder finds the band's chord in the encoder states; this hands it the chord there
+    # plainly instead of leaving the encoder to find it from the solo's loss alone. Only
+    # the loss uses it.
+    chord_head: bool = False
 
     def __post_init__(self):
         assert self.d_model % self.n_heads == 0, \
@@ -411,6 +417,10 @@ class SoloTransformer(nn.Module):
             self._init_weights(self.pitch_head)
         # pitch-first: one embedding per pitch class and the rest, [13, D]
         self.pitch_emb = nn.Parameter(torch.randn(13, D) * 0.02) if cfg.pitch_first else None
+        # The chord head, last of all for the same reason: 12 pitch classes
+        self.chord_head = nn.Linear(D, 12) if cfg.chord_head else None
+        if self.chord_head is not None:
+            self._init_weights(self.chord_head)
 
     @staticmethod
     def _init_weights(m):
@@ -510,12 +520,11 @@ class SoloTransformer(nn.Module):
     def forward(self, backing, dec_in):
         """Teacher forcing: backing [B, K, T] and decoder input [B, K, S] -> logits
         [B, K, S, card] (predict)."""
-        return self.predict(self.decode(backing, dec_in))
+        return self.predict(self.decode(self.encode(backing), dec_in))
 
-    def decode(self, backing, dec_in):
-        """backing [B, K, T] and decoder input [B, K, S] -> decoder states [B, S, D]."""
+    def decode(self, memory, dec_in):
+        """encoder states [B, T, D] and decoder input [B, K, S] -> decoder states [B, S, D]."""
         cfg, S = self.cfg, dec_in.size(-1)
-        memory = self.encode(backing)                                               # [B, T, D]
         x = self.embed(self.dec_emb, dec_in)                                        # [B, S, D]
         if self.align_conv is not None:
             x = x + self.aligned(memory, S)                                         # [B, S, D]
@@ -535,8 +544,9 @@ class SoloTransformer(nn.Module):
     # 5. The loss
     # ------------------------------------------------------------------------
 
-    def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None):
-        """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy [K]).
+    def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None):
+        """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy
+        [K], aux), aux a dict of the training aids' cross-entropies ({} without them).
 
         cond_drop [B] bool: rows whose backing is replaced by the null condition
         (classifier-free guidance training; train.py draws it).
@@ -544,17 +554,30 @@ class SoloTransformer(nn.Module):
         special token, so the model must lean on the band for what it cannot read
         (train.py's --solo-dropout). The targets stay whole.
         pitch [B, T] long: the lead's pitch class in each frame (12: a rest, -100: not
-        counted), for a model with the pitch head (train.py --pitch-aux). Then a third
-        value comes back: the pitch head's cross-entropy, read at steps 0 .. T-1.
+        counted), for a model with the pitch head (train.py --pitch-aux): aux["pitch"] is
+        the pitch head's cross-entropy, read at steps 0 .. T-1.
+        chords [B, T, 12] float: the band's harmony in each backing frame, a distribution
+        over the 12 pitch classes (all 0: not counted), for a model with the chord head
+        (train.py --chord-aux): aux["chord"] is the chord head's cross-entropy.
         """
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
         target, dec_in = teacher_forcing(solo, self.cfg.card)            # [B, K, S] each
         if input_drop is not None:
             dec_in = dec_in.masked_fill(input_drop, self.cfg.card)
-        x = self.decode(backing, dec_in)                                 # [B, S, D]
+        memory = self.encode(backing)                                    # [B, L + T, D]
+        x = self.decode(memory, dec_in)                                  # [B, S, D]
+        aux = {}
+        if chords is not None:
+            # Frame t of the backing is encoder position L + t (L: the lookahead's blanks).
+            # A row whose backing was dropped hears no band: it has no chord to name.
+            guess = self.chord_head(memory[:, -chords.size(1):]).float()  # [B, T, 12]
+            if cond_drop is not None:
+                chords = chords.masked_fill(cond_drop[:, None, None], 0.0)
+            ce = -(chords * guess.log_softmax(-1)).sum()                 # soft targets
+            aux["chord"] = ce / chords.sum().clamp(min=1)                # each counted frame sums to 1
         if pitch is None:
-            return codebook_cross_entropy(self.predict(x), target, self.cfg.card)
+            return (*codebook_cross_entropy(self.predict(x), target, self.cfg.card), aux)
         T, states = pitch.size(1), x
         if self.pitch_emb is not None:
             # pitch-first: the heads read the true note of each frame (a rest on padding
@@ -566,7 +589,8 @@ class SoloTransformer(nn.Module):
         guess = self.pitch_logits(x[:, :T])                             # [B, T, 13]
         ce = F.cross_entropy(guess.float().transpose(1, 2), pitch, ignore_index=-100,
                              reduction="sum")
-        return (*codes, ce / (pitch != -100).sum().clamp(min=1))        # 0, not nan, if none count
+        aux["pitch"] = ce / (pitch != -100).sum().clamp(min=1)           # 0, not nan, if none count
+        return (*codes, aux)
 
 
 def teacher_forcing(solo, card):

@@ -263,7 +263,7 @@ def test_bf16_autocast_is_finite():
     model = tiny_model(causal_encoder=True, attn_window=5)
     backing, solo = random_codes(2, 4, 12), random_codes(2, 4, 12, seed=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, per_k = model.loss(backing, solo, cond_drop=torch.tensor([True, False]))
+        loss, per_k, _ = model.loss(backing, solo, cond_drop=torch.tensor([True, False]))
     assert torch.isfinite(loss) and torch.isfinite(per_k).all(), f"bf16 loss not finite: {per_k}"
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), "non-finite grad"
@@ -294,17 +294,54 @@ def test_the_pitch_head_trains_and_leaves_the_rest_as_it_was():
         assert torch.equal(weight, model.state_dict()[name]), f"{name} starts otherwise with the pitch head"
     backing, solo = random_codes(8, 4, 12), random_codes(8, 4, 12, seed=2)
     pitch = backing[:, 0] % 12                                                      # [B, T]
-    ce, _, pitch_ce = model.loss(backing, solo, pitch=pitch)
+    ce, _, aux = model.loss(backing, solo, pitch=pitch)
+    pitch_ce = aux["pitch"]
     assert torch.equal(ce, plain.loss(backing, solo)[0])
     assert abs(pitch_ce.item() - torch.log(torch.tensor(13.0)).item()) < 0.2, pitch_ce
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(40):
-        ce, _, pitch_ce = model.loss(backing, solo, pitch=pitch)
+        ce, _, aux = model.loss(backing, solo, pitch=pitch)
+        pitch_ce = aux["pitch"]
         optimizer.zero_grad()
         (ce + pitch_ce).backward()
         optimizer.step()
     assert pitch_ce.item() < 0.6, f"the pitch head did not learn a pitch the backing spells out: {pitch_ce}"
-    assert model.loss(backing, solo, pitch=torch.full_like(pitch, -100))[2].item() == 0.0
+    assert model.loss(backing, solo, pitch=torch.full_like(pitch, -100))[2]["pitch"].item() == 0.0
+
+
+def test_the_chord_head_trains_and_leaves_the_rest_as_it_was():
+    """chord_head=True (train.py --chord-aux): every other weight starts as without it, so
+    the code loss is the same; aux["chord"], the soft cross-entropy of the head on the
+    encoder against a distribution over the 12 pitch classes, starts near log 12 and
+    trains down on a chord the backing spells out (a triad on its first code mod 12).
+    Frames of all zeros and rows with the null backing are not counted, and a model with
+    a lookahead reads the chord of frame t at encoder position L + t."""
+    plain, model = tiny_model(), tiny_model(chord_head=True).train()
+    for name, weight in plain.state_dict().items():
+        assert torch.equal(weight, model.state_dict()[name]), f"{name} starts otherwise with the chord head"
+    backing, solo = random_codes(8, 4, 12), random_codes(8, 4, 12, seed=2)
+    root = backing[:, 0] % 12                                                       # [B, T]
+    chords = torch.zeros(8, 12, 12).scatter_(2, torch.stack([root, (root + 4) % 12,
+                                                             (root + 7) % 12], -1), 1 / 3)
+    ce, _, aux = model.loss(backing, solo, chords=chords)
+    assert torch.equal(ce, plain.loss(backing, solo)[0])
+    assert abs(aux["chord"].item() - torch.log(torch.tensor(12.0)).item()) < 0.2, aux
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        ce, _, aux = model.loss(backing, solo, chords=chords)
+        optimizer.zero_grad()
+        (ce + aux["chord"]).backward()
+        optimizer.step()
+    # the floor is log 3 (three equal tones), about 1.10
+    assert aux["chord"].item() < 1.4, f"the chord head did not learn a chord the backing spells out: {aux}"
+    assert model.loss(backing, solo, chords=torch.zeros_like(chords))[2]["chord"].item() == 0.0
+    everyone = torch.ones(8, dtype=torch.bool)
+    assert model.loss(backing, solo, cond_drop=everyone, chords=chords)[2]["chord"].item() == 0.0
+    ahead = tiny_model(chord_head=True, causal_encoder=True, lookahead=3)
+    with torch.no_grad():
+        memory = ahead.encode(backing)                                          # [B, 3 + T, D]
+        want = -(chords * ahead.chord_head(memory[:, 3:]).log_softmax(-1)).sum() / 96
+        assert torch.allclose(ahead.loss(backing, solo, chords=chords)[2]["chord"], want)
 
 
 def test_the_pitch_first_model_sums_the_note_out_and_samples_it_first():
@@ -320,7 +357,7 @@ def test_the_pitch_first_model_sums_the_note_out_and_samples_it_first():
     backing, solo = random_codes(2, 4, 10), random_codes(2, 4, 10, seed=2)
     target, dec_in = teacher_forcing(solo, CARD)
     with torch.no_grad():
-        x = model.decode(backing, dec_in)                                       # [B, S, D]
+        x = model.decode(model.encode(backing), dec_in)                         # [B, S, D]
         predicted = model.predict(x)                                            # [B, K, S, card]
         note = model.pitch_logits(x).softmax(-1)                               # [B, S, 13]
         by_hand = sum(note[:, None, :, p, None] * model.logits(x + model.pitch_emb[p]).softmax(-1)
@@ -330,7 +367,8 @@ def test_the_pitch_first_model_sums_the_note_out_and_samples_it_first():
         ce = model.loss(backing, solo)[0]
         assert torch.allclose(ce, codebook_cross_entropy(model(backing, dec_in), target, CARD)[0])
         pitch = solo[:, 0] % 12
-        told, _, pitch_ce = model.loss(backing, solo, pitch=pitch)
+        told, _, aux = model.loss(backing, solo, pitch=pitch)
+        pitch_ce = aux["pitch"]
         assert not torch.allclose(told, model.loss(backing, solo, pitch=(pitch + 1) % 12)[0])
         assert pitch_ce.item() > 0
     solos = {}

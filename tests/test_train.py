@@ -26,7 +26,7 @@ def test_tiny_model_overfits_a_fixed_batch():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(150):
-        loss, _ = model.loss(backing, solo)
+        loss, _, _ = model.loss(backing, solo)
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
@@ -131,9 +131,9 @@ def test_fp16_training_step_on_cuda(demo_dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_message(demo_dataset, tmp_path, monkeypatch):
-    def nan_loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None):
+    def nan_loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None):
         p = next(self.parameters())
-        return p.sum() * float("nan"), torch.zeros(4)
+        return p.sum() * float("nan"), torch.zeros(4), {}
     monkeypatch.setattr(SoloTransformer, "loss", nan_loss)
     with pytest.raises(SystemExit, match=r"step 1: the loss is nan.*learning rate.*no checkpoint was saved"):
         T.train(quick_train_config(demo_dataset[0], tmp_path, max_steps=3))
@@ -271,7 +271,7 @@ def test_model_can_listen_on_a_task_where_the_solo_is_the_backing():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(120):
         backing = torch.randint(0, card, (16, K, F))
-        loss, _ = model.loss(backing, perm[backing])
+        loss, _, _ = model.loss(backing, perm[backing])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -447,6 +447,56 @@ def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset
         assert frames is None or 0 <= frames <= model.cfg.max_frames // 2
 
 
+def test_chord_aux_trains_on_the_bands_chroma_and_is_refused_without_it(demo_dataset, tmp_path):
+    """--chord-aux 1: the targets are the band's chroma data.py heard in the backing's
+    audio, each counted frame a distribution over the 12 pitch classes (0 on padding),
+    most of whose weight falls on the demo's chord tones; --chord-targets truth gives the
+    chord tones themselves, an equal share each. The run logs the head's loss and saves a
+    model with the head; a dataset built before the chroma was heard, or one that does
+    not know its chords, is refused before anything is written."""
+    data_dir, meta = demo_dataset
+    assert meta["format"] == 3 and meta["chroma_on_chords"] > 0.6, meta["chroma_on_chords"]
+    windows = data.Windows(data_dir, "train", meta, 75)
+    backing, solo, where = windows.sample(6, torch.Generator().manual_seed(0), where=True)
+    heard = listening.chord_targets(windows, where, backing)
+    truth = listening.chord_targets(windows, where, backing, meta)
+    padding = backing[:, 0] == meta["codec"]["card"]
+    assert heard.shape == truth.shape == (6, 75, 12) and (heard[padding] == 0).all()
+    counted = truth.sum(-1) > 0                                      # inside a chord, not padding
+    assert torch.allclose(heard[counted].sum(-1), torch.ones(int(counted.sum())), atol=2e-2)
+    assert torch.allclose(truth[counted].sum(-1), torch.ones(int(counted.sum())))
+    on_tones = (heard * (truth > 0)).sum(-1)[counted].mean()
+    assert on_tones > 0.6, f"the heard chroma is not the band's chord: {on_tones:.2f} on its tones"
+
+    T.train(quick_train_config(data_dir, tmp_path / "a", chord_aux=1.0, max_steps=3,
+                               listen_test=False))
+    rows = [r for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(rows) == 3 and all(1.0 < r["chord_ce"] < 3.0 for r in rows), rows
+    assert all("pitch_ce" not in r for r in rows)
+    model, _ = load_model(tmp_path / "a" / "best", "cpu")
+    assert model.cfg.chord_head and model.chord_head is not None
+
+    older = tmp_path / "older"
+    older.mkdir()
+    for name in os.listdir(data_dir):
+        if name != "meta.json":
+            os.symlink(os.path.join(data_dir, name), older / name)
+    stripped = json.loads((data_dir / "meta.json").read_text())
+    stripped["format"] = 2  # built before data.py heard the chroma
+    (older / "meta.json").write_text(json.dumps(stripped))
+    with pytest.raises(SystemExit, match="built before data.py heard the band's chroma"):
+        T.train(quick_train_config(older, tmp_path / "b", chord_aux=1.0))
+    for song in stripped["songs"]:
+        song.pop("truth", None)
+    stripped["format"] = 3
+    (older / "meta.json").write_text(json.dumps(stripped))
+    with pytest.raises(SystemExit, match="--chord-targets truth: the dataset in .* does not know"):
+        T.train(quick_train_config(older, tmp_path / "b", chord_aux=1.0, chord_targets="truth"))
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(SystemExit, match="--chord-aux -1: a weight"):
+        T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", chord_aux=-1.0))
+
+
 def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset, tmp_path):
     """--pitch-aux 1: the targets are the pitch classes data.py tracked in the solo (12 for a
     rest, -100 on padding), nearly always the true lead's; --pitch-targets truth gives the
@@ -485,7 +535,7 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     with pytest.raises(SystemExit, match="--pitch-targets truth: the dataset in .* does not know its lead's"):
         T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0, pitch_targets="truth"))
     assert not (tmp_path / "b").exists()
-    stripped["format"] = 1  # built before data.py tracked the notes
+    stripped["format"] = 1  # built before data.py tracked the notes (format 2 has them)
     (unknown / "meta.json").write_text(json.dumps(stripped))
     with pytest.raises(SystemExit, match="built before data.py tracked the solo's notes"):
         T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0))
