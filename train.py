@@ -98,9 +98,9 @@ class TrainConfig:
     pitch_first: bool = opt(False, "with --pitch-aux: the note first, then its codes; the "
                                    "code heads read the pitch class, the true one in "
                                    "training, one drawn from the pitch head when sampling")
-    chord_aux: float = opt(0.0, "weight of the chord aid, an auxiliary loss: a head on the "
+    chord_aux: float = opt(0.3, "weight of the chord aid, an auxiliary loss: a head on the "
                                 "encoder names the band's pitch classes in each frame "
-                                "(0: off; docs/phase3)")
+                                "(0: off; 0.3: the seeds table of docs/phase3)")
     chord_targets: str = opt("heard", "--chord-aux's targets: the chroma data.py heard in "
                                       "the backing's audio, or the demo corpus's chords",
                              ["heard", "truth"])
