@@ -778,10 +778,14 @@ def track_notes(audio, hop, rate, window=1024, dip=0.15, voiced=0.35, rel_db=-30
     tau = np.where(np.arange(band.shape[1]) >= first[:, None], is_min, False).argmax(axis=1)
     best = band[np.arange(n), tau]
     tau = tau + lo
-    # a parabola through the minimum and its neighbours: the period to a fraction of a sample
+    # a parabola through the minimum and its neighbours: the period to a fraction of a sample.
+    # Its vertex lies within half a lag of a true minimum; at the search range's lower edge
+    # (a neighbour outside it lower still) it could fly off to a negative period, so it
+    # is held to that half lag.
     a, b, c = (norm[np.arange(n), np.minimum(tau + i, hi)] for i in (-1, 0, 1))
     curve = a - 2 * b + c
-    period = tau + np.where(curve > 0, 0.5 * (a - c) / np.where(curve > 0, curve, 1), 0.0)
+    shift = np.where(curve > 0, 0.5 * (a - c) / np.where(curve > 0, curve, 1), 0.0)
+    period = tau + np.clip(shift, -0.5, 0.5)
     midi = 69 + 12 * np.log2(rate / period / 440.0)
     centre = frames[:, window // 2 - hop // 2:window // 2 + hop // 2]
     level = 10 * np.log10((centre ** 2).mean(axis=1) + 1e-18)                   # dBFS
