@@ -1585,9 +1585,6 @@ def build_dataset(cfg):
         segments = write_split_arrays(out, split, chosen, cache_dir)
         splits[split] = {"songs": [r["id"] for r in chosen], "segments": segments,
                          "frames": sum(s["length"] for s in segments)}
-    def checked(name):  # the demo corpus: a tracker's check, over every song and copy
-        values = [var[name] for r in records for var in r["variants"] if var.get(name) is not None]
-        return round(float(np.mean(values)), 4) if values else None
     meta = {"format": FORMAT, "codec": numbers, "separation": None if separator is None else {
                 "model": cfg.demucs_model, "backing_sources": cfg.backing_sources,
                 "solo_sources": cfg.solo_sources},
@@ -1595,22 +1592,32 @@ def build_dataset(cfg):
             "demo": DEMO_VERSION if is_demo else False, "build_seconds": round(time.time() - t0, 1),
             # the demo corpus: the share of the lead's note frames whose pitch class the
             # tracker named right; the share of the band's chroma on its chord's tones
-            "notes_right": checked("notes_right"),
-            "chroma_on_chords": checked("chroma_on_chords")}
+            **{name: heard_check(records, name) for name in ("notes_right", "chroma_on_chords")}}
     write_json(out / "meta.json", meta)  # written last: its presence means the dataset is complete
     counts = ", ".join(f"{k} {len(v['songs'])}" for k, v in splits.items())
     print(f"kept {len(records)} songs ({len(skipped)} skipped) -> {out}: {counts} "
           f"songs; {splits['train']['frames'] / numbers['frame_rate']:.0f} s of "
           f"training audio; {meta['build_seconds']} s")
+    print_heard_checks(meta)
+    if numbers["untrained"]:
+        print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
+    return meta
+
+
+def heard_check(records, name):
+    """The demo corpus: one of the checks of what data.py heard against the truth
+    (notes_right, chroma_on_chords), over every song and copy; None for recordings."""
+    values = [var[name] for r in records for var in r["variants"] if var.get(name) is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def print_heard_checks(meta):
     if meta["notes_right"] is not None:
         print(f"the solo's notes, tracked: the true pitch class in {meta['notes_right']:.1%} "
               "of the frames where the demo's lead plays a note")
     if meta["chroma_on_chords"] is not None:
         print(f"the band's chroma, heard: {meta['chroma_on_chords']:.1%} of it on the tones of "
               "the demo's chords (a third by chance)")
-    if numbers["untrained"]:
-        print(f"NOTE: tokens come from the UNTRAINED codec; {UNTRAINED_AUDIO} (docs/codec.md).")
-    return meta
 
 
 # Settings that change where and how the dataset is built, not what it holds.

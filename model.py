@@ -575,7 +575,8 @@ class SoloTransformer(nn.Module):
             if cond_drop is not None:
                 chords = chords.masked_fill(cond_drop[:, None, None], 0.0)
             ce = -(chords * guess.log_softmax(-1)).sum()                 # soft targets
-            aux["chord"] = ce / chords.sum().clamp(min=1)                # each counted frame sums to 1
+            # the mean over the counted frames: each of them sums to 1
+            aux["chord"] = ce / chords.sum().clamp(min=1)
         if pitch is None:
             return (*codebook_cross_entropy(self.predict(x), target, self.cfg.card), aux)
         T, states = pitch.size(1), x

@@ -795,6 +795,20 @@ def describe(run):
     write_json(run.out / "settings.json", {"train": asdict(cfg), "model": asdict(model.cfg)})
 
 
+def aid_targets(run, where, backing, solo):
+    """The training aids' targets for a batch of windows found at `where` (None when off):
+    --pitch-aux, the notes the lead plays, [B, T]; --chord-aux, the band's harmony,
+    [B, T, 12]. From what data.py heard, or with --*-targets truth the demo's score."""
+    cfg, pitch, chords = run.cfg, None, None
+    if cfg.pitch_aux:
+        truth = run.meta if cfg.pitch_targets == "truth" else None
+        pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
+    if cfg.chord_aux:
+        truth = run.meta if cfg.chord_targets == "truth" else None
+        chords = chord_targets(run.train_w, where, backing, truth).to(run.device)
+    return pitch, chords
+
+
 def train_step(run):
     """One optimizer step over target_batch windows -> its metrics.jsonl row."""
     cfg, progress, t0 = run.cfg, run.progress, time.time()
@@ -804,15 +818,7 @@ def train_step(run):
     loss_sum, aux_sum = 0.0, {}
     for _ in range(run.accum):
         backing, solo, where = run.train_w.sample(cfg.batch_size, run.gen, where=True)  # [B, K, T]
-        # The training aids' targets (None when off): --pitch-aux, the notes the lead
-        # plays in these windows, [B, T]; --chord-aux, the band's harmony, [B, T, 12]
-        pitch = chords = None
-        if cfg.pitch_aux:
-            truth = run.meta if cfg.pitch_targets == "truth" else None
-            pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
-        if cfg.chord_aux:
-            truth = run.meta if cfg.chord_targets == "truth" else None
-            chords = chord_targets(run.train_w, where, backing, truth).to(run.device)
+        pitch, chords = aid_targets(run, where, backing, solo)
         # Classifier-free guidance needs one model that knows both p(solo | backing)
         # and p(solo): some windows are trained with the null backing instead.
         drop = torch.rand(cfg.batch_size, generator=run.gen) < cfg.cond_dropout  # [B]
