@@ -47,13 +47,15 @@ LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 
                      ("kick_auc_wall_clock", "kick AUC on the wall clock", 3),
                      ("late_ms", "late (ms)", 0))
 # The architecture rows of ablation.py's phase 3 table get a table of their own, beside the
-# default (the tiny preset they change); the other rows are the training choices.
-ARCHITECTURE_ROWS = ("default", "layers-1", "layers-4", "width-32", "width-64", "width-96",
+# default they change (no-chord-aux: trained before the chord aid, as they were); the other
+# rows are the training choices.
+ARCHITECTURE_ROWS = ("no-chord-aux", "layers-1", "layers-4", "width-32", "width-64", "width-96",
                      "width-192")
 ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),)
 # The rows with the auxiliary pitch target (train.py --pitch-aux) get a third table, with
-# how often the notes are chord tones over the own band and over another song's.
-PITCH_ROWS = ("default", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3",
+# how often the notes are chord tones over the own band and over another song's, beside
+# the default they extend (no-chord-aux, as for the architecture rows).
+PITCH_ROWS = ("no-chord-aux", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3",
               "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
               "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5",
               "pitch-first-0.3", "pitch-first-1", "pitch-first-3")
@@ -203,15 +205,15 @@ def numbers_of(ablation, lookahead):
 
 
 def quick_runs(tmp, corpus=None):
-    """2-step runs of three rows of the phase 3 table and two of the lookahead table, one
+    """2-step runs of five rows of the phase 3 table and two of the lookahead table, one
     seed, on a 5-song demo corpus (built here unless given), and the steps' benchmark on
     30 frames -> the runs folder."""
     python, runs = sys.executable, tmp / "runs"
     steps = [] if corpus else [[python, ROOT / "data.py", "--out", tmp / "data", "--demo-songs",
                                 "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
     corpus = corpus or tmp / "data"
-    steps += [[python, ROOT / "ablation.py", "--quick", "--rows", "default", "no-solo-dropout",
-               "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
+    steps += [[python, ROOT / "ablation.py", "--quick", "--rows", "default", "no-chord-aux",
+               "no-solo-dropout", "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
                "--out", runs / "ablation"],
               [python, ROOT / "ablation.py", "--quick", "--table", "lookahead", "--rows",
                "lookahead-0ms", "lookahead-80ms", "--seeds", "0", "--data", corpus,
