@@ -447,6 +447,18 @@ def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset
         assert frames is None or 0 <= frames <= model.cfg.max_frames // 2
 
 
+def dataset_with_meta(data_dir, folder, meta):
+    """The dataset of data_dir as another one would be: its arrays linked into `folder`,
+    beside `meta` as its meta.json (written again on each call) -> folder."""
+    if not folder.exists():
+        folder.mkdir()
+        for name in os.listdir(data_dir):
+            if name != "meta.json":
+                os.symlink(os.path.join(data_dir, name), folder / name)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
 def test_chord_aux_trains_on_the_bands_chroma_and_is_refused_without_it(demo_dataset, tmp_path):
     """--chord-aux 1: the targets are the band's chroma data.py heard in the backing's
     audio, each counted frame a distribution over the 12 pitch classes (0 on padding),
@@ -476,20 +488,15 @@ def test_chord_aux_trains_on_the_bands_chroma_and_is_refused_without_it(demo_dat
     model, _ = load_model(tmp_path / "a" / "best", "cpu")
     assert model.cfg.chord_head and model.chord_head is not None
 
-    older = tmp_path / "older"
-    older.mkdir()
-    for name in os.listdir(data_dir):
-        if name != "meta.json":
-            os.symlink(os.path.join(data_dir, name), older / name)
     stripped = json.loads((data_dir / "meta.json").read_text())
     stripped["format"] = 2  # built before data.py heard the chroma
-    (older / "meta.json").write_text(json.dumps(stripped))
+    older = dataset_with_meta(data_dir, tmp_path / "older", stripped)
     with pytest.raises(SystemExit, match="built before data.py heard the band's chroma"):
         T.train(quick_train_config(older, tmp_path / "b", chord_aux=1.0))
     for song in stripped["songs"]:
         song.pop("truth", None)
     stripped["format"] = 3
-    (older / "meta.json").write_text(json.dumps(stripped))
+    dataset_with_meta(data_dir, older, stripped)
     with pytest.raises(SystemExit, match="--chord-targets truth: the dataset in .* does not know"):
         T.train(quick_train_config(older, tmp_path / "b", chord_aux=1.0, chord_targets="truth"))
     assert not (tmp_path / "b").exists()
@@ -523,20 +530,15 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     model, _ = load_model(tmp_path / "a" / "best", "cpu")
     assert model.cfg.pitch_head and model.pitch_head is not None
 
-    unknown = tmp_path / "unknown"
-    unknown.mkdir()
-    for name in os.listdir(data_dir):
-        if name != "meta.json":
-            os.symlink(os.path.join(data_dir, name), unknown / name)
     stripped = json.loads((data_dir / "meta.json").read_text())
     for song in stripped["songs"]:
         song.pop("truth", None)
-    (unknown / "meta.json").write_text(json.dumps(stripped))
+    unknown = dataset_with_meta(data_dir, tmp_path / "unknown", stripped)
     with pytest.raises(SystemExit, match="--pitch-targets truth: the dataset in .* does not know its lead's"):
         T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0, pitch_targets="truth"))
     assert not (tmp_path / "b").exists()
     stripped["format"] = 1  # built before data.py tracked the notes (format 2 has them)
-    (unknown / "meta.json").write_text(json.dumps(stripped))
+    dataset_with_meta(data_dir, unknown, stripped)
     with pytest.raises(SystemExit, match="built before data.py tracked the solo's notes"):
         T.train(quick_train_config(unknown, tmp_path / "b", pitch_aux=1.0))
     assert not (tmp_path / "b").exists()
