@@ -720,7 +720,8 @@ def setup_run(cfg):
                       "chroma": ("--chord-aux", "heard the band's chroma")}[name]
         raise SystemExit(f"{flag}: the dataset in {cfg.data} was built before data.py {what}. "
                          f"Fix: python data.py --out {cfg.data} with the settings it was built "
-                         f"with (its songs are done again, with their {name}), or drop {flag}")
+                         f"with (its songs are done again, with their {name}), or turn the "
+                         f"aid off with {flag} 0")
     out.mkdir(parents=True, exist_ok=True)
     T = round(cfg.window_s * meta["codec"]["frame_rate"])
     model = SoloTransformer(model_config(cfg, meta["codec"], T)).to(device)  # K, card: the data's
