@@ -31,12 +31,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import guard  # first of the project's: a Ctrl-C while torch loads is one line
+
+guard.quiet_ctrl_c(__name__)
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, opt, parse_settings, write_json
+from data import DEVICES, write_json
+from settings import check_settings, opt, parse_settings
 from listening import (KEY_CHANGE_SONGS, SAMPLING, ListeningSet, counting_listener, fit_probes,
                        key_change_set, key_change_test, listening_test, listening_windows)
 from model import ModelConfig, SoloTransformer, load_model, read_json, resolve_checkpoint
@@ -200,7 +205,7 @@ class AblationConfig:
     out: str = opt("", "folder of the runs (<out>/<row>/seed<N>) and the table "
                        "(default runs/ablation, runs/lookahead for --table lookahead)")
     data: str = opt("data/demo", "dataset folder (the default one is built first if missing)")
-    jobs: int = opt(2, "training runs at once, one CPU thread each")
+    jobs: int = opt(2, "training runs at once, one CPU thread each", at_least=1, at_most=64)
     rescore: bool = opt(False, "score every checkpoint again (after a change to listening.py)")
     list: bool = opt(False, "print the rows and exit")
     device: str = opt("cpu", "where the listening test samples", DEVICES)
@@ -208,7 +213,7 @@ class AblationConfig:
                              "that the table builds end to end (the tests', the paper's --quick)")
     runner_delay_ms: float = opt(165.0, "--table lookahead: the live runner's end-to-end delay "
                                         "(onnx_runner.py's report, p50), to place each solo "
-                                        "on the wall clock")
+                                        "on the wall clock", at_least=0, at_most=10_000)
 
 
 # ----------------------------------------------------------------------------
@@ -244,9 +249,13 @@ def build_data(cfg, name):
 
 
 def train_command(cfg, name, seed):
-    """The train.py command of one run; --resume when an interrupted one left latest/."""
+    """The train.py command of one run, whatever state kill -9 left its folder in: --resume
+    when an interrupted run left latest/, --overwrite when it stopped before its first
+    save (best/ or metrics.jsonl without latest/: nothing to resume), plain when empty."""
     folder = run_folder(cfg, name, seed)
-    resume = ["--resume"] if resolve_checkpoint(folder / "latest").exists() else []
+    started = any(resolve_checkpoint(folder / n).exists() for n in ("best", "metrics.jsonl"))
+    resume = (["--resume"] if resolve_checkpoint(folder / "latest").exists()
+              else ["--overwrite"] if started else [])
     return [sys.executable, str(HERE / "train.py"), "--data", data_folder(cfg, name),
             "--out", str(folder),
             "--seed", str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags,
@@ -451,6 +460,10 @@ def main(cfg):
     except ValueError:
         raise SystemExit(f"--seeds {' '.join(map(str, cfg.seeds))}: whole numbers, "
                          "e.g. --seeds 0 1 2") from None
+    if not cfg.seeds or min(cfg.seeds) < 0:
+        raise SystemExit(f"--seeds {' '.join(map(str, cfg.seeds)) or '(none)'}: one or more "
+                         "whole numbers, 0 or more, e.g. --seeds 0 1 2")
+    check_settings(cfg)
     cfg.rows = cfg.rows or TABLES[cfg.table]
     cfg.out = cfg.out or ("runs/ablation" if cfg.table == "phase3" else f"runs/{cfg.table}")
     unknown = [name for name in cfg.rows if name not in ROWS]
@@ -488,6 +501,7 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    guard.loaded()
     config = parse_settings(AblationConfig, description=__doc__.split("\n\n")[0])
     data.check_install()
     if config.list:

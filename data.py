@@ -26,38 +26,34 @@ saying that it falls back to the untrained codec), in about 4 minutes:
     kept 64 songs (0 skipped) -> data/demo: train 52, val 6, test 6 songs; 837 s of training
     audio; 261.2 s
 """
-import argparse
 import hashlib
 import json
 import math
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 import time
-import typing
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import guard  # first of the project's: a Ctrl-C while torch loads is one line
+
+guard.quiet_ctrl_c(__name__)
 
 import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
 
+# data.parse_settings and the rest, as the scripts and tests have long called them
+from settings import check_settings, command_line, opt, parse_settings  # noqa: F401
+
 CODEC_RATE = 24_000       # EnCodec 24 kHz model: sample rate of everything tokenized
 DEMUCS_RATE = 44_100      # Demucs models are trained on 44.1 kHz stereo
+SOUNDFILE_FORMATS = {".wav", ".flac", ".aiff", ".aif"}  # read by libsndfile, never by ffmpeg
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".opus", ".webm"}
-
-
-def opt(default, help, choices=None, flag=None):
-    """A settings field with its help text (shown by --help) and, optionally, its allowed
-    values and a command-line flag other than --field-name (a name kept for its users)."""
-    meta = {"help": help, "choices": choices, "flag": flag}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -68,8 +64,9 @@ class DataConfig:
     out: str = opt("data/demo", "dataset folder to write")
     input_dir: str = opt("", "folder of your recordings; empty: the built-in demo corpus")
     urls: list = opt([], "links to download with yt-dlp (optional dependency)")
-    demo_songs: int = opt(64, "demo corpus: number of songs")
-    demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds")
+    demo_songs: int = opt(64, "demo corpus: number of songs", at_least=1, at_most=100_000)
+    demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds",
+                              at_least=2, at_most=3600)
     separate: bool = opt(False,
                          "demo corpus: run Demucs on the mix instead of using the true stems")
     demucs_model: str = opt("htdemucs_6s",
@@ -81,86 +78,37 @@ class DataConfig:
                              "Demucs stems summed into the solo (a sax lands here)")
     encodec_weights: str = opt("pretrained",
                                "'pretrained' (download once), a local .th file, or 'untrained'")
-    bandwidth: float = opt(3.0, "EnCodec bandwidth in kbps: 3.0 gives 4 codebooks")
+    bandwidth: float = opt(3.0, "EnCodec bandwidth in kbps: 3.0 gives 4 codebooks",
+                           choices=[1.5, 3.0, 6.0, 12.0, 24.0])
     rms_rel_db: float = opt(-30.0, "solo plays where its RMS is above its loud "
-                                   "frames' level (95th percentile) + this")
-    rms_abs_db: float = opt(-45.0, "... and above this absolute level (dBFS)")
-    min_section_s: float = opt(2.0, "shortest section kept, in seconds")
-    merge_gap_s: float = opt(0.75, "silences shorter than this inside a section are kept")
-    min_song_s: float = opt(1.0, "shorter recordings are skipped")
-    augment: int = opt(0, "phase 2: random pitch/tempo copies of each training song")
-    pitch_semitones: float = opt(2.0, "augmentation: pitch shift drawn from [-x, +x] semitones")
-    tempo_range: float = opt(0.1, "augmentation: tempo ratio drawn from [1 - x, 1 + x]")
-    val_fraction: float = opt(0.1, "share of songs for validation (at least one song)")
+                                   "frames' level (95th percentile) + this", at_most=0)
+    rms_abs_db: float = opt(-45.0, "... and above this absolute level (dBFS)", at_most=0)
+    min_section_s: float = opt(2.0, "shortest section kept, in seconds", above=0)
+    merge_gap_s: float = opt(0.75, "silences shorter than this inside a section are kept",
+                             at_least=0)
+    min_song_s: float = opt(1.0, "shorter recordings are skipped", above=0)
+    augment: int = opt(0, "phase 2: random pitch/tempo copies of each training song",
+                       at_least=0, at_most=100)
+    pitch_semitones: float = opt(2.0, "augmentation: pitch shift drawn from [-x, +x] semitones",
+                                 at_least=0, at_most=12)
+    tempo_range: float = opt(0.1, "augmentation: tempo ratio drawn from [1 - x, 1 + x]",
+                             at_least=0, below=0.5)
+    val_fraction: float = opt(0.1, "share of songs for validation (at least one song)",
+                              at_least=0, below=1)
     test_fraction: float = opt(0.1,
-                               "share of songs for testing (at least one song when there are 3+)")
-    seed: int = opt(0, "seed for the demo corpus, the splits, augmentation and the untrained codec")
+                               "share of songs for testing (at least one song when there are 3+)",
+                               at_least=0, below=1)
+    seed: int = opt(0, "seed for the demo corpus, the splits, augmentation and the "
+                       "untrained codec",
+                    at_least=0)
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
-    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 "
-                          "on a busy machine, docs/troubleshooting.md)")
+    threads: int = opt(0, "CPU threads for torch (0: 1 or all, whichever "
+                          "a timing at start finds faster; docs/troubleshooting.md)",
+                       at_least=0, at_most=1024)
     demo_backing: str = opt("", "write the backing of a demo song no model "
                                 "trained on to this .wav or .flac, and exit")
     overwrite: bool = opt(False, "replace an existing --demo-backing file, or "
                                  "a dataset in --out built with other settings")
-
-
-def parse_settings(cls, argv=None, description=None):
-    """argparse from a settings dataclass: every field becomes --field-name with its help.
-
-    One source of truth: the dataclass is what the code reads, what --help prints and
-    what is stored as JSON next to every output. train.py and generate.py use it too.
-    """
-    parser = argparse.ArgumentParser(description=description)
-    for f in fields(cls):
-        default = f.default_factory() if f.default is MISSING else f.default
-        name, kind, choices = flag_of(f), f.type, f.metadata["choices"]
-        # The default is shown unless it is empty: then the help says what empty means.
-        help = f.metadata["help"] + ("" if default in ("", None, []) else f" (default: {default})")
-        if kind is bool:
-            parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=default, help=help)
-        elif kind is list:
-            parser.add_argument(name, dest=f.name, nargs="*", default=default, help=help)
-        else:
-            if typing.get_origin(kind) is typing.Union:  # Optional[int]: an int, or "none"
-                inner = typing.get_args(kind)[0]
-                def kind(s, inner=inner):
-                    return None if s.lower() == "none" else inner(s)
-            parser.add_argument(name, dest=f.name, type=kind, default=default, help=help,
-                                choices=choices)
-    return cls(**vars(parser.parse_args(argv)))
-
-
-def flag_of(f):
-    """The command-line flag of a settings field: --field-name, unless opt() gave another."""
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def command_line(script, cfg):
-    """The command that gives these settings: `python script` and every flag that differs
-    from its default, as parse_settings reads them back (the listening pages show it)."""
-    words = ["python", script]
-    for f in fields(cfg):
-        default = f.default_factory() if f.default is MISSING else f.default
-        value, name = getattr(cfg, f.name), flag_of(f)
-        if value == default:
-            continue
-        if f.type is bool:
-            words.append(name if value else "--no-" + name[2:])
-        elif f.type is list:
-            words += [name, *map(str, value)]
-        else:
-            words += [name, "none" if value is None else str(value)]
-    return shlex.join(words)
-
-
-def check_settings(cfg):
-    """The allowed values of each field (opt(..., choices)), for settings built in code
-    rather than parsed: a clear one-line error before anything is created."""
-    for f in fields(cfg):
-        value, choices = getattr(cfg, f.name), f.metadata.get("choices")
-        if choices and value not in choices:
-            raise SystemExit(f"{flag_of(f)} {value}: choose one of {', '.join(map(str, choices))}")
 
 
 # ----------------------------------------------------------------------------
@@ -222,10 +170,35 @@ def check_install(*extra):
 
 
 def set_threads(n):
-    """torch's CPU threads: n, or torch's default when n is 0. On a CPU that other work
-    keeps busy, torch's default (one thread per core) can run 10x slower than 1 thread."""
+    """torch's CPU threads: n, or when n is 0 the faster of 1 thread and all of them, timed
+    at start (about 0.1 s) and printed. On a CPU that other work keeps busy, torch's own
+    default (one thread per core) ran the demo build 3x slower than 1 thread; on an idle
+    many-core machine all the threads win. Returns the number chosen."""
     if n:
         torch.set_num_threads(n)
+        return n
+    cores = torch.get_num_threads()
+    if cores == 1:
+        return 1
+    timed = {k: matmul_ms(k) for k in (1, cores)}
+    best = min(timed, key=timed.get)
+    torch.set_num_threads(best)
+    print(f"threads: {best} of {cores} (timed at start: 1 thread {timed[1]:.1f} ms, {cores} "
+          f"threads {timed[cores]:.1f} ms; --threads N to choose)")
+    return best
+
+
+def matmul_ms(threads, repeats=5):
+    """The best of `repeats` timings of a tiny model's typical matmul at `threads` threads."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 512), torch.randn(512, 512)
+    a @ b  # warm: the thread pool starts
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
 def pick_device(name):
@@ -336,6 +309,9 @@ def load_audio(path):
         raise
     except Exception as err:  # soundfile cannot read mp3 on old libsndfile, nor m4a/webm
         sf_error = str(err).splitlines()[0]
+    if path.suffix.lower() in SOUNDFILE_FORMATS:  # soundfile reads these itself: ffmpeg won't help
+        raise SkipSong(f"not a readable {path.suffix} file ({sf_error}): is it audio? Export it "
+                       "again as WAV or FLAC")
     if shutil.which("ffmpeg") is None:
         raise SkipSong(f"cannot decode ({sf_error}); install ffmpeg to read more formats")
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "2", "-ar",
@@ -365,14 +341,36 @@ def checked_samples(audio, rate, path):
         first = np.argmax(bad.any(axis=0)) / rate
         raise SkipSong(f"{int(bad.sum())} samples are not finite (NaN or inf), the first at "
                        f"{first:.3f} s: the file is damaged; export it again from the original")
-    over = np.abs(audio) > 1.0
-    if over.any():
-        first, peak = np.argmax(over.any(axis=0)) / rate, float(np.abs(audio).max())
-        print(f"WARNING: {path}: {int(over.sum())} samples past full scale "
-              f"(peak {peak:.3g}, the first at {first:.3f} s): a click or a "
-              "corrupt sample; clipped to +-1 so that it cannot set the level")
-        audio = np.clip(audio, -1.0, 1.0)
+    audio, said = tame_level(audio, rate)
+    if said:
+        print(f"WARNING: {path}: {said}")
     return audio
+
+
+def tame_level(audio, rate, ceiling=0.98):
+    """Samples past full scale -> (audio within +-1, what was done in words, or '').
+
+    Two cases. A float file written unnormalised (every sample times 1e5, say) is past
+    full scale throughout: it is scaled down as a whole, so that its loud parts peak at
+    `ceiling` and the music is kept. A click or a corrupt sample is past it here and
+    there: those samples are clipped to +-1, so that they cannot set the level.
+    onnx_runner.read_backing applies the same rule (it stands alone on the board).
+    """
+    magnitude = np.abs(audio)
+    over = magnitude > 1.0
+    if not over.any():
+        return audio, ""
+    per_sample = over.reshape(-1, over.shape[-1]).any(axis=0)                      # [N]
+    first, peak = np.argmax(per_sample) / rate, float(magnitude.max())
+    if over.mean() > 0.01:  # more than 1% of the samples: the whole file is too loud
+        factor = ceiling / float(np.percentile(magnitude, 99.9))
+        scaled = np.clip(audio * np.float32(factor), -1.0, 1.0)
+        return scaled, (f"{over.mean():.1%} of its samples past full scale (peak {peak:.3g}): "
+                        f"a file written unnormalised; scaled down as a whole by {factor:.3g}")
+    return np.clip(audio, -1.0, 1.0), (
+        f"{int(over.sum())} samples past full scale (peak {peak:.3g}, the first at "
+        f"{first:.3f} s): a click or a corrupt sample; clipped to +-1 so that it cannot set "
+        "the level")
 
 
 def warn_if_truncated(path, frames, rate):
@@ -951,7 +949,12 @@ def load_codec(weights, bandwidth, device):
             raise SystemExit(f"--encodec-weights {weights}: no such file; "
                              "give the path of encodec_24khz-d7cc33bc.th")
         codec = EncodecModel.encodec_model_24khz(pretrained=False)
-        codec.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            codec.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:  # not torch.save's, cut short, or another model's tensors
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise SystemExit(f"--encodec-weights {weights}: not the EnCodec 24 kHz weights "
+                             f"({why}): give the path of encodec_24khz-d7cc33bc.th") from None
     codec.set_target_bandwidth(bandwidth)  # without it, all 32 codebooks are used
     return codec.eval().to(device)
 
@@ -1509,12 +1512,22 @@ def cache_settings_key(cfg, codec, numbers):
     return json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
 
 
+def check_data_settings(cfg):
+    """Each field in its range (settings.check_settings), then what two fields say together."""
+    check_settings(cfg)
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise SystemExit(f"--val-fraction {cfg.val_fraction:g} and --test-fraction "
+                         f"{cfg.test_fraction:g}: together below 1, or no song is left to "
+                         "train on (0.1 each is usual)")
+
+
 def build_dataset(cfg):
     """The whole pipeline; returns the meta dict written to <out>/meta.json."""
     t0 = time.time()
-    check_settings(cfg)
+    check_data_settings(cfg)
     out, device = Path(cfg.out), pick_device(cfg.device)
     refuse_to_replace(out, cfg)
+    guard.output_folder(out)  # writable, before any song is done
     # before anything is created: a wrong --input-dir leaves nothing behind
     sources = list_sources(cfg, out)
     # The cheap checks run over every file first, and the splits are drawn over the files
@@ -1788,15 +1801,17 @@ class Windows:
 
 
 if __name__ == "__main__":
+    guard.loaded()
     config = parse_settings(DataConfig, description=__doc__.split("\n\n")[0])
     check_install(*(["demucs"] if config.input_dir or config.urls or config.separate else []))
     set_threads(config.threads)
-    if config.demo_backing:
-        write_demo_backing(config)
-        sys.exit(0)
-    print("settings:", json.dumps(asdict(config)), f"({torch.get_num_threads()} threads)")
     try:
-        build_dataset(config)
+        with guard.one_line_errors("lower --demo-seconds, or split long recordings"):
+            if config.demo_backing:
+                write_demo_backing(config)
+                sys.exit(0)
+            print("settings:", json.dumps(asdict(config)), f"({torch.get_num_threads()} threads)")
+            build_dataset(config)
     except KeyboardInterrupt:  # every song done so far is in the cache, written whole
         raise SystemExit("\nstopped by Ctrl-C: the songs done so far are cached "
                          f"in {config.out}; the same command goes on from there") from None

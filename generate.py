@@ -25,19 +25,27 @@ window after the first is prompted with the end of the previous one (the way
 MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
 with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
+import os
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+
+import guard  # first of the project's: a Ctrl-C while torch loads is one line
+
+guard.quiet_ctrl_c(__name__)
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, opt, parse_settings, unigram_entropy, write_audio, write_json
-from listening import SAMPLING, generation_page, listening_figures, mix_audio
+from data import DEVICES, unigram_entropy, write_audio, write_json
+from settings import check_settings, command_line, opt, parse_settings
+from listening import SAMPLING, generation_page, limited, listening_figures, mix_audio
 from model import (StreamingSampler, fetch_checkpoint, load_model, read_json, resolve_checkpoint,
                    sample_solo)
 
@@ -49,32 +57,38 @@ class GenerateConfig:
     backing: str = opt("", "backing track (any audio file); empty: a "
                            "validation clip of the checkpoint's dataset")
     separate: bool = opt(False, "the backing is a full mix: remove its lead with Demucs first")
-    from_val: int = opt(0, "which validation clip (section) to use when no --backing is given")
+    from_val: int = opt(0, "which validation clip (section) to use when no --backing is given",
+                        at_least=0)
     out: str = opt("samples", "output folder")
     overwrite: bool = opt(False, "replace files already in the output folder")
-    duration: float = opt(0.0, "seconds to generate (0: the whole backing)")
+    duration: float = opt(0.0, "seconds to generate (0: the whole backing)", at_least=0)
     temperature: float = opt(SAMPLING["temperature"],
-                             "sampling temperature (0: greedy; at least 0)")
-    top_k: int = opt(SAMPLING["top_k"], "sample among the k most likely codes (0: all; at least 0)")
+                             "sampling temperature (0: greedy)",
+                             at_least=0, at_most=100)
+    top_k: int = opt(SAMPLING["top_k"], "sample among the k most likely codes (0: all)",
+                     at_least=0)
     top_p: float = opt(1.0, "sample among the codes holding this much "
-                            "probability (above 0, at most 1; 1: all)")
+                            "probability (1: all)", above=0, at_most=1)
     guidance: Optional[float] = opt(SAMPLING["guidance"], "classifier-free guidance coefficient "
-                                    "(none: off; 1: same as off; at least 0); 3 made the solos "
-                                    "follow the band best (docs/phase3)", flag="--cfg-coef")
-    num_samples: int = opt(1, "solos to generate for the same backing")
-    seed: int = opt(0, "sampling seed")
-    stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)")
+                                    "(none: off; 1: same as off); 3 made the solos "
+                                    "follow the band best (docs/phase3)", flag="--cfg-coef",
+                                    at_least=0, at_most=100)
+    num_samples: int = opt(1, "solos to generate for the same backing", at_least=1, at_most=64)
+    seed: int = opt(0, "sampling seed", at_least=0)
+    stride_s: float = opt(0.0, "long backings: seconds between window starts (0: half a window)",
+                          at_least=0)
     stream: bool = opt(False,
                        "phase 5: stream the backing frame by frame (needs a causal checkpoint)")
     chunk_ms: float = opt(40.0, "streaming: audio chunk size in milliseconds (docs/phase5: 40 ms "
-                                "halves the chunk's share of the delay)")
+                                "halves the chunk's share of the delay)", above=0, at_most=10_000)
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
     demucs_model: str = opt("htdemucs_6s", "Demucs model for --separate")
     demucs_repo: str = opt("", "local Demucs weights folder for --separate")
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
-    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 "
-                          "on a busy machine, docs/troubleshooting.md)")
+    threads: int = opt(0, "CPU threads for torch (0: 1 or all, whichever "
+                          "a timing at start finds faster; docs/troubleshooting.md)",
+                       at_least=0, at_most=1024)
 
 
 def backing_tokens(cfg, config, codec, numbers, device):
@@ -87,6 +101,8 @@ def backing_tokens(cfg, config, codec, numbers, device):
     """
     if cfg.backing:
         path = Path(cfg.backing)
+        if path.is_dir():
+            raise SystemExit(f"--backing {path} is a folder: give one audio file")
         if not path.is_file():
             raise SystemExit(f"--backing {path}: no such file")
         try:
@@ -190,7 +206,8 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
     panels = ((axes[0], backing_audio, "backing"), (axes[1], solo_audio, "generated solo"))
     for ax, audio, title in panels:
-        *_, image = ax.specgram(audio + 1e-9, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
+        with np.errstate(divide="ignore"):  # a silent backing: log10(0) is -inf, drawn black
+            *_, image = ax.specgram(audio + 1e-9, NFFT=1024, Fs=rate, noverlap=768, cmap="magma")
         fig.colorbar(image, ax=ax, pad=0.01, label="power (dB)")
         ax.set_ylim(0, 6000)
         ax.set_ylabel("Hz")
@@ -336,26 +353,13 @@ def stream(model, codec, backing_audio, cfg, numbers):
 def check_generate_settings(cfg):
     """One clear line for each setting that cannot work, before anything is loaded or written.
 
-    Each of these would otherwise run without a word and give nonsense: a negative
-    temperature flips the distribution (the least likely code first), a top-p of 0 keeps
-    no code at all, a negative guidance coefficient pushes the solo away from the band.
+    The ranges are declared beside each default (GenerateConfig). Each bad value would
+    otherwise run without a word and give nonsense: a negative temperature flips the
+    distribution (the least likely code first), a top-p of 0 keeps no code at all, a
+    negative guidance coefficient pushes the solo away from the band, a NaN one writes a
+    solo of one code per codebook.
     """
-    data.check_settings(cfg)
-    problems = [(cfg.num_samples < 1, f"--num-samples {cfg.num_samples}: must be at least 1"),
-                (cfg.temperature < 0,
-                 f"--temperature {cfg.temperature}: must be 0 (greedy) or more"),
-                (cfg.top_k < 0, f"--top-k {cfg.top_k}: must be 0 (all codes) or more"),
-                (not 0 < cfg.top_p <= 1, f"--top-p {cfg.top_p}: must be above 0 and at most 1"),
-                (cfg.guidance is not None and cfg.guidance < 0,
-                 f"--cfg-coef {cfg.guidance}: must be 0 or more (1: no "
-                 "guidance; a negative one steers away from the band)"),
-                (cfg.threads < 0, f"--threads {cfg.threads}: must be 0 (torch's default) or more"),
-                (cfg.duration < 0 or cfg.stride_s < 0,
-                 "--duration and --stride-s: must be 0 or more"),
-                (cfg.chunk_ms <= 0, "--chunk-ms must be above 0")]
-    for bad, message in problems:
-        if bad:
-            raise SystemExit(message)
+    check_settings(cfg)
 
 
 def output_names(cfg):
@@ -412,15 +416,27 @@ def write_takes(out, cfg, solos, solo, backing_audio, numbers):
 
 
 def main(cfg):
-    """Generate and write everything; returns the path of generation.json."""
+    """Generate and write everything; returns the path of generation.json.
+
+    --out is checked before any work (a folder, writable, no take of its own replaced
+    without --overwrite) and held by one generate.py at a time. The files are written to
+    a hidden folder inside it and moved into place at the end: a failure or a Ctrl-C
+    leaves the folder as it was, never half a take.
+    """
     check_generate_settings(cfg)
-    data.set_threads(cfg.threads)
+    out = guard.output_folder(cfg.out)
     # Refuse before any work: a student's favourite take is never overwritten by accident.
-    out = Path(cfg.out)
     clash = [n for n in output_names(cfg) if (out / n).exists()]
     if clash and not cfg.overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}; "
                          "pass --overwrite or choose another --out")
+    data.set_threads(cfg.threads)
+    with guard.FolderLock(out, "generate.py"):
+        return generate(cfg, out)
+
+
+def generate(cfg, out):
+    """main()'s work, in a locked --out: load, sample, write the take."""
     device = data.pick_device(cfg.device)
     # Checkpoint, then codec (checked against it), then the backing as tokens.
     folder = fetch_checkpoint(cfg.checkpoint)
@@ -432,9 +448,15 @@ def main(cfg):
     codec, numbers = data.load_codec_for(config, folder, cfg.encodec_weights, device)
     codes, backing_audio, source, truth = backing_tokens(cfg, config, codec, numbers, device)
     seconds = codes.shape[1] / numbers["frame_rate"]
+    # 16-bit wavs of every file in output_names, and about a megabyte for each picture
+    guard.output_folder(out, need_bytes=len(output_names(cfg)) * (2 * len(backing_audio) + 1e6))
     print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {seconds:.1f} s")
     if numbers["untrained"]:
         print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
+    peak = float(np.abs(backing_audio).max()) if len(backing_audio) else 0.0
+    if peak < 1e-4:  # below -80 dBFS: nothing for the model to follow
+        print(f"NOTE: the backing is silent (peak {peak:.1e}): the model hears no band, so "
+              "the solo follows nothing; give a backing with music in it")
     t0 = time.perf_counter()
     solo, streamed_audio, report = sample_tokens(model, codec, codes, backing_audio, cfg,
                                                  numbers, device)
@@ -443,18 +465,8 @@ def main(cfg):
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
     solos = streamed_audio or [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
     decode_s = time.perf_counter() - t1
-    rate = numbers["sample_rate"]
-    # Every wav goes through data.write_audio: finite, never past full scale, written
-    # whole or not at all. The solo is level-matched to the backing (mix_audio).
-    write_audio(out / "backing.wav", backing_audio[:len(solos[0])], rate)
-    takes = write_takes(out, cfg, solos, solo, backing_audio, numbers)
-    # the recording's own solo over the same clip, decoded and levelled the same way
-    if truth is not None:
-        true_mix, true_level = mix_audio(backing_audio, data.decode_codes(codec, truth))
-        write_audio(out / "true_solo.wav", true_level, rate)
-        write_audio(out / "true_mix.wav", true_mix, rate)
     # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
-    result = {"settings": asdict(cfg), "command": data.command_line("generate.py", cfg),
+    result = {"settings": asdict(cfg), "command": command_line("generate.py", cfg),
               "checkpoint": str(folder), "step": config["step"], "backing": source,
               "seconds": seconds, "codec": numbers,
               "timings": {"tokens_s": token_s, "decode_s": decode_s,
@@ -463,16 +475,52 @@ def main(cfg):
                               seconds * cfg.num_samples / (token_s + decode_s)},
               "solo_tokens": [token_stats(s.cpu().numpy(), numbers["card"]) for s in solo],
               "backing_tokens": token_stats(codes, numbers["card"]), "streaming": report,
-              "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"]),
-              "listening": listening_figures(cfg, config, model, codec, solo,
-                                             min(codes.shape[1], model.cfg.max_frames), device,
-                                             out)}
-    # generation.json first, then the page drawn from the same dict: the two never disagree.
-    write_json(out / "generation.json", result)
-    true_files = None if truth is None else ("true_solo.wav", "true_mix.wav")
-    generation_page(out, result, takes, true_files)
+              "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"])}
+    with staged(out) as stage:
+        result["listening"] = listening_figures(cfg, config, model, codec, solo,
+                                                min(codes.shape[1], model.cfg.max_frames),
+                                                device, stage)
+        write_take(stage, cfg, result, solos, solo, backing_audio, codec, truth, numbers)
     print_result(out, result)
     return out / "generation.json"
+
+
+def write_take(stage, cfg, result, solos, solo, backing_audio, codec, truth, numbers):
+    """Every file of the take into the folder `stage` (generate() moves them into --out)."""
+    rate = numbers["sample_rate"]
+    # Every wav goes through data.write_audio: finite, never past full scale, written
+    # whole or not at all. The solo is level-matched to the backing (mix_audio), and the
+    # backing limited like the two (a brickwalled master stays below full scale).
+    write_audio(stage / "backing.wav", limited(backing_audio[:len(solos[0])]), rate)
+    takes = write_takes(stage, cfg, solos, solo, backing_audio, numbers)
+    # the recording's own solo over the same clip, decoded and levelled the same way
+    if truth is not None:
+        true_mix, true_level = mix_audio(backing_audio, data.decode_codes(codec, truth))
+        write_audio(stage / "true_solo.wav", true_level, rate)
+        write_audio(stage / "true_mix.wav", true_mix, rate)
+    # generation.json first, then the page drawn from the same dict: the two never disagree.
+    write_json(stage / "generation.json", result)
+    true_files = None if truth is None else ("true_solo.wav", "true_mix.wav")
+    generation_page(stage, result, takes, true_files)
+
+
+@contextmanager
+def staged(out):
+    """A hidden folder inside out for a take's files, moved into out once all are written
+    (renames: they take no space and cannot half-happen); removed whatever happens."""
+    stage = out / f".take.tmp{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        for path in sorted(stage.rglob("*")):
+            target = out / path.relative_to(stage)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def require_causal(folder):
@@ -517,12 +565,13 @@ def print_result(out, result):
 
 
 if __name__ == "__main__":
+    guard.loaded()
     settings = parse_settings(GenerateConfig, description=__doc__.split("\n\n")[0])
     data.check_install(*(["demucs"] if settings.separate else []))
     try:
-        main(settings)
-    except KeyboardInterrupt:  # every file is written whole or not at all, so nothing is half-made
-        raise SystemExit("\nstopped by Ctrl-C: files already in --out "
-                         "are complete; run again to redo the rest") \
-            from None
+        with guard.one_line_errors("lower --num-samples, or give a shorter --duration"):
+            main(settings)
+    except KeyboardInterrupt:  # the take is moved into --out only once whole: nothing half-made
+        raise SystemExit("\nstopped by Ctrl-C: nothing of this take was written; "
+                         "--out is as it was") from None
     sys.exit(0)

@@ -32,7 +32,7 @@ import argparse
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional
 
@@ -1025,11 +1025,14 @@ def read_json(path, what):
     """A JSON file we wrote -> its object, or one clear line naming the file and the fix."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise SystemExit(f"{path} not found: expected {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SystemExit(f"{path} is damaged ({err}): expected {what}") from None
+    if not isinstance(obj, dict):
+        raise SystemExit(f"{path} is damaged (not a JSON object): expected {what}")
+    return obj
 
 
 def resolve_checkpoint(path):
@@ -1065,8 +1068,39 @@ def load_model(folder, device="cpu"):
     config = read_json(folder / "config.json",
                        "a checkpoint folder (config.json, model.safetensors) written by train.py")
     # Checkpoints from before the aligned path existed were trained without it.
-    model = SoloTransformer(ModelConfig(**{"aligned_backing": False, **config["model"]}))
+    model = SoloTransformer(model_config_of(config, folder / "config.json"))
     return load_weights(model, folder, device).eval(), config
+
+
+def model_config_of(config, path):
+    """The ModelConfig a checkpoint's config.json describes, each field of the right type,
+    or one line naming the file: an edited or foreign config.json must not reach the
+    model's constructor (whose assertions would be a traceback)."""
+    fix = "copy the checkpoint folder whole, or train again"
+    settings = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(settings, dict):
+        raise SystemExit(f"{path} has no \"model\" settings: not a checkpoint's config.json; {fix}")
+    known = {f.name: f for f in fields(ModelConfig)}
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise SystemExit(f"{path}: unknown model setting {', '.join(unknown)} (written by another "
+                         f"version, or edited); {fix}")
+    for name, value in settings.items():
+        want = known[name].type
+        if not isinstance(value, ACCEPTS[want]) or (isinstance(value, bool) and want is not bool):
+            raise SystemExit(f"{path}: model setting {name} is {value!r}, not "
+                             f"{ACCEPTS_NAME[want]}; {fix}")
+    try:
+        return ModelConfig(**{"aligned_backing": False, **settings})
+    except AssertionError as err:  # the constructor's own checks: numbers that cannot fit
+        raise SystemExit(f"{path}: {err}; {fix}") from None
+
+
+# The JSON values each type of ModelConfig field takes (a float field takes 75 as well as 75.0).
+ACCEPTS = {int: (int,), float: (int, float), bool: (bool,), str: (str,),
+           Optional[int]: (int, type(None))}
+ACCEPTS_NAME = {int: "a whole number", float: "a number", bool: "true or false", str: "a text",
+                Optional[int]: "a whole number or null"}
 
 
 def load_weights(model, folder, device="cpu"):
@@ -1077,8 +1111,14 @@ def load_weights(model, folder, device="cpu"):
     if not weights.exists():
         raise SystemExit(f"{weights} not found: the checkpoint folder is incomplete")
     try:
-        model.load_state_dict(load_file(str(weights), device=str(device)))
-    except RuntimeError as err:  # another preset's weights, or a file cut short: one line, not 88
+        tensors = load_file(str(weights), device=str(device))
+    except Exception as err:  # safetensors' own error: empty, cut short, or not safetensors
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise SystemExit(f"{weights} is damaged ({why}): copy the checkpoint folder whole "
+                         "again, or train again") from None
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:  # another preset's weights: one line, not 88
         lines = str(err).strip().splitlines()
         first = lines[-1].strip()[:160] if lines else type(err).__name__
         raise SystemExit(f"{weights} does not fit the model its folder's config.json "

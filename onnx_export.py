@@ -25,12 +25,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import guard  # first of the project's: a Ctrl-C while torch loads is one line
+
+guard.quiet_ctrl_c(__name__)
+
 import torch
 
 import data
-from data import opt, parse_settings
+from settings import check_settings, opt, parse_settings
 from model import fetch_checkpoint, load_model, rope_angles
-from onnx_runner import FORMAT, sha256  # the runner checks the graphs with the same digest
+# the runner checks the graphs and its numbers with the same digests
+from onnx_runner import FORMAT, numbers_digest, sha256
 
 
 @dataclass
@@ -41,10 +46,12 @@ class ExportConfig:
     overwrite: bool = opt(False,
                           "replace the folder if it exists (only once the new one is complete)")
     chunk_ms: float = opt(40.0, "audio chunk the runner encodes at once, in milliseconds "
-                                "(its default; onnx_runner.py --chunk-ms chooses another)")
+                                "(its default; onnx_runner.py --chunk-ms chooses another)",
+                          above=0, at_most=10_000)
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
-    threads: int = opt(0, "CPU threads for torch (0: torch's default)")
+    threads: int = opt(0, "CPU threads for torch (0: 1 or all, timed at start)",
+                       at_least=0, at_most=1024)
 
 
 # ----------------------------------------------------------------------------
@@ -357,6 +364,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "chunk_frames": chunk,
               "codec_untrained": numbers["untrained"],
               "sha256": {g: sha256(folder / g) for g in graphs}}
+    runner["numbers_sha256"] = numbers_digest(runner)  # an edited runner.json is seen
     data.write_json(folder / "runner.json", runner)
     return graphs
 
@@ -380,9 +388,7 @@ def export_onnx(model, codec, config, numbers, cfg, out):
                          "and the runner does not draw notes yet: export a model trained "
                          "without it")
     model = model.float().cpu().eval()
-    out = Path(out)
-    if out.exists() and not cfg.overwrite:
-        raise SystemExit(f"{out} already exists; pass --overwrite or choose another --out")
+    out = refuse_to_replace(out, cfg)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -404,8 +410,20 @@ def export_onnx(model, codec, config, numbers, cfg, out):
     return out
 
 
+def refuse_to_replace(out, cfg):
+    """--out checked before any work: an existing one only with --overwrite, and a place
+    that can be written, with room for the graphs (about 40 bytes a parameter: fp32, int8
+    and int4 copies of the two steps, and the codec's)."""
+    out = Path(out)
+    if out.exists() and not cfg.overwrite:
+        raise SystemExit(f"{out} already exists; pass --overwrite or choose another --out")
+    return guard.output_folder(out, need_bytes=100e6)
+
+
 def main(cfg):
     """Load the checkpoint and its codec, then write the folder; returns its path."""
+    check_settings(cfg)
+    refuse_to_replace(cfg.out, cfg)
     data.set_threads(cfg.threads)
     folder = fetch_checkpoint(cfg.checkpoint)
     model, config = load_model(folder, "cpu")
@@ -414,7 +432,9 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    guard.loaded()
     settings = parse_settings(ExportConfig, description=__doc__.split("\n\n")[0])
     data.check_install("onnx", "onnxruntime")
-    main(settings)
+    with guard.one_line_errors("export on a machine with more memory"):
+        main(settings)
     sys.exit(0)

@@ -31,12 +31,19 @@ steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two eq
 import argparse
 import hashlib
 import json
+import math
 import os
 import resource
+import shutil
 import sys
 import threading
 import time
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX; without it (Windows) the take folder is not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 try:  # the board holds only these three packages: a missing one is one line, not a traceback
     import numpy as np
@@ -62,6 +69,14 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def numbers_digest(numbers):
+    """The SHA-256 of runner.json's numbers (all but this digest itself), as the export
+    records it: a hand-edited hop, width or lookahead would otherwise run silently wrong
+    (the graphs were traced for the exported numbers)."""
+    kept = {k: v for k, v in numbers.items() if k != "numbers_sha256"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def read_folder(folder, variants=tuple(STEP_GRAPHS)):
     """runner.json of an exported folder, after checking its numbers and that every graph
     the given variants need (with the codec's) is the one it names. A folder trimmed to
@@ -80,6 +95,10 @@ def read_folder(folder, variants=tuple(STEP_GRAPHS)):
                          f"this runner reads format {FORMAT}: use the onnx_runner.py "
                          "inside that folder, or export the folder again")
     check_numbers(numbers, path)
+    if "numbers_sha256" in numbers and numbers_digest(numbers) != numbers["numbers_sha256"]:
+        raise SystemExit(f"{path} was edited: its numbers are not those the graphs were "
+                         "exported with (the chunk is --chunk-ms's to choose): export the "
+                         "folder again, or restore the file")
     needed = ["codec_encoder.onnx", "codec_decoder.onnx",
               *[g for v in variants for g in STEP_GRAPHS[v]]]
     for name in needed:
@@ -248,6 +267,15 @@ class SoloStream:
                 raise SystemExit(f"{folder}: a step graph has rings for layers, "
                                  f"heads, slots, head width {found}, runner.json says "
                                  f"{want} (was it edited?): export the folder again")
+        shapes = {i.name: i.shape for i in self.decoder.get_inputs()}
+        found = [shapes["tokens"][-1], self.decoder.get_outputs()[0].shape[-1]]
+        want = [numbers["n_codebooks"], numbers["card"]]
+        if "recent" in shapes:
+            found, want = found + [shapes["recent"][-1]], want + [numbers["d_model"]]
+        if found != want:
+            raise SystemExit(f"{folder}: the decoder step writes codebooks, codes, width "
+                             f"{found}, runner.json says {want} (was it edited?): export the "
+                             "folder again")
 
     def encoder_step(self, frame):
         t = self.n_backing
@@ -351,6 +379,21 @@ class Codec:
         # the inputs' names, read once here rather than at every chunk
         self.names = {graph: [i.name for i in graph.get_inputs()]
                       for graph in (self.encoder, self.decoder)}
+        self.check(numbers, folder)
+
+    def check(self, numbers, folder):
+        """One hop of silence through the encoder (its state then thrown away): one frame of
+        n_codebooks codes, or runner.json's hop or codebooks are not the graph's."""
+        feed = dict(zip(self.names[self.encoder],
+                        [np.zeros((1, 1, self.hop), np.float32), *self.state[self.encoder]]))
+        try:
+            shape = list(self.encoder.run(None, feed)[0].shape[-2:])
+        except Exception as err:  # ONNX Runtime's own error: a length the graph cannot take
+            shape = [f"none ({str(err).splitlines()[0][:80]})"]
+        if shape != [numbers["n_codebooks"], 1]:
+            raise SystemExit(f"{folder}: one hop of {self.hop} samples gives codes of shape "
+                             f"{shape}, not one frame of {numbers['n_codebooks']} codebooks "
+                             "(was runner.json edited?): export the folder again")
 
     def run(self, graph, x):
         feed = dict(zip(self.names[graph], [x, *self.state[graph]]))
@@ -375,6 +418,8 @@ class Codec:
 
 def read_backing(path, numbers):
     """A mono float32 backing at the codec's rate, or one line saying what to do."""
+    if Path(path).is_dir():
+        raise SystemExit(f"--backing {path} is a folder: give one WAV or FLAC file")
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)    # [N, channels]
     except Exception as err:
@@ -401,7 +446,13 @@ def read_backing(path, numbers):
                          f"(NaN or inf), the first at {np.argmax(bad) / rate:.3f} s: "
                          "the file is damaged; export it again")
     over = np.abs(audio) > 1.0
-    if over.any():
+    if over.mean() > 0.01:  # written unnormalised (data.tame_level's rule): scaled as a whole
+        factor = 0.98 / float(np.percentile(np.abs(audio), 99.9))
+        print(f"WARNING: {path}: {over.mean():.1%} of its samples past full scale (peak "
+              f"{np.abs(audio).max():.3g}): a file written unnormalised; scaled down as a "
+              f"whole by {factor:.3g}")
+        audio = np.clip(audio * np.float32(factor), -1.0, 1.0)
+    elif over.any():
         print(f"WARNING: {path}: {int(over.sum())} samples past full scale (peak "
               f"{np.abs(audio).max():.3g}, the first at {np.argmax(over) / rate:.3f} "
               "s): clipped to +-1 so that they cannot set the level")
@@ -409,7 +460,8 @@ def read_backing(path, numbers):
     chunk = numbers["chunk_frames"] * numbers["hop"]
     if len(audio) < chunk:
         raise SystemExit(f"--backing {path}: {len(audio) / rate * 1e3:.0f} ms, shorter "
-                         f"than one chunk ({chunk / rate * 1e3:.0f} ms of this export)")
+                         f"than one chunk ({chunk / rate * 1e3:.0f} ms): give a longer "
+                         "backing or a smaller --chunk-ms")
     return audio
 
 
@@ -483,10 +535,13 @@ def mix(backing, solo):
     b, s = backing[:n] - backing[:n].mean(), solo[:n] - solo[:n].mean()
     gain = (np.sqrt(np.mean(b ** 2)) + 1e-9) / (np.sqrt(np.mean(s ** 2)) + 1e-9) if n else 1.0
     s = s * min(gain, 100.0)
-    def limit(x):
-        peak = float(np.abs(x).max()) if n else 0.0
-        return (x * min(1.0, 0.98 / max(peak, 1e-9))).astype(np.float32)
-    return limit(b + s), limit(s)
+    return limited(b + s), limited(s)
+
+
+def limited(x, ceiling=0.98):
+    """x scaled down, never clipped, to a peak of at most `ceiling` (listening.limited)."""
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    return (x * min(1.0, ceiling / max(peak, 1e-9))).astype(np.float32)
 
 
 def peak_memory_mb():
@@ -747,7 +802,7 @@ def live(args, numbers, out, open_stream=open_sound_card):
     blocks = min(len(session.heard), len(session.played))
     heard = np.concatenate(session.heard[:blocks]) if blocks else np.zeros(0, np.float32)
     played = np.concatenate(session.played[:blocks]) if blocks else np.zeros(0, np.float32)
-    write_wav(out / "backing.wav", np.clip(heard, -1.0, 1.0), rate)
+    write_wav(out / "backing.wav", limited(heard), rate)
     write_wav(out / "solo.wav", played, rate)
     write_wav(out / "mix.wav", mix(heard, played)[0] if len(played) else played, rate)
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
@@ -804,15 +859,19 @@ def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
     return losses
 
 
-def at_least(low, kind):
-    """An argparse type: a number of `kind`, at least `low`, or one line saying so."""
+def at_least(low, kind, high=None):
+    """An argparse type: a finite number of `kind`, at least `low` (and at most `high`), or
+    one line saying so (settings.opt's ranges, for a runner that stands alone)."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{value} is not a finite number")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not within [{low}, {high}]"
+                                             if high is not None else f"{value} is below {low}")
         return value
     return parse
 
@@ -830,15 +889,15 @@ def arguments(argv):
                         help="the step graphs' weights: int8 (default), int4 "
                              "(fastest, about 0.01 nats of loss) or fp32; a "
                              "folder holding one variant's graphs runs that one")
-    parser.add_argument("--threads", type=at_least(1, int), default=1,
+    parser.add_argument("--threads", type=at_least(1, int, 1024), default=1,
                         help="ONNX Runtime threads per operator "
                         "(at least 1; default 1)")
-    parser.add_argument("--temperature", type=at_least(0.0, float), default=1.0,
+    parser.add_argument("--temperature", type=at_least(0.0, float, 100.0), default=1.0,
                         help="sampling temperature (0: greedy; at least 0)")
     parser.add_argument("--top-k", type=at_least(0, int), default=250,
                         help="sample among the k most likely codes (0: all; at least 0)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--chunk-ms", type=at_least(1.0, float),
+    parser.add_argument("--seed", type=at_least(0, int), default=0, help="sampling seed")
+    parser.add_argument("--chunk-ms", type=at_least(1.0, float, 10_000.0),
                         help="audio encoded at once, in ms (rounded to whole frames; default: "
                              "the export's, runner.json's chunk_frames): shorter is sooner, "
                              "and costs more per second of audio")
@@ -852,12 +911,12 @@ def arguments(argv):
     parser.add_argument("--output-device", help="--live: output device (default: the system's)")
     parser.add_argument("--play-mix", action="store_true", help="--live: play the band with the "
                         "solo, not the solo alone")
-    parser.add_argument("--prime-ms", type=at_least(0.0, float), default=20.0,
+    parser.add_argument("--prime-ms", type=at_least(0.0, float, 10_000.0), default=20.0,
                         help="--live: solo queued before playing starts, against the model's "
                              "jitter (default 20; more: fewer gaps, later solo)")
-    parser.add_argument("--block-ms", type=at_least(1.0, float), default=10.0,
+    parser.add_argument("--block-ms", type=at_least(1.0, float, 1000.0), default=10.0,
                         help="--live: sound card block in milliseconds (at least 1; default 10)")
-    parser.add_argument("--seconds", type=at_least(1.0, float), default=600.0,
+    parser.add_argument("--seconds", type=at_least(1.0, float, 86_400.0), default=600.0,
                         help="--live: the longest take, in seconds (default 600); Ctrl-C ends "
                              "it sooner")
     parser.add_argument("--loss", metavar="DATA_DIR",
@@ -871,8 +930,11 @@ def arguments(argv):
     return args
 
 
-def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json")):
-    """--out as a folder to write into, refusing to replace a take without --overwrite."""
+def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json"),
+                  need_bytes=0):
+    """--out as a folder to write into, checked before the take (guard.output_folder's
+    checks, for a runner that stands alone): not a file, no take replaced without
+    --overwrite, writable (a probe file), and `need_bytes` free."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out} is a file: give a folder for "
@@ -881,7 +943,55 @@ def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json")):
     if clash and not overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}: "
                          "pass --overwrite or choose another --out")
+    home = out.absolute()
+    while not home.exists() and home != home.parent:
+        home = home.parent
+    probe = home / f".write_probe{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    except OSError as err:
+        raise SystemExit(f"--out {out}: cannot write in {home} ({err.strerror}): choose a "
+                         "folder you can write to") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    free = shutil.disk_usage(home).free
+    if free < need_bytes:
+        raise SystemExit(f"--out {out}: {home} has {free / 1e6:.0f} MB free, and the take "
+                         f"needs about {need_bytes / 1e6:.0f} MB: free some space or choose "
+                         "another folder")
     return out
+
+
+class TakeLock:
+    """One runner at a time in a take folder (guard.FolderLock, standalone): a lock file
+    beside it, held with flock (released by the kernel however the process ends)."""
+
+    def __init__(self, out):
+        self.path = Path(out).absolute().parent / f".{Path(out).name}.lock"
+        self.out, self.fd = out, None
+
+    def __enter__(self):
+        if fcntl is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SystemExit(f"{self.out} is in use by another onnx_runner.py (pid {pid}): "
+                             "wait for it to end, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
 
 
 def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
@@ -929,9 +1039,17 @@ def main(argv=None):
         numbers["chunk_frames"] = max(1, round(args.chunk_ms * numbers["frame_rate"] / 1e3))
     taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())
     out = output_folder(args.out, args.overwrite, taken)
-    if args.live:
-        return live(args, numbers, out)
+    with TakeLock(out):
+        if args.live:  # 16-bit wavs of the longest take: solo, mix and the band heard
+            output_folder(out, True, taken, 3 * 2 * args.seconds * numbers["sample_rate"])
+            return live(args, numbers, out)
+        return take(args, numbers, out)
+
+
+def take(args, numbers, out):
+    """Follow a backing file: the stream, the files, the closing lines -> report."""
     backing = read_backing(args.backing, numbers)
+    output_folder(out, True, need_bytes=2 * 2 * 4 * len(backing))  # float wavs: solo and mix
     n_frames = len(backing) // numbers["hop"]
     stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
                         args.temperature, args.top_k, args.seed)

@@ -29,16 +29,21 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
+
+import guard  # first of the project's: a Ctrl-C while torch loads is one line
+
+guard.quiet_ctrl_c(__name__)
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, opt, overfitting, parse_settings, unigram_entropy, write_json
+from data import DEVICES, overfitting, unigram_entropy, write_json
+from settings import check_settings, command_line, flag_of, non_default, opt, parse_settings
 from listening import (ListeningSet, RunPage, chord_targets, counting_listener, fit_probes,
                        knows_the_notes, listening_masks, listening_test, listening_windows,
                        pitch_targets)
@@ -60,38 +65,45 @@ class TrainConfig:
     out: str = opt("", "run folder (default runs/<preset>)")
     preset: str = opt("tiny", "model size (python model.py prints them)", list(PRESETS))
     layers: int = opt(0, "layers in the encoder and in the decoder each (0: the preset's; "
-                         "the depth rows of docs/phase3's table)")
+                         "the depth rows of docs/phase3's table)", at_least=0, at_most=64)
     d_model: int = opt(0, "width of the model, with d_ff = 4 x d_model (0: the preset's; "
-                          "a multiple of 2 x the preset's heads)")
+                          "a multiple of 2 x the preset's heads)", at_least=0, at_most=8192)
     causal_encoder: bool = opt(False, "phase 5: train a causal (streamable) model")
     attn_window: Optional[int] = opt(None, "phase 5: attention window in frames "
-                                           "(bounds the streaming caches)")
+                                           "(bounds the streaming caches)", at_least=1)
     lookahead_ms: float = opt(0.0, "phase 5: write the solo this far ahead of the backing "
-                                   "heard, in ms (needs --causal-encoder; docs/phase5)")
+                                   "heard, in ms (needs --causal-encoder; docs/phase5)",
+                              at_least=0, at_most=10_000)
     attn_impl: str = opt("sdpa", "sdpa: the fused kernel; manual: the hand-written attention",
                          ["sdpa", "manual"])
     aligned_backing: bool = opt(True, "add backing frames s-K+1..s (encoder states) "
                                       "to decoder step s, beside cross-attention")
     dropout: Optional[float] = opt(None, "dropout in every block (none: the "
-                                         "preset's, tiny 0.2, small and base 0.1)")
-    window_s: float = opt(4.0, "length of the training windows, in seconds")
-    batch_size: int = opt(16, "windows per forward pass (lower it when memory runs out)")
+                                         "preset's, tiny 0.2, small and base 0.1)",
+                                   at_least=0, below=1)
+    window_s: float = opt(4.0, "length of the training windows, in seconds", above=0)
+    batch_size: int = opt(16, "windows per forward pass (lower it when memory runs out)",
+                          at_least=1, at_most=65_536)
     target_batch: int = opt(16, "windows per optimizer step; gradients "
-                                "accumulate over target / batch passes")
-    max_steps: int = opt(500, "optimizer steps")
-    lr: float = opt(0.0, "peak learning rate (0: by preset, tiny 2e-3, small 6e-4, base 3e-4)")
-    min_lr_ratio: float = opt(0.1, "the cosine decay ends at lr * this")
-    warmup_steps: int = opt(50, "linear warm-up steps")
-    weight_decay: float = opt(0.1, "AdamW weight decay, on weight matrices only")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
+                                "accumulate over target / batch passes",
+                            at_least=1, at_most=1_048_576)
+    max_steps: int = opt(500, "optimizer steps", at_least=1)
+    lr: float = opt(0.0, "peak learning rate (0: by preset, tiny 2e-3, small 6e-4, base 3e-4)",
+                    at_least=0)
+    min_lr_ratio: float = opt(0.1, "the cosine decay ends at lr * this", at_least=0, at_most=1)
+    warmup_steps: int = opt(50, "linear warm-up steps", at_least=0)
+    weight_decay: float = opt(0.1, "AdamW weight decay, on weight matrices only",
+                              at_least=0, at_most=10)
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", at_least=0)
     cond_dropout: float = opt(0.1,
-                              "probability of training a window with the null backing (guidance)")
+                              "probability of training a window with the null backing (guidance)",
+                              at_least=0, below=1)
     solo_dropout: float = opt(0.3, "probability of hiding each of the solo's past tokens from "
                                    "the decoder in training, so that it leans on the band "
-                                   "(0.3: the seeds table of docs/phase3)")
+                                   "(0.3: the seeds table of docs/phase3)", at_least=0, below=1)
     pitch_aux: float = opt(0.0, "weight of the pitch aid, an auxiliary loss: a head on the "
                                 "decoder names the pitch class the solo plays in each frame "
-                                "(0: off; docs/phase3)")
+                                "(0: off; docs/phase3)", at_least=0, at_most=1000)
     pitch_targets: str = opt("tracked", "--pitch-aux's notes: tracked in the solo's audio "
                                         "by data.py, or the demo corpus's truth",
                              ["tracked", "truth"])
@@ -100,27 +112,30 @@ class TrainConfig:
                                    "training, one drawn from the pitch head when sampling")
     chord_aux: float = opt(0.3, "weight of the chord aid, an auxiliary loss: a head on the "
                                 "encoder names the band's pitch classes in each frame "
-                                "(0: off; 0.3: the seeds table of docs/phase3)")
+                                "(0: off; 0.3: the seeds table of docs/phase3)",
+                           at_least=0, at_most=1000)
     chord_targets: str = opt("heard", "--chord-aux's targets: the chroma data.py heard in "
                                       "the backing's audio, or the demo corpus's chords",
                              ["heard", "truth"])
     page_sample_s: float = opt(3.0, "seconds of a fixed validation clip generated at each "
-                                    "new best checkpoint for the run's index.html (0: none)")
+                                    "new best checkpoint for the run's index.html (0: none)",
+                               at_least=0, at_most=60)
     listen_test: bool = opt(True, "at the end, score solos generated by "
                                   "best/ against the demo band's kicks")
     dtype: str = opt("auto", "auto: bf16 on Ampere+, fp16 + GradScaler before, fp32 on CPU",
                      ["auto", "fp32", "bf16", "fp16"])
     compile: bool = opt(False, "torch.compile the model (faster on GPUs, slow start)")
-    eval_every: int = opt(100, "evaluate (and save best/) every this many steps")
-    eval_windows: int = opt(64, "validation windows per evaluation")
-    save_every: int = opt(50, "save latest/ every this many steps")
+    eval_every: int = opt(100, "evaluate (and save best/) every this many steps", at_least=1)
+    eval_windows: int = opt(64, "validation windows per evaluation", at_least=1, at_most=100_000)
+    save_every: int = opt(50, "save latest/ every this many steps", at_least=1)
     resume: bool = opt(False, "continue from <out>/latest")
     overwrite: bool = opt(False, "start a new run in an --out that already "
                                  "holds one (its checkpoints are replaced)")
-    seed: int = opt(0, "seed of everything: weights, data order, dropout")
+    seed: int = opt(0, "seed of everything: weights, data order, dropout", at_least=0)
     device: str = opt("auto", "auto: the GPU when there is one", DEVICES)
-    threads: int = opt(0, "CPU threads for torch (0: torch's default; 1 "
-                          "on a busy machine, docs/troubleshooting.md)")
+    threads: int = opt(0, "CPU threads for torch (0: 1 or all, whichever "
+                          "a timing at start finds faster; docs/troubleshooting.md)",
+                       at_least=0, at_most=1024)
     push_to_hub: str = opt("", "after training, upload best/ to this Hub repo (user/name)")
     push_only: str = opt("", "upload this checkpoint folder and exit, without training")
     hub_private: bool = opt(False, "create the Hub repo as private")
@@ -220,7 +235,6 @@ def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extr
     check's memory), stored in state.pt. Non-finite weights are refused: a checkpoint
     folder only ever holds a state worth going back to.
     """
-    from safetensors.torch import save_file
     bad = [name for name, p in model.state_dict().items()
            if p.is_floating_point() and not torch.isfinite(p).all()]
     if bad:
@@ -233,6 +247,20 @@ def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extr
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        write_folder(tmp, model, optimizer, scaler, step, gen, cfg, meta, extra, history)
+    except BaseException:  # a full disk, Ctrl-C twice: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_folder(tmp, model, optimizer, scaler, step, gen, cfg, meta, extra, history):
+    """A checkpoint's three files into the folder tmp (save_checkpoint renames it)."""
+    from safetensors.torch import save_file
     config = {"model": asdict(model.cfg), "train": asdict(cfg), "step": step,
               "data": {"dir": str(Path(cfg.data).resolve()), "codec": meta["codec"],
                        "demo": meta.get("demo", False),
@@ -249,10 +277,6 @@ def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extr
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              **(history or {})}
     torch.save(state, tmp / "state.pt")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------
@@ -471,31 +495,23 @@ def ensure_dataset(cfg):
 
 def check_train_settings(cfg):
     """One clear line for each setting that cannot work, before anything is written."""
-    data.check_settings(cfg)  # preset, dtype, device, attn_impl: their allowed values
-    for name in ("batch_size", "target_batch", "max_steps", "eval_every", "save_every",
-                 "eval_windows"):
-        if getattr(cfg, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    check_settings(cfg)  # preset, dtype, device, attn_impl: their allowed values
     if cfg.target_batch % cfg.batch_size:
         low = cfg.target_batch // cfg.batch_size * cfg.batch_size
         raise SystemExit(f"--target-batch {cfg.target_batch} must be a multiple of --batch-size "
                          f"{cfg.batch_size} (gradients accumulate over whole batches): try "
                          f"--target-batch {low or cfg.batch_size} or {low + cfg.batch_size}")
     heads = PRESETS[cfg.preset]["n_heads"]
-    if cfg.layers < 0 or cfg.d_model < 0 or cfg.d_model % (2 * heads):
-        raise SystemExit(f"--layers {cfg.layers} --d-model {cfg.d_model}: 0 (the preset's) or "
-                         f"more, and the width a multiple of {2 * heads} (the {cfg.preset} "
-                         f"preset's {heads} heads, each an even width for the rotary embedding)")
-    if cfg.attn_window is not None and cfg.attn_window < 1:
-        raise SystemExit(f"--attn-window {cfg.attn_window}: must be at least 1 "
-                         "(the training window, e.g. 300, is usual)")
-    if cfg.lookahead_ms < 0 or (cfg.lookahead_ms and not cfg.causal_encoder):
-        raise SystemExit(f"--lookahead-ms {cfg.lookahead_ms:g}: 0 or more, and only with "
-                         "--causal-encoder (an offline model hears the whole backing anyway)")
-    if cfg.pitch_aux < 0:
-        raise SystemExit(f"--pitch-aux {cfg.pitch_aux:g}: a weight, 0 (off) or more")
-    if cfg.chord_aux < 0:
-        raise SystemExit(f"--chord-aux {cfg.chord_aux:g}: a weight, 0 (off) or more")
+    if cfg.d_model % (2 * heads):
+        raise SystemExit(f"--d-model {cfg.d_model}: 0 (the preset's) or a multiple of "
+                         f"{2 * heads} (the {cfg.preset} preset's {heads} heads, each an even "
+                         "width for the rotary embedding)")
+    if cfg.attn_window is not None and not cfg.causal_encoder:
+        raise SystemExit(f"--attn-window {cfg.attn_window}: only with --causal-encoder (it bounds "
+                         "the streaming caches of phase 5)")
+    if cfg.lookahead_ms and not cfg.causal_encoder:
+        raise SystemExit(f"--lookahead-ms {cfg.lookahead_ms:g}: only with --causal-encoder "
+                         "(an offline model hears the whole backing anyway)")
     if cfg.pitch_first and not cfg.pitch_aux:
         raise SystemExit("--pitch-first draws each note from the pitch head, which only "
                          "--pitch-aux trains: give it a weight, e.g. --pitch-aux 1")
@@ -503,16 +519,23 @@ def check_train_settings(cfg):
         raise SystemExit("--pitch-first with --causal-encoder: streaming and the board's "
                          "runner do not draw notes yet; train the streaming model without "
                          "--pitch-first")
-    if (not 0 <= cfg.cond_dropout < 1 or not 0 <= cfg.solo_dropout < 1
-            or (cfg.dropout is not None and not 0 <= cfg.dropout < 1)):
-        raise SystemExit("--cond-dropout, --solo-dropout and --dropout are probabilities in [0, 1)")
     if cfg.resume and cfg.overwrite:
         raise SystemExit("--resume continues the run in --out and "
                          "--overwrite replaces it: choose one")
 
 
-def check_against_data(cfg, numbers):
-    """The settings that depend on the dataset's codec numbers (K, card, frame rate)."""
+def check_against_data(cfg, meta):
+    """The settings that depend on the dataset: its codec numbers (K, card, frame rate) and
+    the length of its sections. Checked before a window is allocated: a window longer than
+    every section is padding past the longest, and its attention grows as its square (a
+    1000 s window asks for tens of GB)."""
+    numbers = meta["codec"]
+    longest = max((s["length"] for s in meta["splits"]["train"]["segments"]), default=0)
+    if round(cfg.window_s * numbers["frame_rate"]) > longest:
+        raise SystemExit(f"--window-s {cfg.window_s:g}: longer than the longest training "
+                         f"section of {cfg.data} ({longest / numbers['frame_rate']:.1f} s): "
+                         f"choose at most --window-s {longest / numbers['frame_rate']:.1f}, "
+                         "or add longer recordings")
     if cfg.attn_window is not None and cfg.attn_window < numbers["n_codebooks"]:
         raise SystemExit(f"--attn-window {cfg.attn_window}: at least the "
                          f"{numbers['n_codebooks']} codebooks, or the last steps of "
@@ -523,9 +546,56 @@ def refuse_to_overwrite(out, cfg):
     """A new run never replaces an old one's checkpoints and metrics without --overwrite."""
     held = [name for name in ("latest", "best",
                               "metrics.jsonl") if resolve_checkpoint(out / name).exists()]
-    if held and not cfg.resume and not cfg.overwrite:
+    if cfg.overwrite or not held:
+        return
+    if "latest" not in held:  # stopped before its first save of latest/: nothing to resume
+        raise SystemExit(f"{out} holds a run stopped before its first save ({', '.join(held)}, "
+                         "no latest/): --overwrite starts it again, or choose another --out")
+    if not cfg.resume:
         raise SystemExit(f"{out} already holds a run ({', '.join(held)}): --resume continues "
                          "it, --overwrite starts over in its place, or choose another --out")
+
+
+# A resumed run is the run it resumes: its settings come from latest/config.json. Its
+# budgets may change on --resume, when given, and are said (how long it runs, what it
+# reports; and the learning rate, the one optimizer setting allowed: a lower --lr from
+# the last good checkpoint is the way back from a diverged run, docs/troubleshooting.md);
+# where it runs comes from the command. A flag given for any other setting (the model,
+# the data, the rest of the optimizer, the seed) is refused, with both values.
+BUDGETS = ("max_steps", "eval_every", "save_every", "eval_windows", "page_sample_s",
+           "listen_test", "lr")
+WHERE = ("device", "threads", "compile", "push_to_hub", "push_only", "hub_private", "out",
+         "resume", "overwrite")
+
+
+def resumed_settings(cfg, folder):
+    """cfg with the settings of the run in folder (latest/config.json): the budgets cfg
+    gives (said when they change) and where it runs are this command's, the rest the run's.
+    A flag that differs from its default and from the run's value is refused with its name
+    and both values. A flag at its default reads as not given."""
+    stored = read_json(resolve_checkpoint(folder) / "config.json",
+                       "a checkpoint written by train.py; start again with --overwrite")
+    stored = stored.get("train")
+    if not isinstance(stored, dict):
+        raise SystemExit(f"{folder}/config.json holds no \"train\" settings: not a checkpoint "
+                         "of train.py; start again with --overwrite")
+    given, own = non_default(cfg), {f.name: f for f in fields(cfg)}
+    clash = [(own[name], stored[name], value) for name, value in given.items()
+             if name in stored and name not in BUDGETS + WHERE and stored[name] != value]
+    if clash:
+        said = "; ".join(f"{flag_of(f)} {new} (the run's: {old})" for f, old, new in clash)
+        budgets = ", ".join(flag_of(own[name]) for name in BUDGETS)
+        raise SystemExit(f"--resume: {said}. A resumed run keeps its own settings "
+                         f"({folder}/config.json); only {budgets} and where it runs may "
+                         "change. Drop the flag, or start a new run with another --out")
+    for name in BUDGETS:
+        if name in given and name in stored and stored[name] != given[name]:
+            print(f"--resume: {flag_of(own[name])} {given[name]} (the run had {stored[name]})")
+    kept = {name: value for name, value in stored.items() if name in own
+            and name not in WHERE and not (name in BUDGETS and name in given)}
+    resumed = replace(cfg, **kept)
+    check_train_settings(resumed)  # an edited config.json is one line too
+    return resumed
 
 
 @dataclass
@@ -608,7 +678,7 @@ def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
     ckpt = resolve_checkpoint(folder)
     if not ckpt.exists():
         raise SystemExit(f"--resume: no checkpoint in {folder}; start without --resume")
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    state = load_state(ckpt / "state.pt")
     if state["step"] >= cfg.max_steps:
         raise SystemExit(f"{ckpt} is at step {state['step']}: this run is finished "
                          f"(--max-steps {cfg.max_steps}), and nothing was changed. To train "
@@ -629,6 +699,23 @@ def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
                     recent=state.get("recent_losses", torch.zeros(0)).tolist(),
                     history=[tuple(row) for row in state.get("val_history",
                                                              torch.zeros(0, 2)).tolist()])
+
+
+def load_state(path):
+    """state.pt (the optimizer and random states), or one line when it is missing or damaged."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"{path} not found: the checkpoint folder is incomplete; resume from a "
+                         "whole copy, or start again with --overwrite") from None
+    except Exception as err:  # cut short, empty, or not torch.save's: torch names no file
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise SystemExit(f"{path} is damaged ({why}): resume from a whole copy of the run, "
+                         "or start again with --overwrite") from None
+    if not isinstance(state, dict) or not {"optimizer", "step", "rng_torch"} <= set(state):
+        raise SystemExit(f"{path} is not a state.pt written by train.py: resume from a whole "
+                         "copy of the run, or start again with --overwrite")
+    return state
 
 
 def log_metrics(metrics_file, row):
@@ -699,14 +786,17 @@ def setup_run(cfg):
     # Every check before anything is created: a typo leaves no empty run folder behind.
     check_train_settings(cfg)
     cfg.out = cfg.out or f"runs/{cfg.preset}"
-    out, device = Path(cfg.out), data.pick_device(cfg.device)
+    out = guard.output_folder(cfg.out)
     refuse_to_overwrite(out, cfg)
+    if cfg.resume:  # the run's own settings, from latest/config.json
+        cfg = resumed_settings(cfg, out / "latest")
+    device = data.pick_device(cfg.device)
     data.set_threads(cfg.threads)
     # The order below is part of the result: the seed comes before the model, so its
     # initial weights repeat; nothing else draws from torch's generator in between.
     torch.manual_seed(cfg.seed)
     meta = ensure_dataset(cfg)
-    check_against_data(cfg, meta["codec"])
+    check_against_data(cfg, meta)
     if cfg.pitch_aux and cfg.pitch_targets == "truth" and not knows_the_notes(meta):
         raise SystemExit(f"--pitch-targets truth: the dataset in {cfg.data} does not know its "
                          "lead's true notes (only the demo corpus does). Fix: the notes data.py "
@@ -722,9 +812,11 @@ def setup_run(cfg):
                          f"Fix: python data.py --out {cfg.data} with the settings it was built "
                          f"with (its songs are done again, with their {name}), or turn the "
                          f"aid off with {flag} 0")
-    out.mkdir(parents=True, exist_ok=True)
     T = round(cfg.window_s * meta["codec"]["frame_rate"])
     model = SoloTransformer(model_config(cfg, meta["codec"], T)).to(device)  # K, card: the data's
+    # latest/ and best/, each the weights and Adam's two moments, and one being written
+    guard.output_folder(out, need_bytes=3 * 3 * 4 * model.num_params())
+    out.mkdir(parents=True, exist_ok=True)
     peak_lr = cfg.lr or DEFAULT_LR[cfg.preset]
     optimizer = make_optimizer(model, cfg, peak_lr, device)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
@@ -941,9 +1033,18 @@ def train(cfg):
     """The whole run; returns the summary dict (also written to summary.json).
 
     Ctrl-C ends the step under way, saves latest/ and exits with code 130, after saying
-    how to continue; --resume then gives exactly the run that was not interrupted.
+    how to continue; --resume then gives exactly the run that was not interrupted. One
+    process at a time in a run folder: a second train.py on the same --out refuses.
     """
-    run = setup_run(cfg)
+    check_train_settings(cfg)
+    cfg.out = cfg.out or f"runs/{cfg.preset}"
+    with guard.FolderLock(cfg.out, "train.py"):
+        return train_loop(setup_run(cfg))
+
+
+def train_loop(run):
+    """Step, evaluate and save until max_steps (the run's own settings, run.cfg)."""
+    cfg = run.cfg
     describe(run)
     bar = tqdm(total=cfg.max_steps, initial=run.progress.step, desc="train", unit="step")
     # The loop, as the README tells it: a step (target_batch windows, one optimizer
@@ -965,7 +1066,7 @@ def train(cfg):
             # Ctrl-C was pressed during this step: latest/ now holds its end, exactly.
             if stop.requested and step < cfg.max_steps:
                 bar.close()
-                again = data.command_line("train.py", replace(cfg, resume=True, overwrite=False))
+                again = command_line("train.py", replace(cfg, resume=True, overwrite=False))
                 print(f"interrupted: saved {run.out / 'latest'} at step "
                       f"{step}. Continue exactly where it stopped with: {again}")
                 raise SystemExit(130)  # 128 + SIGINT, as shells report a Ctrl-C
@@ -1029,6 +1130,7 @@ def report(run, summary):
 
 
 if __name__ == "__main__":
+    guard.loaded()
     config = parse_settings(TrainConfig, description=__doc__.split("\n\n")[0])
     data.check_install()
     if config.push_only:
@@ -1037,7 +1139,9 @@ if __name__ == "__main__":
         push_to_hub(config.push_only, config.push_to_hub, config.hub_private)
         sys.exit(0)
     try:
-        train(config)
+        with guard.one_line_errors("lower --batch-size (gradients then accumulate over more "
+                                   "passes: --target-batch stays) or --window-s"):
+            train(config)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
         print(f"\nstopped by Ctrl-C; {Path(config.out or 'runs/' + config.preset) / 'latest'} "
               "holds the last scheduled save, if any: continue with --resume", file=sys.stderr)

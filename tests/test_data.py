@@ -228,6 +228,45 @@ def test_separation_with_random_demucs(kind):
     assert np.isfinite(backing).all() and np.abs(solo).sum() > 0, "separation output empty or not finite"
 
 
+class Gains(torch.nn.Module):
+    """A stand-in separator with Demucs' interface whose stem i is the mix times GAINS[i]: the
+    stems data.separate sums can be told apart by their level."""
+    sources = ["drums", "bass", "other", "vocals", "guitar", "piano"]
+    samplerate, audio_channels, segment = 44100, 2, 1.0
+    GAINS = {"drums": 1.0, "bass": 2.0, "other": 4.0, "vocals": 8.0, "guitar": 16.0, "piano": 32.0}
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("gains", torch.tensor([self.GAINS[s] for s in self.sources]))
+
+    def forward(self, mix):                                                  # [B, 2, n] -> [B, S, 2, n]
+        return self.gains[None, :, None, None] * mix[:, None]
+
+
+def test_separation_sums_the_stems_it_is_told_to(capsys):
+    """The backing is drums + bass + piano + guitar (1 + 2 + 32 + 16 = 51 times the mix), the
+    solo other + vocals (12 times): swapped stems, or the mix passed through, read otherwise."""
+    audio = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
+    mono = data.resample(data.channels(audio, 1), 44100, RATE)[0]
+    backing, solo = separate(Gains(), audio, 44100, ["drums", "bass", "piano", "guitar"], ["other", "vocals"], "cpu")
+    assert np.std(backing) / np.std(mono) == pytest.approx(51, rel=1e-3)
+    assert np.std(solo) / np.std(mono) == pytest.approx(12, rel=1e-3)
+    assert np.corrcoef(backing, mono)[0, 1] > 0.999
+
+
+def test_an_interrupted_write_keeps_the_file_it_would_replace(tmp_path):
+    path = tmp_path / "meta.json"
+    data.write_json(path, {"songs": 64})
+
+    def half_then_fail(f):
+        f.write(b'{"songs": ')
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        data.atomic_write(path, half_then_fail)
+    assert json.loads(path.read_text()) == {"songs": 64}, "a failed write damaged the file it replaces"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"], "the temporary file stayed"
+
+
 def test_decode_in_chunks_matches_whole(demo_dataset):
     codec = data.untrained_codec(demo_dataset[0], 3.0, "cpu")
     with torch.no_grad():  # the untrained decoder barely hears its codes; louder codebooks make it hear them
@@ -321,7 +360,8 @@ def test_bad_input_folder(tmp_path):
     assert kept == good, f"kept {kept}, expected {good}; skipped: {skipped}"
     assert set(skipped) == {"corrupt.wav", "empty.wav", "notes.wav", "short.wav", "silent.wav"}, skipped
     assert "empty" in skipped["empty.wav"] and "too short" in skipped["short.wav"] and \
-        "silent" in skipped["silent.wav"] and "cannot decode" in skipped["notes.wav"], skipped
+        "silent" in skipped["silent.wav"] and "not a readable .wav file" in skipped["notes.wav"] \
+        and "ffmpeg" not in skipped["notes.wav"], skipped
     # The splits are drawn over the 3 songs that survived, not over all 8 files.
     counts = {split: len(v["songs"]) for split, v in meta["splits"].items()}
     assert counts == {"train": 1, "val": 1, "test": 1}, f"splits {counts}: bad files must not take a split's place"

@@ -5,6 +5,7 @@ Bad audio in (NaN, a 1e6 spike, a header promising hours); Ctrl-C in train.py (a
 resume) and in the runner (the take so far is kept); nothing overwritten without
 --overwrite; settings refused before any work.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from conftest import ROOT, quick_train_config
 
 import data
 import generate as G
+import settings
 import onnx_runner as R
 import train as T
 from data import CODEC_RATE
@@ -261,20 +263,44 @@ def test_runner_keeps_an_existing_take(exported, bad_backings, tmp_path):
 # One line, naming the file and the fix
 # ----------------------------------------------------------------------------
 
+def run_edited(exported, bad_backings, tmp_path, edit, resign=False):
+    """The runner on a copy of the export whose runner.json has `edit` -> its one line.
+    resign: the digest of the numbers written again, as someone editing with care would."""
+    folder = tmp_path / "edited"
+    shutil.copytree(exported[0], folder)
+    numbers = {**json.loads((folder / "runner.json").read_text()), **edit}
+    if resign:
+        numbers["numbers_sha256"] = R.numbers_digest(numbers)
+    (folder / "runner.json").write_text(json.dumps(numbers))
+    with pytest.raises(SystemExit) as err:
+        R.main([str(folder), "--backing", str(bad_backings / "good.wav"), "--out", str(tmp_path / "o"),
+                "--no-pace", "--variant", "fp32"])
+    assert not (tmp_path / "o").exists()
+    return str(err.value)
+
+
 @pytest.mark.parametrize("edit,words", [
     ({"chunk_frames": 0}, ["chunk_frames", "not a valid number", "export the folder again"]),
     ({"lookahead": -3}, ["lookahead", "not a valid number", "export the folder again"]),
-    ({"attn_window": 64}, ["rings for layers, heads, slots", "export the folder again"]),
+    ({"lookahead": 50}, ["runner.json was edited", "export the folder again"]),
+    ({"hop": 160}, ["runner.json was edited", "export the folder again"]),
 ])
 def test_an_edited_runner_json_is_one_line(exported, bad_backings, tmp_path, edit, words):
-    folder = tmp_path / "edited"
-    shutil.copytree(exported[0], folder)
-    numbers = json.loads((folder / "runner.json").read_text())
-    (folder / "runner.json").write_text(json.dumps({**numbers, **edit}))
-    with pytest.raises(SystemExit) as err:
-        R.main([str(folder), "--backing", str(bad_backings / "good.wav"), "--out", str(tmp_path / "o"), "--no-pace"])
-    assert all(w in str(err.value) for w in words), str(err.value)
-    assert not (tmp_path / "o").exists()
+    message = run_edited(exported, bad_backings, tmp_path, edit)
+    assert all(w in message for w in words), message
+
+
+# Edited with the digest made again: the graphs' own shapes still catch each number they hold.
+@pytest.mark.parametrize("edit,words", [
+    ({"attn_window": 64}, ["rings for layers, heads, slots", "export the folder again"]),
+    ({"d_model": 256, "head_dim": 128}, ["rings for layers, heads, slots"]),
+    ({"n_codebooks": 3}, ["codebooks, codes, width", "export the folder again"]),
+    ({"card": 512}, ["codebooks, codes, width", "[4, 1024", "[4, 512"]),
+    ({"hop": 160}, ["one hop of 160 samples", "export the folder again"]),
+])
+def test_numbers_that_disagree_with_the_graphs_are_one_line(exported, bad_backings, tmp_path, edit, words):
+    message = run_edited(exported, bad_backings, tmp_path, edit, resign=True)
+    assert all(w in message for w in words), message
 
 
 def test_weights_of_another_preset_are_one_line(trained, tmp_path):
@@ -313,17 +339,24 @@ def test_ctrl_c_in_the_runner_keeps_the_take_so_far(exported, bad_backings, tmp_
 # ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag,value,words", [
-    ("--temperature", "-1", ["--temperature -1.0", "0 (greedy) or more"]),
-    ("--top-k", "-5", ["--top-k -5", "0 (all codes) or more"]),
-    ("--top-p", "1.5", ["--top-p 1.5", "above 0 and at most 1"]),
-    ("--top-p", "0", ["--top-p 0.0", "above 0 and at most 1"]),
-    ("--cfg-coef", "-3", ["--cfg-coef -3.0", "must be 0 or more"]),
+    ("--temperature", "-1", ["--temperature -1.0", "must be at least 0"]),
+    ("--top-k", "-5", ["--top-k -5", "must be at least 0"]),
+    ("--top-p", "1.5", ["--top-p 1.5", "must be above 0, at most 1"]),
+    ("--top-p", "0", ["--top-p 0.0", "must be above 0, at most 1"]),
+    ("--cfg-coef", "-3", ["--cfg-coef -3.0", "must be at least 0"]),
+    ("--cfg-coef", "nan", ["--cfg-coef nan", "must be a finite number"]),
+    ("--temperature", "nan", ["--temperature nan", "must be a finite number"]),
 ])
 def test_generate_refuses_bad_sampling_settings(tmp_path, monkeypatch, flag, value, words):
     monkeypatch.setattr(G, "fetch_checkpoint", lambda *a: pytest.fail("a setting must be refused before loading"))
-    cfg = data.parse_settings(G.GenerateConfig, [flag, value, "--out", str(tmp_path / "o")])
+    cfg = G.GenerateConfig(out=str(tmp_path / "o"))
+    field = next(f for f in dataclasses.fields(cfg) if settings.flag_of(f) == flag)
+    setattr(cfg, field.name, type(getattr(cfg, field.name))(value))  # as built in code ...
     with pytest.raises(SystemExit) as err:
         G.main(cfg)
+    assert all(w in str(err.value) for w in words), str(err.value)
+    with pytest.raises(SystemExit) as err:  # ... and as parsed from the command line
+        data.parse_settings(G.GenerateConfig, [flag, value, "--out", str(tmp_path / "o")])
     assert all(w in str(err.value) for w in words), str(err.value)
     assert not (tmp_path / "o").exists()
 

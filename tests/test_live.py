@@ -87,6 +87,7 @@ def looking_ahead(exported, tmp_path_factory):
     numbers = json.loads((folder / "runner.json").read_text())
     numbers["lookahead"] = 18
     numbers["sha256"].update({g: R.sha256(folder / g) for graphs in R.STEP_GRAPHS.values() for g in graphs})
+    numbers["numbers_sha256"] = R.numbers_digest(numbers)  # the export's own digest, made again
     (folder / "runner.json").write_text(json.dumps(numbers))
     return (folder,)
 
@@ -110,7 +111,8 @@ def test_live_take_follows_the_band_and_writes_what_it_played(exported, band, tm
     assert written["live"] and written["underruns"] == report["underruns"]
     # No lookahead: K - 1 frames of silence went first, and the solo is as late as it is delayed.
     assert report["solo_frames_dropped_at_start"] == -3 and report["lookahead_ms"] == 0
-    assert report["late_ms"] == report["delay_ms"]
+    # late, as measured on the wall clock: the chunk and the pattern at least, and not much more
+    assert 120 <= report["late_ms"]["p50"] <= 120 + 100, report["late_ms"]
 
 
 def test_a_model_that_looks_ahead_plays_on_the_band_frame_it_wrote_for(looking_ahead, band, tmp_path):
@@ -124,7 +126,6 @@ def test_a_model_that_looks_ahead_plays_on_the_band_frame_it_wrote_for(looking_a
     assert report["lookahead_ms"] == pytest.approx(240)
     assert 6 <= report["solo_frames_dropped_at_start"] <= 18 - 3, report  # at least the first chunk's 6
     assert 0 <= report["late_ms"]["p50"] < frame_ms + 10, report["late_ms"]  # + a 10 ms block
-    assert report["delay_ms"]["p50"] == pytest.approx(report["late_ms"]["p50"] + 240)
     solo, _ = sf.read(tmp_path / "solo.wav", dtype="float32")
     assert np.abs(solo).max() > 0
 

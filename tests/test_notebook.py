@@ -76,7 +76,7 @@ def test_notebook_runs_top_to_bottom_on_the_cpu(tmp_path, monkeypatch):
     from nbclient import NotebookClient
     nb = notebook()
     nb.cells = [c for c in nb.cells if "colab-only" not in c.metadata.get("tags", [])]
-    for name in ("data.py", "model.py", "listening.py", "train.py", "generate.py", "onnx_export.py",
+    for name in ("data.py", "model.py", "listening.py", "train.py", "generate.py", "onnx_export.py", "settings.py", "guard.py",
                  "onnx_runner.py", "requirements.lock"):
         shutil.copy(ROOT / name, tmp_path / name)
     monkeypatch.setenv("NOTEBOOK_SMOKE", "1")
