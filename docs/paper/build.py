@@ -25,6 +25,7 @@ runs (the test suite builds it this way).
 """
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,13 @@ def read_table(runs, name, command):
     path = Path(runs) / name / "table.json"
     if not path.exists():
         raise SystemExit(f"{path} not found: make it with `{command}` (or build with --quick)")
-    return json.loads(path.read_text())
+    try:
+        table = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{path} is damaged ({err}): make it again with `{command}`") from None
+    if not isinstance(table, dict) or not table.get("rows"):
+        raise SystemExit(f"{path} holds no rows: make it again with `{command}`")
+    return table
 
 
 def cell(mean_sd, decimals):
@@ -229,34 +236,62 @@ def quick_runs(tmp, corpus=None):
 
 
 def build(runs, out):
-    """Tables, numbers and figures from the runs folder, then the PDF -> its path."""
+    """Tables, numbers and figures from the runs folder, then the PDF -> its path.
+
+    Every input is read and every part made in memory before a byte is written; the parts
+    and the PDF are then written to a folder beside --out and moved into it, so a bad
+    table.json or a failed compile leaves the last build as it was."""
     import typst
     ablation = read_table(runs, "ablation", "python ablation.py")
     lookahead = read_table(runs, "lookahead", "python ablation.py --table lookahead")
-    out.mkdir(parents=True, exist_ok=True)
+    copies = {"lookahead.png": Path(runs) / "lookahead" / "lookahead.png",
+              "listening_probes.png": ROOT / "docs" / "img" / "listening_probes.png",
+              "paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
+              "ablation.json": Path(runs) / "ablation" / "table.json",
+              "lookahead.json": Path(runs) / "lookahead" / "table.json",
+              **{name: Path(runs) / name for name in ("speed.json", "bench.json",
+                                                      "quantization.json")
+                 if (Path(runs) / name).exists()}}  # the optional figures
+    missing = [str(path) for path in copies.values() if not path.exists()]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not found: python ablation.py --table "
+                         "lookahead draws lookahead.png (or build with --quick)")
+    try:
+        parts = made_parts(runs, ablation, lookahead)
+    except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
+        raise SystemExit(f"{runs}: a table.json lacks what the draft reads ({type(err).__name__}: "
+                         f"{err}): make the table again with ablation.py, or build with "
+                         "--quick") from None
+    stage = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        for name, text in parts.items():
+            (stage / name).write_text(text)
+        for name, path in copies.items():
+            shutil.copy(path, stage / name)
+        # paper.typ reads build/...: compiled from the copy beside the build folder's files
+        typst.compile(str(stage / "paper.typ"), output=str(stage / "paper.pdf"), root=str(stage))
+        out.mkdir(parents=True, exist_ok=True)
+        for path in sorted(stage.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "paper.pdf"
+
+
+def made_parts(runs, ablation, lookahead):
+    """{file name: text} of the tables and numbers.json, made from the two tables."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
     choices = [name for name in ablation["rows"] if name not in apart]
-    (out / "ablation.typ").write_text(typst_table(ablation, ABLATION_COLUMNS, "row", choices))
-    (out / "architecture.typ").write_text(typst_table(
-        ablation, ARCHITECTURE_COLUMNS, "architecture", ARCHITECTURE_ROWS, params=True))
-    (out / "pitch.typ").write_text(typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS))
-    (out / "lookahead.typ").write_text(typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"))
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs)}
-    (out / "numbers.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False))
-    for name in ("ablation", "lookahead"):  # the tables as read, beside what was made of them
-        shutil.copy(Path(runs) / name / "table.json", out / f"{name}.json")
-    for name in ("speed.json", "bench.json", "quantization.json"):  # and the optional figures
-        if (Path(runs) / name).exists():
-            shutil.copy(Path(runs) / name, out / name)
-    shutil.copy(Path(runs) / "lookahead" / "lookahead.png", out / "lookahead.png")
-    shutil.copy(ROOT / "docs" / "img" / "listening_probes.png", out / "listening_probes.png")
-    # paper.typ reads build/...: compiled from a copy beside the build folder's files
-    shutil.copy(HERE / "paper.typ", out / "paper.typ")
-    shutil.copy(ROOT / "docs" / "references.bib", out / "references.bib")
-    pdf = out / "paper.pdf"
-    typst.compile(str(out / "paper.typ"), output=str(pdf), root=str(out))
-    return pdf
+    return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),
+            "architecture.typ": typst_table(ablation, ARCHITECTURE_COLUMNS, "architecture",
+                                            ARCHITECTURE_ROWS, params=True),
+            "pitch.typ": typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS),
+            "lookahead.typ": typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"),
+            "numbers.json": json.dumps(numbers, indent=2, ensure_ascii=False)}
 
 
 def main():
