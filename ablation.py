@@ -512,7 +512,8 @@ if __name__ == "__main__":
         sys.exit(0)
     torch.set_num_threads(1)
     try:
-        main(config)
+        with guard.one_line_errors("lower --jobs"):
+            main(config)
     except KeyboardInterrupt:
         raise SystemExit("\nstopped by Ctrl-C: finished runs are kept and an interrupted "
                          "one continues from its latest/; the same command goes on from "

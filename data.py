@@ -171,7 +171,7 @@ def check_install(*extra):
 
 def set_threads(n):
     """torch's CPU threads: n, or when n is 0 the faster of 1 thread and all of them, timed
-    at start (about 0.1 s) and printed. On a CPU that other work keeps busy, torch's own
+    at start (about 0.2 s) and printed. On a CPU that other work keeps busy, torch's own
     default (one thread per core) ran the demo build 3x slower than 1 thread; on an idle
     many-core machine all the threads win. Returns the number chosen."""
     if n:
@@ -188,17 +188,19 @@ def set_threads(n):
     return best
 
 
-def matmul_ms(threads, repeats=5):
-    """The best of `repeats` timings of a tiny model's typical matmul at `threads` threads."""
+def matmul_ms(threads, repeats=15):
+    """The median of `repeats` timings of a tiny model's typical matmul at `threads` threads.
+    The median, not the best: with a busy neighbour, all the threads now and then get
+    all the cores (a best time that flatters them), while most calls wait for one."""
     torch.set_num_threads(threads)
     a, b = torch.randn(1024, 512), torch.randn(512, 512)
     a @ b  # warm: the thread pool starts
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
 
 
 def pick_device(name):

@@ -29,16 +29,28 @@ This is the deployment; the lesson is model.StreamingSampler, which does the sam
 steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two equal.
 """
 import argparse
+import errno
 import hashlib
 import json
 import math
 import os
 import resource
 import shutil
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
+
+
+def stopped_while_loading(signum, frame):
+    """A Ctrl-C while numpy and ONNX Runtime load: one line and exit 130 (guard.quiet_ctrl_c)."""
+    print("\nstopped by Ctrl-C while loading: nothing was done", file=sys.stderr)
+    os._exit(130)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, stopped_while_loading)
 
 try:
     import fcntl  # POSIX; without it (Windows) the take folder is not locked
@@ -1049,7 +1061,7 @@ def main(argv=None):
 def take(args, numbers, out):
     """Follow a backing file: the stream, the files, the closing lines -> report."""
     backing = read_backing(args.backing, numbers)
-    output_folder(out, True, need_bytes=2 * 2 * 4 * len(backing))  # float wavs: solo and mix
+    output_folder(out, True, need_bytes=2 * 2 * len(backing) + 1e6)  # 16-bit solo and mix
     n_frames = len(backing) // numbers["hop"]
     stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
                         args.temperature, args.top_k, args.seed)
@@ -1087,8 +1099,24 @@ def take(args, numbers, out):
     return report
 
 
+def disk_line(err):
+    """One line for an OSError of a full disk or a folder one may not write, else None
+    (guard.disk_message, for a runner that stands alone)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full: could not write {err.filename or 'a file'}; free some space "
+                "(df -h) or choose another --out")
+    if err.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
+        return f"cannot write {err.filename or 'a file'} ({err.strerror}): choose another --out"
+    return None
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except KeyboardInterrupt:  # before the take began (loading): nothing was made, nothing written
         raise SystemExit("\nstopped by Ctrl-C before the take began: nothing was written") from None
+    except OSError as err:  # the machine's refusal, in one line; anything else keeps its traceback
+        if disk_line(err) is None:
+            raise
+        raise SystemExit(disk_line(err)) from None

@@ -389,12 +389,20 @@ def test_a_folder_trimmed_to_one_variant_runs_it(exported, bad_backings, tmp_pat
     report = R.main([str(folder), "--backing", str(bad_backings / "good.wav"), "--out", str(tmp_path / "o"),
                      "--no-pace", "--variant", "int8"])
     assert report["solo_frames"] > 0
+    # the trimmed folder plays what the whole one plays with its int8 graphs, code for code
+    def codes(where):
+        numbers = R.read_folder(where, ["int8"])
+        backing = R.read_backing(bad_backings / "good.wav", numbers)
+        stream = R.SoloStream(where, numbers, len(backing) // numbers["hop"], "int8", seed=3)
+        return R.follow(stream, R.Codec(where, numbers), backing, numbers, pace=False)[0]
+    assert np.array_equal(codes(folder), codes(exported[0]))
     with pytest.raises(SystemExit, match=r"encoder_step.int4.onnx is missing.*: int8\)"):
         R.main([str(folder), "--backing", str(bad_backings / "good.wav"), "--out", str(tmp_path / "p"),
                 "--variant", "int4"])
 
 
 def test_runner_says_when_a_wav_header_promises_more(exported, bad_backings, tmp_path, capsys):
-    R.main([str(exported[0]), "--backing", str(bad_backings / "short.wav"), "--out", str(tmp_path / "o"),
-            "--no-pace", "--variant", "fp32"])
+    report = R.main([str(exported[0]), "--backing", str(bad_backings / "short.wav"), "--out", str(tmp_path / "o"),
+                     "--no-pace", "--variant", "fp32"])
     assert "its header promises 10800.0 s, the file holds 3.0 s" in capsys.readouterr().out
+    assert report["seconds"] == pytest.approx(3.0, abs=0.1), "the take is the 3 s the file holds"
