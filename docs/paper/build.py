@@ -303,7 +303,9 @@ def main():
                     "numbers, every step exercised)")
     ap.add_argument("--quick-data", help="--quick: a demo dataset to use instead of building one")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    sys.path.insert(0, str(ROOT))
+    import guard  # a full disk or an unwritable --out: one line, as in every script
+    with guard.one_line_errors(), tempfile.TemporaryDirectory() as tmp:
         runs = quick_runs(Path(tmp), args.quick_data) if args.quick else Path(args.runs)
         pdf = build(runs, Path(args.out))
     print(f"wrote {pdf} (and its tables and numbers beside it)")
