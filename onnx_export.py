@@ -13,7 +13,7 @@ existing folder without --overwrite):
     *.int8.onnx, *.int4.onnx                          the same with 8-bit or 4-bit weights
     codec_encoder.onnx, codec_decoder.onnx           EnCodec for fixed windows of audio and codes
     runner.json                                      the runner's numbers, each graph's SHA-256
-    onnx_runner.py                                   the runner itself
+    onnx_runner.py, guard.py                         the runner itself, and its output checks
 
 The steps are model.SamplerState's encoder and decoder steps rewritten as pure
 functions; tests/test_onnx.py holds their logits, tokens and loss equal to PyTorch's.
@@ -348,7 +348,8 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     print("... and the codec, which carries its state from chunk to chunk")
     chunk = data.chunk_frames(cfg, numbers)
     export_codec(codec, mcfg.n_codebooks, chunk, numbers["hop"], folder)
-    shutil.copy(Path(__file__).with_name("onnx_runner.py"), folder / "onnx_runner.py")
+    for name in ("onnx_runner.py", "guard.py"):  # the runner and the one module it imports
+        shutil.copy(Path(__file__).with_name(name), folder / name)
     graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4")
               for step in ("encoder_step", "decoder_step")]
     graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
@@ -376,7 +377,8 @@ def export_onnx(model, codec, config, numbers, cfg, out):
     4-bit weights for the linear layers), codec_encoder.onnx (fixed window of context + chunk
     audio),
     codec_decoder.onnx (fixed window of frames), runner.json (the numbers the runner
-    needs and each graph's SHA-256), and onnx_runner.py itself: copy the folder to the
+    needs and each graph's SHA-256), and onnx_runner.py itself (with guard.py, the standard
+    library's only): copy the folder to the
     board, and it has everything.
     """
     if not model.cfg.causal_encoder:

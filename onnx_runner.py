@@ -29,33 +29,19 @@ This is the deployment; the lesson is model.StreamingSampler, which does the sam
 steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two equal.
 """
 import argparse
-import errno
 import hashlib
 import json
 import math
 import os
 import resource
-import shutil
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+import guard  # stdlib only: copied beside this file into the export (onnx_export.py)
 
-def stopped_while_loading(signum, frame):
-    """A Ctrl-C while numpy and ONNX Runtime load: one line and exit 130 (guard.quiet_ctrl_c)."""
-    print("\nstopped by Ctrl-C while loading: nothing was done", file=sys.stderr)
-    os._exit(130)
-
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, stopped_while_loading)
-
-try:
-    import fcntl  # POSIX; without it (Windows) the take folder is not locked
-except ImportError:  # pragma: no cover
-    fcntl = None
+guard.quiet_ctrl_c(__name__)  # a Ctrl-C while numpy and ONNX Runtime load: one line, exit 130
 
 try:  # the board holds only these three packages: a missing one is one line, not a traceback
     import numpy as np
@@ -944,9 +930,8 @@ def arguments(argv):
 
 def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json"),
                   need_bytes=0):
-    """--out as a folder to write into, checked before the take (guard.output_folder's
-    checks, for a runner that stands alone): not a file, no take replaced without
-    --overwrite, writable (a probe file), and `need_bytes` free."""
+    """--out as a folder to write into, checked before the take: not a file, no take
+    replaced without --overwrite, writable and with `need_bytes` free (guard.output_folder)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out} is a file: give a folder for "
@@ -955,55 +940,7 @@ def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json"),
     if clash and not overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}: "
                          "pass --overwrite or choose another --out")
-    home = out.absolute()
-    while not home.exists() and home != home.parent:
-        home = home.parent
-    probe = home / f".write_probe{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-    except OSError as err:
-        raise SystemExit(f"--out {out}: cannot write in {home} ({err.strerror}): choose a "
-                         "folder you can write to") from None
-    finally:
-        probe.unlink(missing_ok=True)
-    free = shutil.disk_usage(home).free
-    if free < need_bytes:
-        raise SystemExit(f"--out {out}: {home} has {free / 1e6:.0f} MB free, and the take "
-                         f"needs about {need_bytes / 1e6:.0f} MB: free some space or choose "
-                         "another folder")
-    return out
-
-
-class TakeLock:
-    """One runner at a time in a take folder (guard.FolderLock, standalone): a lock file
-    beside it, held with flock (released by the kernel however the process ends)."""
-
-    def __init__(self, out):
-        self.path = Path(out).absolute().parent / f".{Path(out).name}.lock"
-        self.out, self.fd = out, None
-
-    def __enter__(self):
-        if fcntl is None:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise SystemExit(f"{self.out} is in use by another onnx_runner.py (pid {pid}): "
-                             "wait for it to end, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+    return guard.output_folder(out, need_bytes)
 
 
 def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
@@ -1051,7 +988,7 @@ def main(argv=None):
         numbers["chunk_frames"] = max(1, round(args.chunk_ms * numbers["frame_rate"] / 1e3))
     taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())
     out = output_folder(args.out, args.overwrite, taken)
-    with TakeLock(out):
+    with guard.FolderLock(out, "onnx_runner.py"):
         if args.live:  # 16-bit wavs of the longest take: solo, mix and the band heard
             output_folder(out, True, taken, 3 * 2 * args.seconds * numbers["sample_rate"])
             return live(args, numbers, out)
@@ -1099,24 +1036,10 @@ def take(args, numbers, out):
     return report
 
 
-def disk_line(err):
-    """One line for an OSError of a full disk or a folder one may not write, else None
-    (guard.disk_message, for a runner that stands alone)."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"the disk is full: could not write {err.filename or 'a file'}; free some space "
-                "(df -h) or choose another --out")
-    if err.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
-        return f"cannot write {err.filename or 'a file'} ({err.strerror}): choose another --out"
-    return None
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    guard.loaded()
     try:
-        main()
+        with guard.one_line_errors("a shorter --seconds, or an export with --attn-window"):
+            main()
     except KeyboardInterrupt:  # before the take began (loading): nothing was made, nothing written
         raise SystemExit("\nstopped by Ctrl-C before the take began: nothing was written") from None
-    except OSError as err:  # the machine's refusal, in one line; anything else keeps its traceback
-        if disk_line(err) is None:
-            raise
-        raise SystemExit(disk_line(err)) from None

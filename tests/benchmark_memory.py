@@ -11,7 +11,6 @@ the larger presets); on a GPU the figure is the accelerator's, not measured here
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile

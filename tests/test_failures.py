@@ -128,15 +128,17 @@ def test_the_lock_is_released_by_kill_9(tmp_path):
         pass
 
 
-def test_a_second_generate_into_one_out_refuses(trained, tmp_path):
+def test_a_second_generate_into_one_out_refuses(trained, exported, tmp_path):
     out = tmp_path / "take"
     with guard.FolderLock(out, "generate.py"):
         with pytest.raises(SystemExit) as stop:
             G.main(gen_config(trained, out))
     assert "in use by another generate.py" in one_line(stop)
-    with R.TakeLock(out):
+    backing = tmp_path / "b.wav"
+    sf.write(backing, np.zeros(CODEC_RATE, np.float32), CODEC_RATE)
+    with guard.FolderLock(out, "onnx_runner.py"):
         with pytest.raises(SystemExit, match="in use by another onnx_runner.py"):
-            R.TakeLock(out).__enter__()
+            R.main([str(exported[0]), "--backing", str(backing), "--out", str(out), "--no-pace"])
 
 
 def test_outputs_are_checked_before_the_work(trained, exported, tmp_path, monkeypatch):
@@ -167,7 +169,7 @@ def test_too_little_disk_is_refused_before_the_work(trained, exported, tmp_path,
     assert not (tmp_path / "take").exists()
     backing = tmp_path / "b.wav"
     sf.write(backing, np.zeros(CODEC_RATE, np.float32), CODEC_RATE)
-    with pytest.raises(SystemExit, match="MB free, and the take needs about"):
+    with pytest.raises(SystemExit, match="MB free, and this will write about"):
         R.main([str(exported[0]), "--backing", str(backing), "--out", str(tmp_path / "t"), "--no-pace"])
 
 

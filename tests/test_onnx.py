@@ -36,7 +36,7 @@ def test_export_writes_a_complete_folder(exported):
     folder, model, *_ = exported
     numbers = R.read_folder(folder)
     names = {p.name for p in folder.iterdir()}
-    assert set(numbers["sha256"]) | {"runner.json", "onnx_runner.py"} == names, names
+    assert set(numbers["sha256"]) | {"runner.json", "onnx_runner.py", "guard.py"} == names, names
     assert numbers["attn_window"] == model.cfg.attn_window == 40 and numbers["n_codebooks"] == 4
     assert numbers["lookahead"] == model.cfg.lookahead == 0
     assert not list(folder.parent.glob(".*tmp*")), "the temporary export folder was left behind"

@@ -73,58 +73,50 @@ def test_a_bad_number_is_refused_in_one_line_or_runs(script, name, value, capsys
     assert not settings.out_of_range(f, getattr(result, name)), (script, name, value)
 
 
-@pytest.fixture(scope="module")
-def accepted_train(demo_dataset):
-    """The train.py settings the walk accepted, each to be run."""
-    return [(name, value) for script, name, value in CASES
-            if script == "train.py" and (script, name) not in BUDGETS
-            and name not in ("threads",) and value in ("0", "1e12", "-1")]
-
-
-def test_every_accepted_training_setting_trains_or_stops_in_one_line(demo_dataset, accepted_train,
-                                                                     tmp_path, capsys):
-    ran = 0
-    for name, value in accepted_train:
-        f = next(f for f in dataclasses.fields(T.TrainConfig) if f.name == name)
-        kind = settings.number_type(f)
-        try:
-            parsed = kind(float(value)) if kind is int else float(value)
-        except (ValueError, OverflowError):
+def accepted(script, skip=("threads",)):
+    """(field name, value) of the walk's values that the script's settings accept (finite,
+    in range), as a run would get them; budgets and the thread count left out."""
+    cls = SCRIPTS[script][0]
+    for f in numeric_fields(cls):
+        if f.name in skip or (script, f.name) in BUDGETS:
             continue
+        for value in VALUES:
+            kind = settings.number_type(f)
+            try:
+                parsed = kind(float(value)) if kind is int else float(value)
+            except (ValueError, OverflowError):
+                continue
+            if not settings.out_of_range(f, parsed):
+                yield f.name, parsed
+
+
+def runs_or_stops_in_one_line(run, cfg):
+    """1 when run(cfg) finished, 0 when it stopped in one line; anything else fails the test."""
+    try:
+        run(cfg)
+        return 1
+    except SystemExit as stop:
+        assert isinstance(stop.code, str) and "\n" not in stop.code, stop.code
+        return 0
+
+
+def test_every_accepted_training_setting_trains_or_stops_in_one_line(demo_dataset, tmp_path):
+    ran = 0
+    for name, value in accepted("train.py"):
         cfg = quick_train_config(demo_dataset[0], tmp_path / f"{name}{value}", max_steps=2, eval_every=2,
                                  save_every=2, eval_windows=2, page_sample_s=0, listen_test=False)
-        setattr(cfg, name, parsed)
-        if settings.out_of_range(f, parsed):
-            continue  # refused by the walk above
-        try:
-            T.train(cfg)
-            ran += 1
-        except SystemExit as stop:
-            assert isinstance(stop.code, str) and "\n" not in stop.code, (name, value, stop.code)
+        setattr(cfg, name, value)
+        ran += runs_or_stops_in_one_line(T.train, cfg)
     assert ran >= 8, f"only {ran} accepted settings trained"
 
 
 def test_every_accepted_sampling_setting_generates_or_stops_in_one_line(trained, tmp_path):
     ran = 0
-    for script, name, value in CASES:
-        if script != "generate.py" or name == "threads":
-            continue
-        f = next(f for f in dataclasses.fields(G.GenerateConfig) if f.name == name)
-        kind = settings.number_type(f)
-        try:
-            parsed = kind(float(value)) if kind is int else float(value)
-        except (ValueError, OverflowError):
-            continue
-        if settings.out_of_range(f, parsed):
-            continue
+    for name, value in accepted("generate.py"):
         cfg = G.GenerateConfig(checkpoint=str(trained[0] / "best"), out=str(tmp_path / f"{name}{value}"),
                                device="cpu", duration=1.0)
-        setattr(cfg, name, parsed)
-        try:
-            G.main(cfg)
-            ran += 1
-        except SystemExit as stop:
-            assert isinstance(stop.code, str) and "\n" not in stop.code, (name, value, stop.code)
+        setattr(cfg, name, value)
+        ran += runs_or_stops_in_one_line(G.main, cfg)
     assert ran >= 8, f"only {ran} accepted sampling settings generated"
 
 
