@@ -781,11 +781,9 @@ class Run:
 
 
 def setup_run(cfg):
-    """Settings checked, dataset, model, optimizer, data and evaluation set, resumed or new
-    -> Run."""
-    # Every check before anything is created: a typo leaves no empty run folder behind.
-    check_train_settings(cfg)
-    cfg.out = cfg.out or f"runs/{cfg.preset}"
+    """Dataset, model, optimizer, data and evaluation set, resumed or new -> Run. The
+    settings are checked (train() did it) and cfg.out is set, before anything is created:
+    a typo leaves no empty run folder behind."""
     out = guard.output_folder(cfg.out)
     refuse_to_overwrite(out, cfg)
     if cfg.resume:  # the run's own settings, from latest/config.json
