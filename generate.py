@@ -25,11 +25,8 @@ window after the first is prompted with the end of the previous one (the way
 MusicGen extends a piece), and the codec decodes in 10 s chunks, so any length works
 with bounded memory (3 minutes: 1.1 GB peak for decoding, python tests/benchmark_data.py).
 """
-import os
-import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -476,7 +473,7 @@ def generate(cfg, out):
               "solo_tokens": [token_stats(s.cpu().numpy(), numbers["card"]) for s in solo],
               "backing_tokens": token_stats(codes, numbers["card"]), "streaming": report,
               "true_solo_tokens": None if truth is None else token_stats(truth, numbers["card"])}
-    with staged(out) as stage:
+    with guard.staged(out) as stage:
         result["listening"] = listening_figures(cfg, config, model, codec, solo,
                                                 min(codes.shape[1], model.cfg.max_frames),
                                                 device, stage)
@@ -486,7 +483,7 @@ def generate(cfg, out):
 
 
 def write_take(stage, cfg, result, solos, solo, backing_audio, codec, truth, numbers):
-    """Every file of the take into the folder `stage` (generate() moves them into --out)."""
+    """Every file of the take into the folder `stage` (guard.staged moves them into --out)."""
     rate = numbers["sample_rate"]
     # Every wav goes through data.write_audio: finite, never past full scale, written
     # whole or not at all. The solo is level-matched to the backing (mix_audio), and the
@@ -502,25 +499,6 @@ def write_take(stage, cfg, result, solos, solo, backing_audio, codec, truth, num
     write_json(stage / "generation.json", result)
     true_files = None if truth is None else ("true_solo.wav", "true_mix.wav")
     generation_page(stage, result, takes, true_files)
-
-
-@contextmanager
-def staged(out):
-    """A hidden folder inside out for a take's files, moved into out once all are written
-    (renames: they take no space and cannot half-happen); removed whatever happens."""
-    stage = out / f".take.tmp{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
-        yield stage
-        for path in sorted(stage.rglob("*")):
-            target = out / path.relative_to(stage)
-            if path.is_dir():
-                target.mkdir(exist_ok=True)
-            else:
-                os.replace(path, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def require_causal(folder):

@@ -5,7 +5,8 @@ one process per output folder, and the failures a user can fix said in one line.
     with guard.one_line_errors():                  # a full disk: one line, not a traceback
         out = guard.output_folder(args.out, need_bytes=50e6)   # writable, space, not a file
         with guard.FolderLock(out, "generate.py"):  # a second generate.py into it refuses
-            ...                                     # the work, then the files, atomically
+            with guard.staged(out) as stage:        # the work's files, moved in when all done
+                ...
 
 The three failures below come from the machine, not from the code: a full disk, a
 folder the user may not write, memory that runs out. Each becomes one line naming the
@@ -80,6 +81,27 @@ def output_folder(out, need_bytes=0, flag="--out"):
                          f"write about {need_bytes / MB:.0f} MB: free some space or choose "
                          "another folder")
     return out
+
+
+@contextmanager
+def staged(out):
+    """A hidden folder inside out (created if missing) for a set of files, moved into out
+    once all are written: renames, which take no space and cannot half-happen. The folder
+    is removed whatever happens, so a failure leaves out as it was."""
+    out = Path(out)
+    stage = out / f".stage.tmp{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        for path in sorted(stage.rglob("*")):
+            target = out / path.relative_to(stage)
+            if path.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(path, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 class FolderLock:

@@ -25,7 +25,6 @@ runs (the test suite builds it this way).
 """
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent  # the repository: ablation.py, data.py
+sys.path.insert(0, str(ROOT))
+import guard  # noqa: E402 (the repository's, stdlib only): staged writes, one-line errors
 
 # The columns of each table: (key in ablation.py's table.json, heading, decimals).
 ABLATION_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3),
@@ -239,7 +240,7 @@ def build(runs, out):
     """Tables, numbers and figures from the runs folder, then the PDF -> its path.
 
     Every input is read and every part made in memory before a byte is written; the parts
-    and the PDF are then written to a folder beside --out and moved into it, so a bad
+    and the PDF are then written to a hidden folder in --out and moved in, so a bad
     table.json or a failed compile leaves the last build as it was."""
     import typst
     ablation = read_table(runs, "ablation", "python ablation.py")
@@ -262,21 +263,13 @@ def build(runs, out):
         raise SystemExit(f"{runs}: a table.json lacks what the draft reads ({type(err).__name__}: "
                          f"{err}): make the table again with ablation.py, or build with "
                          "--quick") from None
-    stage = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    with guard.staged(out) as stage:
         for name, text in parts.items():
             (stage / name).write_text(text)
         for name, path in copies.items():
             shutil.copy(path, stage / name)
         # paper.typ reads build/...: compiled from the copy beside the build folder's files
         typst.compile(str(stage / "paper.typ"), output=str(stage / "paper.pdf"), root=str(stage))
-        out.mkdir(parents=True, exist_ok=True)
-        for path in sorted(stage.iterdir()):
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     return out / "paper.pdf"
 
 
@@ -303,8 +296,6 @@ def main():
                     "numbers, every step exercised)")
     ap.add_argument("--quick-data", help="--quick: a demo dataset to use instead of building one")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    import guard  # a full disk or an unwritable --out: one line, as in every script
     with guard.one_line_errors(), tempfile.TemporaryDirectory() as tmp:
         runs = quick_runs(Path(tmp), args.quick_data) if args.quick else Path(args.runs)
         pdf = build(runs, Path(args.out))
