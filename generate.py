@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import guard  # first of the project's: a Ctrl-C while torch loads is one line
+from sax import guard  # first of the project's: a Ctrl-C while torch loads is one line
 
 guard.quiet_ctrl_c(__name__)
 
@@ -40,11 +40,19 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, unigram_entropy, write_audio, write_json
-from settings import check_settings, command_line, opt, parse_settings
-from listening import SAMPLING, generation_page, limited, listening_figures, mix_audio
-from model import (StreamingSampler, fetch_checkpoint, load_model, read_json, resolve_checkpoint,
-                   sample_solo)
+from sax.settings import check_settings, command_line, opt, parse_settings
+from sax.audio import CODEC_RATE, SkipSong, channels, load_audio, resample, write_audio
+from sax.codec import UNTRAINED_AUDIO, decode_codes, encode_audio, load_codec_for
+from sax.dataset import load_dataset, load_split, unigram_entropy
+from sax.files import atomic_write, write_json
+from sax.machine import DEVICES, check_install, pick_device, set_threads
+from sax.separation import load_separator, separate
+from sax.streaming_codec import StreamingDecoder, StreamingEncoder, chunk_frames
+from sax.checkpoints import fetch_checkpoint, load_model, read_json, resolve_checkpoint
+from sax.sampling import StreamingSampler, sample_solo
+from sax.audio import limited, mix_audio
+from sax.pages import generation_page, listening_figures
+from sax.sampling import SAMPLING
 
 
 @dataclass
@@ -103,24 +111,24 @@ def backing_tokens(cfg, config, codec, numbers, device):
         if not path.is_file():
             raise SystemExit(f"--backing {path}: no such file")
         try:
-            audio, rate = data.load_audio(path)
-        except data.SkipSong as why:
+            audio, rate = load_audio(path)
+        except SkipSong as why:
             raise SystemExit(f"--backing {path}: {why}") from None
         if audio.shape[1] < rate:
             raise SystemExit(f"--backing {path}: {audio.shape[1] / rate:.2f} "
                              "s long; give at least 1 s of backing")
         if cfg.separate:
-            separator = data.load_separator(cfg.demucs_model, cfg.demucs_repo)
+            separator = load_separator(cfg.demucs_model, cfg.demucs_repo)
             defaults = data.DataConfig()  # the same stem mapping as data.py's default
-            mono, _ = data.separate(separator, audio, rate, defaults.backing_sources,
+            mono, _ = separate(separator, audio, rate, defaults.backing_sources,
                                     defaults.solo_sources, device)
         else:
-            mono = data.resample(data.channels(audio, 1), rate, data.CODEC_RATE)[0]
+            mono = resample(channels(audio, 1), rate, CODEC_RATE)[0]
         if cfg.duration:
-            mono = mono[:int(cfg.duration * data.CODEC_RATE)]
-        return data.encode_audio(codec, mono).astype(np.int64), mono, str(path), None
+            mono = mono[:int(cfg.duration * CODEC_RATE)]
+        return encode_audio(codec, mono).astype(np.int64), mono, str(path), None
     data_dir = config["data"]["dir"]
-    meta = data.load_dataset(data_dir)
+    meta = load_dataset(data_dir)
     segments = meta["splits"]["val"]["segments"] or meta["splits"]["train"]["segments"]
     if not 0 <= cfg.from_val < len(segments):
         raise SystemExit(f"--from-val {cfg.from_val}: the dataset "
@@ -131,12 +139,12 @@ def backing_tokens(cfg, config, codec, numbers, device):
     end = seg["start"] + length
     codes, truth = (np.asarray(part[:, seg["start"]:min(end, seg["start"] + seg["length"])],
                                dtype=np.int64)
-                    for part in data.load_split(data_dir, split))
+                    for part in load_split(data_dir, split))
     # Named as training was given it (config["train"]["data"], e.g. data/demo): the page
     # shows no absolute path of the machine the checkpoint was trained on.
     given = config.get("train", {}).get("data", Path(data_dir).name)
     source = f"{given} {split} clip {cfg.from_val} (song {seg['song']})"
-    return codes, data.decode_codes(codec, codes), source, truth
+    return codes, decode_codes(codec, codes), source, truth
 
 
 def window_plan(T, W, stride):
@@ -224,18 +232,18 @@ def plot(png, backing_audio, solo_audio, solo_codes, rate, frame_rate, card, not
     if note:
         fig.suptitle(note, fontsize=9, color="tab:red")
     fig.tight_layout()
-    data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
+    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
 class CodecStream:
-    """The codec on a stream, its state carried from chunk to chunk (data.StreamingEncoder and
+    """The codec on a stream, its state carried from chunk to chunk (StreamingEncoder and
     StreamingDecoder, the modules onnx_export.py traces): encode(audio chunk) -> codes,
     decode(new solo frames of N solos) -> their audio."""
 
     def __init__(self, codec, n_solos):
         device = next(codec.parameters()).device
-        self.encoder, self.decoder = data.StreamingEncoder(codec), data.StreamingDecoder(codec)
+        self.encoder, self.decoder = StreamingEncoder(codec), StreamingDecoder(codec)
         self.enc_state = self.encoder.seanet.initial_state(device)   # zeros: silence before
         self.dec_state = [self.decoder.seanet.initial_state(device) for _ in range(n_solos)]
         self.device = device
@@ -293,7 +301,7 @@ def stream(model, codec, backing_audio, cfg, numbers):
     # at 75 Hz) after its backing. (3) Compute: codec encode, transformer, codec decode.
     # The report gives all three; real time needs (3) below the chunk's duration.
     hop, rate = numbers["hop"], numbers["sample_rate"]
-    chunk = data.chunk_frames(cfg, numbers) * hop                                  # in samples
+    chunk = chunk_frames(cfg, numbers) * hop                                  # in samples
     n_frames = len(backing_audio) // hop
     if n_frames * hop < chunk:
         raise SystemExit(f"the backing is {len(backing_audio) / rate * 1e3:.0f} ms "
@@ -408,7 +416,7 @@ def write_takes(out, cfg, solos, solo, backing_audio, numbers):
         if i == 0 and cfg.num_samples > 1:  # the first sample also under the plain names
             for plain, name in zip(("solo.wav", "mix.wav", "solo.png"), names):
                 copy = (out / name).read_bytes()
-                data.atomic_write(out / plain, lambda f, copy=copy: f.write(copy))
+                atomic_write(out / plain, lambda f, copy=copy: f.write(copy))
     return takes
 
 
@@ -427,14 +435,14 @@ def main(cfg):
     if clash and not cfg.overwrite:
         raise SystemExit(f"{out} already holds {', '.join(clash)}; "
                          "pass --overwrite or choose another --out")
-    data.set_threads(cfg.threads)
+    set_threads(cfg.threads)
     with guard.FolderLock(out, "generate.py"):
         return generate(cfg, out)
 
 
 def generate(cfg, out):
     """main()'s work, in a locked --out: load, sample, write the take."""
-    device = data.pick_device(cfg.device)
+    device = pick_device(cfg.device)
     # Checkpoint, then codec (checked against it), then the backing as tokens.
     folder = fetch_checkpoint(cfg.checkpoint)
     # --stream on a model that reads the whole backing at once cannot work: said from its
@@ -442,14 +450,14 @@ def generate(cfg, out):
     if cfg.stream:
         require_causal(folder)
     model, config = load_model(folder, device)
-    codec, numbers = data.load_codec_for(config, folder, cfg.encodec_weights, device)
+    codec, numbers = load_codec_for(config, folder, cfg.encodec_weights, device)
     codes, backing_audio, source, truth = backing_tokens(cfg, config, codec, numbers, device)
     seconds = codes.shape[1] / numbers["frame_rate"]
     # 16-bit wavs of every file in output_names, and about a megabyte for each picture
     guard.output_folder(out, need_bytes=len(output_names(cfg)) * (2 * len(backing_audio) + 1e6))
     print(f"checkpoint {folder} (step {config['step']}), backing: {source}, {seconds:.1f} s")
     if numbers["untrained"]:
-        print(f"NOTE: {data.UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
+        print(f"NOTE: {UNTRAINED_AUDIO}; judge it by the token metrics (docs/codec.md)")
     peak = float(np.abs(backing_audio).max()) if len(backing_audio) else 0.0
     if peak < 1e-4:  # below -80 dBFS: nothing for the model to follow
         print(f"NOTE: the backing is silent (peak {peak:.1e}): the model hears no band, so "
@@ -460,7 +468,7 @@ def generate(cfg, out):
     token_s = time.perf_counter() - t0
     t1 = time.perf_counter()  # decoding is timed apart: it is the codec's cost, not the model's
     # Streaming already decoded its audio chunk by chunk, as a live listener would hear it.
-    solos = streamed_audio or [data.decode_codes(codec, s.cpu().numpy()) for s in solo]
+    solos = streamed_audio or [decode_codes(codec, s.cpu().numpy()) for s in solo]
     decode_s = time.perf_counter() - t1
     # Real-time factor: seconds of audio per second of work; above 1 is faster than real time.
     result = {"settings": asdict(cfg), "command": command_line("generate.py", cfg),
@@ -485,14 +493,14 @@ def generate(cfg, out):
 def write_take(stage, cfg, result, solos, solo, backing_audio, codec, truth, numbers):
     """Every file of the take into the folder `stage` (guard.staged moves them into --out)."""
     rate = numbers["sample_rate"]
-    # Every wav goes through data.write_audio: finite, never past full scale, written
+    # Every wav goes through write_audio: finite, never past full scale, written
     # whole or not at all. The solo is level-matched to the backing (mix_audio), and the
     # backing limited like the two (a brickwalled master stays below full scale).
     write_audio(stage / "backing.wav", limited(backing_audio[:len(solos[0])]), rate)
     takes = write_takes(stage, cfg, solos, solo, backing_audio, numbers)
     # the recording's own solo over the same clip, decoded and levelled the same way
     if truth is not None:
-        true_mix, true_level = mix_audio(backing_audio, data.decode_codes(codec, truth))
+        true_mix, true_level = mix_audio(backing_audio, decode_codes(codec, truth))
         write_audio(stage / "true_solo.wav", true_level, rate)
         write_audio(stage / "true_mix.wav", true_mix, rate)
     # generation.json first, then the page drawn from the same dict: the two never disagree.
@@ -545,7 +553,7 @@ def print_result(out, result):
 if __name__ == "__main__":
     guard.loaded()
     settings = parse_settings(GenerateConfig, description=__doc__.split("\n\n")[0])
-    data.check_install(*(["demucs"] if settings.separate else []))
+    check_install(*(["demucs"] if settings.separate else []))
     try:
         with guard.one_line_errors("lower --num-samples, or give a shorter --duration"):
             main(settings)

@@ -22,18 +22,14 @@ another song's backing), and in the run folder (runs/<preset> by default):
 """
 import json
 import math
-import os
-import shutil
-import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-import guard  # first of the project's: a Ctrl-C while torch loads is one line
+from sax import guard  # first of the project's: a Ctrl-C while torch loads is one line
 
 guard.quiet_ctrl_c(__name__)
 
@@ -42,14 +38,20 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, overfitting, unigram_entropy, write_json
-from settings import check_settings, command_line, flag_of, non_default, opt, parse_settings
-from listening import (ListeningSet, RunPage, chord_targets, counting_listener, fit_probes,
-                       knows_the_notes, listening_masks, listening_test, listening_windows,
-                       pitch_targets)
-from model import (PRESETS, SoloTransformer, build_delay_pattern, load_model, load_weights,
-                   position_cross_entropy,
-                   preset_config, read_json, resolve_checkpoint, teacher_forcing)
+from model import PRESETS, SoloTransformer, preset_config
+from sax.checkpoints import push_to_hub, read_json, resolve_checkpoint, save_checkpoint
+from sax.dataset import HEARD_SINCE, Windows, load_dataset, unigram_entropy
+from sax.demo import DEMO_VERSION
+from sax.evaluation import (EvalSet, evaluate, evaluation_set, finish, overfitting, peak_flops,
+                            train_flops_per_window)
+from sax.files import atomic_write, log_metrics, read_metrics, write_json
+from sax.machine import DEVICES, check_install, pick_device, set_threads
+from sax.pages import plot_curves
+from sax.precision import choose_precision, scaled_step
+from sax.resume import Progress, StopSignal, refuse_to_overwrite, resume_run, resumed_settings
+from sax.settings import check_settings, command_line, opt, parse_settings
+from sax.dataset import chord_targets, knows_the_notes, pitch_targets
+from sax.pages import RunPage
 
 DEFAULT_DATA = "data/demo"
 # Bigger models want smaller steps: a wider layer sums more terms, so the same step
@@ -107,9 +109,6 @@ class TrainConfig:
     pitch_targets: str = opt("tracked", "--pitch-aux's notes: tracked in the solo's audio "
                                         "by data.py, or the demo corpus's truth",
                              ["tracked", "truth"])
-    pitch_first: bool = opt(False, "with --pitch-aux: the note first, then its codes; the "
-                                   "code heads read the pitch class, the true one in "
-                                   "training, one drawn from the pitch head when sampling")
     chord_aux: float = opt(0.3, "weight of the chord aid, an auxiliary loss: a head on the "
                                 "encoder names the band's pitch classes in each frame "
                                 "(0: off; 0.3: the seeds table of docs/phase3)",
@@ -141,327 +140,9 @@ class TrainConfig:
     hub_private: bool = opt(False, "create the Hub repo as private")
 
 
-# ----------------------------------------------------------------------------
-# Precision: which dtype each device gets
-# ----------------------------------------------------------------------------
-# | device                       | auto gives                                      |
-# | CUDA, compute capability 8+  | bf16 autocast (A100, H100, L4, RTX 30xx/40xx)   |
-# | CUDA, older (T4, V100)       | fp16 autocast + GradScaler                      |
-# | CPU                          | fp32 (bf16 works, but is slower on most CPUs)   |
-# bf16 has fp32's exponent range, so gradients neither overflow nor underflow and no
-# scaling is needed. fp16 has 5 exponent bits: small gradients underflow to zero
-# unless the loss is scaled up first (GradScaler), and the scale is taken back off
-# (unscale_) before clipping, so the clip threshold means what it says.
-# Why not trust torch.cuda.is_bf16_supported(): it says True on a T4, where bf16 is emulated
-# and slow.
-
-def choose_precision(requested, device_type, capability=None):
-    """-> (autocast dtype or None, use a GradScaler). capability: (major, minor) on CUDA.
-
-    A pure function of its arguments, so the table above is unit-tested on a CPU.
-    """
-    if requested == "auto":
-        requested = ("bf16" if capability[0] >= 8 else "fp16") if device_type == "cuda" else "fp32"
-    if requested == "fp16" and device_type != "cuda":
-        raise SystemExit("--dtype fp16 needs a CUDA GPU; on the CPU use --dtype bf16 or fp32")
-    return {"fp32": None, "bf16": torch.bfloat16,
-            "fp16": torch.float16}[requested], requested == "fp16"
-
-
-def scaled_step(model, optimizer, scaler, grad_clip):
-    """Unscale, clip, step. Returns (grad norm, whether the GradScaler skipped the step).
-
-    With the scaler disabled (fp32, bf16) every call here is a plain pass-through, so
-    the training loop has one code path for all precisions.
-    """
-    scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                          grad_clip if grad_clip > 0 else float("inf"))
-    scale_before = scaler.get_scale()
-    scaler.step(optimizer)  # skipped inside when a gradient is inf or nan ...
-    scaler.update()         # ... and then the scale is lowered: that is how we see it
-    return float(norm), scaler.is_enabled() and scaler.get_scale() < scale_before
-
-
-@torch.no_grad()
-def evaluate(model, backing, solo, other_backing, masks, batch, device, autocast):
-    """Validation cross-entropy per codebook, and the conditioning gain in nats: the
-    cross-entropy with another song's backing minus that with the clip's own, over all
-    frames, per codebook, and on each of `masks` ({name: frames [N, T] bool})."""
-    model.eval()
-    card, K = model.cfg.card, model.cfg.n_codebooks
-    # The frame masks in the delay pattern's layout: codebook k of frame t sits at step t + k.
-    delayed = {name: build_delay_pattern(m[:, None, :].expand(-1, K, -1).long(), 0)[0].bool()
-               for name, m in masks.items()}                                   # [N, K, S] each
-
-    def mean_ce(backings):
-        """{"all" and each mask: mean cross-entropy per codebook [K]}."""
-        # Averaged over real positions, not over batches: padded windows hold fewer
-        # real codes, and a plain mean of batch means would give them too much weight.
-        total = {name: torch.zeros(K) for name in ["all", *masks]}
-        count = {name: torch.zeros(K) for name in ["all", *masks]}
-        for i in range(0, len(solo), batch):
-            b, s = backings[i:i + batch].to(device), solo[i:i + batch].to(device)
-            target, dec_in = teacher_forcing(s, card)                          # [B, K, S] each
-            with autocast():
-                logits = model(b, dec_in)
-            ce, real = position_cross_entropy(logits, target, card)            # [B, K, S] each
-            ce, real = ce.cpu(), real.cpu()
-            for name in total:
-                keep = real if name == "all" else real & delayed[name][i:i + batch]
-                total[name] += (ce * keep).sum(dim=(0, 2))
-                count[name] += keep.sum(dim=(0, 2))
-        return {name: total[name] / count[name].clamp(min=1) for name in total}
-
-    own, other = mean_ce(backing), mean_ce(other_backing)
-    gain = {name: other[name] - own[name] for name in own}                     # [K] each
-    result = {"val_ce": float(own["all"].mean()), "val_ppl": float(own["all"].mean().exp()),
-              **{f"ce_q{k + 1}": float(own["all"][k]) for k in range(K)},
-              "cond_gain": float(gain["all"].mean()),
-              **{f"cond_gain_q{k + 1}": float(gain["all"][k]) for k in range(K)},
-              **{f"cond_gain_{name}": float(gain[name].mean()) for name in masks}}
-    model.train()
-    return result
-
-
-# ----------------------------------------------------------------------------
-# Checkpoints: a folder written whole, then renamed into place
-# ----------------------------------------------------------------------------
-
-def save_checkpoint(folder, model, optimizer, scaler, step, gen, cfg, meta, extra, history=None):
-    """config.json + model.safetensors + state.pt, atomically (a crash leaves the old folder).
-
-    history: tensors the run needs to resume exactly (recent losses, the overfitting
-    check's memory), stored in state.pt. Non-finite weights are refused: a checkpoint
-    folder only ever holds a state worth going back to.
-    """
-    bad = [name for name, p in model.state_dict().items()
-           if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
-        raise SystemExit(f"not saving {folder}: non-finite weights ({', '.join(bad[:3])}...); "
-                         "the checkpoint already there is kept")
-    # Three files must change together, and no file system renames three files at once.
-    # So the whole folder is written under a temporary name and swapped in with two
-    # renames; a crash between them leaves `.latest.old`, which resolve_checkpoint finds.
-    folder = Path(folder)
-    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write_folder(tmp, model, optimizer, scaler, step, gen, cfg, meta, extra, history)
-    except BaseException:  # a full disk, Ctrl-C twice: no half-written folder stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_folder(tmp, model, optimizer, scaler, step, gen, cfg, meta, extra, history):
-    """A checkpoint's three files into the folder tmp (save_checkpoint renames it)."""
-    from safetensors.torch import save_file
-    config = {"model": asdict(model.cfg), "train": asdict(cfg), "step": step,
-              "data": {"dir": str(Path(cfg.data).resolve()), "codec": meta["codec"],
-                       "demo": meta.get("demo", False),
-                       "songs": {k: len(v["songs"]) for k, v in meta["splits"].items()}}, **extra}
-    write_json(tmp / "config.json", config)
-    # The weights of the plain module: a compiled model's keys carry an "_orig_mod." prefix.
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    # Everything a resumed run needs to continue bit for bit: the optimizer's moments,
-    # the GradScaler's scale, and every random generator (dropout, data order).
-    # Only tensors, numbers and strings: loadable with torch.load(weights_only=True).
-    state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
-             "rng_torch": torch.get_rng_state(), "rng_data": gen.get_state(),
-             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-             **(history or {})}
-    torch.save(state, tmp / "state.pt")
-
-
-# ----------------------------------------------------------------------------
-# Phase 4: the Hugging Face Hub
-# ----------------------------------------------------------------------------
-
-def model_card(config, repo_id):
-    """README.md for the Hub: YAML metadata (license, tags, data, metrics) and how to use it.
-
-    The YAML block between the --- lines is what the Hub indexes: the license and tags
-    make the model findable, and model-index puts the validation metrics on its page.
-    Everything in the card comes from the checkpoint's own config.json, so the card
-    cannot claim what the checkpoint does not hold.
-    """
-    m, codec = config["model"], config["data"]["codec"]
-    metrics = {k: v for k, v in config.get("metrics", {}).items() if isinstance(v, (int, float))}
-    dataset = ("synthetic demo corpus (data.py)" if config["data"].get("demo")
-               else "user recordings (data.py)")
-    name = repo_id.split("/")[-1]
-    lines = [
-        "---", "license: mit", "library_name: pytorch", "pipeline_tag: audio-to-audio",
-        "tags: [audio, music, jazz, saxophone, encodec, music-generation]",
-        "model-index:", f"  - name: {name}", "    results:",
-        "      - task: {type: audio-to-audio}",
-        f"        dataset: {{name: {dataset}, type: custom}}",
-        "        metrics:",
-        *[f"          - {{type: {k}, name: {k}, value: {v:.4f}}}" for k, v in metrics.items()],
-        "---", "",
-        f"# {name}", "",
-        "An encoder-decoder transformer that hears a jazz backing track (as EnCodec tokens) "
-        "and writes a saxophone solo, trained with the jazz-sax-solo project's train.py.", "",
-        f"- architecture: {m['n_enc_layers']}+{m['n_dec_layers']} layers, d_model {m['d_model']}, "
-        f"{m['n_heads']} heads, causal encoder: {m['causal_encoder']}, "
-        f"lookahead: {m.get('lookahead', 0)} frames",
-        f"- codec: {codec['name']} at {codec['bandwidth_kbps']} kbps: {codec['n_codebooks']} "
-        f"codebooks of {codec['card']} codes, {codec['frame_rate']} frames per second"
-        + (" (UNTRAINED codec: its decoder ignores the codes, so the audio carries "
-           "nothing of the model; for testing the plumbing only)" if codec["untrained"] else ""),
-        f"- training data: {dataset}; trained for {config['step']} steps", "",
-        "## Metrics (validation split)", "", "| metric | value |", "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in metrics.items()], "",
-        "## Use", "", "```bash",
-        "pip install -r requirements.txt   # from the jazz-sax-solo project",
-        f"python generate.py --checkpoint {repo_id} --backing my_backing.wav", "```", "",
-    ]
-    return "\n".join(lines)
-
-
-def push_to_hub(folder, repo_id, private=False, api=None):
-    """Upload a checkpoint folder with its model card, as one commit. The token comes from
-    HF_TOKEN or `hf auth login`, read by the hub client itself: this code never sees or prints it.
-
-    Nothing is written before the upload has succeeded: the model card goes up from
-    memory, and is saved into the folder (README.md) only afterwards.
-    """
-    from huggingface_hub import CommitOperationAdd, HfApi
-    folder = resolve_checkpoint(folder)
-    config = read_json(folder / "config.json",
-                       f"a checkpoint folder: python train.py --push-only {folder}")
-    card = model_card(config, repo_id)
-    # state.pt (optimizer moments, RNG) is for resuming, not for users: not uploaded.
-    files = {"config.json": folder / "config.json",
-             "model.safetensors": folder / "model.safetensors",
-             "README.md": card.encode()}
-    codec_file = Path(config["data"]["dir"]) / "codec.safetensors"
-    # its codebooks are needed to decode
-    if config["data"]["codec"]["untrained"] and codec_file.exists():
-        files["codec.safetensors"] = codec_file
-    api = api or HfApi()  # tests pass a stand-in here, to stop at the client's boundary
-    try:
-        # exist_ok: re-uploads work
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.create_commit(repo_id=repo_id, repo_type="model",
-                          operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=(
-                                          content if isinstance(content, bytes) else str(content)))
-                                      for name, content in files.items()],
-                          commit_message=f"Upload checkpoint at step {config['step']}")
-    except Exception as err:  # offline, no token, no rights: the client raises many kinds
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(
-            f"Could not upload {folder} to {repo_id}: {why}\nNothing was uploaded and "
-            f"nothing was changed in {folder}. Ways out: (1) check the network; (2) "
-            "log in with `hf auth login`, or set HF_TOKEN to a token with write "
-            "access (huggingface.co/settings/tokens); (3) upload later without "
-            f"training: python train.py --push-only {folder} --push-to-hub {repo_id}") from None
-    data.atomic_write(folder / "README.md", lambda f: f.write(card), mode="w")
-    print(f"uploaded {folder} to https://huggingface.co/{repo_id}")
-
-
-# ----------------------------------------------------------------------------
-# The loss curve
-# ----------------------------------------------------------------------------
-
-def plot_curves(metrics_file, png, baseline=None, note=""):
-    """loss.png from metrics.jsonl: train and validation loss above (with the unigram
-    baseline and the best checkpoint marked), conditioning gains below.
-
-    Drawn from the file, not from memory, so a resumed run's plot shows the whole run.
-    note: a line printed on the figure (e.g. that the codec was untrained).
-    """
-    import matplotlib
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
-    rows = data.read_metrics(metrics_file)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [r for r in rows if "val_ce" in r]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
-    if train:
-        steps, losses = zip(*train)
-        # Per-step losses jump with each random batch; a 10-step mean shows the trend.
-        smooth = np.convolve(losses, np.ones(10) / 10,
-                             mode="valid") if len(losses) >= 10 else losses
-        ax1.plot(steps[len(steps) - len(smooth):], smooth, label="train (10-step mean)")
-    if baseline is not None:
-        ax1.axhline(baseline, color="gray", ls="--", lw=1, label=f"unigram baseline {baseline:.2f}")
-    if evals:
-        steps = [r["step"] for r in evals]
-        ax1.plot(steps, [r["val_ce"] for r in evals], "o-", label="validation")
-        best = min(evals, key=lambda r: r["val_ce"])
-        ax1.plot(best["step"], best["val_ce"], "*", ms=16, color="tab:red",
-                 label=f"best checkpoint (step {best['step']}, {best['val_ce']:.3f})")
-        for key, label in (("cond_gain", "all frames"), ("cond_gain_start",
-                                                         "first second of a window"),
-                           ("cond_gain_kicks", "the band's kicks (demo truth)")):
-            if key in evals[0]:
-                ax2.plot(steps, [r.get(key, float("nan")) for r in evals], "o-", label=label)
-        ax2.legend(fontsize=8)
-    ax1.set_ylabel("cross-entropy (nats)")
-    ax1.legend(fontsize=8)
-    ax2.axhline(0, color="gray", lw=0.5)
-    ax2.set_ylabel("conditioning gain (nats)\n(another song's backing - own)")
-    ax2.set_xlabel("step")
-    if note:
-        fig.suptitle(note, fontsize=9, color="tab:red")
-    fig.tight_layout()
-    data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------
-
-def peak_flops(device):
-    """Dense bf16/fp16 tensor-core peak of the GPU, for MFU (None when unknown).
-
-    MFU (model FLOPs utilisation) is the share of the GPU's peak that the model's own
-    arithmetic uses (train_flops_per_window), divided by the step time and the peak.
-    30-50% is good for a model this size; a few percent means the GPU waits on
-    something else. Peaks are the vendors' dense (no sparsity) tensor-core figures.
-    """
-    name = torch.cuda.get_device_name(device)
-    for key, peak in [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
-                      ("L4", 121e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12),
-                      ("V100", 125e12), ("T4", 65e12)]:
-        if key in name:
-            return peak
-    return None
-
-
-def train_flops_per_window(model, T):
-    """Training FLOPs (forward + backward) of one window of T frames, counted as in
-    PaLM's appendix B (Chowdhery et al. 2022; docs/references.bib).
-
-    6 per parameter per position it is applied at (2 forward, 4 backward), counting
-    only the parameters that do matmuls: an embedding table is a lookup, not a matmul,
-    and in the tiny preset the two tables hold 41% of the parameters. Encoder weights
-    act on T frames, decoder weights (with the heads and the aligned path) on
-    S = T + K - 1 steps. Plus attention's own two matmuls, 12 x d_model FLOPs per
-    query-key pair (forward and backward): T x T in the encoder, S x S and S x T in
-    the decoder. Masked pairs are counted too, as PaLM does.
-    """
-    cfg = model.cfg
-    S = T + cfg.n_codebooks - 1
-    counts = {"enc": 0, "dec": 0}
-    for name, p in model.named_parameters():
-        if "emb" not in name:
-            counts["enc" if name.startswith(("encoder.", "enc_")) else "dec"] += p.numel()
-    attention_pairs = cfg.n_enc_layers * T * T + cfg.n_dec_layers * (S * S + S * T)
-    return 6 * (counts["enc"] * T + counts["dec"] * S) + 12 * cfg.d_model * attention_pairs
-
-
 def heard_wanted(cfg):
     """What the training aids read that data.py heard beside the tokens (the dataset must
-    be of a format that stores it, data.HEARD_SINCE): "notes" for --pitch-aux on the
+    be of a format that stores it, HEARD_SINCE): "notes" for --pitch-aux on the
     tracked notes, "chroma" for --chord-aux on the heard chroma (the default targets)."""
     return ([name for name, on in (("notes", cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"),
                                    ("chroma", cfg.chord_aux > 0 and cfg.chord_targets == "heard"))
@@ -471,7 +152,7 @@ def heard_wanted(cfg):
 def missing_heard(cfg, meta):
     """Of heard_wanted(cfg), what the dataset of `meta` was built too early to store."""
     return [name for name in heard_wanted(cfg)
-            if meta.get("format", 1) < data.HEARD_SINCE[name]]
+            if meta.get("format", 1) < HEARD_SINCE[name]]
 
 
 def ensure_dataset(cfg):
@@ -483,14 +164,14 @@ def ensure_dataset(cfg):
     meta_file = Path(cfg.data) / "meta.json"
     stale = not meta_file.exists()
     if not stale:  # another version of the demo corpus, or one without what the aids read
-        built = data.load_dataset(cfg.data)
-        stale = built.get("demo") != data.DEMO_VERSION or bool(missing_heard(cfg, built))
+        built = load_dataset(cfg.data)
+        stale = built.get("demo") != DEMO_VERSION or bool(missing_heard(cfg, built))
     if cfg.data == DEFAULT_DATA and stale:
-        print(f"no dataset of the current demo corpus (version {data.DEMO_VERSION}) "
+        print(f"no dataset of the current demo corpus (version {DEMO_VERSION}) "
               f"in {cfg.data}: building it first (python data.py does the same)")
         # overwrite: an older version of the demo corpus is replaced, as said above
         data.build_dataset(data.DataConfig(out=cfg.data, device=cfg.device, overwrite=True))
-    return data.load_dataset(cfg.data)
+    return load_dataset(cfg.data)
 
 
 def check_train_settings(cfg):
@@ -512,13 +193,6 @@ def check_train_settings(cfg):
     if cfg.lookahead_ms and not cfg.causal_encoder:
         raise SystemExit(f"--lookahead-ms {cfg.lookahead_ms:g}: only with --causal-encoder "
                          "(an offline model hears the whole backing anyway)")
-    if cfg.pitch_first and not cfg.pitch_aux:
-        raise SystemExit("--pitch-first draws each note from the pitch head, which only "
-                         "--pitch-aux trains: give it a weight, e.g. --pitch-aux 1")
-    if cfg.pitch_first and cfg.causal_encoder:
-        raise SystemExit("--pitch-first with --causal-encoder: streaming and the board's "
-                         "runner do not draw notes yet; train the streaming model without "
-                         "--pitch-first")
     if cfg.resume and cfg.overwrite:
         raise SystemExit("--resume continues the run in --out and "
                          "--overwrite replaces it: choose one")
@@ -539,81 +213,7 @@ def check_against_data(cfg, meta):
     if cfg.attn_window is not None and cfg.attn_window < numbers["n_codebooks"]:
         raise SystemExit(f"--attn-window {cfg.attn_window}: at least the "
                          f"{numbers['n_codebooks']} codebooks, or the last steps of "
-                         "a window read no backing frame (model.check_backing_reach)")
-
-
-def refuse_to_overwrite(out, cfg):
-    """A new run never replaces an old one's checkpoints and metrics without --overwrite."""
-    held = [name for name in ("latest", "best",
-                              "metrics.jsonl") if resolve_checkpoint(out / name).exists()]
-    if cfg.overwrite or not held:
-        return
-    if "latest" not in held:  # stopped before its first save of latest/: nothing to resume
-        raise SystemExit(f"{out} holds a run stopped before its first save ({', '.join(held)}, "
-                         "no latest/): --overwrite starts it again, or choose another --out")
-    if not cfg.resume:
-        raise SystemExit(f"{out} already holds a run ({', '.join(held)}): --resume continues "
-                         "it, --overwrite starts over in its place, or choose another --out")
-
-
-# A resumed run is the run it resumes: its settings come from latest/config.json. Its
-# budgets may change on --resume, when given, and are said (how long it runs, what it
-# reports; and the learning rate, the one optimizer setting allowed: a lower --lr from
-# the last good checkpoint is the way back from a diverged run, docs/troubleshooting.md);
-# where it runs comes from the command. A flag given for any other setting (the model,
-# the data, the rest of the optimizer, the seed) is refused, with both values.
-BUDGETS = ("max_steps", "eval_every", "save_every", "eval_windows", "page_sample_s",
-           "listen_test", "lr")
-WHERE = ("device", "threads", "compile", "push_to_hub", "push_only", "hub_private", "out",
-         "resume", "overwrite")
-
-
-def resumed_settings(cfg, folder):
-    """cfg with the settings of the run in folder (latest/config.json): the budgets cfg
-    gives (said when they change) and where it runs are this command's, the rest the run's.
-    A flag that differs from its default and from the run's value is refused with its name
-    and both values. A flag at its default reads as not given."""
-    stored = read_json(resolve_checkpoint(folder) / "config.json",
-                       "a checkpoint written by train.py; start again with --overwrite")
-    stored = stored.get("train")
-    if not isinstance(stored, dict):
-        raise SystemExit(f"{folder}/config.json holds no \"train\" settings: not a checkpoint "
-                         "of train.py; start again with --overwrite")
-    given, own = non_default(cfg), {f.name: f for f in fields(cfg)}
-    clash = [(own[name], stored[name], value) for name, value in given.items()
-             if name in stored and name not in BUDGETS + WHERE and stored[name] != value]
-    if clash:
-        said = "; ".join(f"{flag_of(f)} {new} (the run's: {old})" for f, old, new in clash)
-        budgets = ", ".join(flag_of(own[name]) for name in BUDGETS)
-        raise SystemExit(f"--resume: {said}. A resumed run keeps its own settings "
-                         f"({folder}/config.json); only {budgets} and where it runs may "
-                         "change. Drop the flag, or start a new run with another --out")
-    for name in BUDGETS:
-        if name in given and name in stored and stored[name] != given[name]:
-            print(f"--resume: {flag_of(own[name])} {given[name]} (the run had {stored[name]})")
-    kept = {name: value for name, value in stored.items() if name in own
-            and name not in WHERE and not (name in BUDGETS and name in given)}
-    resumed = replace(cfg, **kept)
-    check_train_settings(resumed)  # an edited config.json is one line too
-    return resumed
-
-
-@dataclass
-class Progress:
-    """What a run has done so far: everything a checkpoint must hold besides weights,
-    optimizer and random states, for a resumed run to carry on exactly."""
-    step: int = 0                 # optimizer steps taken (metrics.jsonl counts from 1)
-    best_val: float = float("inf")
-    skipped: int = 0              # steps the fp16 GradScaler skipped
-    # losses of the last eval_every steps: train_loss at an evaluation
-    recent: list = field(default_factory=list)
-    # (train_loss, val_ce) at each evaluation: the overfitting check
-    history: list = field(default_factory=list)
-
-    def tensors(self):
-        """The two lists as tensors, for state.pt (loadable with weights_only=True)."""
-        return {"recent_losses": torch.tensor(self.recent, dtype=torch.float64),
-                "val_history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 2)}
+                         "a window read no backing frame (sax.sampling.check_backing_reach)")
 
 
 def lr_at(step, cfg, peak_lr):
@@ -647,85 +247,6 @@ def make_optimizer(model, cfg, peak_lr, device):
     return torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-@dataclass
-class EvalSet:
-    """The fixed evaluation data, built once: windows of the validation songs, and for
-    each the backing of another song (the conditioning gain compares the two)."""
-    backing: torch.Tensor        # [N, K, T]
-    solo: torch.Tensor           # [N, K, T]
-    other: torch.Tensor          # [N, K, T]: another song's backing for each window
-    masks: dict                  # {name: [N, T] bool}: frames of the listening metrics
-    listening: Optional[ListeningSet]  # the same windows with the demo band's truth, or None
-
-
-def evaluation_set(cfg, meta, T):
-    """EvalSet of the validation split (the training split when there is none, with a warning)."""
-    if not meta["splits"]["val"]["segments"]:
-        print("WARNING: the dataset has no validation songs; "
-              "evaluating on training songs (add recordings)")
-    backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T,
-                                                                cfg.eval_windows)
-    return EvalSet(backing, solo, other, listening_masks(meta, where, T,
-                                                         meta["codec"]["frame_rate"]),
-                   ListeningSet.of(meta, where, backing, solo, other, other_solo))
-
-
-def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
-    """Load latest/ into the model, optimizer, scaler and random generators -> Progress.
-
-    Refuses a finished run (step >= max_steps) before changing anything.
-    """
-    ckpt = resolve_checkpoint(folder)
-    if not ckpt.exists():
-        raise SystemExit(f"--resume: no checkpoint in {folder}; start without --resume")
-    state = load_state(ckpt / "state.pt")
-    if state["step"] >= cfg.max_steps:
-        raise SystemExit(f"{ckpt} is at step {state['step']}: this run is finished "
-                         f"(--max-steps {cfg.max_steps}), and nothing was changed. To train "
-                         "on, resume with a larger --max-steps (the cosine schedule then "
-                         "stretches to the new end), or start a new run with another --out.")
-    config = read_json(ckpt / "config.json",
-                       "a checkpoint written by train.py; start without --resume")
-    load_weights(model, ckpt, device)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng_torch"])
-    gen.set_state(state["rng_data"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    print(f"resumed from {ckpt} at step {state['step']}")
-    return Progress(step=state["step"], best_val=config.get("best_val", float("inf")),
-                    skipped=config.get("skipped_steps", 0),
-                    recent=state.get("recent_losses", torch.zeros(0)).tolist(),
-                    history=[tuple(row) for row in state.get("val_history",
-                                                             torch.zeros(0, 2)).tolist()])
-
-
-def load_state(path):
-    """state.pt (the optimizer and random states), or one line when it is missing or damaged."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SystemExit(f"{path} not found: the checkpoint folder is incomplete; resume from a "
-                         "whole copy, or start again with --overwrite") from None
-    except Exception as err:  # cut short, empty, or not torch.save's: torch names no file
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise SystemExit(f"{path} is damaged ({why}): resume from a whole copy of the run, "
-                         "or start again with --overwrite") from None
-    if not isinstance(state, dict) or not {"optimizer", "step", "rng_torch"} <= set(state):
-        raise SystemExit(f"{path} is not a state.pt written by train.py: resume from a whole "
-                         "copy of the run, or start again with --overwrite")
-    return state
-
-
-def log_metrics(metrics_file, row):
-    """Append one row to metrics.jsonl. JSON lines: one object per line, appended as
-    training goes; any tool (pandas, jq, a spreadsheet) reads it, and a crash loses at
-    most the line being written."""
-    with open(metrics_file, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 # ----------------------------------------------------------------------------
 # The run: set up once, then step, evaluate and save until max_steps
 # ----------------------------------------------------------------------------
@@ -749,7 +270,7 @@ class Run:
     amp_dtype: Optional[torch.dtype]  # autocast's dtype, None for fp32
     peak_lr: float
     gen: torch.Generator         # data order and condition dropout (saved in checkpoints)
-    train_w: data.Windows
+    train_w: Windows
     evals: EvalSet
     baseline: list               # unigram cross-entropy per codebook: what "learned nothing" scores
     progress: Progress
@@ -788,8 +309,9 @@ def setup_run(cfg):
     refuse_to_overwrite(out, cfg)
     if cfg.resume:  # the run's own settings, from latest/config.json
         cfg = resumed_settings(cfg, out / "latest")
-    device = data.pick_device(cfg.device)
-    data.set_threads(cfg.threads)
+        check_train_settings(cfg)  # an edited config.json is one line too
+    device = pick_device(cfg.device)
+    set_threads(cfg.threads)
     # The order below is part of the result: the seed comes before the model, so its
     # initial weights repeat; nothing else draws from torch's generator in between.
     torch.manual_seed(cfg.seed)
@@ -823,7 +345,7 @@ def setup_run(cfg):
     # Its own generator for the data order and the condition dropout: the checkpoint
     # saves its state, so a resumed run draws the batches the whole run would have.
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_w = data.Windows(cfg.data, "train", meta, T)
+    train_w = Windows(cfg.data, "train", meta, T)
     evals = evaluation_set(cfg, meta, T)
     baseline = unigram_entropy(train_w.solo, meta["codec"]["card"])
     progress = start_or_resume(out, model, optimizer, scaler, gen, cfg, device)
@@ -848,7 +370,7 @@ def model_config(cfg, numbers, T):
                          lookahead=round(cfg.lookahead_ms * numbers["frame_rate"] / 1e3),
                          attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
                          aligned_backing=cfg.aligned_backing, pitch_head=cfg.pitch_aux > 0,
-                         pitch_first=cfg.pitch_first, chord_head=cfg.chord_aux > 0,
+                         chord_head=cfg.chord_aux > 0,
                          **dropout, **depth, **width)
 
 
@@ -861,9 +383,9 @@ def start_or_resume(out, model, optimizer, scaler, gen, cfg, device):
         return Progress()
     progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device)
     if metrics_file.exists():  # lines logged after the checkpoint will be logged again: drop them
-        keep = "".join(json.dumps(row) + "\n" for row in data.read_metrics(metrics_file)
+        keep = "".join(json.dumps(row) + "\n" for row in read_metrics(metrics_file)
                        if row["step"] <= progress.step)
-        data.atomic_write(metrics_file, lambda f: f.write(keep), mode="w")
+        atomic_write(metrics_file, lambda f: f.write(keep), mode="w")
     return progress
 
 
@@ -999,34 +521,6 @@ def evaluate_and_save(run):
     run.page.write(run.metrics_file)
 
 
-class StopSignal:
-    """Ctrl-C during training, deferred to the end of the step under way.
-
-    A step cut in the middle leaves the data generator moved, gradients half summed, or
-    the optimizer stepped with the step counter not yet moved: a checkpoint of that
-    moment does not resume to the same run. So the first Ctrl-C only raises a flag,
-    which the loop reads between steps; a second one stops at once (latest/ then holds
-    the last scheduled save).
-    """
-
-    def __enter__(self):
-        self.requested, self.previous = False, None
-        # signals reach the main thread only
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.note)
-        return self
-
-    def note(self, signum, frame):
-        self.requested = True
-        # the second Ctrl-C is a KeyboardInterrupt
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        tqdm.write("Ctrl-C: finishing this step, then saving latest/ (Ctrl-C again stops at once)")
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-
 def train(cfg):
     """The whole run; returns the summary dict (also written to summary.json).
 
@@ -1072,65 +566,10 @@ def train_loop(run):
     return finish(run)
 
 
-def finish(run):
-    """The summary: last and best metrics, and the listening test of best/ on the demo corpus."""
-    cfg, progress, last = run.cfg, run.progress, run.last
-    history = progress.history
-    summary = {"steps": progress.step, "best_val_ce": progress.best_val,
-               "unigram_baseline": float(np.mean(run.baseline)), "skipped_steps": progress.skipped,
-               # how many evaluations printed the overfitting warning
-               "overfitting_warnings": sum(overfitting(history[:i + 1])
-                                           for i in range(len(history))),
-               **last}
-    best_dir = resolve_checkpoint(run.out / "best")
-    if best_dir.exists():
-        summary["best"] = read_json(best_dir / "config.json", "a checkpoint").get("metrics", {})
-        if cfg.listen_test and run.evals.listening is not None:
-            # Solos written by the best checkpoint (loaded beside the live model, which
-            # stays as training left it), scored against the demo band's kicks and chords.
-            best_model, _ = load_model(best_dir, run.device)
-            # the run page's probes when it has them (the same deterministic fit), else fitted now
-            probes = run.page.probes if run.page.probes is not None else fit_probes(
-                cfg.data, run.meta, run.T)
-            summary["best"].update(listening_test(best_model, run.evals.listening, probes,
-                                                  cfg.batch_size, run.device, seed=cfg.seed))
-            summary["best"].update(counting_listener(probes, run.evals.listening))
-    write_json(run.out / "summary.json", summary)
-    report(run, summary)
-    return summary
-
-
-def report(run, summary):
-    """The closing lines: where the run ended, how it listens, what to run next."""
-    best, last, baseline = summary.get("best", {}), run.last, np.mean(run.baseline)
-    print(f"done: {summary['steps']} steps. validation cross-entropy {last['val_ce']:.3f} nats "
-          f"(best {summary['best_val_ce']:.3f}) against the unigram baseline {baseline:.3f}; "
-          f"conditioning gain {last['cond_gain']:+.3f} nats (at the best checkpoint "
-          f"{best.get('cond_gain', last['cond_gain']):+.3f}). Best checkpoint: {run.out / 'best'}.")
-    if "kick_auc_own" in best:
-        print(f"listening test (best checkpoint, {len(run.evals.backing)} validation windows; "
-              "generated over the own band / over another song's; the true lead over its "
-              "own band / another's):")
-        for metric, label, kind in (("kick_auc", "kick AUC", "rhythm"),
-                                    ("note_in_chord", "note-in-chord", "harmony")):
-            print(f"  {label:14s} {best[metric + '_own']:.3f} / "
-                  f"{best[metric + '_mismatched']:.3f}   true lead {best[metric + '_true']:.3f} / "
-                  f"{best[metric + '_true_mismatched']:.3f}   plays with the band "
-                  f"({kind}) {best['plays_with_band_' + kind]:.2f} (1: as the real lead, 0: deaf)")
-        counted = best["note_in_chord_counted_own"], best["note_in_chord_counted_mismatched"]
-        print(f"  {'':14s} the lead's notes counted from the band's codes alone "
-              f"{counted[0]:.3f} / {counted[1]:.3f} (listening.counting_listener: how much "
-              "harmony the backing's tokens hold)")
-    print(f"Listen: python generate.py --checkpoint {run.out / 'best'}")
-    if run.meta["codec"]["untrained"]:
-        print("NOTE: this dataset used the UNTRAINED codec: the "
-              f"metrics are real, but {data.UNTRAINED_AUDIO}.")
-
-
 if __name__ == "__main__":
     guard.loaded()
     config = parse_settings(TrainConfig, description=__doc__.split("\n\n")[0])
-    data.check_install()
+    check_install()
     if config.push_only:
         if not config.push_to_hub:
             raise SystemExit("--push-only needs --push-to-hub user/name")

@@ -38,8 +38,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import SoloTransformer, StreamingSampler, sample_solo, sample_solo_plain, preset_config  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "deploy")]  # the spine scripts and sax/; onnx_export.py
+from model import SoloTransformer, preset_config
+from sax.codec import codec_info, load_codec
+from sax.files import write_json
+from sax.sampling import StreamingSampler, sample_solo, sample_solo_plain
 
 
 def timed(fn):
@@ -72,7 +76,6 @@ def onnx_streaming(model, backing, top_k, rate, figures):
     """The causal model exported, stepped by onnx_runner on one thread, fp32, int8 and int4;
     then the whole runner on a 10 s backing in its own process (real time, peak memory).
     Their figures go into `figures`; returns the fastest step's frames per second."""
-    import data
     import onnx_export
     import onnx_runner
     T = backing.size(-1)
@@ -80,8 +83,8 @@ def onnx_streaming(model, backing, top_k, rate, figures):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
-        codec = data.load_codec("untrained", 3.0, "cpu")   # random weights: the codec's cost, not its sound
-        numbers = data.codec_info(codec, "untrained")
+        codec = load_codec("untrained", 3.0, "cpu")   # random weights: the codec's cost, not its sound
+        numbers = codec_info(codec, "untrained")
         onnx_export.write_onnx_folder(model, codec, {"step": 0}, numbers,
                                    onnx_export.ExportConfig(checkpoint="(random weights)"), tmp)
         runner = onnx_runner.read_folder(tmp)
@@ -233,8 +236,7 @@ def main():
             fig[f"train_step_ms_{impl}"] = ms
             print(f"  train step (B=1, T={T}), {impl:6s} attention: {ms:7.1f} ms")
     if args.json:
-        import data
-        data.write_json(args.json, figures)
+        write_json(args.json, figures)
         print(f"wrote {args.json}")
 
 

@@ -7,7 +7,7 @@ Prints, side by side in one run (the machine is shared: compare within a run):
   1. the codec graphs per chunk (encode the chunk + decode its frames), p50 and p99, for
      40 and 80 ms chunks: the fixed windows of before (each chunk encoded with 200 ms of
      the audio before it, each decode in a window of context + chunk frames) against the
-     graphs that carry their state (data.StreamingEncoder and StreamingDecoder, what
+     graphs that carry their state (StreamingEncoder and StreamingDecoder, what
      onnx_export.py writes now), in fp32 and with ONNX Runtime's dynamic int8 weights;
      and how many codes each way shares with a whole-file encode, the int8 graphs with
      the fp32 ones;
@@ -29,11 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import data  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "deploy")]  # the spine scripts and sax/; onnx_export.py
 import onnx_export  # noqa: E402
 import onnx_runner  # noqa: E402
 from model import SoloTransformer, preset_config  # noqa: E402
+from sax.codec import codec_info, encode_audio, fill_untrained_codebooks, load_codec
+from sax.demo import render_demo_song
+from sax.files import write_json
 
 CONTEXT_FRAMES = 15  # the 200 ms of audio each chunk re-read before the state was carried
 
@@ -64,7 +67,7 @@ def codec_per_chunk(codec, tmp, band, hop):
     import logging
     from onnxruntime.quantization import QuantType, quantize_dynamic
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice to pre-process first
-    whole = data.encode_audio(codec, band).astype(np.int64)
+    whole = encode_audio(codec, band).astype(np.int64)
     n, figures = len(band) // hop, {}
     for chunk in (3, 6):  # 40 and 80 ms at 75 Hz
         folder = tmp / f"chunk{chunk}"
@@ -125,7 +128,7 @@ def runners(presets, tmp, hop):
     """Section 2: the whole runner, 10 s backing, per preset, variant and chunk."""
     backing = tmp / "backing.wav"
     import soundfile as sf
-    sf.write(backing, data.render_demo_song(71, 10.0, seed=0)[0].astype(np.float32), 24000)
+    sf.write(backing, render_demo_song(71, 10.0, seed=0)[0].astype(np.float32), 24000)
     figures = {}
     for name in presets:
         torch.manual_seed(0)
@@ -134,8 +137,8 @@ def runners(presets, tmp, hop):
             folder = tmp / f"{name}{chunk_ms}"
             folder.mkdir()
             torch.manual_seed(0)
-            codec = data.load_codec("untrained", 3.0, "cpu")
-            numbers = data.codec_info(codec, "untrained")
+            codec = load_codec("untrained", 3.0, "cpu")
+            numbers = codec_info(codec, "untrained")
             onnx_export.write_onnx_folder(model, codec, {"step": 0}, numbers,
                                           onnx_export.ExportConfig(checkpoint="(random weights)",
                                                                    chunk_ms=chunk_ms), folder)
@@ -164,13 +167,13 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    codec = data.load_codec("untrained", 3.0, "cpu").eval()
-    band = data.render_demo_song(71, 10.0, seed=0)[0].astype(np.float32)
-    data.fill_untrained_codebooks(codec, band, 0)  # as data.py does: codes that vary
+    codec = load_codec("untrained", 3.0, "cpu").eval()
+    band = render_demo_song(71, 10.0, seed=0)[0].astype(np.float32)
+    fill_untrained_codebooks(codec, band, 0)  # as data.py does: codes that vary
     codec = onnx_export.plain_weights(codec)
     hop = codec.sample_rate // codec.frame_rate
-    print(f"1 ONNX Runtime thread; untrained EnCodec 24 kHz (random weights: the pretrained one's speed); "
-          f"a 10 s demo band")
+    print("1 ONNX Runtime thread; untrained EnCodec 24 kHz (random weights: the pretrained one's speed); "
+          "a 10 s demo band")
     import os
     import platform
     figures = {"machine": f"{os.cpu_count()}-core {platform.machine()}, 1 ONNX Runtime thread, "
@@ -183,7 +186,7 @@ def main():
             print("2. the whole runner, codec included (onnx_runner.py --no-pace --threads 1):")
             figures["runner"] = runners(args.presets, Path(tmp), hop)
     if args.json:
-        data.write_json(args.json, figures)
+        write_json(args.json, figures)
         print(f"wrote {args.json}")
 
 

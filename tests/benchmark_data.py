@@ -28,17 +28,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402
+from sax.audio import resample
+from sax.codec import encode_audio, fill_untrained_codebooks, load_codec
+from sax.demo import render_demo_song
 
 
 def tokenization_rtf(seconds=60.0):
     torch.manual_seed(0)
-    codec = data.load_codec("untrained", 3.0, "cpu")
-    audio = np.concatenate([sum(data.render_demo_song(i, 20.0, seed=0)[:2]) for i in range(3)])[:int(seconds * 24000)]
-    data.fill_untrained_codebooks(codec, audio, seed=0)
-    data.encode_audio(codec, audio[:24000])  # warm-up
+    codec = load_codec("untrained", 3.0, "cpu")
+    audio = np.concatenate([sum(render_demo_song(i, 20.0, seed=0)[:2]) for i in range(3)])[:int(seconds * 24000)]
+    fill_untrained_codebooks(codec, audio, seed=0)
+    encode_audio(codec, audio[:24000])  # warm-up
     t0 = time.perf_counter()
-    codes = data.encode_audio(codec, audio)
+    codes = encode_audio(codec, audio)
     dt = time.perf_counter() - t0
     print(f"tokenization: {seconds:.0f} s of 24 kHz audio -> codes {codes.shape} in {dt:.2f} s = "
           f"{seconds / dt:.1f}x real time ({torch.get_num_threads()} threads)")
@@ -48,8 +50,8 @@ def long_file(minutes):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         folder.mkdir()
-        song = np.concatenate([sum(data.render_demo_song(i, 30.0, seed=0)[:2]) for i in range(2 * minutes)])
-        stereo = data.resample(np.stack([song, 0.9 * song]), 24000, 44100)
+        song = np.concatenate([sum(render_demo_song(i, 30.0, seed=0)[:2]) for i in range(2 * minutes)])
+        stereo = resample(np.stack([song, 0.9 * song]), 24000, 44100)
         sf.write(folder / "long.wav", stereo.T, 44100, subtype="PCM_16")
         print(f"long file: {minutes} min, 44.1 kHz stereo, {(folder / 'long.wav').stat().st_size / 1e6:.0f} MB on disk")
         gb, secs = child_peak(
@@ -76,10 +78,11 @@ def decoding_peak(minutes, threads):
     """Peak memory of decoding a backing of `minutes` to audio: in chunks, and all at once."""
     for label, chunk_s in (("10 s chunks + 1 s context (decode_codes)", 10.0), ("whole track at once", 1e9)):
         gb, secs = child_peak(
-            f"import time, numpy as np, torch, data; torch.set_num_threads({threads}); torch.manual_seed(0)\n"
-            "codec = data.load_codec('untrained', 3.0, 'cpu')\n"
+            f"import time, numpy as np, torch; torch.set_num_threads({threads}); torch.manual_seed(0)\n"
+            "from sax.codec import decode_codes, load_codec\n"
+            "codec = load_codec('untrained', 3.0, 'cpu')\n"
             f"codes = np.random.default_rng(0).integers(0, 1024, (4, {minutes} * 60 * 75))\n"
-            f"t0 = time.time(); audio = data.decode_codes(codec, codes, chunk_s={chunk_s})\n"
+            f"t0 = time.time(); audio = decode_codes(codec, codes, chunk_s={chunk_s})\n"
             "assert len(audio) == codes.shape[1] * 320")
         print(f"decoding {minutes} min of codes, {label}: peak memory {gb:.2f} GB, {secs} s ({threads} threads)")
 

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from sax.codec import load_codec_for
+from sax.dataset import load_split
+from sax.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# the spine scripts and sax/ at the top; the deployment and the experiments in folders of their own
+for folder in (ROOT, ROOT / "deploy", ROOT / "experiments"):
+    sys.path.insert(0, str(folder))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the scripts that tests run as child processes, too
 # One thread: tiny models run faster on one than on several, the figures repeat exactly,
@@ -54,13 +59,11 @@ def trained_causal(demo_dataset, tmp_path_factory):
 def exported(trained_causal, tmp_path_factory):
     """(export folder, model, codec, codec numbers, val backing codes [K, T], val solo codes [K, T])."""
     import numpy as np
-    import data
     import onnx_export
-    from model import load_model
     folder = trained_causal / "best"
     out = tmp_path_factory.mktemp("onnx") / "solo_onnx"
     onnx_export.main(onnx_export.ExportConfig(checkpoint=str(folder), out=str(out), chunk_ms=80))
     model, config = load_model(folder)
-    codec, numbers = data.load_codec_for(config, folder, "", "cpu")
-    backing, solo = data.load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end
+    codec, numbers = load_codec_for(config, folder, "", "cpu")
+    backing, solo = load_split(config["data"]["dir"], "train")  # sections of the run's songs, end to end
     return out, model, codec, numbers, backing[:, :150].astype(np.int64), solo[:, :150].astype(np.int64)

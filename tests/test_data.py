@@ -11,11 +11,19 @@ import soundfile as sf
 import torch
 
 import data
-import listening
-from data import (DataConfig, build_dataset, encode_audio, fill_untrained_codebooks, frame_rms_db, load_codec,
-                  load_split, pitch_tempo, render_demo_song, select_sections, separate, time_stretch)
 
-RATE = data.CODEC_RATE
+from data import DataConfig, build_dataset
+from sax.audio import CODEC_RATE, channels, frame_rms_db, pitch_tempo, resample, select_sections, time_stretch
+from sax.codec import codec_info, decode_codes, encode_audio, fill_untrained_codebooks, load_codec, untrained_codec
+from sax.dataset import load_split
+from sax.demo import midi_hz, render_demo_song
+from sax.files import atomic_write, write_json
+from sax.pitch import band_chroma, notes_right, track_notes
+from sax.separation import load_separator, separate
+from sax.settings import parse_settings
+from sax.listening import chord_tone_fit
+
+RATE = CODEC_RATE
 
 
 def test_demo_song_is_deterministic_and_aligned():
@@ -58,7 +66,7 @@ def test_demo_truth_matches_the_audio(index):
         a, length = int((note["start_s"] + 0.03) * RATE), min(0.15, note["end_s"] - note["start_s"] - 0.04)
         if length > 0.1:
             got = _peak_hz(solo[a:a + int(length * RATE)])
-            want = data.midi_hz(note["midi"])
+            want = midi_hz(note["midi"])
             assert abs(got - want) < 0.06 * want, f"lead at {got:.0f} Hz where the truth says {want:.0f} Hz"
 
 
@@ -76,8 +84,8 @@ def test_chord_tone_fit_knows_the_true_lead_own_harmony():
     own, other = [], []
     for i in range(4):
         _, solo, truth = render_demo_song(i, 12.0, seed=0)
-        own.append(listening.chord_tone_fit(solo, truth["chords"], RATE))
-        other.append(listening.chord_tone_fit(solo, render_demo_song(i + 10, 12.0, seed=0)[2]["chords"], RATE))
+        own.append(chord_tone_fit(solo, truth["chords"], RATE))
+        other.append(chord_tone_fit(solo, render_demo_song(i + 10, 12.0, seed=0)[2]["chords"], RATE))
     assert min(own) > 0.7 and max(other) < 0.5, f"chord-tone fit own {own}, another song's chords {other}"
 
 
@@ -96,7 +104,7 @@ def test_the_tracker_names_a_notes_pitch_class_and_not_a_silence_or_a_hiss(midi,
     tone = 0.2 * sum(w * np.sin(h * phase) for h, w in weights.items())
     noise = 0.05 * np.random.default_rng(0).standard_normal(rate)
     audio = np.concatenate([np.zeros(rate // 2), tone, np.zeros(rate // 2), noise]).astype(np.float32)
-    notes = data.track_notes(audio, hop, rate)
+    notes = track_notes(audio, hop, rate)
     fr = rate // hop
     assert notes.dtype == np.int8 and len(notes) == len(audio) // hop
     sounding = notes[fr // 2 + 2:fr // 2 + fr - 2]                        # the tone, less its edges
@@ -113,8 +121,8 @@ def test_the_tracker_stays_quiet_where_its_refinement_could_fly_off():
     _, lead, truth = render_demo_song(16, 24.0, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        notes = data.track_notes(lead, 320, RATE)
-    assert data.notes_right(notes, truth, 75) > 0.95
+        notes = track_notes(lead, 320, RATE)
+    assert notes_right(notes, truth, 75) > 0.95
 
 
 def test_the_chroma_hears_a_chords_tones_over_drums_and_nothing_in_silence():
@@ -127,7 +135,7 @@ def test_the_chroma_hears_a_chords_tones_over_drums_and_nothing_in_silence():
                 for m in (36, 48, 52, 55) for h in (1, 2, 3))
     drums = 0.02 * np.random.default_rng(0).standard_normal(len(t))
     audio = np.concatenate([chord + drums, np.zeros(rate)]).astype(np.float32)
-    chroma = data.band_chroma(audio, hop, rate).astype(np.float32)
+    chroma = band_chroma(audio, hop, rate).astype(np.float32)
     fr = rate // hop
     assert chroma.shape == (3 * fr, 12) and chroma.dtype == np.float32
     sounding = chroma[10:2 * fr - 10]
@@ -182,7 +190,7 @@ def _library_time_stretch(audio, rate, dtype, n_fft=1024, hop=256):
 
 @pytest.mark.parametrize("rate", [0.9, 1.13, 2.0])
 def test_time_stretch_equals_torchaudio_phase_vocoder(rate):
-    """data.time_stretch is the library's phase vocoder written out: equal to it (in float64) on noise."""
+    """time_stretch is the library's phase vocoder written out: equal to it (in float64) on noise."""
     noise = (0.1 * np.random.default_rng(0).standard_normal(2 * RATE)).astype(np.float32)
     ours, library = time_stretch(noise, rate), _library_time_stretch(noise, rate, torch.float64)
     assert ours.shape == library.shape
@@ -230,7 +238,7 @@ def test_separation_with_random_demucs(kind):
 
 class Gains(torch.nn.Module):
     """A stand-in separator with Demucs' interface whose stem i is the mix times GAINS[i]: the
-    stems data.separate sums can be told apart by their level."""
+    stems separate sums can be told apart by their level."""
     sources = ["drums", "bass", "other", "vocals", "guitar", "piano"]
     samplerate, audio_channels, segment = 44100, 2, 1.0
     GAINS = {"drums": 1.0, "bass": 2.0, "other": 4.0, "vocals": 8.0, "guitar": 16.0, "piano": 32.0}
@@ -247,7 +255,7 @@ def test_separation_sums_the_stems_it_is_told_to(capsys):
     """The backing is drums + bass + piano + guitar (1 + 2 + 32 + 16 = 51 times the mix), the
     solo other + vocals (12 times): swapped stems, or the mix passed through, read otherwise."""
     audio = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
-    mono = data.resample(data.channels(audio, 1), 44100, RATE)[0]
+    mono = resample(channels(audio, 1), 44100, RATE)[0]
     backing, solo = separate(Gains(), audio, 44100, ["drums", "bass", "piano", "guitar"], ["other", "vocals"], "cpu")
     assert np.std(backing) / np.std(mono) == pytest.approx(51, rel=1e-3)
     assert np.std(solo) / np.std(mono) == pytest.approx(12, rel=1e-3)
@@ -256,29 +264,29 @@ def test_separation_sums_the_stems_it_is_told_to(capsys):
 
 def test_an_interrupted_write_keeps_the_file_it_would_replace(tmp_path):
     path = tmp_path / "meta.json"
-    data.write_json(path, {"songs": 64})
+    write_json(path, {"songs": 64})
 
     def half_then_fail(f):
         f.write(b'{"songs": ')
         raise OSError(28, "No space left on device")
     with pytest.raises(OSError):
-        data.atomic_write(path, half_then_fail)
+        atomic_write(path, half_then_fail)
     assert json.loads(path.read_text()) == {"songs": 64}, "a failed write damaged the file it replaces"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"], "the temporary file stayed"
 
 
 def test_decode_in_chunks_matches_whole(demo_dataset):
-    codec = data.untrained_codec(demo_dataset[0], 3.0, "cpu")
+    codec = untrained_codec(demo_dataset[0], 3.0, "cpu")
     with torch.no_grad():  # the untrained decoder barely hears its codes; louder codebooks make it hear them
         for layer in codec.quantizer.vq.layers:
             layer._codebook.embed.mul_(100)
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 1024, (2, 4, 400))
-    whole = data.decode_codes(codec, a, chunk_s=100.0)
+    whole = decode_codes(codec, a, chunk_s=100.0)
     assert len(whole) == 400 * 320, f"{len(whole)} samples for 400 frames"
-    signal = np.abs(whole - data.decode_codes(codec, b, chunk_s=100.0)).max()  # how much the codes move the audio
-    chunked = data.decode_codes(codec, a, chunk_s=2.0)                        # 150-frame chunks, 1 s of context
-    no_context = data.decode_codes(codec, a, chunk_s=2.0, context_s=0.0)
+    signal = np.abs(whole - decode_codes(codec, b, chunk_s=100.0)).max()  # how much the codes move the audio
+    chunked = decode_codes(codec, a, chunk_s=2.0)                        # 150-frame chunks, 1 s of context
+    no_context = decode_codes(codec, a, chunk_s=2.0, context_s=0.0)
     error, cut = np.abs(chunked - whole).max(), np.abs(no_context - whole).max()
     assert len(chunked) == len(whole) and signal > 1e-4, f"{len(chunked)} samples, signal {signal}"
     assert error < 1e-3 * signal, f"chunked decoding is off by {error:.2e} (the codes move the audio by {signal:.2e})"
@@ -287,9 +295,9 @@ def test_decode_in_chunks_matches_whole(demo_dataset):
 
 def test_untrained_decoder_ignores_the_codes(demo_dataset):
     """What docs/codec.md says of the untrained codec's audio: the same DC offset and faint tones for any codes."""
-    codec = data.untrained_codec(demo_dataset[0], 3.0, "cpu")
+    codec = untrained_codec(demo_dataset[0], 3.0, "cpu")
     a, b = np.random.default_rng(1).integers(0, 1024, (2, 4, 750))                 # two random 10 s solos
-    x, y = data.decode_codes(codec, a), data.decode_codes(codec, b)
+    x, y = decode_codes(codec, a), decode_codes(codec, b)
     assert np.abs(x - y).max() < 2 ** -15, f"the decoded files differ by {np.abs(x - y).max():.1e}"
     assert -0.1 < x.mean() < -0.04, f"DC offset {x.mean():.3f}"
     tone_db = 20 * np.log10(x.std())
@@ -309,7 +317,7 @@ def test_tokenization_with_untrained_codec():
     calibration = np.concatenate([sum(render_demo_song(i, 20.0, seed=0)[:2]) for i in (5, 6, 7)])
     fill_untrained_codebooks(codec, calibration, seed=0)
     codes = encode_audio(codec, solo, chunk_s=2.0)  # chunks must join to the full length
-    info = data.codec_info(codec, "untrained")
+    info = codec_info(codec, "untrained")
     assert (info["n_codebooks"], info["card"], info["frame_rate"]) == (4, 1024, 75), f"codec numbers {info}"
     assert codes.shape == (4, 6 * 75), f"codes {codes.shape}: 4 codebooks at 75 Hz for 6 s"
     distinct = [len(np.unique(c)) for c in codes]
@@ -340,9 +348,9 @@ def _write_bad_folder(folder):
     (folder / "notes.wav").write_text("this is a text file, not audio\n")
     sf.write(folder / "short.wav", mix[:int(0.3 * RATE)], RATE)
     sf.write(folder / "silent.wav", np.zeros(3 * RATE, dtype=np.float32), RATE)
-    eight_k = data.resample(mix[None], RATE, 8000)[0]
+    eight_k = resample(mix[None], RATE, 8000)[0]
     sf.write(folder / "mono 8k.wav", eight_k, 8000)
-    stereo = data.resample(np.stack([mix, 0.8 * mix]), RATE, 48000)
+    stereo = resample(np.stack([mix, 0.8 * mix]), RATE, 48000)
     sf.write(folder / "stéréo 48k ballade à deux.flac", stereo.T, 48000)
     b, s, _ = render_demo_song(1, 6.0, seed=0)
     sf.write(folder / "plain.wav", b + s, RATE)
@@ -414,7 +422,6 @@ def test_resume_after_kill(tmp_path):
 
 
 def test_settings_parse_from_the_dataclass():
-    from data import parse_settings
     from train import TrainConfig
     cfg = parse_settings(TrainConfig, ["--attn-window", "300", "--causal-encoder", "--batch-size", "8"])
     assert (cfg.attn_window, cfg.causal_encoder, cfg.batch_size) == (300, True, 8), cfg
@@ -437,7 +444,7 @@ def test_codec_loads_from_a_local_weights_file(tmp_path):
 def test_missing_demucs_weights_give_the_three_ways_out(tmp_path):
     with pytest.raises(SystemExit, match=r"(?s)Could not load the Demucs model 'htdemucs_6s' from the local folder.*"
                                          r"Three ways out.*--demucs-repo.*demucs_unittest"):
-        data.load_separator("htdemucs_6s", repo=str(tmp_path))
+        load_separator("htdemucs_6s", repo=str(tmp_path))
 
 
 def test_demo_backing_file_to_try(tmp_path):
@@ -457,8 +464,8 @@ def test_settings_that_change_no_token_leave_the_song_cache_key_alone():
     """--overwrite (and device, threads) must reuse the songs already done: regression for
     a key that once counted --overwrite, so train.py's rebuild and data.py's missed each
     other's cache."""
-    codec = data.load_codec("untrained", 3.0, "cpu")
-    numbers = data.codec_info(codec, "untrained")
+    codec = load_codec("untrained", 3.0, "cpu")
+    numbers = codec_info(codec, "untrained")
     key = data.cache_settings_key(DataConfig(), codec, numbers)
     for change in ({"overwrite": True}, {"device": "cuda"}, {"threads": 1}, {"out": "elsewhere"}):
         assert data.cache_settings_key(DataConfig(**change), codec, numbers) == key, change

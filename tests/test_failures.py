@@ -24,10 +24,14 @@ from conftest import ROOT, quick_train_config
 import ablation as A
 import data
 import generate as G
-import guard
+from sax import guard
 import onnx_runner as R
 import train as T
-from data import CODEC_RATE
+from sax.audio import CODEC_RATE, load_audio
+from sax.codec import load_codec
+from sax.files import read_metrics
+from sax import machine
+from sax.machine import set_threads
 
 
 def one_line(stop):
@@ -63,7 +67,7 @@ def loud_files(tmp_path_factory):
 
 def test_an_unnormalised_file_is_scaled_as_a_whole_not_clipped(loud_files, capsys):
     folder, sine = loud_files
-    audio, _ = data.load_audio(folder / "huge.wav")
+    audio, _ = load_audio(folder / "huge.wav")
     said = capsys.readouterr().out
     assert "scaled down as a whole by" in said and "99.8% of its samples past full scale" in said, said
     # the music kept: the sine at 0.98, not a square of clipped samples
@@ -116,7 +120,7 @@ def test_a_second_train_on_one_out_refuses_naming_the_first(demo_dataset, tmp_pa
 
 def test_the_lock_is_released_by_kill_9(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "import guard; guard.FolderLock(sys.argv[2], 'train.py').__enter__(); "
+                               "from sax import guard; guard.FolderLock(sys.argv[2], 'train.py').__enter__(); "
                                "print('held', flush=True); time.sleep(60)", str(ROOT), str(tmp_path / "run")],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -271,7 +275,7 @@ def test_resume_takes_the_runs_settings_and_a_longer_budget(demo_dataset, interr
     whole = tmp_path_factory.mktemp("whole")
     T.train(quick_train_config(demo_dataset[0], whole, page_sample_s=0, listen_test=False))
     rows = lambda run: [{k: v for k, v in r.items() if k not in ("frames_per_s", "mfu")}  # noqa: E731
-                        for r in data.read_metrics(run / "metrics.jsonl")]
+                        for r in read_metrics(run / "metrics.jsonl")]
     # ... and is the same run as one of 6 steps from the start, step for step
     assert rows(interrupted)[:3] == rows(whole)[:3]
     config = json.loads((interrupted / "latest" / "config.json").read_text())["train"]
@@ -362,7 +366,7 @@ def test_a_damaged_state_pt_is_one_line_on_resume(trained, tmp_path, damage, wor
 def test_files_that_are_not_codec_weights_are_one_line(tmp_path):
     (tmp_path / "w.th").write_text("not weights")
     with pytest.raises(SystemExit) as stop:
-        data.load_codec(str(tmp_path / "w.th"), 3.0, "cpu")
+        load_codec(str(tmp_path / "w.th"), 3.0, "cpu")
     assert "not the EnCodec 24 kHz weights" in one_line(stop)
 
 
@@ -411,12 +415,12 @@ def test_the_thread_default_times_one_against_all_and_says_so(monkeypatch, capsy
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(data, "matmul_ms", lambda k: {1: 5.0, 2: 9.0}[k])  # a busy neighbour
-        assert data.set_threads(0) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr(machine, "matmul_ms", lambda k: {1: 5.0, 2: 9.0}[k])  # a busy neighbour
+        assert set_threads(0) == 1 and torch.get_num_threads() == 1
         assert "threads: 1 of 2 (timed at start: 1 thread 5.0 ms, 2 threads 9.0 ms" in capsys.readouterr().out
         torch.set_num_threads(2)
-        monkeypatch.setattr(data, "matmul_ms", lambda k: {1: 9.0, 2: 5.0}[k])  # an idle machine
-        assert data.set_threads(0) == 2
-        assert data.set_threads(3) == 3 and torch.get_num_threads() == 3  # --threads N kept
+        monkeypatch.setattr(machine, "matmul_ms", lambda k: {1: 9.0, 2: 5.0}[k])  # an idle machine
+        assert set_threads(0) == 2
+        assert set_threads(3) == 3 and torch.get_num_threads() == 3  # --threads N kept
     finally:
         torch.set_num_threads(before)

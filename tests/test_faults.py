@@ -22,10 +22,14 @@ from conftest import ROOT, quick_train_config
 
 import data
 import generate as G
-import settings
+from sax import settings
 import onnx_runner as R
 import train as T
-from data import CODEC_RATE
+from sax.audio import CODEC_RATE, SkipSong, load_audio, write_audio
+from sax.dataset import Windows
+from sax.demo import render_demo_song
+from sax.files import read_metrics
+from sax.settings import parse_settings
 
 
 def run_script(*args, timeout=300):
@@ -52,7 +56,7 @@ def snapshot(folder):
 def bad_backings(tmp_path_factory):
     """A 3 s demo backing, and three damaged copies: NaNs, one sample at 1e6, a header promising 3 hours."""
     folder = tmp_path_factory.mktemp("bad")
-    audio = data.render_demo_song(70, 3.0, seed=0)[0].astype(np.float32)
+    audio = render_demo_song(70, 3.0, seed=0)[0].astype(np.float32)
     files = {"good": audio, "nan": audio.copy(), "spike": audio.copy()}
     files["nan"][1000:2000] = np.nan
     files["spike"][3000] = 1e6
@@ -78,15 +82,15 @@ def assert_safe_level(path, ceiling=0.99):
 
 
 def test_data_readers_refuse_nan_and_tame_a_spike(bad_backings, capsys):
-    with pytest.raises(data.SkipSong, match=r"1000 samples are not finite \(NaN or inf\), the first at 0.042 s"):
-        data.load_audio(bad_backings / "nan.wav")
-    audio, _ = data.load_audio(bad_backings / "spike.wav")
+    with pytest.raises(SkipSong, match=r"1000 samples are not finite \(NaN or inf\), the first at 0.042 s"):
+        load_audio(bad_backings / "nan.wav")
+    audio, _ = load_audio(bad_backings / "spike.wav")
     assert np.abs(audio).max() <= 1.0
     assert "1 samples past full scale (peak 1e+06, the first at 0.125 s)" in capsys.readouterr().out
-    data.load_audio(bad_backings / "short.wav")
+    load_audio(bad_backings / "short.wav")
     assert "its header promises 10800.0 s, the file holds 3.0 s" in capsys.readouterr().out
     # data.py's songs go through the same reader: a damaged recording is skipped, with its reason.
-    with pytest.raises(data.SkipSong, match="not finite"):
+    with pytest.raises(SkipSong, match="not finite"):
         data.checked_audio({"path": bad_backings / "nan.wav"}, data.DataConfig())
 
 
@@ -110,17 +114,17 @@ def test_generate_over_a_spike_is_never_full_scale(trained, bad_backings, tmp_pa
 
 def test_writers_refuse_non_finite_audio_and_bound_the_level(tmp_path, capsys):
     path = tmp_path / "x.wav"
-    data.write_audio(path, np.zeros(100, np.float32), CODEC_RATE)
+    write_audio(path, np.zeros(100, np.float32), CODEC_RATE)
     before = path.read_bytes()
     bad = np.zeros(100, np.float32)
     bad[50] = np.nan
     with pytest.raises(SystemExit, match="not finite"):
-        data.write_audio(path, bad, CODEC_RATE)
+        write_audio(path, bad, CODEC_RATE)
     with pytest.raises(SystemExit, match="not finite"):
         R.write_wav(path, bad, CODEC_RATE)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["x.wav"], "a refused write changed files"
     loud = np.full(100, 3.0, np.float32)
-    data.write_audio(tmp_path / "loud.wav", loud, CODEC_RATE)
+    write_audio(tmp_path / "loud.wav", loud, CODEC_RATE)
     R.write_wav(tmp_path / "loud2.wav", loud, CODEC_RATE)
     assert "past full scale" in capsys.readouterr().out
     for name in ("loud.wav", "loud2.wav"):
@@ -151,7 +155,7 @@ def weights(folder):
 
 def metric_rows(run):
     return [{k: v for k, v in row.items() if k not in ("frames_per_s", "mfu")}
-            for row in data.read_metrics(run / "metrics.jsonl")]
+            for row in read_metrics(run / "metrics.jsonl")]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +170,7 @@ def uninterrupted(demo_dataset, tmp_path_factory):
 @pytest.mark.parametrize("draw", [3, 8])
 def test_ctrl_c_then_resume_is_bit_identical(demo_dataset, uninterrupted, tmp_path, monkeypatch, draw):
     cfg = quick_train_config(demo_dataset[0], tmp_path, page_sample_s=0)
-    original, calls = data.Windows.sample, []
+    original, calls = Windows.sample, []
 
     def sample_then_interrupt(self, batch, gen, where=False):
         calls.append(1)
@@ -174,14 +178,14 @@ def test_ctrl_c_then_resume_is_bit_identical(demo_dataset, uninterrupted, tmp_pa
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the middle of the step
         return original(self, batch, gen, where)
 
-    monkeypatch.setattr(data.Windows, "sample", sample_then_interrupt)
+    monkeypatch.setattr(Windows, "sample", sample_then_interrupt)
     with pytest.raises(SystemExit) as stop:
         T.train(cfg)
     assert stop.value.code == 130, "Ctrl-C must exit 130, as shells expect"
     step = (draw + 1) // 2
     assert json.loads((tmp_path / "latest" / "config.json").read_text())["step"] == step, \
         "the step under way must finish before the save"
-    monkeypatch.setattr(data.Windows, "sample", original)
+    monkeypatch.setattr(Windows, "sample", original)
     T.train(quick_train_config(demo_dataset[0], tmp_path, page_sample_s=0, resume=True))
     whole, resumed = weights(uninterrupted / "latest"), weights(tmp_path / "latest")
     assert all(torch.equal(whole[k], resumed[k]) for k in whole), "resumed weights differ from the whole run's"
@@ -206,7 +210,7 @@ def test_ctrl_c_in_a_real_run_says_how_to_continue(demo_dataset, tmp_path):
     assert "Traceback" not in stderr, stderr[-1500:]
     assert "interrupted: saved" in stdout and "--resume" in stdout, stdout[-600:]
     step = json.loads((out / "latest" / "config.json").read_text())["step"]
-    assert step == len(data.read_metrics(out / "metrics.jsonl")), "latest/ must hold the last finished step"
+    assert step == len(read_metrics(out / "metrics.jsonl")), "latest/ must hold the last finished step"
 
 
 # ----------------------------------------------------------------------------
@@ -356,7 +360,7 @@ def test_generate_refuses_bad_sampling_settings(tmp_path, monkeypatch, flag, val
         G.main(cfg)
     assert all(w in str(err.value) for w in words), str(err.value)
     with pytest.raises(SystemExit) as err:  # ... and as parsed from the command line
-        data.parse_settings(G.GenerateConfig, [flag, value, "--out", str(tmp_path / "o")])
+        parse_settings(G.GenerateConfig, [flag, value, "--out", str(tmp_path / "o")])
     assert all(w in str(err.value) for w in words), str(err.value)
     assert not (tmp_path / "o").exists()
 
@@ -364,13 +368,13 @@ def test_generate_refuses_bad_sampling_settings(tmp_path, monkeypatch, flag, val
 def test_sampling_ranges_are_in_the_help():
     code, out, _ = run_script("generate.py", "--help")
     assert code == 0 and "at least 0" in out and "above 0, at most 1" in out
-    code, out, _ = run_script("onnx_runner.py", "--help")
+    code, out, _ = run_script("deploy/onnx_runner.py", "--help")
     assert code == 0 and "at least 1" in out
 
 
 @pytest.mark.parametrize("threads", ["0", "-1", "x"])
 def test_runner_refuses_threads_below_one(threads):
-    code, _, err = run_script("onnx_runner.py", "folder", "--backing", "x.wav", "--threads", threads)
+    code, _, err = run_script("deploy/onnx_runner.py", "folder", "--backing", "x.wav", "--threads", threads)
     assert code == 2 and "Traceback" not in err and "--threads" in err.strip().splitlines()[-1], err
 
 

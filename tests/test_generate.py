@@ -7,11 +7,16 @@ import pytest
 import soundfile as sf
 import torch
 
-import data
 import generate as G
-import listening
-from data import CODEC_RATE, render_demo_song
+
 from model import ModelConfig, SoloTransformer
+from sax.audio import CODEC_RATE
+from sax.codec import load_codec_for
+from sax.dataset import load_split
+from sax.demo import render_demo_song
+from sax.checkpoints import load_model
+from sax.sampling import sample_solo
+from sax.audio import mix_audio
 
 
 def run(checkpoint, out, **kw):
@@ -59,7 +64,6 @@ def test_windows_join_over_their_overlap():
     assert solo.shape == (2, 4, 53) and solo.max() < 32, f"solo {tuple(solo.shape)}"
     # Window 2 starts at frame 8 and was prompted with frames 8..19 of window 1: running it
     # again by hand must give back exactly the frames the loop kept.
-    from model import sample_solo
     again = sample_solo(model, backing[..., 8:28], seed=6, prompt=solo[..., 8:20], top_k=0,
                         cfg_coef=cfg.guidance)  # guided, as generate.py samples by default
     assert torch.equal(again, solo[..., 8:28]), "window 2 does not continue window 1 consistently"
@@ -74,9 +78,8 @@ def test_guidance_path(trained, tmp_path):
     assert np.array_equal(sf.read(tmp_path / "p" / "solo.wav")[0], sf.read(tmp_path / "one" / "solo.wav")[0])
     assert three["settings"]["guidance"] == 3.0
     # ... and guidance 3 must change what is written: the tokens themselves, greedy, same seed.
-    from model import load_model, sample_solo
     model, config = load_model(out / "best")
-    backing = torch.from_numpy(np.asarray(data.load_split(config["data"]["dir"], "val")[0][:, :75],
+    backing = torch.from_numpy(np.asarray(load_split(config["data"]["dir"], "val")[0][:, :75],
                                           dtype=np.int64))[None]
     # The same seed draws the same random numbers: only the guided distribution can differ.
     drawn = {coef: sample_solo(model, backing, temperature=1.0, seed=0, cfg_coef=coef) for coef in (None, 1.0, 3.0)}
@@ -108,7 +111,7 @@ def test_backing_file_and_bad_inputs(trained, tmp_path):
     config["model"]["card"] = 2048
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="card is 1024 in the codec but 2048 in the model"):
-        data.load_codec_for(config, bad, "", "cpu")
+        load_codec_for(config, bad, "", "cpu")
 
 
 def trained_data_dir(run_dir):
@@ -135,7 +138,7 @@ def test_streaming_several_solos_and_guidance(trained_causal, tmp_path):
     # argmax may be one held code either way.)
     folder = trained_causal / "best"
     model, config = G.load_model(folder)
-    codec, info = data.load_codec_for(config, folder, "", "cpu")
+    codec, info = load_codec_for(config, folder, "", "cpu")
     cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=40, guidance=None)
     codes, audio, _, _ = G.backing_tokens(cfg, config, codec, info, "cpu")
     plain, _, _ = G.stream(model, codec, audio[:codes.shape[1] * info["hop"]], cfg, info)
@@ -152,7 +155,7 @@ def test_streaming_a_model_that_looks_ahead_writes_the_offline_solo(trained_caus
     sample_solo()'s on the streamed codec's backing codes; the report says how late it lands."""
     folder = trained_causal / "best"
     model, config = G.load_model(folder)
-    codec, info = data.load_codec_for(config, folder, "", "cpu")
+    codec, info = load_codec_for(config, folder, "", "cpu")
     torch.manual_seed(0)
     ahead = SoloTransformer(dataclasses.replace(model.cfg, lookahead=12)).eval()
     cfg = G.GenerateConfig(checkpoint=str(folder), duration=1.0, temperature=1.0, chunk_ms=80, guidance=None)
@@ -190,7 +193,7 @@ def test_stream_needs_a_causal_model(trained, tmp_path):
 def test_mix_removes_dc_before_matching_levels():
     t = np.arange(CODEC_RATE) / CODEC_RATE
     band, lead = 0.2 * np.sin(2 * np.pi * 110 * t), 0.01 * np.sin(2 * np.pi * 440 * t)
-    mix, level = listening.mix_audio(band + 0.3, lead - 0.07)  # offsets like the untrained codec's
+    mix, level = mix_audio(band + 0.3, lead - 0.07)  # offsets like the untrained codec's
     assert abs(mix.mean()) < 1e-3 and abs(level.mean()) < 1e-3, "the offsets must not reach the mix"
     assert abs(np.std(level) / np.std(band) - 1) < 1e-3, "the solo's level must match the band's, without offsets"
     assert np.abs(mix).max() < 0.98, "two 0.2-peak sines need no limiting once the offsets are gone"

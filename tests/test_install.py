@@ -10,7 +10,7 @@ from packaging.utils import canonicalize_name
 
 from conftest import ROOT
 
-import data
+from sax.machine import installed_version, locked_versions
 
 
 def requirements():
@@ -79,9 +79,9 @@ def test_the_installed_pair_loads():
 
 
 def test_locked_versions_reads_the_lock():
-    pins = data.locked_versions()
+    pins = locked_versions()
     assert pins["torch"] == lock()["torch"][0] and pins["torchaudio"] == lock()["torchaudio"][0]
-    assert data.locked_versions(ROOT / "no-such.lock") == {}
+    assert locked_versions(ROOT / "no-such.lock") == {}
 
 
 # A torchaudio whose compiled part does not load, as a mismatched wheel fails.
@@ -107,8 +107,8 @@ def test_a_pair_that_does_not_load_is_one_line(tmp_path, args):
     assert len(lines) == 1, f"expected one line, got {len(lines)}: {run.stderr}"
     line = lines[0]
     assert "torchaudio does not import (Could not load this library" in line, line
-    assert f"torch {data.installed_version('torch')}" in line, line
-    assert f"torchaudio {data.installed_version('torchaudio')}" in line, line
+    assert f"torch {installed_version('torch')}" in line, line
+    assert f"torchaudio {installed_version('torchaudio')}" in line, line
     assert "pip install -r requirements.lock" in line and "the tested pair is torch" in line, line
     assert not out.exists(), "nothing may be written before the check"
 
@@ -117,7 +117,7 @@ def test_the_board_runner_names_a_missing_package(tmp_path):
     fake = tmp_path / "fake"
     (fake / "onnxruntime").mkdir(parents=True)
     (fake / "onnxruntime" / "__init__.py").write_text("raise ImportError('no onnxruntime here', name='onnxruntime')\n")
-    run = subprocess.run([sys.executable, "onnx_runner.py", "folder", "--backing", "x.wav"], cwd=ROOT,
+    run = subprocess.run([sys.executable, "deploy/onnx_runner.py", "folder", "--backing", "x.wav"], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(fake)}, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.strip().startswith("onnxruntime does not import") and "pip install numpy onnxruntime soundfile" \

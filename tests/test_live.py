@@ -17,8 +17,10 @@ import torch
 
 import onnx_export as E
 import onnx_runner as R
-from data import CODEC_RATE, render_demo_song
+import sound_card
 from model import SoloTransformer
+from sax.audio import CODEC_RATE
+from sax.demo import render_demo_song
 
 
 class FakeCard:
@@ -182,7 +184,7 @@ def test_live_without_sounddevice_is_one_line(exported, tmp_path, monkeypatch):
 
 
 def test_the_rings_never_wait_and_keep_the_newest():
-    ring = R.AudioRing(5)
+    ring = sound_card.AudioRing(5)
     assert ring.read(1) is None, "an empty ring gives nothing, at once"
     assert ring.write(np.arange(3, dtype=np.float32)) == 0
     assert ring.write(np.arange(3, 7, dtype=np.float32)) == 2, "two old samples dropped"

@@ -1,10 +1,12 @@
 """model.py: delay pattern, loss masking, causality, attention kernels, sampling, presets."""
+from dataclasses import asdict
+
 import pytest
 import torch
 
-from model import (PRESETS, ModelConfig, SoloTransformer, StreamingSampler, attention, attention_mask,
-                   build_delay_pattern, codebook_cross_entropy, sample_solo, sample_solo_plain, preset_config,
-                   revert_delay_pattern, sample_next, teacher_forcing)
+from model import PRESETS, ModelConfig, SoloTransformer, attention, attention_mask, build_delay_pattern, codebook_cross_entropy, preset_config, revert_delay_pattern
+from sax.checkpoints import model_config_of
+from sax.sampling import StreamingSampler, sample_next, sample_solo, sample_solo_plain
 
 
 def stream_all(sampler, backing):
@@ -344,43 +346,11 @@ def test_the_chord_head_trains_and_leaves_the_rest_as_it_was():
         assert torch.allclose(ahead.loss(backing, solo, chords=chords)[2]["chord"], want)
 
 
-def test_the_pitch_first_model_sums_the_note_out_and_samples_it_first():
-    """pitch_first=True (train.py --pitch-first): the code heads read the pitch class.
-    predict() gives each codebook's log-probabilities with the note summed out, by hand
-    sum_p p(p | x) softmax(heads(x + emb[p])); the loss without notes is the cross-entropy of
-    that; with notes, the code term reads them. Sampling draws the note first: a head sure
-    of one note writes other codes than a head sure of another, and a seed repeats itself.
-    The samplers that cannot draw notes (the reference one, streaming) refuse the model."""
-    model = tiny_model(pitch_head=True, pitch_first=True)
-    with torch.no_grad():
-        model.pitch_emb.normal_(std=1.0)  # notes that move the codes plainly
-    backing, solo = random_codes(2, 4, 10), random_codes(2, 4, 10, seed=2)
-    target, dec_in = teacher_forcing(solo, CARD)
-    with torch.no_grad():
-        x = model.decode(model.encode(backing), dec_in)                         # [B, S, D]
-        predicted = model.predict(x)                                            # [B, K, S, card]
-        note = model.pitch_logits(x).softmax(-1)                               # [B, S, 13]
-        by_hand = sum(note[:, None, :, p, None] * model.logits(x + model.pitch_emb[p]).softmax(-1)
-                      for p in range(13))
-        assert torch.allclose(predicted.exp(), by_hand, atol=1e-6)
-        assert torch.allclose(predicted.exp().sum(-1), torch.ones(2, 4, 13), atol=1e-5)
-        ce = model.loss(backing, solo)[0]
-        assert torch.allclose(ce, codebook_cross_entropy(model(backing, dec_in), target, CARD)[0])
-        pitch = solo[:, 0] % 12
-        told, _, aux = model.loss(backing, solo, pitch=pitch)
-        pitch_ce = aux["pitch"]
-        assert not torch.allclose(told, model.loss(backing, solo, pitch=(pitch + 1) % 12)[0])
-        assert pitch_ce.item() > 0
-    solos = {}
-    for sure in (5, 7):
-        with torch.no_grad():
-            model.pitch_head.bias.zero_()
-            model.pitch_head.bias[sure] = 50.0
-        solos[sure] = sample_solo(model, backing, top_k=50, cfg_coef=3.0, seed=4)
-        assert solos[sure].shape == (2, 4, 10) and int(solos[sure].max()) < CARD
-        assert torch.equal(solos[sure], sample_solo(model, backing, top_k=50, cfg_coef=3.0, seed=4))
-    assert not torch.equal(solos[5], solos[7]), "the drawn note did not reach the codes"
-    with pytest.raises(ValueError, match="pitch-first"):
-        sample_solo_plain(model, backing)
-    with pytest.raises(ValueError, match="pitch-first"):
-        StreamingSampler(tiny_model(pitch_head=True, pitch_first=True, causal_encoder=True), 10)
+def test_a_checkpoint_of_a_removed_experiment_is_one_line():
+    """pitch_first (the note drawn before its codes) has left the code (docs/log.md names the
+    commit that still has it): a checkpoint that kept it off loads as before; one trained with
+    it is refused in one line naming the file."""
+    cfg = tiny_model().cfg
+    assert model_config_of({"model": {**asdict(cfg), "pitch_first": False}}, "c.json") == cfg
+    with pytest.raises(SystemExit, match="c.json: trained with pitch_first, an experiment"):
+        model_config_of({"model": {**asdict(cfg), "pitch_first": True}}, "c.json")

@@ -18,6 +18,7 @@ import pytest
 import data
 import generate
 import train
+from sax.settings import parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "docs" / "colab.ipynb"
@@ -67,7 +68,7 @@ def test_notebook_commands_use_only_flags_the_scripts_accept(smoke):
             script, rest = command.groups()
             # IPython expands {NAME} in a shell line with the notebook's variables.
             args = shlex.split(re.sub(r"\{(\w+)\}", lambda m: str(names.get(m.group(1), "x")), rest))
-            data.parse_settings(SCRIPTS[script], args)  # an unknown flag or a bad value exits here
+            parse_settings(SCRIPTS[script], args)  # an unknown flag or a bad value exits here
             seen.add(script)
     assert seen == set(SCRIPTS)
 
@@ -76,9 +77,10 @@ def test_notebook_runs_top_to_bottom_on_the_cpu(tmp_path, monkeypatch):
     from nbclient import NotebookClient
     nb = notebook()
     nb.cells = [c for c in nb.cells if "colab-only" not in c.metadata.get("tags", [])]
-    for name in ("data.py", "model.py", "listening.py", "train.py", "generate.py", "onnx_export.py", "settings.py", "guard.py",
-                 "onnx_runner.py", "requirements.lock"):
+    for name in ("data.py", "model.py", "train.py", "generate.py", "requirements.lock"):
         shutil.copy(ROOT / name, tmp_path / name)
+    for folder in ("sax", "deploy"):  # what the spine scripts lean on, and the deployment
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setenv("NOTEBOOK_SMOKE", "1")
     # `!python` must be this environment's Python, as it is Colab's on Colab.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -7,12 +7,15 @@ import pytest
 import soundfile as sf
 import torch
 
-import data
 import generate as G
 import onnx_export as E
 import onnx_runner as R
-from data import CODEC_RATE, load_split
-from model import SamplerState, SoloTransformer, StreamingSampler, build_delay_pattern, preset_config
+from model import SoloTransformer, build_delay_pattern, preset_config
+from sax.audio import CODEC_RATE
+from sax.codec import decode_codes, encode_audio
+from sax.dataset import load_split
+from sax.demo import render_demo_song
+from sax.sampling import SamplerState, StreamingSampler
 
 
 def pytorch_stream(model, backing, **opts):
@@ -36,7 +39,7 @@ def test_export_writes_a_complete_folder(exported):
     folder, model, *_ = exported
     numbers = R.read_folder(folder)
     names = {p.name for p in folder.iterdir()}
-    assert set(numbers["sha256"]) | {"runner.json", "onnx_runner.py", "guard.py"} == names, names
+    assert set(numbers["sha256"]) | {"runner.json", "onnx_runner.py", "sound_card.py", "guard.py"} == names, names
     assert numbers["attn_window"] == model.cfg.attn_window == 40 and numbers["n_codebooks"] == 4
     assert numbers["lookahead"] == model.cfg.lookahead == 0
     assert not list(folder.parent.glob(".*tmp*")), "the temporary export folder was left behind"
@@ -47,7 +50,7 @@ def test_export_writes_a_complete_folder(exported):
 
 
 def test_step_logits_equal_pytorch(exported):
-    """Every step's logits, fed the same tokens, against model.SamplerState.streaming, to 1e-5.
+    """Every step's logits, fed the same tokens, against SamplerState.streaming, to 1e-5.
 
     The tight check: a briefly trained model's greedy tokens would survive a small slip
     (one key too many in a window moves the logits by about 6e-4, and no argmax).
@@ -121,7 +124,7 @@ def test_a_model_that_looks_ahead_streams_the_same_tokens(tmp_path, window):
 
 def test_seeded_sampling_equal_given_the_same_draws(exported):
     """top-k 250 at temperature 1: the runner's numpy sampler, fed the uniform numbers that
-    torch's generator gives model.sample_next, picks the same codes."""
+    torch's generator gives sample_next, picks the same codes."""
     folder, model, _, _, backing, _ = exported
     want = pytorch_stream(model, backing, temperature=1.0, top_k=250, seed=5)
     gen = torch.Generator().manual_seed(5)  # the same stream of draws, one [1, K, 1] per step
@@ -165,13 +168,13 @@ def test_variant_losses_on_the_validation_split(exported, trained_causal, tmp_pa
 
 
 def test_codec_graphs_carry_their_state_like_the_pytorch_modules(exported):
-    """The codec graphs, chunk after chunk with their state carried, against data.StreamingEncoder
+    """The codec graphs, chunk after chunk with their state carried, against StreamingEncoder
     and StreamingDecoder (what generate.py --stream runs): the state and the audio to 1e-4, the
     codes equal but in a frame where float rounding tips a near tie in the quantizer."""
     folder, _, codec, numbers, backing, _ = exported
     hop, onnx_codec = numbers["hop"], R.Codec(folder, R.read_folder(folder))
     stream = G.CodecStream(codec, 1)
-    audio = data.decode_codes(codec, backing[:, :60]) + (
+    audio = decode_codes(codec, backing[:, :60]) + (
         0.1 * np.random.default_rng(0).standard_normal(60 * hop)).astype(np.float32)
     got, want = [], []
     for start in range(0, 60 * hop, 7 * hop):  # chunks of 7 frames, the last one of 4
@@ -199,8 +202,8 @@ def test_streamed_codec_equals_a_whole_file_encode_after_its_first_frames(export
     Only the start differs: a whole file pads its left edge by reflection, a stream by silence."""
     folder, _, codec, numbers, *_ = exported
     hop, stream = numbers["hop"], G.CodecStream(codec, 1)
-    band = data.render_demo_song(71, 3.0, seed=0)[0].astype(np.float32)
-    whole = data.encode_audio(codec, band).astype(np.int64)                          # [K, 225]
+    band = render_demo_song(71, 3.0, seed=0)[0].astype(np.float32)
+    whole = encode_audio(codec, band).astype(np.int64)                          # [K, 225]
     streamed = np.concatenate([stream.encode(band[s:s + 6 * hop]).numpy()
                                for s in range(0, len(band), 6 * hop)], axis=-1)
     assert streamed.shape == whole.shape
@@ -208,14 +211,14 @@ def test_streamed_codec_equals_a_whole_file_encode_after_its_first_frames(export
     assert differ[15:].sum() <= 2, np.argwhere(differ)  # a near tie may tip a frame (see above)
     audio = np.concatenate([stream.decode(torch.from_numpy(whole[None, :, s:s + 6]))[0]
                             for s in range(0, whole.shape[1], 6)])
-    want = data.decode_codes(codec, whole)
+    want = decode_codes(codec, whole)
     assert len(audio) == len(want) and np.abs(audio - want)[10 * hop:].max() < 1e-5
 
 
 def test_runner_follows_a_backing_like_generate_stream(exported, tmp_path):
     """The whole device path from a WAV file (codec graphs included) against generate.py --stream."""
     folder, model, codec, numbers, backing, _ = exported
-    audio = data.decode_codes(codec, backing[:, :90])                                # 1.2 s of backing
+    audio = decode_codes(codec, backing[:, :90])                                # 1.2 s of backing
     sf.write(tmp_path / "trio.wav", np.stack([audio, audio], axis=1), CODEC_RATE)      # stereo: mixed down
     report = R.main([str(folder), "--backing", str(tmp_path / "trio.wav"), "--out", str(tmp_path / "live"),
                      "--variant", "fp32", "--temperature", "0", "--no-pace"])
@@ -257,7 +260,7 @@ def test_the_runner_chooses_its_chunk(exported, tmp_path):
     chunks give a take of the same length and audio as 80 ms chunks (the untrained codec's audio,
     whatever the codes: the codes themselves are held equal in the codec tests above), sooner."""
     folder, _, codec, _, backing, _ = exported
-    sf.write(tmp_path / "b.wav", data.decode_codes(codec, backing[:, :60]), CODEC_RATE)
+    sf.write(tmp_path / "b.wav", decode_codes(codec, backing[:, :60]), CODEC_RATE)
     takes = {}
     for ms in (40, 80):
         takes[ms] = R.main([str(folder), "--backing", str(tmp_path / "b.wav"), "--out", str(tmp_path / str(ms)),
@@ -280,7 +283,7 @@ def test_the_runner_chooses_its_chunk(exported, tmp_path):
 def test_paced_run_waits_for_the_audio(exported, tmp_path):
     """Paced like a live input, a 1 s backing cannot finish in much less than 1 s."""
     folder, _, codec, _, backing, _ = exported
-    sf.write(tmp_path / "b.wav", data.decode_codes(codec, backing[:, :75]), CODEC_RATE)
+    sf.write(tmp_path / "b.wav", decode_codes(codec, backing[:, :75]), CODEC_RATE)
     report = R.main([str(folder), "--backing", str(tmp_path / "b.wav"), "--out", str(tmp_path / "p")])
     assert report["paced"] and report["wall_s"] >= 0.95, report["wall_s"]
 
@@ -294,7 +297,7 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
         assert all(w in str(err.value) for w in words), str(err.value)
 
     good = tmp_path / "ok.wav"
-    sf.write(good, data.decode_codes(codec, backing[:, :30]), CODEC_RATE)
+    sf.write(good, decode_codes(codec, backing[:, :30]), CODEC_RATE)
     sf.write(tmp_path / "44k.wav", np.zeros(44100, np.float32), 44100)
     fails([folder, "--backing", tmp_path / "44k.wav"], "44100 Hz", "ffmpeg")
     sf.write(tmp_path / "short.wav", np.zeros(1000, np.float32), CODEC_RATE)
@@ -320,13 +323,6 @@ def test_bad_input_one_clear_line(exported, trained, trained_causal, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(SystemExit, match="--overwrite"):
         E.main(E.ExportConfig(checkpoint=str(trained_causal / "best"), out=str(folder)))
-    # A pitch-first model draws notes, which the runner cannot: refused before anything is written.
-    noted = SoloTransformer(preset_config("tiny", max_frames=64, causal_encoder=True,
-                                          pitch_head=True, pitch_first=True))
-    with pytest.raises(SystemExit, match="pitch-first"):
-        E.export_onnx(noted, None, {}, {}, E.ExportConfig(checkpoint="noted", out=""),
-                      tmp_path / "noted")
-    assert not (tmp_path / "noted").exists()
 
 
 def test_failed_export_leaves_nothing(trained_causal, tmp_path, monkeypatch):

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import data
 import generate as G
 from conftest import quick_train_config
+from sax.codec import UNTRAINED_AUDIO
+from sax.settings import command_line, parse_settings
 
 
 class Page(HTMLParser):
@@ -123,8 +124,8 @@ def test_generation_page_from_a_validation_clip(trained, tmp_path):
     assert record["command"] in text
     words = record["command"].split()
     assert words[:2] == ["python", "generate.py"]
-    assert data.parse_settings(G.GenerateConfig, words[2:]) == cfg
-    assert data.UNTRAINED_AUDIO in text  # offline: the page says why the audio carries nothing of the tokens
+    assert parse_settings(G.GenerateConfig, words[2:]) == cfg
+    assert UNTRAINED_AUDIO in text  # offline: the page says why the audio carries nothing of the tokens
 
 
 def test_generation_page_for_a_backing_file(trained, tmp_path):
@@ -143,15 +144,15 @@ def test_generation_page_for_a_backing_file(trained, tmp_path):
 
 def test_command_line_round_trip():
     cfg = G.GenerateConfig(checkpoint="runs/x y/best", top_k=0, guidance=None, stream=True, device="cpu")
-    words = data.command_line("generate.py", cfg)
+    words = command_line("generate.py", cfg)
     # guidance is on by default (3): turning it off is written "none", and read back so
     assert words == "python generate.py --checkpoint 'runs/x y/best' --top-k 0 --cfg-coef none --stream --device cpu"
     import shlex
-    assert data.parse_settings(G.GenerateConfig, shlex.split(words)[2:]) == cfg
+    assert parse_settings(G.GenerateConfig, shlex.split(words)[2:]) == cfg
     from train import TrainConfig
     t = TrainConfig(listen_test=False, attn_window=None, page_sample_s=0.0)
-    assert data.command_line("train.py", t) == "python train.py --page-sample-s 0.0 --no-listen-test"
-    assert data.parse_settings(TrainConfig, shlex.split(data.command_line("train.py", t))[2:]) == t
+    assert command_line("train.py", t) == "python train.py --page-sample-s 0.0 --no-listen-test"
+    assert parse_settings(TrainConfig, shlex.split(command_line("train.py", t))[2:]) == t
 
 
 def test_run_page_grows_with_each_best_and_survives_a_resume(demo_dataset, tmp_path):

@@ -15,8 +15,9 @@ import ablation as A
 import data
 import generate as G
 import onnx_export as E
-import settings
+from sax import settings
 import train as T
+from sax.audio import CODEC_RATE
 
 VALUES = ["nan", "inf", "-1", "0", "1e12"]
 # script -> (settings class, the checks its main() runs before any work)
@@ -132,7 +133,7 @@ def test_every_runner_number_is_refused_in_one_line_or_takes(exported, tmp_path,
 
     import onnx_runner as R
     backing = tmp_path / "b.wav"
-    sf.write(backing, np.zeros(data.CODEC_RATE, np.float32), data.CODEC_RATE)
+    sf.write(backing, np.zeros(CODEC_RATE, np.float32), CODEC_RATE)
     refused = ran = 0
     for flag, value in RUNNER_CASES:
         argv = [str(exported[0]), "--backing", str(backing), "--out", str(tmp_path / f"o{flag}{value}"),

@@ -13,10 +13,18 @@ import pytest
 import torch
 from conftest import ROOT, quick_train_config
 
-import data
-import listening
+
 import train as T
-from model import ModelConfig, SoloTransformer, load_model
+from model import ModelConfig, SoloTransformer
+from sax.codec import dataset_codec
+from sax.dataset import Windows
+from sax.demo import NOTE_NAMES, render_demo_song
+from sax.checkpoints import load_model
+from sax.checkpoints import model_card, push_to_hub
+from sax.evaluation import evaluate, train_flops_per_window
+from sax.precision import choose_precision, scaled_step
+from sax.dataset import chord_targets, harmony_truth, pitch_targets
+from sax.listening import ListeningSet, counting_listener, fit_onset_detector, fit_probes, in_chord_curve, key_change_set, key_change_test, kick_auc, listening_masks, listening_windows, mismatched_windows, plays_with_band, read_pitch_classes, recovery_frames, score_solos
 
 
 def test_tiny_model_overfits_a_fixed_batch():
@@ -82,11 +90,11 @@ def test_resume_after_kill_is_exact(demo_dataset, tmp_path):
 
 def test_mismatched_backing_comes_from_other_songs():
     backing = torch.arange(5).view(5, 1, 1)
-    rolled = listening.mismatched_windows(backing, ["a", "a", "b", "b", "c"], spare=None)
+    rolled = mismatched_windows(backing, ["a", "a", "b", "b", "c"], spare=None)
     picked = [int(x) for x in rolled.flatten()]
     assert all(["a", "a", "b", "b", "c"][j] != s for j, s in zip(picked, ["a", "a", "b", "b", "c"])), picked
     spare = torch.full((2, 1, 1), 9)
-    assert (listening.mismatched_windows(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
+    assert (mismatched_windows(backing[:3], ["a", "a", "a"], spare) == 9).all(), "one song: use the spare windows"
 
 
 def test_bf16_autocast_runs_on_cpu(demo_dataset, tmp_path):
@@ -102,12 +110,12 @@ def test_bf16_autocast_runs_on_cpu(demo_dataset, tmp_path):
     ("fp32", "cuda", (9, 0), (None, False)),
 ])
 def test_precision_policy(requested, device, cap, want):
-    assert T.choose_precision(requested, device, cap) == want, f"{requested} on {device} {cap}"
+    assert choose_precision(requested, device, cap) == want, f"{requested} on {device} {cap}"
 
 
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
-        T.choose_precision("fp16", "cpu")
+        choose_precision("fp16", "cpu")
 
 
 def test_grad_scaler_skips_and_counts_non_finite_steps():
@@ -117,11 +125,11 @@ def test_grad_scaler_skips_and_counts_non_finite_steps():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # the same logic CUDA's fp16 path runs
     before = model.weight.detach().clone()
     scaler.scale(model(torch.full((2, 4), float("inf"))).sum()).backward()
-    _, skipped = T.scaled_step(model, opt, scaler, grad_clip=1.0)
+    _, skipped = scaled_step(model, opt, scaler, grad_clip=1.0)
     assert skipped and torch.equal(model.weight, before), "an inf gradient must skip the step"
     opt.zero_grad()
     scaler.scale(model(torch.ones(2, 4)).sum()).backward()
-    _, skipped = T.scaled_step(model, opt, scaler, grad_clip=1.0)
+    _, skipped = scaled_step(model, opt, scaler, grad_clip=1.0)
     assert not skipped and not torch.equal(model.weight, before), "a finite gradient must update the weights"
 
 
@@ -214,7 +222,7 @@ def test_model_card_is_valid(trained):
     from huggingface_hub import ModelCard
     out, _ = trained
     config = json.loads((out / "best" / "config.json").read_text())
-    card = ModelCard(T.model_card(config, "someone/jazz-sax-tiny"))
+    card = ModelCard(model_card(config, "someone/jazz-sax-tiny"))
     assert card.data.license == "mit" and "jazz" in card.data.tags, card.data
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert abs(results["val_ce"] - config["metrics"]["val_ce"]) < 1e-3, f"card metrics {results}"
@@ -247,10 +255,10 @@ def test_push_to_hub_up_to_the_client(trained, monkeypatch, capsys, tmp_path):
     __import__("shutil").copytree(out / "best", folder)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
     with pytest.raises(SystemExit, match=r"(?s)Temporary failure.*Nothing was uploaded.*hf auth login.*--push-only"):
-        T.push_to_hub(folder, "someone/jazz-sax-tiny", api=OfflineHub())
+        push_to_hub(folder, "someone/jazz-sax-tiny", api=OfflineHub())
     assert not (folder / "README.md").exists(), "nothing may be written before the upload succeeds"
     hub = FakeHub()
-    T.push_to_hub(folder, "someone/jazz-sax-tiny", private=True, api=hub)
+    push_to_hub(folder, "someone/jazz-sax-tiny", private=True, api=hub)
     assert [c[0] for c in hub.calls] == ["create_repo", "create_commit"], hub.calls
     assert hub.calls[0][2]["private"] is True and hub.calls[0][2]["exist_ok"] is True
     sent = {op.path_in_repo for op in hub.calls[1][2]["operations"]}
@@ -290,23 +298,23 @@ def test_model_can_listen_on_a_task_where_the_solo_is_the_backing():
 
 def T_evaluate(model, backing, solo, other, masks):
     from contextlib import nullcontext
-    return T.evaluate(model, backing, solo, other, masks, batch=16, device=torch.device("cpu"), autocast=nullcontext)
+    return evaluate(model, backing, solo, other, masks, batch=16, device=torch.device("cpu"), autocast=nullcontext)
 
 
 def test_listening_metrics_tell_the_true_lead_own_band_from_another(demo_dataset):
     """On the demo corpus's true lead: the kick AUC scores its own band's kicks clearly
     above another song's, and the gain masks cover the frames they say."""
     out, meta = demo_dataset
-    backing, solo, where = data.Windows(out, "train", meta, 75).fixed(64)
-    masks = listening.listening_masks(meta, where, 75, meta["codec"]["frame_rate"])
+    backing, solo, where = Windows(out, "train", meta, 75).fixed(64)
+    masks = listening_masks(meta, where, 75, meta["codec"]["frame_rate"])
     assert set(masks) == {"start", "kicks"} and masks["start"].all(), "a 1 s window is all 'first second'"
     kicks = masks["kicks"]
     assert 0.03 < kicks.float().mean() < 0.3, f"share of kick frames {kicks.float().mean():.2f}"
     songs = [song for song, _, _ in where]
-    other = listening.mismatched_windows(torch.arange(len(songs)).view(-1, 1, 1), songs, None).flatten()
+    other = mismatched_windows(torch.arange(len(songs)).view(-1, 1, 1), songs, None).flatten()
     valid = solo[:, 0] != meta["codec"]["card"]
-    detector = listening.fit_onset_detector(solo, kicks, meta["codec"]["card"])
-    own, mismatched = listening.kick_auc(detector, solo, kicks, valid), listening.kick_auc(detector, solo, kicks[other], valid)
+    detector = fit_onset_detector(solo, kicks, meta["codec"]["card"])
+    own, mismatched = kick_auc(detector, solo, kicks, valid), kick_auc(detector, solo, kicks[other], valid)
     assert own > 0.65 and own > mismatched + 0.1, f"true lead: kick AUC {own:.3f} own band, {mismatched:.3f} another's"
 
 
@@ -315,28 +323,28 @@ def test_harmony_probe_tells_the_true_lead_own_chords_from_another_song(demo_dat
     songs' true lead in their own chords far more often than in another song's."""
     out, meta = demo_dataset
     card, T = meta["codec"]["card"], 75
-    probes = listening.fit_probes(out, meta, T)
-    backing, solo, where, other, other_solo = listening.listening_windows(out, meta, T)
-    ls = listening.ListeningSet.of(meta, where, backing, solo, other, other_solo)
-    read = listening.read_pitch_classes(probes.pitch, solo)
+    probes = fit_probes(out, meta, T)
+    backing, solo, where, other, other_solo = listening_windows(out, meta, T)
+    ls = ListeningSet.of(meta, where, backing, solo, other, other_solo)
+    read = read_pitch_classes(probes.pitch, solo)
     sounding = (ls.lead >= 0) & (solo[:, 0] != card)
     accuracy = (read == ls.lead)[sounding].float().mean()
     assert accuracy > 0.4, f"the probe reads the true pitch class in {accuracy:.0%} of frames (chance 1/12)"
-    scores = listening.score_solos(probes, ls, {"true": ls.solo, "true_mismatched": ls.other_solo})
+    scores = score_solos(probes, ls, {"true": ls.solo, "true_mismatched": ls.other_solo})
     own, other_band = scores["note_in_chord_true"], scores["note_in_chord_true_mismatched"]
     assert own > 0.6 and own > other_band + 0.25, f"true lead: note-in-chord {own:.3f} own chords, {other_band:.3f} another's"
 
 
 def test_the_chords_can_be_counted_from_the_band_codes(demo_dataset):
-    """listening.counting_listener: the lead's pitch class guessed from the backing's codes alone
+    """counting_listener: the lead's pitch class guessed from the backing's codes alone
     lands on the band's chord tones far more often over its own band than over another song's
     (the harmony is in the backing's tokens, for a model to take)."""
     out, meta = demo_dataset
     T = 75
-    probes = listening.fit_probes(out, meta, T)
-    backing, solo, where, other_backing, other_solo = listening.listening_windows(out, meta, T)
-    ls = listening.ListeningSet.of(meta, where, backing, solo, other_backing, other_solo)
-    counted = listening.counting_listener(probes, ls)
+    probes = fit_probes(out, meta, T)
+    backing, solo, where, other_backing, other_solo = listening_windows(out, meta, T)
+    ls = ListeningSet.of(meta, where, backing, solo, other_backing, other_solo)
+    counted = counting_listener(probes, ls)
     own, other = counted["note_in_chord_counted_own"], counted["note_in_chord_counted_mismatched"]
     assert own > other + 0.2, f"counted from the band: {own:.3f} in its own chords, {other:.3f} in another's"
 
@@ -345,7 +353,7 @@ def test_harmony_truth_follows_the_notes_and_chords():
     meta = {"songs": [{"id": "s", "variants": [{"tempo": 1.0, "semitones": 0.0}, {"tempo": 2.0, "semitones": 1.2}],
                        "truth": {"lead_notes": [{"start_s": 0.1, "end_s": 0.2, "midi": 62}],
                                  "chords": [{"start_s": 0.0, "end_s": 0.3, "pitch_classes": [0, 4, 7]}]}}]}
-    lead, chords = listening.harmony_truth(meta, [("s", 0, 0), ("s", 1, 0)], 40, 100)
+    lead, chords = harmony_truth(meta, [("s", 0, 0), ("s", 1, 0)], 40, 100)
     assert (lead[0, 10:20] == 2).all() and (lead[0, :10] == -1).all() and (lead[0, 20:] == -1).all()
     # twice as fast, a semitone (1.2, rounded) higher
     assert (lead[1, 5:10] == 3).all() and (lead[1, 10:] == -1).all()
@@ -354,9 +362,9 @@ def test_harmony_truth_follows_the_notes_and_chords():
 
 
 def test_plays_with_band_scales_by_the_true_lead():
-    assert listening.plays_with_band(0.7, 0.5, 0.8, 0.5) == pytest.approx(2 / 3)
-    assert listening.plays_with_band(0.5, 0.5, 0.8, 0.5) == 0  # deaf
-    assert np.isnan(listening.plays_with_band(0.7, 0.5, 0.5, 0.5))  # the lead tells nothing: no scale
+    assert plays_with_band(0.7, 0.5, 0.8, 0.5) == pytest.approx(2 / 3)
+    assert plays_with_band(0.5, 0.5, 0.8, 0.5) == 0  # deaf
+    assert np.isnan(plays_with_band(0.7, 0.5, 0.5, 0.5))  # the lead tells nothing: no scale
 
 
 def test_kick_auc_is_a_rank_statistic():
@@ -366,14 +374,14 @@ def test_kick_auc_is_a_rank_statistic():
     valid = torch.ones(1, 6, dtype=torch.bool)
     # kick frames score 2 and 1, the others 0, 0, 0, 2. Of the 8 (kick, other) pairs the
     # 2 wins 3 and ties 1, the 1 wins 3 and loses 1: (6 + 0.5) / 8.
-    assert abs(listening.kick_auc(table, solo, kicks, valid) - 6.5 / 8) < 1e-6
+    assert abs(kick_auc(table, solo, kicks, valid) - 6.5 / 8) < 1e-6
     # Frames that are not audio (valid False) are not counted, whatever their codes score:
     # with frames 4 and 5 invalid and holding onset-like codes, the pairs are 2 kicks x 2
     # others, all won: 1.0. Counting them would give (3 + 2) / 8.
     padded, valid[0, 4:] = solo.clone(), False
     padded[0, 0, 4:] = 2
-    assert listening.kick_auc(table, padded, kicks, valid) == 1.0
-    assert listening.kick_auc(table, padded, kicks, torch.ones_like(valid)) == 5 / 8
+    assert kick_auc(table, padded, kicks, valid) == 1.0
+    assert kick_auc(table, padded, kicks, torch.ones_like(valid)) == 5 / 8
 
 
 def test_mfu_counts_matmul_parameters_and_attention():
@@ -384,7 +392,7 @@ def test_mfu_counts_matmul_parameters_and_attention():
     enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("encoder.", "enc_norm")))
     dec = model.num_params() - tables - enc
     attention = 12 * 32 * (frames * frames + steps * steps + steps * frames)
-    assert T.train_flops_per_window(model, frames) == 6 * (enc * frames + dec * steps) + attention
+    assert train_flops_per_window(model, frames) == 6 * (enc * frames + dec * steps) + attention
 
 
 def test_solo_dropout_trains(demo_dataset, tmp_path):
@@ -423,8 +431,8 @@ def test_layers_and_width_override_the_preset(demo_dataset, tmp_path):
 
 
 def test_a_key_change_song_changes_key_once_in_the_middle():
-    _, _, truth = data.render_demo_song(10_000, 16.0, 0, key_change_at=0.5)
-    keys = [data.NOTE_NAMES.index(c["key"]) for c in truth["chords"]]
+    _, _, truth = render_demo_song(10_000, 16.0, 0, key_change_at=0.5)
+    keys = [NOTE_NAMES.index(c["key"]) for c in truth["chords"]]
     change = next(c["bar"] for c in truth["chords"] if c["start_s"] == truth["key_change_s"])
     assert set(keys[:change]) == {keys[0]} and set(keys[change:]) == {(keys[0] + 6) % 12}
     assert change % 2 == 0 and abs(change - len(keys) / 2) <= 2
@@ -433,22 +441,22 @@ def test_a_key_change_song_changes_key_once_in_the_middle():
 def test_recovery_is_counted_from_the_change():
     hits = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 1, 1, 1]], dtype=torch.bool)
     frames = torch.ones_like(hits)
-    curve = listening.in_chord_curve(hits, frames, 0)
+    curve = in_chord_curve(hits, frames, 0)
     assert curve.tolist() == hits[0].float().tolist()
-    assert listening.recovery_frames(curve, 4, 1.0) == 3  # back (within 0.1) 3 frames after
-    assert listening.recovery_frames(curve, 4, 0.05) == 0  # never fell further than 0.1
-    assert listening.recovery_frames(curve[:7], 4, 1.0) is None  # not back within the window
-    smooth = listening.in_chord_curve(hits, frames, 1)
+    assert recovery_frames(curve, 4, 1.0) == 3  # back (within 0.1) 3 frames after
+    assert recovery_frames(curve, 4, 0.05) == 0  # never fell further than 0.1
+    assert recovery_frames(curve[:7], 4, 1.0) is None  # not back within the window
+    smooth = in_chord_curve(hits, frames, 1)
     assert smooth[5].item() == 0 and smooth[4].item() == pytest.approx(1 / 3)
 
 
 def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset):
     out, meta = demo_dataset[0], demo_dataset[1]
     model, config = load_model(trained[0] / "best")
-    codec = data.dataset_codec(meta["codec"], out, "cpu")
-    kc = listening.key_change_set(codec, model.cfg.max_frames, songs=[10_000, 10_001])
+    codec = dataset_codec(meta["codec"], out, "cpu")
+    kc = key_change_set(codec, model.cfg.max_frames, songs=[10_000, 10_001])
     assert kc.backing.shape == kc.lead.shape == (2, 4, model.cfg.max_frames)
-    figures = listening.key_change_test(model, kc, listening.fit_probes(out, meta, model.cfg.max_frames),
+    figures = key_change_test(model, kc, fit_probes(out, meta, model.cfg.max_frames),
                                         torch.device("cpu"))
     for who in ("generated", "true"):
         assert 0 <= figures[f"key_change_in_chord_before_{who}"] <= 1
@@ -459,9 +467,9 @@ def test_key_change_test_reports_before_after_and_recovery(trained, demo_dataset
     # before the change (well above the third that chance gives), the notes held over it
     # do not, and it is back within the second half of the window.
     T = 300
-    kc = listening.key_change_set(codec, T, songs=[10_000, 10_001])
+    kc = key_change_set(codec, T, songs=[10_000, 10_001])
     wide = SoloTransformer(dataclasses.replace(model.cfg, max_frames=T)).eval()
-    true = listening.key_change_test(wide, kc, listening.fit_probes(out, meta, T), torch.device("cpu"))
+    true = key_change_test(wide, kc, fit_probes(out, meta, T), torch.device("cpu"))
     assert true["key_change_in_chord_before_true"] > 0.5, true
     assert true["key_change_in_chord_after_true"] < true["key_change_in_chord_before_true"] - 0.3, true
     assert true["key_change_recovery_frames_true"] is not None, true
@@ -489,10 +497,10 @@ def test_chord_aux_trains_on_the_bands_chroma_and_is_refused_without_it(demo_dat
     not know its chords, is refused before anything is written."""
     data_dir, meta = demo_dataset
     assert meta["format"] == 3 and meta["chroma_on_chords"] > 0.6, meta["chroma_on_chords"]
-    windows = data.Windows(data_dir, "train", meta, 75)
+    windows = Windows(data_dir, "train", meta, 75)
     backing, solo, where = windows.sample(6, torch.Generator().manual_seed(0), where=True)
-    heard = listening.chord_targets(windows, where, backing)
-    truth = listening.chord_targets(windows, where, backing, meta)
+    heard = chord_targets(windows, where, backing)
+    truth = chord_targets(windows, where, backing, meta)
     padding = backing[:, 0] == meta["codec"]["card"]
     assert heard.shape == truth.shape == (6, 75, 12) and (heard[padding] == 0).all()
     counted = truth.sum(-1) > 0                                      # inside a chord, not padding
@@ -535,16 +543,16 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     true ones. The run logs the head's loss beside the codes' and saves a model with the
     head; a dataset without the notes asked for is refused before anything is written."""
     data_dir, meta = demo_dataset
-    windows = data.Windows(data_dir, "train", meta, 75)
+    windows = Windows(data_dir, "train", meta, 75)
     backing, solo, where = windows.sample(6, torch.Generator().manual_seed(0), where=True)
     again = windows.sample(6, torch.Generator().manual_seed(0))
     assert torch.equal(again[1], solo), "where=True must draw the same windows"
-    lead, _ = listening.harmony_truth(meta, where, 75, meta["codec"]["frame_rate"])
-    truth = listening.pitch_targets(windows, where, solo, meta)
+    lead, _ = harmony_truth(meta, where, 75, meta["codec"]["frame_rate"])
+    truth = pitch_targets(windows, where, solo, meta)
     played = solo[:, 0] != meta["codec"]["card"]
     assert torch.equal(truth[played], lead.masked_fill(lead < 0, 12)[played])
     assert (truth[~played] == -100).all() and (truth[played] >= 0).all() and (lead >= 0).any()
-    tracked = listening.pitch_targets(windows, where, solo)
+    tracked = pitch_targets(windows, where, solo)
     assert (tracked[~played] == -100).all()
     sounding = played & (lead >= 0)
     assert (tracked[sounding] == truth[sounding]).float().mean() > 0.9, "the tracked notes are not the lead's"
@@ -573,17 +581,3 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     assert not (tmp_path / "b").exists()
     with pytest.raises(SystemExit, match="--pitch-aux -1.0: must be at least 0"):
         T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=-1.0))
-    with pytest.raises(SystemExit, match="--pitch-first draws each note from the pitch head"):
-        T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=0.0,
-                                                  pitch_first=True))
-    with pytest.raises(SystemExit, match="--pitch-first with --causal-encoder"):
-        T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=1.0,
-                                                  pitch_first=True, causal_encoder=True))
-
-    # --pitch-first: the saved model draws its notes; the listening test samples it.
-    T.train(quick_train_config(data_dir, tmp_path / "c", pitch_aux=1.0, pitch_first=True,
-                               max_steps=2))
-    model, _ = load_model(tmp_path / "c" / "best", "cpu")
-    assert model.cfg.pitch_first and model.pitch_emb is not None
-    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
-    assert 0 <= summary["best"]["note_in_chord_own"] <= 1, summary

@@ -8,8 +8,8 @@ folders, and the PDF compiled from them.
 The runs come from two commands (each resumable; hours on 2 CPU cores; the exact command
 of each table, with its --rows, is in its table.json and in the draft's captions):
 
-    python ablation.py [--rows ...]             # runs/ablation: phase 3's settings, 3 seeds each
-    python ablation.py --table lookahead        # runs/lookahead: phase 5's lookahead, 3 seeds each
+    python experiments/ablation.py [--rows ...]             # runs/ablation: phase 3's settings, 3 seeds each
+    python experiments/ablation.py --table lookahead        # runs/lookahead: phase 5's lookahead, 3 seeds each
 
 and, when they are there, three optional files of figures (a dash in the draft otherwise):
 runs/speed.json (python tests/benchmark_codec.py --json runs/speed.json), runs/bench.json
@@ -32,9 +32,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent  # the repository: ablation.py, data.py
-sys.path.insert(0, str(ROOT))
-import guard  # noqa: E402 (the repository's, stdlib only): staged writes, one-line errors
+ROOT = HERE.parent.parent  # the repository: data.py, experiments/ablation.py
+sys.path.insert(0, str(ROOT))  # the repository: model.py, sax/
+from sax import guard  # noqa: E402 (the repository's, stdlib only): staged writes, one-line errors
 
 # The columns of each table: (key in ablation.py's table.json, heading, decimals).
 ABLATION_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3),
@@ -59,8 +59,7 @@ ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),
 # the default they extend (no-chord-aux, as for the architecture rows).
 PITCH_ROWS = ("no-chord-aux", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3",
               "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
-              "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5",
-              "pitch-first-0.3", "pitch-first-1", "pitch-first-3")
+              "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5")
 PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
                                         ("note_in_chord_mismatched", "in chord other", 3)) \
     + ABLATION_COLUMNS[4:6]
@@ -82,12 +81,20 @@ def read_table(runs, name, command):
     return table
 
 
+def shown(value, decimals, sign=""):
+    """A figure at `decimals`, with a minus sign rather than a hyphen, and no sign on a zero
+    (-0.0001 at 2 decimals is 0.00, not −0.00). sign="+": a plus on positive figures."""
+    text = f"{value:{sign}.{decimals}f}"
+    if float(text) == 0:
+        text = f"{0.0:{sign}.{decimals}f}".lstrip("+")
+    return text.replace("-", "−")
+
+
 def cell(mean_sd, decimals):
-    """'0.690 ± 0.020' from [mean, sd], with a minus sign rather than a hyphen; an en dash
-    where a figure is undefined."""
+    """'0.690 ± 0.020' from [mean, sd]; an en dash where a figure is undefined."""
     if mean_sd is None:
         return "–"
-    return f"{mean_sd[0]:.{decimals}f} ± {mean_sd[1]:.{decimals}f}".replace("-", "−")
+    return f"{shown(mean_sd[0], decimals)} ± {shown(mean_sd[1], decimals)}"
 
 
 def provenance(table):
@@ -95,7 +102,7 @@ def provenance(table):
     m = table.get("machine") or {}
     where = (f"{m['cores']}-core {m['cpu']} machine, one thread per run, torch {m['torch']}, "
              f"{m['date']}") if m else "machine not recorded"
-    return {"command": table.get("command", "python ablation.py"),
+    return {"command": table.get("command", "python experiments/ablation.py"),
             "seeds": ", ".join(map(str, table["seeds"])), "machine": where}
 
 
@@ -118,7 +125,6 @@ def typst_table(table, columns, first, rows=None, params=False):
 def facts():
     """The figures of the setup the prose quotes (the default model's size, a frame's length),
     computed rather than typed."""
-    sys.path.insert(0, str(ROOT))
     from model import PRESETS, SoloTransformer, preset_config
     tiny = SoloTransformer(preset_config("tiny", n_codebooks=4, card=1024))
     small = SoloTransformer(preset_config("small", n_codebooks=4, card=1024))
@@ -181,8 +187,7 @@ def quantization_of(runs):
         return None
     fp32 = raw["losses"]["fp32"]
     return {"fp32": f"{fp32:.4f}", "command": raw["command"],
-            **{f"{v}_cost": f"{raw['losses'][v] - fp32:+.4f}".replace("-", "−")
-               for v in ("int8", "int4")}}
+            **{f"{v}_cost": shown(raw['losses'][v] - fp32, 4, "+") for v in ("int8", "int4")}}
 
 
 def counted_of(counted, true_lead):
@@ -220,10 +225,10 @@ def quick_runs(tmp, corpus=None):
     steps = [] if corpus else [[python, ROOT / "data.py", "--out", tmp / "data", "--demo-songs",
                                 "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
     corpus = corpus or tmp / "data"
-    steps += [[python, ROOT / "ablation.py", "--quick", "--rows", "default", "no-chord-aux",
+    steps += [[python, ROOT / "experiments" / "ablation.py", "--quick", "--rows", "default", "no-chord-aux",
                "no-solo-dropout", "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
                "--out", runs / "ablation"],
-              [python, ROOT / "ablation.py", "--quick", "--table", "lookahead", "--rows",
+              [python, ROOT / "experiments" / "ablation.py", "--quick", "--table", "lookahead", "--rows",
                "lookahead-0ms", "lookahead-80ms", "--seeds", "0", "--data", corpus,
                "--out", runs / "lookahead", "--runner-delay-ms", "80"],
               [python, ROOT / "tests" / "benchmark.py", "--presets", "tiny", "--frames", "30",
@@ -243,8 +248,8 @@ def build(runs, out):
     and the PDF are then written to a hidden folder in --out and moved in, so a bad
     table.json or a failed compile leaves the last build as it was."""
     import typst
-    ablation = read_table(runs, "ablation", "python ablation.py")
-    lookahead = read_table(runs, "lookahead", "python ablation.py --table lookahead")
+    ablation = read_table(runs, "ablation", "python experiments/ablation.py")
+    lookahead = read_table(runs, "lookahead", "python experiments/ablation.py --table lookahead")
     copies = {"lookahead.png": Path(runs) / "lookahead" / "lookahead.png",
               "listening_probes.png": ROOT / "docs" / "img" / "listening_probes.png",
               "paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
@@ -255,7 +260,7 @@ def build(runs, out):
                  if (Path(runs) / name).exists()}}  # the optional figures
     missing = [str(path) for path in copies.values() if not path.exists()]
     if missing:
-        raise SystemExit(f"{', '.join(missing)} not found: python ablation.py --table "
+        raise SystemExit(f"{', '.join(missing)} not found: python experiments/ablation.py --table "
                          "lookahead draws lookahead.png (or build with --quick)")
     try:
         parts = made_parts(runs, ablation, lookahead)

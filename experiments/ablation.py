@@ -2,10 +2,10 @@
 ablation.py -- a table of training and sampling settings, each row the mean and spread
 of several seeds (phase 3; the tables of docs/phase3 and of the paper).
 
-    python ablation.py                                   # every row, seeds 0 1 2, 2 runs at once
-    python ablation.py --rows default cross-attention-only --seeds 0 1 2 3
-    python ablation.py --list                            # the rows and what each changes
-    python ablation.py --table lookahead                 # phase 5: the solo L ms ahead
+    python experiments/ablation.py                                   # every row, seeds 0 1 2, 2 runs at once
+    python experiments/ablation.py --rows default cross-attention-only --seeds 0 1 2 3
+    python experiments/ablation.py --list                            # the rows and what each changes
+    python experiments/ablation.py --table lookahead                 # phase 5: the solo L ms ahead
 
 One training run is one `python train.py --out <out>/<row>/seed<N> --seed N --threads 1
 <the row's flags>`, in its own process, --jobs of them at a time (one thread each:
@@ -31,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import guard  # first of the project's: a Ctrl-C while torch loads is one line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: train.py, sax/
+from sax import guard  # noqa: E402 (first of the project's: a Ctrl-C while torch loads is one line)
 
 guard.quiet_ctrl_c(__name__)
 
@@ -40,11 +41,16 @@ import torch
 from tqdm import tqdm
 
 import data
-from data import DEVICES, write_json
-from settings import check_settings, opt, parse_settings
-from listening import (KEY_CHANGE_SONGS, SAMPLING, ListeningSet, counting_listener, fit_probes,
-                       key_change_set, key_change_test, listening_test, listening_windows)
-from model import ModelConfig, SoloTransformer, load_model, read_json, resolve_checkpoint
+from sax.settings import check_settings, opt, parse_settings
+from model import ModelConfig, SoloTransformer
+from sax.codec import dataset_codec
+from sax.dataset import load_dataset
+from sax.evaluation import overfitting
+from sax.files import atomic_write, read_metrics, write_json
+from sax.machine import DEVICES, check_install
+from sax.checkpoints import load_model, read_json, resolve_checkpoint
+from sax.listening import KEY_CHANGE_SONGS, ListeningSet, counting_listener, fit_probes, key_change_set, key_change_test, listening_test, listening_windows
+from sax.sampling import SAMPLING
 
 
 @dataclass
@@ -52,23 +58,27 @@ class Row:
     """One line of the table: the train.py flags of its runs and how their solos are sampled."""
     what: str                                     # the change, in words (the table's 2nd column)
     flags: tuple = ()                             # train.py flags beside --out, --seed, --threads
-    sampling: dict = field(default_factory=dict)  # listening_test's options (listening.SAMPLING)
+    sampling: dict = field(default_factory=dict)  # listening_test's options (SAMPLING)
     runs_of: str = ""                             # sample the checkpoints of this row (no training)
     data: tuple = ()                              # data.py flags of a dataset of its own:
     #                                               the demo corpus built with them, into
     #                                               <--data>-<flags> (data_folder)
 
 
-# The rows, in the order of the table. The default row is `python train.py` as it stands.
+# The rows, in the order of the table; each row's flags are all that its runs add to
+# `python train.py` as it stands (the "default" row). The chord aid has been on by default
+# since the chord-aux rows; the rows that came before it switch it off (OFF), so that
+# running one again repeats what it trained, and their text says what changes from that.
 TRUTH = ("--pitch-targets", "truth")  # the demo corpus's true notes, not the tracked ones
-# The chord aid is on by default since the chord-aux rows below (weight 0.3). The rows
-# trained before it pin it off (OFF, added to each below), so that running one of them
-# again repeats what it trained; their text says what changes from that default.
 OFF = ("--chord-aux", "0")
+CAUSAL = ("--causal-encoder", "--attn-window", "300")  # phase 5's models, as onnx_export takes
 ROWS = {
+    "default": Row("python train.py as it stands (the chord aid at weight 0.3 on the heard "
+                   "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 3)"),
     "no-chord-aux": Row("no chord aid (the default before it: solo dropout 0.3), sampled as "
-                        "generate.py samples (guidance 3)"),
-    "no-solo-dropout": Row("no solo dropout (the default before it)", ("--solo-dropout", "0")),
+                        "generate.py samples (guidance 3)", OFF),
+    "no-solo-dropout": Row("no solo dropout (the default before it)",
+                           ("--solo-dropout", "0", *OFF)),
     "no-guidance": Row("no solo dropout; sampled without guidance", runs_of="no-solo-dropout",
                        sampling={"guidance": None}),
     "temperature-0.7": Row("no solo dropout; no guidance, temperature 0.7",
@@ -81,37 +91,44 @@ ROWS = {
     "guidance-3-temperature-0.8": Row("no solo dropout; guidance 3 at temperature 0.8",
                                       runs_of="no-solo-dropout", sampling={"temperature": 0.8}),
     "cross-attention-only": Row("no solo dropout, no time-aligned path (cross-attention only)",
-                                ("--no-aligned-backing", "--solo-dropout", "0")),
+                                ("--no-aligned-backing", "--solo-dropout", "0", *OFF)),
     "steps-1000": Row("no solo dropout, 1000 steps instead of 500",
-                      ("--max-steps", "1000", "--solo-dropout", "0")),
+                      ("--max-steps", "1000", "--solo-dropout", "0", *OFF)),
     "augment-1": Row("one pitch/tempo copy of each training song (phase 2's augmentation)",
-                     data=("--augment", "1")),
+                     OFF, data=("--augment", "1")),
     "solo-dropout-0.5": Row("50% of the solo's past tokens hidden in training",
-                            ("--solo-dropout", "0.5")),
+                            ("--solo-dropout", "0.5", *OFF)),
     # The architecture: the tiny preset (2+2 layers, width 128, 2.6 M parameters) made
-    # shallower, deeper, narrower and wider, each trained as the default row is (500
+    # shallower, deeper, narrower and wider, each trained as the no-chord-aux row is (500
     # steps, solo dropout 0.3, the preset's learning rate and dropout), so the row
     # asks "does size matter on this corpus, at this budget of steps?"
-    "layers-1": Row("1+1 layers instead of 2+2 (2.1 M parameters)", ("--layers", "1")),
-    "layers-4": Row("4+4 layers instead of 2+2 (3.5 M parameters)", ("--layers", "4")),
-    "width-32": Row("width 32 instead of 128, d_ff 128 (0.5 M parameters)", ("--d-model", "32")),
-    "width-64": Row("width 64 instead of 128, d_ff 256 (1.0 M parameters)", ("--d-model", "64")),
-    "width-96": Row("width 96 instead of 128, d_ff 384 (1.7 M parameters)", ("--d-model", "96")),
+    "layers-1": Row("1+1 layers instead of 2+2 (2.1 M parameters)", ("--layers", "1", *OFF)),
+    "layers-4": Row("4+4 layers instead of 2+2 (3.5 M parameters)", ("--layers", "4", *OFF)),
+    "width-32": Row("width 32 instead of 128, d_ff 128 (0.5 M parameters)",
+                    ("--d-model", "32", *OFF)),
+    "width-64": Row("width 64 instead of 128, d_ff 256 (1.0 M parameters)",
+                    ("--d-model", "64", *OFF)),
+    "width-96": Row("width 96 instead of 128, d_ff 384 (1.7 M parameters)",
+                    ("--d-model", "96", *OFF)),
     "width-192": Row("width 192 instead of 128, d_ff 768 (4.6 M parameters)",
-                     ("--d-model", "192")),
+                     ("--d-model", "192", *OFF)),
     # The pitch aid (train.py --pitch-aux): a head on the decoder names the solo's pitch
     # class in each frame. One row learns the notes data.py tracked in the lead's audio, as
     # any dataset would; the others, the demo corpus's true notes (TRUTH).
     "pitch-aux-0.3-tracked": Row("the pitch aid at weight 0.3 on the notes data.py tracked: a "
                                  "head on the decoder names the lead's pitch class in each "
-                                 "frame", ("--pitch-aux", "0.3")),
-    "pitch-aux-0.3": Row("the same on the demo's true notes", ("--pitch-aux", "0.3", *TRUTH)),
-    "pitch-aux-1": Row("the same on the true notes, weight 1", ("--pitch-aux", "1", *TRUTH)),
-    "pitch-aux-3": Row("the same on the true notes, weight 3", ("--pitch-aux", "3", *TRUTH)),
-    "pitch-aux-10": Row("the same on the true notes, weight 10", ("--pitch-aux", "10", *TRUTH)),
+                                 "frame", ("--pitch-aux", "0.3", *OFF)),
+    "pitch-aux-0.3": Row("the same on the demo's true notes",
+                         ("--pitch-aux", "0.3", *TRUTH, *OFF)),
+    "pitch-aux-1": Row("the same on the true notes, weight 1",
+                       ("--pitch-aux", "1", *TRUTH, *OFF)),
+    "pitch-aux-3": Row("the same on the true notes, weight 3",
+                       ("--pitch-aux", "3", *TRUTH, *OFF)),
+    "pitch-aux-10": Row("the same on the true notes, weight 10",
+                        ("--pitch-aux", "10", *TRUTH, *OFF)),
     "pitch-aux-3-width-192": Row("the same on the true notes, weight 3, at width 192 (4.6 M "
-                                 "parameters)", ("--pitch-aux", "3", "--d-model", "192",
-                                                 *TRUTH)),
+                                 "parameters)",
+                                 ("--pitch-aux", "3", "--d-model", "192", *TRUTH, *OFF)),
     "pitch-aux-1-temperature-0.7": Row("weight 1; guidance 3 at temperature 0.7",
                                        runs_of="pitch-aux-1", sampling={"temperature": 0.7}),
     "pitch-aux-1-guidance-5": Row("weight 1; guidance 5", runs_of="pitch-aux-1",
@@ -120,52 +137,45 @@ ROWS = {
                                        runs_of="pitch-aux-3", sampling={"temperature": 0.7}),
     "pitch-aux-3-guidance-5": Row("weight 3; guidance 5", runs_of="pitch-aux-3",
                                   sampling={"guidance": 5.0}),
-    "pitch-first-0.3": Row("the note first: the code heads also read the pitch class (the "
-                           "true one in training, one drawn from the pitch head when "
-                           "sampling); weight 0.3, true notes",
-                           ("--pitch-aux", "0.3", "--pitch-first", *TRUTH)),
-    "pitch-first-1": Row("the note first, weight 1, true notes",
-                         ("--pitch-aux", "1", "--pitch-first", *TRUTH)),
-    "pitch-first-3": Row("the note first, weight 3, true notes",
-                         ("--pitch-aux", "3", "--pitch-first", *TRUTH)),
-}
-for row in ROWS.values():  # trained before the chord aid was the default
-    if not row.runs_of:
-        row.flags = (*row.flags, *OFF)
-# The chord aid (train.py --chord-aux): a head on the encoder names the band's harmony in
-# each frame, so that the chord the decoder must choose its notes from is plain in the
-# encoder states. Weight 0.3 on the chroma data.py heard in the backing is the default.
-ROWS = {
-    "default": Row("python train.py as it stands (the chord aid at weight 0.3 on the heard "
-                   "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 3)"),
-    **ROWS,
+    # The chord aid (train.py --chord-aux): a head on the encoder names the band's harmony
+    # in each frame, so that the chord the decoder must choose its notes from is plain in
+    # the encoder states. Weight 0.3 on the chroma data.py heard in the backing is the default.
     "chord-aux-0.1": Row("the chord aid at weight 0.1 instead of 0.3", ("--chord-aux", "0.1")),
     "chord-aux-1": Row("the chord aid at weight 1", ("--chord-aux", "1")),
     "chord-aux-1-truth": Row("the chord aid at weight 1 on the demo's true chords (each tone an "
                              "equal share) instead of the heard chroma",
                              ("--chord-aux", "1", "--chord-targets", "truth")),
+    # Phase 5's table: causal models that write the solo L ms ahead of the backing they
+    # have heard. Sampled as the board's runner samples (no guidance: onnx_runner.py has
+    # none). Besides the usual figures, each is scored as the live runner would place it
+    # on the wall clock, `late` frames behind the band (sax.listening.kick_auc_late), for
+    # every lateness the runner may have.
+    "lookahead-0ms": Row("causal, window 300, the solo written 0 ms ahead of the backing heard",
+                         (*CAUSAL, "--lookahead-ms", "0", "--no-listen-test", *OFF),
+                         sampling={"guidance": None}),
+    "lookahead-40ms": Row("causal, window 300, the solo written 40 ms ahead of the backing "
+                          "heard", (*CAUSAL, "--lookahead-ms", "40", "--no-listen-test", *OFF),
+                          sampling={"guidance": None}),
+    "lookahead-80ms": Row("causal, window 300, the solo written 80 ms ahead of the backing "
+                          "heard", (*CAUSAL, "--lookahead-ms", "80", "--no-listen-test", *OFF),
+                          sampling={"guidance": None}),
+    "lookahead-160ms": Row("causal, window 300, the solo written 160 ms ahead of the backing "
+                           "heard", (*CAUSAL, "--lookahead-ms", "160", "--no-listen-test", *OFF),
+                           sampling={"guidance": None}),
+    "lookahead-240ms": Row("causal, window 300, the solo written 240 ms ahead of the backing "
+                           "heard", (*CAUSAL, "--lookahead-ms", "240", "--no-listen-test", *OFF),
+                           sampling={"guidance": None}),
 }
-PHASE3 = list(ROWS)
-
-# Phase 5's table: causal models (as onnx_export.py takes them) that write the solo L ms
-# ahead of the backing they have heard. Sampled as the board's runner samples (no
-# guidance: onnx_runner.py has none). Besides the usual figures, each is scored as the
-# live runner would place it on the wall clock, `late` frames behind the band
-# (listening.wall_clock_kick_auc), for every lateness the runner may have.
 LOOKAHEAD_MS = (0, 40, 80, 160, 240)
-for ms in LOOKAHEAD_MS:
-    ROWS[f"lookahead-{ms}ms"] = Row(
-        f"causal, window 300, the solo written {ms} ms ahead of the backing heard",
-        ("--causal-encoder", "--attn-window", "300", "--lookahead-ms", str(ms), "--no-listen-test",
-         *OFF), sampling={"guidance": None})
-TABLES = {"phase3": PHASE3, "lookahead": [f"lookahead-{ms}ms" for ms in LOOKAHEAD_MS]}
+TABLES = {"phase3": [name for name in ROWS if not name.startswith("lookahead-")],
+          "lookahead": [f"lookahead-{ms}ms" for ms in LOOKAHEAD_MS]}
 
 # --quick: what every run gets on top of its row's flags, so that a table builds in a minute.
 QUICK = ("--window-s", "1", "--batch-size", "4", "--target-batch", "4", "--max-steps", "2",
          "--warmup-steps", "1", "--eval-every", "2", "--save-every", "2", "--eval-windows", "4",
          "--page-sample-s", "0", "--no-listen-test", "--device", "cpu")
 
-# listening.key_change_test's frames until the solo is back in the new key's chords:
+# key_change_test's frames until the solo is back in the new key's chords:
 # null in table.json for a run that is not back within the window (left out of the mean).
 KEY_CHANGE = "key_change_recovery_frames_generated"
 
@@ -243,7 +253,7 @@ def build_data(cfg, name):
     """A row's own dataset, built once by data.py (the demo corpus with the row's flags)."""
     folder, row = data_folder(cfg, name), ROWS[ROWS[name].runs_of or name]
     if row.data and not (Path(folder) / "meta.json").exists():
-        command = [sys.executable, str(HERE / "data.py"), "--out", folder, *row.data]
+        command = [sys.executable, str(ROOT / "data.py"), "--out", folder, *row.data]
         if subprocess.run(command).returncode:
             raise SystemExit(f"{' '.join(command[1:])} failed: see its output above")
 
@@ -256,13 +266,13 @@ def train_command(cfg, name, seed):
     started = any(resolve_checkpoint(folder / n).exists() for n in ("best", "metrics.jsonl"))
     resume = (["--resume"] if resolve_checkpoint(folder / "latest").exists()
               else ["--overwrite"] if started else [])
-    return [sys.executable, str(HERE / "train.py"), "--data", data_folder(cfg, name),
+    return [sys.executable, str(ROOT / "train.py"), "--data", data_folder(cfg, name),
             "--out", str(folder),
             "--seed", str(seed), "--threads", "1", *ROWS[ROWS[name].runs_of or name].flags,
             *(QUICK if cfg.quick else ()), *resume]
 
 
-HERE = Path(__file__).resolve().parent  # train.py lives beside this script
+ROOT = Path(__file__).resolve().parents[1]  # the repository, where train.py lives
 
 # Set by a Ctrl-C (or a failed run): no new run starts after it.
 STOP = threading.Event()
@@ -309,7 +319,7 @@ def listening_set(cfg, cache, T):
 def scoring_sets(cfg, cache, T):
     """(ListeningSet, Probes, KeyChangeSet) for windows of T frames, built once per T."""
     if ("key change", T) not in cache:
-        codec = data.dataset_codec(cache["meta"]["codec"], cfg.data, cfg.device)
+        codec = dataset_codec(cache["meta"]["codec"], cfg.data, cfg.device)
         songs = KEY_CHANGE_SONGS[:2 if cfg.quick else None]
         cache["key change", T] = key_change_set(codec, T, songs)
     return (*listening_set(cfg, cache, T), cache["key change", T])
@@ -321,7 +331,7 @@ def score_one(cfg, name, seed, cache):
     <run>/listening.json by sampling)."""
     folder = run_folder(cfg, name, seed)
     summary = read_json(folder / "summary.json", "a finished run")
-    rows = data.read_metrics(folder / "metrics.jsonl")
+    rows = read_metrics(folder / "metrics.jsonl")
     speed = [r["frames_per_s"] for r in rows if "frames_per_s" in r]
     history = [(r["train_loss"], r["val_ce"]) for r in rows if "val_ce" in r]
     # keyed by every sampling option, defaults included: a new default is a new score
@@ -349,7 +359,7 @@ def score_one(cfg, name, seed, cache):
     return {"seed": seed, "params_m": size, "best_val_ce": summary["best_val_ce"],
             "cond_gain": best.get("cond_gain"), "cond_gain_kicks": best.get("cond_gain_kicks"),
             # evaluations that printed train.py's overfitting warning
-            "overfitting_warnings": sum(data.overfitting(history[:i + 1])
+            "overfitting_warnings": sum(overfitting(history[:i + 1])
                                         for i in range(len(history))),
             "frames_per_s": float(np.median(speed)), **scores[key]}
 
@@ -367,10 +377,16 @@ def mean_and_spread(values):
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def shown(value, decimals):
+    """A figure at `decimals`, with no sign on a zero (-0.001 at 2 decimals is 0.00)."""
+    text = f"{value:.{decimals}f}"
+    return text.lstrip("-") if float(text) == 0 else text
+
+
 def command_line(cfg):
     """The command that rebuilds this table (its non-default options)."""
     rows = "" if cfg.rows == TABLES[cfg.table] else " --rows " + " ".join(cfg.rows)
-    return ("python ablation.py" + (" --quick" if cfg.quick else "")
+    return ("python experiments/ablation.py" + (" --quick" if cfg.quick else "")
             + ("" if cfg.table == "phase3" else f" --table {cfg.table}") + rows
             + ("" if cfg.table != "lookahead" else f" --runner-delay-ms {cfg.runner_delay_ms:g}"))
 
@@ -386,7 +402,7 @@ def machine():
 
 def write_table(cfg, results, counted):
     """table.json (every run's figures, each row's mean and spread, and `counted`: the data's
-    own figures, listening.counting_listener's) and table.md."""
+    own figures, counting_listener's) and table.md."""
     figures = TABLE_FIGURES[cfg.table]
     keys = [key for key, _, _ in figures] + [key for key in results[next(iter(results))][0]
                                              if key.startswith("kick_auc_own_late")
@@ -404,12 +420,12 @@ def write_table(cfg, results, counted):
         cells = []
         for key, _, decimals in figures:
             m = row["mean_sd"][key]
-            cells.append("" if m is None else f"{m[0]:.{decimals}f} ± {m[1]:.{decimals}f}")
+            cells.append("" if m is None else f"{shown(m[0], decimals)} ± {shown(m[1], decimals)}")
         lines.append(f"| {name} | {row['what']} | {len(row['runs'])} | " + " | ".join(cells) + " |")
     command = command_line(cfg)
     note = (f"\nMean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}; "
             f"written by `{command}` ({time.strftime('%Y-%m-%d')}).\n")
-    note += ("A listener that only counts the band's codes (listening.counting_listener) "
+    note += ("A listener that only counts the band's codes (counting_listener) "
              f"picks chord tones {counted['note_in_chord_counted_own']:.3f} of the time over its "
              f"own band, {counted['note_in_chord_counted_mismatched']:.3f} over another song's.\n")
     if cfg.table == "lookahead":
@@ -417,7 +433,7 @@ def write_table(cfg, results, counted):
                  "ms, --runner-delay-ms) less its lookahead behind the band frame it was "
                  "written for, never early; sampled as the runner samples (no guidance).\n")
         lookahead_picture(rows, Path(cfg.out) / "lookahead.png", cfg.runner_delay_ms)
-    data.atomic_write(Path(cfg.out) / "table.md", lambda f: f.write("\n".join(lines) + "\n" + note),
+    atomic_write(Path(cfg.out) / "table.md", lambda f: f.write("\n".join(lines) + "\n" + note),
                       mode="w")
     return "\n".join(lines)
 
@@ -450,7 +466,7 @@ def lookahead_picture(rows, png, delay_ms):
     right.set_ylabel("best validation cross-entropy (nats)")
     right.set_title("what looking ahead costs")
     fig.tight_layout()
-    data.atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
+    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -489,7 +505,7 @@ def main(cfg):
     if STOP.is_set():  # a run of another thread was interrupted
         raise KeyboardInterrupt
     # Scored one after another in this process: sampling is quick next to training.
-    cache = {"meta": data.load_dataset(cfg.data)}
+    cache = {"meta": load_dataset(cfg.data)}
     results = {name: [score_one(cfg, name, seed, cache) for seed in cfg.seeds]
                for name in tqdm(cfg.rows, desc="listening tests")}
     # what counting the band's codes gives, on the windows of the first row's models
@@ -503,7 +519,7 @@ def main(cfg):
 if __name__ == "__main__":
     guard.loaded()
     config = parse_settings(AblationConfig, description=__doc__.split("\n\n")[0])
-    data.check_install()
+    check_install()
     if config.list:
         for row_name, row in ROWS.items():
             flags = ROWS[row.runs_of or row_name].flags

@@ -3,7 +3,7 @@ onnx_export.py -- phase 5's deployment, on your computer: the streaming model an
 codec as ONNX graphs, for onnx_runner.py on a small board (no PyTorch there).
 
     python train.py --causal-encoder --attn-window 300 --out runs/causal   # a streamable model
-    python onnx_export.py --checkpoint runs/causal/best --out solo_onnx
+    python deploy/onnx_export.py --checkpoint runs/causal/best --out solo_onnx
     # copy the folder solo_onnx/ to the board (it holds onnx_runner.py too); there:
     python solo_onnx/onnx_runner.py solo_onnx --backing trio.wav
 
@@ -13,9 +13,9 @@ existing folder without --overwrite):
     *.int8.onnx, *.int4.onnx                          the same with 8-bit or 4-bit weights
     codec_encoder.onnx, codec_decoder.onnx           EnCodec for fixed windows of audio and codes
     runner.json                                      the runner's numbers, each graph's SHA-256
-    onnx_runner.py, guard.py                         the runner itself, and its output checks
+    onnx_runner.py, sound_card.py, guard.py          the runner, its live side, its output checks
 
-The steps are model.SamplerState's encoder and decoder steps rewritten as pure
+The steps are SamplerState's encoder and decoder steps rewritten as pure
 functions; tests/test_onnx.py holds their logits, tokens and loss equal to PyTorch's.
 """
 import math
@@ -25,17 +25,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import guard  # first of the project's: a Ctrl-C while torch loads is one line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: model.py, sax/
+from sax import guard  # noqa: E402 (first of the project's: a Ctrl-C while torch loads is one line)
 
 guard.quiet_ctrl_c(__name__)
 
 import torch
 
-import data
-from settings import check_settings, opt, parse_settings
-from model import fetch_checkpoint, load_model, rope_angles
+from sax.settings import check_settings, opt, parse_settings
+from model import rope_angles
 # the runner checks the graphs and its numbers with the same digests
 from onnx_runner import FORMAT, numbers_digest, sha256
+from sax.codec import load_codec_for
+from sax.files import write_json
+from sax.machine import check_install, set_threads
+from sax.streaming_codec import StreamingDecoder, StreamingEncoder, chunk_frames
+from sax.checkpoints import fetch_checkpoint, load_model
 
 
 @dataclass
@@ -324,14 +329,14 @@ def plain_weights(codec):
 
 
 def export_codec(codec, n_codebooks, chunk_frames, hop, folder):
-    """EnCodec as two ONNX graphs that carry their state (data.StreamingEncoder and
+    """EnCodec as two ONNX graphs that carry their state (StreamingEncoder and
     StreamingDecoder): audio or codes of any number of frames in, with the state the last
     chunk left; codes or audio out, with the new state. Traced at one chunk."""
     codec = plain_weights(codec.float().cpu().eval())
     for name, module, example, x, y in (
-            ("codec_encoder", data.StreamingEncoder(codec), torch.zeros(1, 1, chunk_frames * hop),
+            ("codec_encoder", StreamingEncoder(codec), torch.zeros(1, 1, chunk_frames * hop),
              "audio", "codes"),
-            ("codec_decoder", data.StreamingDecoder(codec),
+            ("codec_decoder", StreamingDecoder(codec),
              torch.zeros(1, n_codebooks, chunk_frames, dtype=torch.long), "codes", "audio")):
         state = module.seanet.initial_state()
         names = [f"state{i}" for i in range(len(state))]
@@ -346,10 +351,12 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     print("the transformer's two steps ...")
     export_steps(model, folder)
     print("... and the codec, which carries its state from chunk to chunk")
-    chunk = data.chunk_frames(cfg, numbers)
+    chunk = chunk_frames(cfg, numbers)
     export_codec(codec, mcfg.n_codebooks, chunk, numbers["hop"], folder)
-    for name in ("onnx_runner.py", "guard.py"):  # the runner and the one module it imports
+    # the runner and what it imports: the sound card's side, and guard.py (standard library only)
+    for name in ("onnx_runner.py", "sound_card.py"):
         shutil.copy(Path(__file__).with_name(name), folder / name)
+    shutil.copy(Path(guard.__file__), folder / "guard.py")
     graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4")
               for step in ("encoder_step", "decoder_step")]
     graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
@@ -366,7 +373,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "codec_untrained": numbers["untrained"],
               "sha256": {g: sha256(folder / g) for g in graphs}}
     runner["numbers_sha256"] = numbers_digest(runner)  # an edited runner.json is seen
-    data.write_json(folder / "runner.json", runner)
+    write_json(folder / "runner.json", runner)
     return graphs
 
 
@@ -377,18 +384,14 @@ def export_onnx(model, codec, config, numbers, cfg, out):
     4-bit weights for the linear layers), codec_encoder.onnx (fixed window of context + chunk
     audio),
     codec_decoder.onnx (fixed window of frames), runner.json (the numbers the runner
-    needs and each graph's SHA-256), and onnx_runner.py itself (with guard.py, the standard
-    library's only): copy the folder to the
+    needs and each graph's SHA-256), and onnx_runner.py itself (with sound_card.py and
+    guard.py, numpy and the standard library only): copy the folder to the
     board, and it has everything.
     """
     if not model.cfg.causal_encoder:
         raise SystemExit("onnx_export.py needs a causal model (trained with "
                          f"--causal-encoder): {cfg.checkpoint} reads the "
                          "whole backing at once, which no live input can give")
-    if model.cfg.pitch_first:
-        raise SystemExit(f"onnx_export.py: {cfg.checkpoint} is pitch-first (--pitch-first), "
-                         "and the runner does not draw notes yet: export a model trained "
-                         "without it")
     model = model.float().cpu().eval()
     out = refuse_to_replace(out, cfg)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -426,17 +429,17 @@ def main(cfg):
     """Load the checkpoint and its codec, then write the folder; returns its path."""
     check_settings(cfg)
     refuse_to_replace(cfg.out, cfg)
-    data.set_threads(cfg.threads)
+    set_threads(cfg.threads)
     folder = fetch_checkpoint(cfg.checkpoint)
     model, config = load_model(folder, "cpu")
-    codec, numbers = data.load_codec_for(config, folder, cfg.encodec_weights, "cpu")
+    codec, numbers = load_codec_for(config, folder, cfg.encodec_weights, "cpu")
     return export_onnx(model, codec, config, numbers, cfg, cfg.out)
 
 
 if __name__ == "__main__":
     guard.loaded()
     settings = parse_settings(ExportConfig, description=__doc__.split("\n\n")[0])
-    data.check_install("onnx", "onnxruntime")
+    check_install("onnx", "onnxruntime")
     with guard.one_line_errors("export on a machine with more memory"):
         main(settings)
     sys.exit(0)
