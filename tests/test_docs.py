@@ -84,3 +84,70 @@ def test_relative_links_lead_to_files_and_headings(page):
             headings = re.findall(r"^#+\s+(.*)$", file.read_text(), flags=re.M)
             slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
             assert anchor in slugs, f"{page.name}: link to {target}, no heading #{anchor} on {file.name}"
+
+
+# ----------------------------------------------------------------------------
+# The pages describe the software as it is; what changed and when is docs/log.md's alone.
+# ----------------------------------------------------------------------------
+LOG = ROOT / "docs" / "log.md"
+HASH = re.compile(r"(?<![\w/.-])[0-9a-f]{7,40}(?![\w.-])")
+NAMED_COMMIT = re.compile(r"\bcommits?\s+`?[0-9a-f]{7,40}\b", re.I)
+DATE = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
+TOLD = re.compile(r"earlier session|this session|an earlier run|gone since|since commit|"
+                  r"the old default|(first|second|third|fourth|fifth|sixth|seventh|eighth) "
+                  r"default run|as of commit|until commit|up to commit|in this one\b", re.I)
+
+
+def history_in(line):
+    """What in a line narrates history: a commit hash, a date, a remark on what happened
+    when. URLs, DOIs and a weight file's name (encodec_24khz-d7cc33bc.th) cite, not narrate."""
+    bare = re.sub(r"https?://\S+|doi\.org/\S+|\b[\w-]+-[0-9a-f]{8}\.th\b", "", line)
+    hashes = [h for h in HASH.findall(bare) if re.search(r"[a-f]", h) and re.search(r"\d", h)]
+    return hashes + NAMED_COMMIT.findall(bare) + DATE.findall(bare) + [m.group(0) for m in TOLD.finditer(bare)]
+
+
+def test_the_history_detector_finds_what_it_is_for():
+    for line in ("measured on a fresh clone of a849c20", "up to commit `7384967`", "on 2026-11-30",
+                 "172 steps/s in an earlier session", "the old default's rhythm"):
+        assert history_in(line), line
+    for line in ("encodec_24khz-d7cc33bc.th", "https://github.com/x/y/commit/a849c20", "1,729 steps/s",
+                 "2.036 ± 0.011", "git rev-parse HEAD"):
+        assert not history_in(line), line
+
+
+@pytest.mark.parametrize("page", [p for p in sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+                                  if p != LOG], ids=lambda p: p.name)
+def test_no_page_but_the_log_narrates_history(page):
+    found = [f"{page.name}:{n}: {history_in(line)}" for n, line in enumerate(page.read_text().splitlines(), 1)
+             if history_in(line)]
+    assert not found, "history belongs in docs/log.md:\n" + "\n".join(found)
+
+
+# ----------------------------------------------------------------------------
+# Every `module.name` the pages cite exists: a function that moved or was renamed is a dead end.
+# ----------------------------------------------------------------------------
+MODULES = {"data": ROOT / "data.py", "model": ROOT / "model.py", "train": ROOT / "train.py",
+           "generate": ROOT / "generate.py",
+           **{f"sax.{p.stem}": p for p in (ROOT / "sax").glob("*.py")}}
+
+
+def top_level_names(path):
+    import ast
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign):
+            names.add(node.target.id)
+    return names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_module_name_cited_exists(page):
+    names = {module: top_level_names(path) for module, path in MODULES.items()}
+    cited = re.findall(r"`((?:sax\.)?\w+)\.(\w+)", page.read_text())
+    files = {"py", "safetensors", "log", "json", "jsonl", "png", "pt", "wav", "html"}  # model.safetensors
+    missing = sorted({f"{m}.{n}" for m, n in cited if m in names and n not in names[m] | files})
+    assert not missing, f"{page.name} cites {missing}, which its module does not define"

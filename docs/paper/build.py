@@ -133,6 +133,13 @@ def facts():
             "tiny_width": PRESETS["tiny"]["d_model"], "frame_ms": f"{1e3 / 75:.1f}"}
 
 
+def current_rows():
+    """The names of experiments/ablation.py's rows as the code has them now."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from ablation import ROWS
+    return set(ROWS)
+
+
 def optional_json(runs, name):
     """runs/<name> read, or None when this runs folder has none (a figure left out)."""
     path = Path(runs) / name
@@ -281,7 +288,9 @@ def build(runs, out):
 def made_parts(runs, ablation, lookahead):
     """{file name: text} of the tables and numbers.json, made from the two tables."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
-    choices = [name for name in ablation["rows"] if name not in apart]
+    # a row of an experiment since removed from ablation.py stays in its table.json (the
+    # record of what ran) and out of the draft (docs/log.md keeps it)
+    choices = [name for name in ablation["rows"] if name not in apart and name in current_rows()]
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs)}
     return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),

@@ -1,0 +1,147 @@
+"""The figures the README and docs/ quote are the figures the commands wrote.
+
+The JSON they come from is what experiments/ablation.py and the benchmarks wrote, as the
+paper's build keeps it in docs/paper/build/ (ablation.json, lookahead.json, bench.json,
+speed.json, quantization.json). Three checks, strictest first:
+  1. every table row named after a row of a table JSON holds that row's figures, cell by
+     cell, as mean ± standard deviation at the column's decimals;
+  2. every other "mean ± sd" on the pages is some row's figure at the decimals shown;
+  3. the figures the README quotes outside those (speed, the cache) are the benchmark's.
+The log (docs/log.md) keeps dated runs and is not checked: it is history.
+"""
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+
+import ablation
+
+BUILD = ROOT / "docs" / "paper" / "build"
+PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "log.md")
+TABLES = {name: json.loads((BUILD / f"{name}.json").read_text()) for name in ("ablation", "lookahead")}
+PM = re.compile(r"(-?\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?)")
+# The phase 5 page heads the lookahead table's columns in words of its own.
+LOOKAHEAD_HEADINGS = {"best val CE": "best_val_ce", "conditioning gain": "cond_gain",
+                      "kick AUC offline, own band": "kick_auc_own",
+                      "kick AUC offline, another song's band": "kick_auc_mismatched",
+                      "kick AUC on the wall clock": "kick_auc_wall_clock",
+                      "plays with the band: rhythm (offline)": "plays_with_band_rhythm"}
+HEADINGS = {heading: key for key, heading, _ in ablation.FIGURES} | LOOKAHEAD_HEADINGS
+
+
+def decimals(text):
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def shown(value, places):
+    """A figure as the tables print it (no "-0.00": a zero has no sign)."""
+    text = f"{value:.{places}f}"
+    return text[1:] if re.fullmatch(r"-0\.?0*", text) else text
+
+
+def pair(mean_sd, places):
+    return f"{shown(mean_sd[0], places)} ± {shown(mean_sd[1], places)}"
+
+
+def row_of(cell):
+    """The table JSON's row a table line names: ablation rows by name, lookahead rows by L."""
+    cell = cell.strip("*` ")
+    if cell in TABLES["ablation"]["rows"]:
+        return TABLES["ablation"]["rows"][cell]
+    found = re.fullmatch(r"(\d+) ms", cell)
+    return TABLES["lookahead"]["rows"].get(f"lookahead-{found.group(1)}ms") if found else None
+
+
+def table_rows(page):
+    """(line number, heading -> cell, the row's JSON) for every table line naming a JSON row."""
+    head = None
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        if not line.startswith("|"):
+            head = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if head is None:
+            head = [c.strip("* ") for c in cells]
+            continue
+        row = row_of(cells[0])
+        if row is not None:
+            yield n, dict(zip(head, cells)), row
+
+
+def all_pairs():
+    """Every figure of the table JSONs as (mean, sd)."""
+    return [mean_sd for table in TABLES.values() for row in table["rows"].values()
+            for mean_sd in row["mean_sd"].values() if mean_sd is not None]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_table_rows_hold_their_json_figures(page):
+    wrong = []
+    for n, cells, row in table_rows(page):
+        for heading, cell in cells.items():
+            key, found = HEADINGS.get(heading), PM.search(cell.replace("*", ""))
+            if key is None or not found or row["mean_sd"].get(key) is None:
+                continue
+            want = pair(row["mean_sd"][key], decimals(found.group(1)))
+            if found.group(0) != want:
+                wrong.append(f"{page.name}:{n}: {heading} {found.group(0)}, the JSON's {want}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_mean_and_spread_quoted_is_a_figure_of_the_tables(page):
+    figures = all_pairs()
+    wrong = []
+    for n, line in enumerate(page.read_text().splitlines(), 1):
+        for found in PM.finditer(line.replace("*", "")):
+            places = decimals(found.group(1))
+            if not any(pair(mean_sd, places) == found.group(0) for mean_sd in figures):
+                wrong.append(f"{page.name}:{n}: {found.group(0)} is no figure of "
+                             f"{', '.join(f'{k}.json' for k in TABLES)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_pages_quote_only_rows_the_code_still_has():
+    """A table line of a row that experiments/ablation.py no longer has (pitch-first, say) is
+    history: it belongs in the log, with the commit that still has the row."""
+    names = {id(row): name for table in TABLES.values() for name, row in table["rows"].items()}
+    gone = [f"{page.name}:{n}: {names[id(row)]}" for page in PAGES
+            for n, _, row in table_rows(page) if names[id(row)] not in ablation.ROWS]
+    assert not gone, "rows ablation.py no longer has:\n" + "\n".join(gone)
+
+
+def bench():
+    return json.loads((BUILD / "bench.json").read_text())
+
+
+def test_the_readme_quotes_the_benchmark():
+    readme = (ROOT / "README.md").read_text()
+    presets = bench()["presets"]
+    for name in ("tiny", "small"):
+        p = presets[name]
+        figure = f"{p['offline_steps_per_s']:,.0f} steps/s = {p['offline_realtime_factor']:.1f}x real time"
+        assert f"| {name} | {p['params_m']:.1f} M |" in readme and figure in readme, (name, figure)
+    assert f"{presets['tiny']['cached_vs_plain']:.0f}x faster than recomputing the prefix" in readme
+    assert "--threads 1" in bench()["command"] and "python tests/benchmark.py --threads 1" in readme
+
+
+def test_the_readme_quotes_the_default_row():
+    readme = (ROOT / "README.md").read_text()
+    default = TABLES["ablation"]["rows"]["default"]["mean_sd"]
+    for key, places in (("best_val_ce", 3), ("cond_gain", 3), ("plays_with_band_rhythm", 2),
+                        ("plays_with_band_harmony", 2)):
+        assert pair(default[key], places) in readme, key
+    assert TABLES["ablation"]["seeds"] == [0, 1, 2] and "seeds 0, 1 and 2" in readme
+
+
+def test_phase3_quotes_the_true_leads_figures():
+    """The true lead's figures (the same in every run: they score the data, not a model),
+    quoted as the denominators of the plays-with-the-band scores."""
+    page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
+    run = TABLES["ablation"]["rows"]["default"]["runs"][0]
+    kick, kick_other = run["kick_auc_true"], run["kick_auc_true_mismatched"]
+    chord, chord_other = run["note_in_chord_true"], run["note_in_chord_true_mismatched"]
+    assert (f"AUC of {kick:.3f} over its own band and {kick_other:.3f} over another song's, "
+            f"and a note-in-chord of\n{chord:.3f} against {chord_other:.3f}") in page
