@@ -145,3 +145,74 @@ def test_phase3_quotes_the_true_leads_figures():
     chord, chord_other = run["note_in_chord_true"], run["note_in_chord_true_mismatched"]
     assert (f"AUC of {kick:.3f} over its own band and {kick_other:.3f} over another song's, "
             f"and a note-in-chord of\n{chord:.3f} against {chord_other:.3f}") in page
+
+
+def frame_cell(step):
+    """One step's timing as the phase 5 table writes it."""
+    return (f"{step['frame_ms_p50']:.2f} ms (p99 {step['frame_ms_p99']:.2f}), {step['frames_per_s']:.0f} "
+            f"frames/s = {step['realtime_factor']:.1f}x real time")
+
+
+def step_row(name, p):
+    """A row of phase 5's table of the streaming steps, from bench.json's figures of a preset."""
+    fastest = max(p[f"onnx_{v}"]["frames_per_s"] for v in ("fp32", "int8", "int4"))
+    runner = " / ".join(f"{p[f'runner_{v}']['realtime_factor']:.1f}x" for v in ("fp32", "int8", "int4"))
+    return (f"| {name} | {frame_cell(p['torch_stream'])} | {p['onnx_fp32']['frame_ms_p50']:.2f} ms | "
+            f"{p['onnx_int8']['frame_ms_p50']:.2f} ms | {frame_cell(p['onnx_int4'])} | "
+            f"{fastest / p['torch_stream']['frames_per_s']:.2f}x | {runner} real time |")
+
+
+def test_phase5_tables_quote_the_benchmark():
+    page = (ROOT / "docs" / "phase5-streaming.md").read_text()
+    presets = bench()["presets"]
+    for name in ("tiny", "small"):
+        assert step_row(name, presets[name]) in page, step_row(name, presets[name])
+    tiny, small = presets["tiny"], presets["small"]
+    ratio = {n: p["onnx_int4"]["frames_per_s"] / p["torch_stream"]["frames_per_s"] for n, p in presets.items()}
+    assert (f"{ratio['tiny']:.1f}x (tiny) and {ratio['small']:.1f}x (small) as many frames per second"
+            in page.replace("\n  ", " "))
+    assert (f"small: fp32 {small['onnx_fp32']['frame_ms_p50']:.2f} ms, int4 "
+            f"{small['onnx_int4']['frame_ms_p50']:.2f} ms") in page
+    delay = tiny["runner_int8"]["end_to_end_delay_ms"]["p50"]
+    assert f"some {delay:.0f} ms after it" in page.replace("\n", " ")
+
+
+def test_phase5_quotes_the_quantization_losses():
+    page = (ROOT / "docs" / "phase5-streaming.md").read_text().replace("\n", " ")
+    losses = json.loads((BUILD / "quantization.json").read_text())["losses"]
+    cost = {v: shown(losses[v] - losses["fp32"], 4) for v in ("int8", "int4")}
+    cost = {v: c if c.startswith("-") or float(c) == 0 else "+" + c for v, c in cost.items()}
+    assert (f"fp32 {losses['fp32']:.4f} nats, int8 {losses['int8']:.4f} ({cost['int8']}), "
+            f"int4 {losses['int4']:.4f} ({cost['int4']})") in page
+
+
+def test_phase5_bullets_quote_the_benchmark():
+    page = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
+    tiny, small = bench()["presets"]["tiny"], bench()["presets"]["small"]
+    for preset in (tiny, small):
+        ts = preset["torch_stream"]
+        assert f"| {ts['frame_ms_p50']:.2f} ms | {ts['frame_ms_p99']:.2f} ms | met, " in page
+    quoted = [f"Tiny's p99 per frame is {tiny['onnx_int4']['frame_ms_p99']:.2f} ms with int4 weights",
+              f"Small's steps run at {small['onnx_int4']['realtime_factor']:.1f}x real time with int4 weights and "
+              f"{small['onnx_int8']['realtime_factor']:.1f}x with int8",
+              f"at {small['runner_int4']['realtime_factor']:.1f}x and {small['runner_int8']['realtime_factor']:.1f}x",
+              f"costs {small['weight_floor_ms']['int8']:.2f} ms in int8 and {small['weight_floor_ms']['int4']:.2f} ms in int4"]
+    for text in quoted:
+        assert text in page, text
+
+
+def test_phase5_codec_and_runner_tables_quote_the_codec_benchmark():
+    page = (ROOT / "docs" / "phase5-streaming.md").read_text()
+    speed = json.loads((BUILD / "speed.json").read_text())
+    for ms, c in speed["codec"].items():
+        window, state, int8 = c["window_fp32"], c["state_fp32"], c["state_int8"]
+        row = (f"| {ms} ms | {window['p50']:.1f} / {window['p99']:.1f} ms | {state['p50']:.1f} / "
+               f"{state['p99']:.1f} ms ({state['speedup']:.1f}x faster) | {int8['p50']:.1f} / {int8['p99']:.1f} ms |")
+        assert row in page, row
+    for preset, chunks in speed["runner"].items():
+        for variant in ("int8", "int4"):
+            cells = [f"{chunks[ms][variant]['realtime_factor']:.1f}x" for ms in ("40", "80")]
+            delays = [f"{chunks[ms][variant]['delay_ms']['p50']:.0f} / {chunks[ms][variant]['delay_ms']['p99']:.0f} ms"
+                      for ms in ("40", "80")]
+            row = f"| {preset}, {variant} | {cells[0]} | {delays[0]} | {cells[1]} | {delays[1]} |"
+            assert row in page.replace("**", ""), row
