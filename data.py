@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sax.audio import (AUDIO_EXTENSIONS, CODEC_RATE, SkipSong, channels, frame_rms_db,
-                       load_audio, pitch_tempo, resample, select_sections, write_audio)
+from sax.audio import (AUDIO_EXTENSIONS, CODEC_RATE, SkipSong, channels, frame_rms_db, load_audio,
+                       pitch_tempo, resample, select_sections, write_audio)
 from sax.codec import UNTRAINED_AUDIO, encode_audio, prepare_codec
 from sax.dataset import FORMAT
 from sax.demo import DEMO_VERSION, render_demo_song

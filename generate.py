@@ -40,19 +40,18 @@ import torch
 from tqdm import tqdm
 
 import data
-from sax.settings import check_settings, command_line, opt, parse_settings
-from sax.audio import CODEC_RATE, SkipSong, channels, load_audio, resample, write_audio
+from sax.audio import (CODEC_RATE, SkipSong, channels, limited, load_audio, mix_audio, resample,
+                       write_audio)
+from sax.checkpoints import fetch_checkpoint, load_model, read_json, resolve_checkpoint
 from sax.codec import UNTRAINED_AUDIO, decode_codes, encode_audio, load_codec_for
 from sax.dataset import load_dataset, load_split, unigram_entropy
 from sax.files import atomic_write, write_json
 from sax.machine import DEVICES, check_install, pick_device, set_threads
-from sax.separation import load_separator, separate
-from sax.streaming_codec import StreamingDecoder, StreamingEncoder, chunk_frames
-from sax.checkpoints import fetch_checkpoint, load_model, read_json, resolve_checkpoint
-from sax.sampling import StreamingSampler, sample_solo
-from sax.audio import limited, mix_audio
 from sax.pages import generation_page, listening_figures
-from sax.sampling import SAMPLING
+from sax.sampling import SAMPLING, StreamingSampler, sample_solo
+from sax.separation import load_separator, separate
+from sax.settings import check_settings, command_line, opt, parse_settings
+from sax.streaming_codec import StreamingDecoder, StreamingEncoder, chunk_frames
 
 
 @dataclass

@@ -40,18 +40,17 @@ from tqdm import tqdm
 import data
 from model import PRESETS, SoloTransformer, preset_config
 from sax.checkpoints import push_to_hub, read_json, resolve_checkpoint, save_checkpoint
-from sax.dataset import HEARD_SINCE, Windows, load_dataset, unigram_entropy
+from sax.dataset import (HEARD_SINCE, Windows, chord_targets, knows_the_notes, load_dataset,
+                         pitch_targets, unigram_entropy)
 from sax.demo import DEMO_VERSION
 from sax.evaluation import (EvalSet, evaluate, evaluation_set, finish, overfitting, peak_flops,
                             train_flops_per_window)
 from sax.files import atomic_write, log_metrics, read_metrics, write_json
 from sax.machine import DEVICES, check_install, pick_device, set_threads
-from sax.pages import plot_curves
+from sax.pages import RunPage, plot_curves
 from sax.precision import choose_precision, scaled_step
 from sax.resume import Progress, StopSignal, refuse_to_overwrite, resume_run, resumed_settings
 from sax.settings import check_settings, command_line, opt, parse_settings
-from sax.dataset import chord_targets, knows_the_notes, pitch_targets
-from sax.pages import RunPage
 
 DEFAULT_DATA = "data/demo"
 # Bigger models want smaller steps: a wider layer sums more terms, so the same step

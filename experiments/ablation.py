@@ -2,10 +2,10 @@
 ablation.py -- a table of training and sampling settings, each row the mean and spread
 of several seeds (phase 3; the tables of docs/phase3 and of the paper).
 
-    python experiments/ablation.py                                   # every row, seeds 0 1 2, 2 runs at once
+    python experiments/ablation.py                     # every row, seeds 0 1 2, 2 runs at once
     python experiments/ablation.py --rows default cross-attention-only --seeds 0 1 2 3
-    python experiments/ablation.py --list                            # the rows and what each changes
-    python experiments/ablation.py --table lookahead                 # phase 5: the solo L ms ahead
+    python experiments/ablation.py --list              # the rows and what each changes
+    python experiments/ablation.py --table lookahead   # phase 5: the solo L ms ahead
 
 One training run is one `python train.py --out <out>/<row>/seed<N> --seed N --threads 1
 <the row's flags>`, in its own process, --jobs of them at a time (one thread each:
@@ -41,16 +41,17 @@ import torch
 from tqdm import tqdm
 
 import data
-from sax.settings import check_settings, opt, parse_settings
 from model import ModelConfig, SoloTransformer
+from sax.checkpoints import load_model, read_json, resolve_checkpoint
 from sax.codec import dataset_codec
 from sax.dataset import load_dataset
 from sax.evaluation import overfitting
 from sax.files import atomic_write, read_metrics, write_json
+from sax.listening import (KEY_CHANGE_SONGS, ListeningSet, counting_listener, fit_probes,
+                           key_change_set, key_change_test, listening_test, listening_windows)
 from sax.machine import DEVICES, check_install
-from sax.checkpoints import load_model, read_json, resolve_checkpoint
-from sax.listening import KEY_CHANGE_SONGS, ListeningSet, counting_listener, fit_probes, key_change_set, key_change_test, listening_test, listening_windows
 from sax.sampling import SAMPLING
+from sax.settings import check_settings, opt, parse_settings
 
 
 @dataclass

@@ -13,7 +13,8 @@ from model import build_delay_pattern, position_cross_entropy, teacher_forcing
 from sax.checkpoints import load_model, read_json, resolve_checkpoint
 from sax.codec import UNTRAINED_AUDIO
 from sax.files import write_json
-from sax.listening import ListeningSet, counting_listener, fit_probes, listening_masks, listening_test, listening_windows
+from sax.listening import (ListeningSet, counting_listener, fit_probes, listening_masks,
+                           listening_test, listening_windows)
 
 
 @torch.no_grad()

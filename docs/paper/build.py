@@ -8,8 +8,8 @@ folders, and the PDF compiled from them.
 The runs come from two commands (each resumable; hours on 2 CPU cores; the exact command
 of each table, with its --rows, is in its table.json and in the draft's captions):
 
-    python experiments/ablation.py [--rows ...]             # runs/ablation: phase 3's settings, 3 seeds each
-    python experiments/ablation.py --table lookahead        # runs/lookahead: phase 5's lookahead, 3 seeds each
+    python experiments/ablation.py [--rows ...]       # runs/ablation: phase 3's settings, 3 seeds
+    python experiments/ablation.py --table lookahead  # runs/lookahead: phase 5's lookahead, 3 seeds
 
 and, when they are there, three optional files of figures (a dash in the draft otherwise):
 runs/speed.json (python tests/benchmark_codec.py --json runs/speed.json), runs/bench.json
@@ -57,8 +57,8 @@ ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),
 # The rows with the auxiliary pitch target (train.py --pitch-aux) get a third table, with
 # how often the notes are chord tones over the own band and over another song's, beside
 # the default they extend (no-chord-aux, as for the architecture rows).
-PITCH_ROWS = ("no-chord-aux", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1", "pitch-aux-3",
-              "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
+PITCH_ROWS = ("no-chord-aux", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1",
+              "pitch-aux-3", "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
               "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5")
 PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
                                         ("note_in_chord_mismatched", "in chord other", 3)) \
@@ -232,10 +232,11 @@ def quick_runs(tmp, corpus=None):
     steps = [] if corpus else [[python, ROOT / "data.py", "--out", tmp / "data", "--demo-songs",
                                 "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
     corpus = corpus or tmp / "data"
-    steps += [[python, ROOT / "experiments" / "ablation.py", "--quick", "--rows", "default", "no-chord-aux",
+    ablation = ROOT / "experiments" / "ablation.py"
+    steps += [[python, ablation, "--quick", "--rows", "default", "no-chord-aux",
                "no-solo-dropout", "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
                "--out", runs / "ablation"],
-              [python, ROOT / "experiments" / "ablation.py", "--quick", "--table", "lookahead", "--rows",
+              [python, ablation, "--quick", "--table", "lookahead", "--rows",
                "lookahead-0ms", "lookahead-80ms", "--seeds", "0", "--data", corpus,
                "--out", runs / "lookahead", "--runner-delay-ms", "80"],
               [python, ROOT / "tests" / "benchmark.py", "--presets", "tiny", "--frames", "30",
