@@ -127,8 +127,12 @@ def test_no_page_but_the_log_narrates_history(page):
 # Every `module.name` the pages cite exists: a function that moved or was renamed is a dead end.
 # ----------------------------------------------------------------------------
 MODULES = {"data": ROOT / "data.py", "model": ROOT / "model.py", "train": ROOT / "train.py",
-           "generate": ROOT / "generate.py",
+           "generate": ROOT / "generate.py", "onnx_export": ROOT / "deploy" / "onnx_export.py",
+           "onnx_runner": ROOT / "deploy" / "onnx_runner.py", "sound_card": ROOT / "deploy" / "sound_card.py",
+           "ablation": ROOT / "experiments" / "ablation.py",
            **{f"sax.{p.stem}": p for p in (ROOT / "sax").glob("*.py")}}
+# top-level modules that live in sax/ now: `listening.kick_auc` would send a reader nowhere
+NOT_AT_THE_TOP = {"listening", "settings", "guard"}
 
 
 def top_level_names(path):
@@ -149,5 +153,6 @@ def test_every_module_name_cited_exists(page):
     names = {module: top_level_names(path) for module, path in MODULES.items()}
     cited = re.findall(r"`((?:sax\.)?\w+)\.(\w+)", page.read_text())
     files = {"py", "safetensors", "log", "json", "jsonl", "png", "pt", "wav", "html"}  # model.safetensors
-    missing = sorted({f"{m}.{n}" for m, n in cited if m in names and n not in names[m] | files})
+    missing = sorted({f"{m}.{n}" for m, n in cited if n not in files and (
+        (m in names and n not in names[m]) or m in NOT_AT_THE_TOP)})
     assert not missing, f"{page.name} cites {missing}, which its module does not define"
