@@ -34,6 +34,7 @@ saying that it falls back to the untrained codec), in about 4 minutes:
 """
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -111,6 +112,10 @@ class DataConfig:
                                 "trained on to this .wav or .flac, and exit")
     overwrite: bool = opt(False, "replace an existing --demo-backing file, or "
                                  "a dataset in --out built with other settings")
+    shard: str = opt("", "i/n: do only songs i, i+n, i+2n, ... (0 <= i < n) into --out's song "
+                         "cache, so that n processes or machines sharing --out build it at "
+                         "once; a last run without --shard assembles the dataset "
+                         "(docs/scaling.md)")
 
 
 # ----------------------------------------------------------------------------
@@ -342,7 +347,7 @@ def usable_sources(sources, cfg, out):
 # changing them reuses every song already done (each source's own fingerprint covers
 # which files or demo songs there are).
 NOT_IN_CACHE_KEY = ("out", "input_dir", "urls", "device", "threads", "demo_songs",
-                    "demo_backing", "overwrite")
+                    "demo_backing", "overwrite", "shard")
 
 
 def cache_settings_key(cfg, codec, numbers):
@@ -362,10 +367,50 @@ def cache_settings_key(cfg, codec, numbers):
 def check_data_settings(cfg):
     """Each field in its range (settings.check_settings), then what two fields say together."""
     check_settings(cfg)
+    shard_of(cfg)  # a --shard that is not i/n with 0 <= i < n is one line
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise SystemExit(f"--val-fraction {cfg.val_fraction:g} and --test-fraction "
                          f"{cfg.test_fraction:g}: together below 1, or no song is left to "
                          "train on (0.1 each is usual)")
+
+
+def shard_of(cfg):
+    """--shard i/n -> (i, n); (0, 1) without it: the whole corpus."""
+    if not cfg.shard:
+        return 0, 1
+    i, _, n = cfg.shard.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise SystemExit(f"--shard {cfg.shard}: give i/n with 0 <= i < n, e.g. --shard 0/4 "
+                         "... --shard 3/4 for four processes")
+    return int(i), int(n)
+
+
+def remove_stale_temporaries(out):
+    """Temporary files left by a run that was killed mid-write (.name.tmp<pid>), unless the
+    process that writes them is alive: another shard may be writing into this folder."""
+    for stale in out.rglob(".*.tmp*"):
+        pid = stale.name.rpartition(".tmp")[2]
+        if pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid():
+            continue
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
+def process_songs(sources, cfg, codec, numbers, separator, device, cache_dir):
+    """Every source through process_song -> (records, [the skipped ones with their reasons]).
+    A bad file costs its own song only: skipped, its reason shown now and kept in meta.json."""
+    settings_key = cache_settings_key(cfg, codec, numbers)
+    records, skipped = [], []
+    bar = tqdm(sources, desc=f"songs {cfg.shard}".strip(), unit="song")
+    for src in bar:
+        bar.set_postfix_str(src["name"][-30:])
+        try:
+            records.append(process_song(src, cfg, codec, numbers, separator, device, cache_dir,
+                                        settings_key))
+        except SkipSong as why:
+            tqdm.write(f"skipped {src['name']}: {why}")
+            skipped.append({"source": src["name"], "reason": str(why)})
+    return records, skipped
 
 
 def calibration_audio(sources, cfg):
@@ -410,28 +455,24 @@ def build_dataset(cfg):
     new_folder, had_codec = not out.exists(), (out / "codec.safetensors").exists()
     cache_dir = out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob(".*.tmp*"):  # left by a run that was killed mid-write
-        stale.unlink()
+    remove_stale_temporaries(out)
     # Demucs is loaded only when something needs separating (the demo has true stems).
     needs_demucs = not is_demo or cfg.separate
     separator = load_separator(cfg.demucs_model, cfg.demucs_repo) if needs_demucs else None
 
+    # Every shard fills the untrained codec from the same calibration audio, so all of them
+    # (and the assembling run) tokenize with the same codebooks.
     codec, numbers = prepare_codec(cfg, out, lambda: calibration_audio(sources, cfg), device,
                                    fallback_ok=is_demo)
-    settings_key = cache_settings_key(cfg, codec, numbers)
-
-    # A bad file costs its own song only: it is skipped, with its reason shown now and
-    # kept in meta.json, and the loop goes on.
-    records = []
-    bar = tqdm(sources, desc="songs", unit="song")
-    for src in bar:
-        bar.set_postfix_str(src["name"][-30:])
-        try:
-            records.append(process_song(src, cfg, codec, numbers, separator, device, cache_dir,
-                                        settings_key))
-        except SkipSong as why:
-            tqdm.write(f"skipped {src['name']}: {why}")
-            skipped.append({"source": src["name"], "reason": str(why)})
+    i, n = shard_of(cfg)
+    records, skipped_now = process_songs(sources[i::n], cfg, codec, numbers, separator, device,
+                                         cache_dir)
+    skipped += skipped_now
+    if n > 1:  # a shard fills the cache; the run without --shard writes the dataset
+        print(f"shard {cfg.shard}: {len(records)} songs in {cache_dir} ({len(skipped_now)} "
+              f"skipped). Once every shard is done: python data.py --out {out} with the same "
+              "settings and no --shard writes the dataset from the cache")
+        return {"shard": cfg.shard, "songs": records, "skipped": skipped}
     if not records:
         if new_folder:
             shutil.rmtree(out)
@@ -484,7 +525,7 @@ def print_heard_checks(meta):
 
 
 # Settings that change where and how the dataset is built, not what it holds.
-RUN_ONLY_SETTINGS = {"out", "device", "threads", "overwrite", "demo_backing"}
+RUN_ONLY_SETTINGS = {"out", "device", "threads", "overwrite", "demo_backing", "shard"}
 
 
 def refuse_to_replace(out, cfg):

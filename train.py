@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -39,17 +39,20 @@ from tqdm import tqdm
 
 import data
 from model import PRESETS, SoloTransformer, preset_config
-from sax.checkpoints import push_to_hub, read_json, resolve_checkpoint, save_checkpoint
-from sax.dataset import (HEARD_SINCE, Windows, chord_targets, knows_the_notes, load_dataset,
-                         pitch_targets, unigram_entropy)
+from sax.checkpoints import push_to_hub, save_checkpoint
+from sax.dataset import (HEARD_SINCE, Windows, aid_targets, knows_the_notes, load_dataset,
+                         unigram_entropy)
 from sax.demo import DEMO_VERSION
-from sax.evaluation import (EvalSet, evaluate, evaluation_set, finish, overfitting, peak_flops,
-                            train_flops_per_window)
-from sax.files import atomic_write, log_metrics, read_metrics, write_json
+from sax.distributed import (World, any_rank, barrier, gathered, mean, no_sync, start, stop,
+                             world_from_env, wrap)
+from sax.evaluation import (EvalSet, describe, evaluate, evaluation_set, finish, overfitting,
+                            peak_flops, train_flops_per_window)
+from sax.files import atomic_write, log_metrics, read_metrics
 from sax.machine import DEVICES, check_install, pick_device, set_threads
 from sax.pages import RunPage, plot_curves
 from sax.precision import choose_precision, scaled_step
-from sax.resume import Progress, StopSignal, refuse_to_overwrite, resume_run, resumed_settings
+from sax.resume import (Progress, StopSignal, refuse_to_overwrite, resume_run, resumed_settings,
+                        stop_on_bad_loss)
 from sax.settings import check_settings, command_line, opt, parse_settings
 
 DEFAULT_DATA = "data/demo"
@@ -154,17 +157,21 @@ def missing_heard(cfg, meta):
             if meta.get("format", 1) < HEARD_SINCE[name]]
 
 
-def ensure_dataset(cfg):
+def ensure_dataset(cfg, world=World()):
     """The dataset's meta.json; the default demo dataset is built on first use.
 
     Only the default path builds anything: a mistyped --data stops with a message
-    rather than silently training on synthetic music.
+    rather than silently training on synthetic music. Under torchrun the dataset must be
+    there first: ranks waiting minutes for one that builds it would time out.
     """
     meta_file = Path(cfg.data) / "meta.json"
     stale = not meta_file.exists()
     if not stale:  # another version of the demo corpus, or one without what the aids read
         built = load_dataset(cfg.data)
         stale = built.get("demo") != DEMO_VERSION or bool(missing_heard(cfg, built))
+    if cfg.data == DEFAULT_DATA and stale and world.many:
+        raise SystemExit(f"{cfg.data}: no dataset of the current demo corpus; under torchrun "
+                         f"build it first, in one process: python data.py --out {cfg.data}")
     if cfg.data == DEFAULT_DATA and stale:
         print(f"no dataset of the current demo corpus (version {DEMO_VERSION}) "
               f"in {cfg.data}: building it first (python data.py does the same)")
@@ -273,7 +280,9 @@ class Run:
     evals: EvalSet
     baseline: list               # unigram cross-entropy per codebook: what "learned nothing" scores
     progress: Progress
-    page: RunPage
+    page: Optional[RunPage]      # rank 0's (None on the other ranks of a torchrun job)
+    loss_fn: object              # train_model.loss, or its DistributedDataParallel (torchrun)
+    world: World = World()       # one process, or torchrun's ranks (sax/distributed.py)
     last: dict = field(default_factory=dict)  # the latest evaluation's metrics
     peak: Optional[float] = None  # the GPU's peak FLOP/s, for MFU (None on the CPU or unknown)
 
@@ -283,7 +292,8 @@ class Run:
 
     @property
     def accum(self):
-        return self.cfg.target_batch // self.cfg.batch_size
+        """Micro-batches this process computes per step: its share of target_batch."""
+        return self.cfg.target_batch // (self.cfg.batch_size * self.world.size)
 
     def autocast(self):
         # Matmuls run in bf16/fp16 inside this context; the weights, the optimizer and
@@ -291,30 +301,35 @@ class Run:
         return torch.autocast(self.device.type,
                               dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
-    def checkpoint(self, name):
-        """Save best/ or latest/: weights, optimizer, scaler, generators and progress."""
+    def checkpoint(self, name, rank_rngs=None):
+        """Save best/ or latest/: weights, optimizer, scaler, generators and progress.
+        rank_rngs: every rank's torch generator state, for an exact resume under torchrun."""
         p = self.progress
         extra = {"best_val": p.best_val, "skipped_steps": p.skipped,
-                 "unigram_baseline": self.baseline, "metrics": self.last}
+                 "unigram_baseline": self.baseline, "metrics": self.last,
+                 **({"world_size": self.world.size} if self.world.many else {})}
+        tensors = {**p.tensors(), **({"rng_torch_ranks": torch.stack(rank_rngs)}
+                                     if self.world.many and rank_rngs else {})}
         save_checkpoint(self.out / name, self.model, self.optimizer, self.scaler, p.step, self.gen,
-                        self.cfg, self.meta, extra, p.tensors())
+                        self.cfg, self.meta, extra, tensors)
 
 
-def setup_run(cfg):
+def setup_run(cfg, world=World()):
     """Dataset, model, optimizer, data and evaluation set, resumed or new -> Run. The
     settings are checked (train() did it) and cfg.out is set, before anything is created:
-    a typo leaves no empty run folder behind."""
+    a typo leaves no empty run folder behind. Under torchrun every rank builds the same
+    model from the same seed; rank 0 alone writes."""
     out = guard.output_folder(cfg.out)
     refuse_to_overwrite(out, cfg)
     if cfg.resume:  # the run's own settings, from latest/config.json
         cfg = resumed_settings(cfg, out / "latest")
         check_train_settings(cfg)  # an edited config.json is one line too
-    device = pick_device(cfg.device)
+    device = start(world, pick_device(cfg.device))
     set_threads(cfg.threads)
     # The order below is part of the result: the seed comes before the model, so its
     # initial weights repeat; nothing else draws from torch's generator in between.
     torch.manual_seed(cfg.seed)
-    meta = ensure_dataset(cfg)
+    meta = ensure_dataset(cfg, world)
     check_against_data(cfg, meta)
     if cfg.pitch_aux and cfg.pitch_targets == "truth" and not knows_the_notes(meta):
         raise SystemExit(f"--pitch-targets truth: the dataset in {cfg.data} does not know its "
@@ -333,6 +348,8 @@ def setup_run(cfg):
                          f"aid off with {flag} 0")
     T = round(cfg.window_s * meta["codec"]["frame_rate"])
     model = SoloTransformer(model_config(cfg, meta["codec"], T)).to(device)  # K, card: the data's
+    if world.rank:  # dropout masks of their own on the other ranks (sax/distributed.py)
+        torch.manual_seed(cfg.seed + 1_000_003 * world.rank)
     # latest/ and best/, each the weights and Adam's two moments, and one being written
     guard.output_folder(out, need_bytes=3 * 3 * 4 * model.num_params())
     out.mkdir(parents=True, exist_ok=True)
@@ -347,14 +364,15 @@ def setup_run(cfg):
     train_w = Windows(cfg.data, "train", meta, T)
     evals = evaluation_set(cfg, meta, T)
     baseline = unigram_entropy(train_w.solo, meta["codec"]["card"])
-    progress = start_or_resume(out, model, optimizer, scaler, gen, cfg, device)
-    page = RunPage(out, cfg, meta, evals, device, progress.step)
+    progress = start_or_resume(out, model, optimizer, scaler, gen, cfg, device, world)
+    page = RunPage(out, cfg, meta, evals, device, progress.step) if world.main else None
     # The compiled module shares its weights with `model`; checkpoints save `model`, so
     # their keys never carry torch.compile's "_orig_mod." prefix.
     train_model = torch.compile(model) if cfg.compile else model
     peak = peak_flops(device) if device.type == "cuda" else None
     return Run(cfg, out, device, meta, T, model, train_model, optimizer, scaler, amp_dtype, peak_lr,
-               gen, train_w, evals, baseline, progress, page, peak=peak)
+               gen, train_w, evals, baseline, progress, page, wrap(train_model, world, device),
+               world, peak=peak)
 
 
 def model_config(cfg, numbers, T):
@@ -373,52 +391,21 @@ def model_config(cfg, numbers, T):
                          **dropout, **depth, **width)
 
 
-def start_or_resume(out, model, optimizer, scaler, gen, cfg, device):
+def start_or_resume(out, model, optimizer, scaler, gen, cfg, device, world=World()):
     """Progress of a new run (metrics.jsonl emptied), or of latest/ carried on (its later lines
-    dropped)."""
+    dropped). Rank 0 alone touches metrics.jsonl."""
     metrics_file = out / "metrics.jsonl"
     if not cfg.resume:
-        metrics_file.unlink(missing_ok=True)
+        if world.main:
+            metrics_file.unlink(missing_ok=True)
         return Progress()
-    progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device)
-    if metrics_file.exists():  # lines logged after the checkpoint will be logged again: drop them
+    progress = resume_run(out / "latest", model, optimizer, scaler, gen, cfg, device, world)
+    # lines logged after the checkpoint will be logged again: drop them
+    if world.main and metrics_file.exists():
         keep = "".join(json.dumps(row) + "\n" for row in read_metrics(metrics_file)
                        if row["step"] <= progress.step)
         atomic_write(metrics_file, lambda f: f.write(keep), mode="w")
     return progress
-
-
-def describe(run):
-    """What the run is about to do, printed once, and settings.json."""
-    cfg, numbers, model = run.cfg, run.meta["codec"], run.model
-    print("settings:", json.dumps(asdict(cfg)))
-    m = model.cfg
-    print(f"model: {cfg.preset} ({m.n_enc_layers}+{m.n_dec_layers} layers, d_model {m.d_model}), "
-          f"{model.num_params() / 1e6:.2f} M parameters; K={m.n_codebooks} card={m.card} "
-          f"{m.frame_rate} Hz; window "
-          f"{run.T} frames; {run.accum} micro-batches of {cfg.batch_size}; device {run.device} "
-          f"({torch.get_num_threads()} CPU threads), precision "
-          f"{run.amp_dtype or torch.float32}{' + GradScaler' if run.scaler.is_enabled() else ''}")
-    print(f"training audio: {run.meta['splits']['train']['frames'] / numbers['frame_rate']:.0f} s "
-          f"in {len(run.train_w.segments)} sections; validation: {len(run.evals.backing)} windows")
-    print("unigram baseline (cross-entropy of code frequencies alone): "
-          + " ".join(f"q{k + 1}={h:.3f}" for k, h in enumerate(run.baseline))
-          + f"  mean={np.mean(run.baseline):.3f} nats")
-    write_json(run.out / "settings.json", {"train": asdict(cfg), "model": asdict(model.cfg)})
-
-
-def aid_targets(run, where, backing, solo):
-    """The training aids' targets for a batch of windows found at `where` (None when off):
-    --pitch-aux, the notes the lead plays, [B, T]; --chord-aux, the band's harmony,
-    [B, T, 12]. From what data.py heard, or with --*-targets truth the demo's score."""
-    cfg, pitch, chords = run.cfg, None, None
-    if cfg.pitch_aux:
-        truth = run.meta if cfg.pitch_targets == "truth" else None
-        pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
-    if cfg.chord_aux:
-        truth = run.meta if cfg.chord_targets == "truth" else None
-        chords = chord_targets(run.train_w, where, backing, truth).to(run.device)
-    return pitch, chords
 
 
 def train_step(run):
@@ -427,10 +414,13 @@ def train_step(run):
     lr = lr_at(progress.step, cfg, run.peak_lr)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    loss_sum, aux_sum = 0.0, {}
-    for _ in range(run.accum):
+    loss_sum, aux_sum, world = 0.0, {}, run.world
+    # Every rank draws every micro-batch of the step from the same generator, and computes
+    # its own share (i % world): together they take the step one process would take.
+    mine = range(world.rank, cfg.target_batch // cfg.batch_size, world.size)
+    for i in range(cfg.target_batch // cfg.batch_size):
         backing, solo, where = run.train_w.sample(cfg.batch_size, run.gen, where=True)  # [B, K, T]
-        pitch, chords = aid_targets(run, where, backing, solo)
+        pitch, chords = aid_targets(run, where, backing, solo) if i in mine else (None, None)
         # Classifier-free guidance needs one model that knows both p(solo | backing)
         # and p(solo): some windows are trained with the null backing instead.
         drop = torch.rand(cfg.batch_size, generator=run.gen) < cfg.cond_dropout  # [B]
@@ -441,20 +431,24 @@ def train_step(run):
             S = run.T + solo.size(1) - 1
             hide = (torch.rand(cfg.batch_size, solo.size(1), S, generator=run.gen)
                     < cfg.solo_dropout).to(run.device)
-        with run.autocast():
-            loss, _, aux = run.train_model.loss(backing.to(run.device), solo.to(run.device),
-                                                drop.to(run.device), hide, pitch=pitch,
-                                                chords=chords)
-        # The auxiliary losses join the gradient only; the logged loss stays the codes'
-        # cross-entropy, comparable with every other run's.
-        weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux}
-        total = loss + sum(weights[name] * ce for name, ce in aux.items())
-        # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
-        # sum is then the gradient of the mean loss over the whole target batch.
-        run.scaler.scale(total / run.accum).backward()
+        if i not in mine:
+            continue  # another rank's micro-batch
+        with no_sync(run.loss_fn, world, last=i == mine[-1]):
+            with run.autocast():
+                loss, _, aux = run.loss_fn(backing.to(run.device), solo.to(run.device),
+                                           drop.to(run.device), hide, pitch=pitch, chords=chords)
+            # The auxiliary losses join the gradient only; the logged loss stays the codes'
+            # cross-entropy, comparable with every other run's.
+            weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux}
+            total = loss + sum(weights[name] * ce for name, ce in aux.items())
+            # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
+            # sum is then the gradient of the mean loss over the whole target batch.
+            run.scaler.scale(total / run.accum).backward()
         loss_sum += loss.item() / run.accum
         for name, ce in aux.items():
             aux_sum[name] = aux_sum.get(name, 0.0) + ce.item() / run.accum
+    loss_sum = mean(loss_sum, world)  # the whole step's, on every rank
+    aux_sum = {name: mean(ce, world) for name, ce in aux_sum.items()}
     # Under fp16 an overflow is routine: the GradScaler skips that step and lowers its
     # scale. Anywhere else a non-finite loss is a real fault: stop and say so. (A nan in
     # a training aid's term would spoil the weights too.)
@@ -475,21 +469,9 @@ def train_step(run):
     row.update({f"{name}_ce": ce for name, ce in aux_sum.items()})  # pitch_ce, chord_ce
     if run.peak:
         row["mfu"] = cfg.target_batch * train_flops_per_window(run.model, run.T) / dt / run.peak
-    log_metrics(run.metrics_file, row)
+    if world.main:
+        log_metrics(run.metrics_file, row)
     return row
-
-
-def stop_on_bad_loss(run, loss):
-    """A non-finite loss outside fp16: stop, saving nothing (the weights that gave it are the
-    broken ones, and latest/ must keep the last good state), and say where to go back to."""
-    good = resolve_checkpoint(run.out / "latest")
-    kept = (f"{good} still holds the last good checkpoint (step "
-            f"{read_json(good / 'config.json', 'a checkpoint')['step']}): "
-            "resume from it with a lower --lr"
-            if good.exists() else "no checkpoint was saved before it")
-    raise SystemExit(f"step {run.progress.step + 1}: the loss is {loss}. Likely causes: a "
-                     f"learning rate too high (--lr {run.peak_lr}), fp16 overflow (try "
-                     f"--dtype bf16 or fp32), or corrupt tokens in {run.cfg.data}. {kept}.")
 
 
 def evaluate_and_save(run):
@@ -529,15 +511,26 @@ def train(cfg):
     """
     check_train_settings(cfg)
     cfg.out = cfg.out or f"runs/{cfg.preset}"
-    with guard.FolderLock(cfg.out, "train.py"):
-        return train_loop(setup_run(cfg))
+    world = world_from_env()
+    if cfg.target_batch % (cfg.batch_size * world.size):
+        raise SystemExit(f"--target-batch {cfg.target_batch} over {world.size} processes: a "
+                         f"multiple of --batch-size x processes ({cfg.batch_size * world.size}), "
+                         "so that every rank computes the same number of micro-batches")
+    # One process at a time in a run folder; under torchrun the job is that process (rank 0)
+    try:
+        with guard.FolderLock(cfg.out, "train.py") if world.main else nullcontext():
+            return train_loop(setup_run(cfg, world))
+    finally:
+        stop(world)
 
 
 def train_loop(run):
     """Step, evaluate and save until max_steps (the run's own settings, run.cfg)."""
-    cfg = run.cfg
-    describe(run)
-    bar = tqdm(total=cfg.max_steps, initial=run.progress.step, desc="train", unit="step")
+    cfg, world = run.cfg, run.world
+    if world.main:
+        describe(run)
+    bar = tqdm(total=cfg.max_steps, initial=run.progress.step, desc="train", unit="step",
+               disable=not world.main)
     # The loop, as the README tells it: a step (target_batch windows, one optimizer
     # update); every eval_every steps an evaluation, which saves best/ when the
     # validation loss is the lowest yet; every save_every steps latest/, for --resume.
@@ -551,18 +544,27 @@ def train_loop(run):
                             **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}),
                             **({"skipped": run.progress.skipped} if run.progress.skipped else {}))
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                evaluate_and_save(run)
+                if world.main:  # the others wait: evaluation is rank 0's (docs/scaling.md)
+                    evaluate_and_save(run)
+                barrier(world)
+            stop.requested = any_rank(stop.requested, world)  # one rank's Ctrl-C stops all
             if step % cfg.save_every == 0 or step == cfg.max_steps or stop.requested:
-                run.checkpoint("latest")
+                rank_rngs = gathered(torch.get_rng_state(), world)  # every rank's dropout
+                if world.main:
+                    run.checkpoint("latest", rank_rngs)
+                barrier(world)
             # Ctrl-C was pressed during this step: latest/ now holds its end, exactly.
             if stop.requested and step < cfg.max_steps:
                 bar.close()
                 again = command_line("train.py", replace(cfg, resume=True, overwrite=False))
-                print(f"interrupted: saved {run.out / 'latest'} at step "
-                      f"{step}. Continue exactly where it stopped with: {again}")
+                if world.many:  # the job's own launcher, whatever its options were
+                    again = again.replace("python train.py", "torchrun <its options> train.py", 1)
+                if world.main:
+                    print(f"interrupted: saved {run.out / 'latest'} at step "
+                          f"{step}. Continue exactly where it stopped with: {again}")
                 raise SystemExit(130)  # 128 + SIGINT, as shells report a Ctrl-C
     bar.close()
-    return finish(run)
+    return finish(run) if world.main else {}
 
 
 if __name__ == "__main__":
@@ -572,7 +574,8 @@ if __name__ == "__main__":
     if config.push_only:
         if not config.push_to_hub:
             raise SystemExit("--push-only needs --push-to-hub user/name")
-        push_to_hub(config.push_only, config.push_to_hub, config.hub_private)
+        if world_from_env().main:  # one upload, even if started under torchrun
+            push_to_hub(config.push_only, config.push_to_hub, config.hub_private)
         sys.exit(0)
     try:
         with guard.one_line_errors("lower --batch-size (gradients then accumulate over more "
@@ -582,5 +585,5 @@ if __name__ == "__main__":
         print(f"\nstopped by Ctrl-C; {Path(config.out or 'runs/' + config.preset) / 'latest'} "
               "holds the last scheduled save, if any: continue with --resume", file=sys.stderr)
         sys.exit(130)
-    if config.push_to_hub:
+    if config.push_to_hub and world_from_env().main:  # under torchrun, rank 0 uploads
         push_to_hub(Path(config.out) / "best", config.push_to_hub, config.hub_private)

@@ -219,3 +219,17 @@ def harmony_truth(meta, where, T, frame_rate):
         for chord in truth["chords"]:
             chords[i, frames(chord), [(pc + shift) % 12 for pc in chord["pitch_classes"]]] = True
     return lead, chords
+
+
+def aid_targets(run, where, backing, solo):
+    """The training aids' targets for a batch of windows found at `where` (None when off):
+    --pitch-aux, the notes the lead plays, [B, T]; --chord-aux, the band's harmony,
+    [B, T, 12]. From what data.py heard, or with --*-targets truth the demo's score."""
+    cfg, pitch, chords = run.cfg, None, None
+    if cfg.pitch_aux:
+        truth = run.meta if cfg.pitch_targets == "truth" else None
+        pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
+    if cfg.chord_aux:
+        truth = run.meta if cfg.chord_targets == "truth" else None
+        chords = chord_targets(run.train_w, where, backing, truth).to(run.device)
+    return pitch, chords

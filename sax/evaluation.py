@@ -3,7 +3,8 @@ sax/evaluation.py -- what train.py measures: the validation cross-entropy per co
 conditioning gain, the overfitting check, the FLOPs behind MFU, and the run's closing summary
 and report.
 """
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -184,3 +185,22 @@ def report(run, summary):
     if run.meta["codec"]["untrained"]:
         print("NOTE: this dataset used the UNTRAINED codec: the "
               f"metrics are real, but {UNTRAINED_AUDIO}.")
+
+
+def describe(run):
+    """What the run is about to do, printed once, and settings.json."""
+    cfg, numbers, model = run.cfg, run.meta["codec"], run.model
+    print("settings:", json.dumps(asdict(cfg)))
+    m = model.cfg
+    print(f"model: {cfg.preset} ({m.n_enc_layers}+{m.n_dec_layers} layers, d_model {m.d_model}), "
+          f"{model.num_params() / 1e6:.2f} M parameters; K={m.n_codebooks} card={m.card} "
+          f"{m.frame_rate} Hz; window "
+          f"{run.T} frames; {run.accum} micro-batches of {cfg.batch_size}; device {run.device} "
+          f"({torch.get_num_threads()} CPU threads), precision "
+          f"{run.amp_dtype or torch.float32}{' + GradScaler' if run.scaler.is_enabled() else ''}")
+    print(f"training audio: {run.meta['splits']['train']['frames'] / numbers['frame_rate']:.0f} s "
+          f"in {len(run.train_w.segments)} sections; validation: {len(run.evals.backing)} windows")
+    print("unigram baseline (cross-entropy of code frequencies alone): "
+          + " ".join(f"q{k + 1}={h:.3f}" for k, h in enumerate(run.baseline))
+          + f"  mean={np.mean(run.baseline):.3f} nats")
+    write_json(run.out / "settings.json", {"train": asdict(cfg), "model": asdict(model.cfg)})

@@ -87,10 +87,11 @@ class Progress:
                 "val_history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 2)}
 
 
-def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
+def resume_run(folder, model, optimizer, scaler, gen, cfg, device, world=None):
     """Load latest/ into the model, optimizer, scaler and random generators -> Progress.
 
-    Refuses a finished run (step >= max_steps) before changing anything.
+    Refuses a finished run (step >= max_steps) before changing anything. Under torchrun
+    (world: sax.distributed.World) each rank takes back its own torch generator.
     """
     ckpt = resolve_checkpoint(folder)
     if not ckpt.exists():
@@ -107,6 +108,14 @@ def resume_run(folder, model, optimizer, scaler, gen, cfg, device):
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng_torch"])
+    ranks = state.get("rng_torch_ranks")
+    if world is not None and world.many:
+        if ranks is not None and len(ranks) == world.size:
+            torch.set_rng_state(ranks[world.rank].clone())  # its own storage: no view
+        elif world.main:
+            print(f"--resume: {ckpt} was saved by {1 if ranks is None else len(ranks)} "
+                  f"process(es), resumed by {world.size}: the same global batches, other "
+                  "dropout masks (not bit for bit the run that was not interrupted)")
     gen.set_state(state["rng_data"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -161,3 +170,16 @@ class StopSignal:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+def stop_on_bad_loss(run, loss):
+    """A non-finite loss outside fp16: stop, saving nothing (the weights that gave it are the
+    broken ones, and latest/ must keep the last good state), and say where to go back to."""
+    good = resolve_checkpoint(run.out / "latest")
+    kept = (f"{good} still holds the last good checkpoint (step "
+            f"{read_json(good / 'config.json', 'a checkpoint')['step']}): "
+            "resume from it with a lower --lr"
+            if good.exists() else "no checkpoint was saved before it")
+    raise SystemExit(f"step {run.progress.step + 1}: the loss is {loss}. Likely causes: a "
+                     f"learning rate too high (--lr {run.peak_lr}), fp16 overflow (try "
+                     f"--dtype bf16 or fp32), or corrupt tokens in {run.cfg.data}. {kept}.")

@@ -216,3 +216,40 @@ def test_phase5_codec_and_runner_tables_quote_the_codec_benchmark():
                       for ms in ("40", "80")]
             row = f"| {preset}, {variant} | {cells[0]} | {delays[0]} | {cells[1]} | {delays[1]} |"
             assert row in page.replace("**", ""), row
+
+
+def test_scaling_quotes_its_benchmarks():
+    page = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
+    s = json.loads((ROOT / "docs" / "results" / "scaling.json").read_text())
+    memory = json.loads((ROOT / "docs" / "results" / "memory.json").read_text())["presets"]
+    ratio = s["two_processes_frames_per_s"] / s["one_process_frames_per_s"]
+    for text in (f"| window loading alone (`Windows.sample`, memory-mapped) | {s['window_loading_frames_per_s']:,.0f} |",
+                 f"| training, one process | {s['one_process_frames_per_s']:,.0f} |",
+                 f"| training, two processes under torchrun (gloo) | {s['two_processes_frames_per_s']:,.0f} "
+                 f"({ratio:.2f}x) |",
+                 f"gradients ({s['params'] / 1e6:.2f} M fp32 values) between the two processes took "
+                 f"{s['allreduce_ms']:.1f} ms",
+                 f"the {ratio:.2f}x is what", f"below the {s['window_loading_frames_per_s'] / 1e6:.1f}e6 one thread",
+                 *(f"{name} {memory[name]['peak_mb']:,} MB" for name in ("tiny", "small", "base"))):
+        assert text in page, text
+
+
+def sci(x):
+    """3.31e+07 -> 3.31e7, as the page writes it."""
+    return re.sub(r"e\+?0*(\d)", r"e\1", f"{x:.3g}")
+
+
+def test_scalings_estimates_are_the_models_flops():
+    """The GPU estimates of docs/scaling.md: the FLOPs per frame the code counts, at 40% of an
+    H100's dense bf16 peak (989e12 FLOP/s, sax.evaluation.peak_flops)."""
+    from model import SoloTransformer, preset_config
+    from sax.evaluation import train_flops_per_window
+    page = " ".join((ROOT / "docs" / "scaling.md").read_text().split())
+    rate = 0.4 * 989e12
+    for name in ("tiny", "small", "base"):
+        model = SoloTransformer(preset_config(name, n_codebooks=4, card=1024, max_frames=300))
+        per_frame = train_flops_per_window(model, 300) / 300
+        assert sci(rate / per_frame) in page, (name, sci(rate / per_frame))
+        if name != "tiny":
+            assert sci(per_frame) in page, (name, sci(per_frame))
+            assert f"{1e9 * per_frame / rate / 3600:.2f}" in page, name
