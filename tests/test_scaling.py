@@ -82,9 +82,9 @@ def test_a_torchrun_job_killed_with_sigkill_resumes_bit_for_bit(demo_dataset, tm
     save, then resumed with --resume, logs what the uninterrupted job logs and ends on the
     same weights, because latest/ keeps every rank's generator."""
     data_dir = demo_dataset[0]
-    run([*TORCHRUN, *train_args(data_dir, tmp_path / "straight", 24)])
+    run([*TORCHRUN, *train_args(data_dir, tmp_path / "straight", 16)])
     out = tmp_path / "killed"
-    job = subprocess.Popen([*TORCHRUN, *train_args(data_dir, out, 24)], cwd=ROOT, env=ENV,
+    job = subprocess.Popen([*TORCHRUN, *train_args(data_dir, out, 16)], cwd=ROOT, env=ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved, deadline = out / "latest" / "config.json", time.time() + 240
     while time.time() < deadline:
@@ -101,8 +101,8 @@ def test_a_torchrun_job_killed_with_sigkill_resumes_bit_for_bit(demo_dataset, tm
             pass
     job.wait()
     killed_at = json.loads(saved.read_text())["step"]
-    assert 4 <= killed_at < 24, f"the kill should land mid-run, not at step {killed_at}"
-    run([*TORCHRUN, *train_args(data_dir, out, 24, "--resume")])
+    assert 4 <= killed_at < 16, f"the kill should land mid-run, not at step {killed_at}"
+    run([*TORCHRUN, *train_args(data_dir, out, 16, "--resume")])
     assert rows(out) == rows(tmp_path / "straight")
     weights = [hashlib.md5((d / "latest" / "model.safetensors").read_bytes()).hexdigest()
                for d in (out, tmp_path / "straight")]
@@ -144,7 +144,7 @@ def digests(folder):
 
 
 def test_two_shards_at_once_then_the_assembling_run_give_the_one_process_dataset(tmp_path):
-    demo = ["data.py", "--demo-songs", "6", "--demo-seconds", "8", "--encodec-weights", "untrained",
+    demo = ["data.py", "--demo-songs", "4", "--demo-seconds", "6", "--encodec-weights", "untrained",
             "--device", "cpu", "--threads", "1"]
     run([sys.executable, *demo, "--out", str(tmp_path / "one")])
     shared = tmp_path / "shared"
@@ -156,7 +156,7 @@ def test_two_shards_at_once_then_the_assembling_run_give_the_one_process_dataset
         assert shard.returncode == 0, said[-2000:]
         assert "songs in" in said and "no --shard writes the dataset" in said
     assert not (shared / "meta.json").exists(), "a shard wrote the dataset"
-    assert len(list((shared / "cache").glob("*.json"))) == 6, "the two shards did not cache every song"
+    assert len(list((shared / "cache").glob("*.json"))) == 4, "the two shards did not cache every song"
     cached = {f: f.stat().st_mtime_ns for f in (shared / "cache").iterdir()}
     run([sys.executable, *demo, "--out", str(shared)])
     assert {f: f.stat().st_mtime_ns for f in cached} == cached, "the assembling run redid a song"
