@@ -12,7 +12,7 @@ One training run is one `python train.py --out <out>/<row>/seed<N> --seed N --th
 two one-thread runs on two cores finish sooner than two runs fighting over both, and
 their figures do not depend on the machine's load). Rows that change only how solos
 are sampled (guidance, temperature, top-k) reuse the checkpoints of the row they
-sample from. Then each run's best/ checkpoint takes listening.py's listening test
+sample from. Then each run's best/ checkpoint takes sax/listening.py's listening test
 with the row's sampling settings (kick AUC, note-in-chord, plays-with-the-band), with
 the code as it is now, and <out>/table.md and table.json get a line per row: the mean
 and the standard deviation over the seeds of every figure, and the seeds' own values
@@ -217,7 +217,7 @@ class AblationConfig:
                        "(default runs/ablation, runs/lookahead for --table lookahead)")
     data: str = opt("data/demo", "dataset folder (the default one is built first if missing)")
     jobs: int = opt(2, "training runs at once, one CPU thread each", at_least=1, at_most=64)
-    rescore: bool = opt(False, "score every checkpoint again (after a change to listening.py)")
+    rescore: bool = opt(False, "score every checkpoint again (after a change to sax/listening.py)")
     list: bool = opt(False, "print the rows and exit")
     device: str = opt("cpu", "where the listening test samples", DEVICES)
     quick: bool = opt(False, "tiny runs (2 steps on 1 s windows, 2 key-change songs): a check "
@@ -305,7 +305,7 @@ def train_one(cfg, name, seed):
 # train.py's own summary holds the figures of training (losses, conditioning gain);
 # the listening figures are recomputed here, so that every row of a table is scored by
 # the same code and the same sampling even when the runs are older than a change to
-# listening.py (--rescore), and so that sampling rows need no training at all.
+# sax/listening.py (--rescore), and so that sampling rows need no training at all.
 
 def listening_set(cfg, cache, T):
     """(ListeningSet, Probes) for windows of T frames, built once per T."""

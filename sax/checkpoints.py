@@ -17,8 +17,8 @@ from sax.files import atomic_write, write_json
 
 # A checkpoint is a folder: config.json (the ModelConfig, the training settings, the
 # dataset's codec and the metrics) and model.safetensors (the weights: tensors only,
-# nothing that runs code when loaded). train.py writes them; loading lives here, so
-# that generate.py, or any script of yours, needs model.py and nothing of training.
+# nothing that runs code when loaded). Writing (train.py's) and loading live here, so
+# that generate.py, or any script of yours, needs model.py and this file, nothing of training.
 # (huggingface_hub's PyTorchModelHubMixin would give save_pretrained/from_pretrained,
 # but it writes its own config.json of the constructor's arguments, while this one
 # also carries the codec and the data the tokens mean something for.)
