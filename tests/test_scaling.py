@@ -169,3 +169,24 @@ def test_a_shard_that_is_not_i_of_n_is_one_line(tmp_path):
                               env=ENV, capture_output=True, text=True, timeout=120)
         assert done.returncode != 0 and "--shard" in done.stderr.strip().splitlines()[-1], (bad, done.stderr[-300:])
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="walks /proc to find the ranks")
+def test_a_rank_that_dies_ends_the_job_naming_it_not_a_hang(demo_dataset, tmp_path):
+    """SIGKILL to one rank mid-run: torchrun stops the other and ends the job, within seconds,
+    with the dead rank named; latest/ keeps the last save whole."""
+    out = tmp_path / "broken"
+    job = subprocess.Popen([*TORCHRUN, *train_args(demo_dataset[0], out, 400)], cwd=ROOT, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "latest" / "config.json").exists():
+        time.sleep(0.05)
+    ranks = [pid for pid in descendants(job.pid)
+             if "train.py" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)
+    t0 = time.time()
+    said = job.communicate(timeout=120)[0]
+    assert job.returncode != 0 and time.time() - t0 < 60, "the job hung after a rank died"
+    assert "exitcode  : -9" in said and "rank      : " in said, said[-1500:]
+    assert json.loads((out / "latest" / "config.json").read_text())["step"] >= 4
