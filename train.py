@@ -43,7 +43,7 @@ from sax.checkpoints import push_to_hub, save_checkpoint
 from sax.dataset import (HEARD_SINCE, Windows, aid_targets, knows_the_notes, load_dataset,
                          unigram_entropy)
 from sax.demo import DEMO_VERSION
-from sax.distributed import (World, any_rank, barrier, gathered, mean, no_sync, start, stop,
+from sax.distributed import (World, any_rank, barrier, gathered, leave, mean, no_sync, start,
                              world_from_env, wrap)
 from sax.evaluation import (EvalSet, describe, evaluate, evaluation_set, finish, overfitting,
                             peak_flops, train_flops_per_window)
@@ -521,7 +521,7 @@ def train(cfg):
         with guard.FolderLock(cfg.out, "train.py") if world.main else nullcontext():
             return train_loop(setup_run(cfg, world))
     finally:
-        stop(world)
+        leave(world)
 
 
 def train_loop(run):
@@ -562,9 +562,12 @@ def train_loop(run):
                 if world.main:
                     print(f"interrupted: saved {run.out / 'latest'} at step "
                           f"{step}. Continue exactly where it stopped with: {again}")
+                leave(world)  # together, after the save's barrier: no rank leaves one behind
                 raise SystemExit(130)  # 128 + SIGINT, as shells report a Ctrl-C
     bar.close()
-    return finish(run) if world.main else {}
+    barrier(world)  # every rank past its last step and save; then the group goes, together
+    leave(world)
+    return finish(run) if world.main else {}  # the summary and listening test: rank 0's alone
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def start(world, device):
     return device
 
 
-def stop(world):
+def leave(world):
+    """Leave the process group (every rank, together: after a barrier)."""
     if world.many and dist.is_initialized():
         dist.destroy_process_group()
 
