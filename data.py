@@ -140,6 +140,9 @@ def song_stems(source, cfg, separator, device):
 
     The cheap checks (length, silence) come before separation, the expensive step.
     """
+    # The demo corpus knows its stems (and its score: truth, which the listening metrics
+    # use); recordings must be separated. --separate runs Demucs on the demo's mix too, to
+    # measure how well separation recovers stems that are known.
     if source["kind"] == "demo":
         backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed)
         facts = {"truth": truth}
@@ -243,6 +246,8 @@ def list_sources(cfg, out):
     if cfg.urls:
         paths += download_urls(cfg.urls, Path(out) / "downloads")
     sources = []
+    # The content hash, not the path, is the song's identity: a renamed or moved file is
+    # still the song already cached, an edited one is a new song.
     for p in paths:
         digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         safe = "".join(c if c.isalnum() else "_" for c in p.stem)[:40]
@@ -280,6 +285,8 @@ def assign_splits(sources, cfg):
     Windows of one song share its tune, key and sound: with windows split at random,
     validation would reward memorising songs, and look better than the model is.
     """
+    # A seeded permutation: the same list of songs always gets the same splits (a longer
+    # list draws new ones, so validation figures compare only within one dataset).
     order = np.random.default_rng(cfg.seed).permutation(len(sources))
     n = len(sources)
     n_val = max(1, round(cfg.val_fraction * n)) if n >= 2 else 0

@@ -113,6 +113,7 @@ def backing_tokens(cfg, config, codec, numbers, device):
             audio, rate = load_audio(path)
         except SkipSong as why:
             raise SystemExit(f"--backing {path}: {why}") from None
+        # Under a second the model hears too few frames to follow anything: refuse it early.
         if audio.shape[1] < rate:
             raise SystemExit(f"--backing {path}: {audio.shape[1] / rate:.2f} "
                              "s long; give at least 1 s of backing")
@@ -121,11 +122,14 @@ def backing_tokens(cfg, config, codec, numbers, device):
             defaults = data.DataConfig()  # the same stem mapping as data.py's default
             mono, _ = separate(separator, audio, rate, defaults.backing_sources,
                                     defaults.solo_sources, device)
-        else:
+        else:  # already a backing: mono at the codec's rate, as data.py prepares its stems
             mono = resample(channels(audio, 1), rate, CODEC_RATE)[0]
-        if cfg.duration:
+        if cfg.duration:  # cut the audio, not the codes: the encoder never sees the rest
             mono = mono[:int(cfg.duration * CODEC_RATE)]
         return encode_audio(codec, mono).astype(np.int64), mono, str(path), None
+    # No file: a clip of the checkpoint's own dataset, with its true solo beside it (the
+    # listening figures compare the generated solo with it). Validation clips first: the
+    # model never trained on them.
     data_dir = config["data"]["dir"]
     meta = load_dataset(data_dir)
     segments = meta["splits"]["val"]["segments"] or meta["splits"]["train"]["segments"]
@@ -150,6 +154,8 @@ def window_plan(T, W, stride):
     """The (start, end) frame ranges of the windows that cover T frames:
     [(0, W), (stride, stride + W), ...]."""
     plan = [(0, min(W, T))]
+    # Each window overlaps the previous one by W - stride frames: that overlap is the
+    # prompt it continues from (windowed_generate), so the solo has no seam.
     while plan[-1][1] < T:
         start = plan[-1][0] + stride
         plan.append((start, min(start + W, T)))
