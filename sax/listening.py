@@ -30,12 +30,21 @@ from sax.sampling import SAMPLING, sample_solo
 # 1. The listening metrics, in token space
 # ----------------------------------------------------------------------------
 
+# The probes' spans are times, turned into frames at the codec's frame rate (frames_of).
+KICK_S = 0.04  # the frames from a kick where the lead's note starts: 3 at 75 Hz
+
+
+def frames_of(seconds, frame_rate):
+    """A span in seconds as a whole number of frames (at least one)."""
+    return max(1, round(seconds * frame_rate))
+
+
 def listening_masks(meta, where, T, frame_rate):
     """Frames of the evaluation windows where the solo's own past cannot help: {name: [N, T] bool}.
 
     start: the first second of every window, where the decoder has little or no solo
-    behind it. kicks (demo corpus, whose truth is known): the 3 frames (40 ms) from each
-    of the band's kicks, where the lead starts a note whose moment and pitch only the
+    behind it. kicks (demo corpus, whose truth is known): the 40 ms from each of the
+    band's kicks (3 frames at 75 Hz, 2 at 50), where the lead starts a note whose moment and pitch only the
     band announces. The conditioning gain on these frames is the sharpest test of
     listening: a solo language model can do nothing there.
     """
@@ -43,12 +52,13 @@ def listening_masks(meta, where, T, frame_rate):
     songs = {song["id"]: song for song in meta["songs"]}
     if all("kicks_s" in songs[song].get("truth", {}) for song, _, _ in where):
         masks["kicks"] = torch.zeros(len(where), T, dtype=torch.bool)
+        after_kick = frames_of(KICK_S, frame_rate)
         for i, (song, variant, first) in enumerate(where):
             # augmented copies play faster or slower
             tempo = songs[song]["variants"][variant]["tempo"]
             for t in songs[song]["truth"]["kicks_s"]:
                 f = round(t / tempo * frame_rate) - first
-                masks["kicks"][i, max(0, f):max(0, f + 3)] = True
+                masks["kicks"][i, max(0, f):max(0, f + after_kick)] = True
     return masks
 
 
@@ -88,13 +98,13 @@ def fit_pitch_probe(solo, lead, card):
     return table
 
 
-# Frames each side that read_pitch_classes pools: a note lasts far longer than a 13 ms
-# frame, and 5 frames (67 ms) read the true lead's pitch class right 85% of the time
-# on the default corpus, against 67% for one frame (docs/phase3).
-PITCH_SPAN = 2
+# Seconds each side that read_pitch_classes pools: a note lasts far longer than a 13 ms
+# frame, and 2 frames each side at 75 Hz (5 frames, 67 ms) read the true lead's pitch
+# class right 85% of the time on the default corpus, against 67% for one frame (docs/phase3).
+PITCH_SPAN_S = 0.027
 
 
-def read_pitch_classes(probe, solo, span=PITCH_SPAN):
+def read_pitch_classes(probe, solo, span):
     """The pitch class a solo sounds in each frame, as the probe reads it: [N, K, T] -> [N, T]."""
     ll = probe[torch.arange(solo.size(1))[None, :, None], solo].sum(dim=1)      # [N, T, 12]
     # the mean over the frames within `span`, fewer at the window's edges
@@ -103,7 +113,7 @@ def read_pitch_classes(probe, solo, span=PITCH_SPAN):
     return pooled.argmax(dim=1)
 
 
-def note_in_chord(probe, solo, chords, frames, span=PITCH_SPAN):
+def note_in_chord(probe, solo, chords, frames, span):
     """Share of the frames whose pitch class, as the probe reads it, is a tone of the chord
     the band plays then (the note-in-chord ratio). solo [N, K, T]; chords [N, T, 12];
     frames [N, T] bool, those to count. About a third of the 12 classes are chord tones:
@@ -120,6 +130,8 @@ class Probes:
     onsets: torch.Tensor         # [K, card + 1]: fit_onset_detector
     pitch: torch.Tensor          # [K, card + 1, 12]: fit_pitch_probe, on the lead's codes
     backing_pitch: torch.Tensor  # [K, card + 1, 12]: fit_pitch_probe, on the backing's codes
+    span: int                    # frames each side read_pitch_classes pools: PITCH_SPAN_S
+    counting_span: int           # ... and counting_listener's: COUNTING_SPAN_S
 
 
 def fit_probes(data_dir, meta, T):
@@ -128,7 +140,8 @@ def fit_probes(data_dir, meta, T):
     fr, card = meta["codec"]["frame_rate"], meta["codec"]["card"]
     lead, _ = harmony_truth(meta, where, T, fr)
     return Probes(fit_onset_detector(solo, listening_masks(meta, where, T, fr)["kicks"], card),
-                  fit_pitch_probe(solo, lead, card), fit_pitch_probe(backing, lead, card))
+                  fit_pitch_probe(solo, lead, card), fit_pitch_probe(backing, lead, card),
+                  frames_of(PITCH_SPAN_S, fr), frames_of(COUNTING_SPAN_S, fr))
 
 
 def kick_auc(table, solo, kicks, valid):
@@ -248,7 +261,8 @@ def score_solos(probes, ls, solos):
     scores = {}
     for name, solo in solos.items():
         scores[f"kick_auc_{name}"] = kick_auc(probes.onsets, solo, ls.kicks, valid)
-        scores[f"note_in_chord_{name}"] = note_in_chord(probes.pitch, solo, ls.chords, sounding)
+        scores[f"note_in_chord_{name}"] = note_in_chord(probes.pitch, solo, ls.chords, sounding,
+                                                        probes.span)
     if set(solos) >= {"own", "mismatched", "true", "true_mismatched"}:
         for metric, label in (("kick_auc", "rhythm"), ("note_in_chord", "harmony")):
             scores[f"plays_with_band_{label}"] = plays_with_band(
@@ -259,12 +273,12 @@ def score_solos(probes, ls, solos):
 
 # A listener that only counts: the lead's pitch class guessed from the band's codes by the
 # naive-Bayes reader of fit_pitch_probe, fitted on the training split's backing, the
-# guesses pooled over half a second (18 frames each side at 75 Hz: a chord lasts longer
-# than a note). It learns nothing but which codes of the band come with which note of
+# guesses pooled over about half a second (0.24 s each side: 18 frames at 75 Hz; a chord
+# lasts longer than a note). It learns nothing but which codes of the band come with which note of
 # the lead. Its note-in-chord says how much of the harmony a model could take from the
 # backing's tokens with no more than counting: on the default corpus its guesses are
 # chord tones far more often than chance (docs/phase3), so the chords are in the tokens.
-COUNTING_SPAN = 18
+COUNTING_SPAN_S = 0.24
 
 
 def counting_listener(probes, ls):
@@ -272,7 +286,8 @@ def counting_listener(probes, ls):
     and, as the control, over another song's: {note_in_chord_counted_own, ..._mismatched}."""
     frames = ls.harmony_frames(probes.onsets.size(1) - 1)
     return {f"note_in_chord_counted_{name}": note_in_chord(probes.backing_pitch, backing,
-                                                           ls.chords, frames, COUNTING_SPAN)
+                                                           ls.chords, frames,
+                                                           probes.counting_span)
             for name, backing in (("own", ls.backing), ("mismatched", ls.other_backing))}
 
 
@@ -369,7 +384,8 @@ def key_change_test(model, kc, probes, device, solos_per_song=2, seed=0, **sampl
     for name, solo in (("generated", generated), ("true", kc.lead)):
         copies = len(solo) // len(kc.lead)
         counted, chords = frames.repeat(copies, 1), kc.chords.repeat(copies, 1, 1)
-        hits = chords.gather(2, read_pitch_classes(probes.pitch, solo)[..., None])[..., 0]
+        read = read_pitch_classes(probes.pitch, solo, probes.span)                # [n, T]
+        hits = chords.gather(2, read[..., None])[..., 0]
         before = float(hits[:, :at][counted[:, :at]].float().mean())
         after = hits[:, at:at + 2 * smooth][counted[:, at:at + 2 * smooth]]
         figures[f"key_change_in_chord_before_{name}"] = before

@@ -401,7 +401,7 @@ def probe_picture(png, probes, ls, solos, frame_rate, window=0):
         # The chord tones as a grey image (12 rows), the read classes as dots on top.
         right.imshow(chords.T.numpy(), aspect="auto", origin="lower", cmap="Greys", vmin=0,
                      vmax=3, extent=(0, n / frame_rate, -0.5, 11.5), interpolation="nearest")
-        read = read_pitch_classes(probes.pitch, codes)[0]                       # [n]
+        read = read_pitch_classes(probes.pitch, codes, probes.span)[0]          # [n]
         hit = chords.gather(1, read[:, None])[:, 0].numpy()
         for mask, color in ((sounding & hit, "#2a9d4a"), (sounding & ~hit, "#d03030")):
             right.scatter(t.numpy()[mask], read.numpy()[mask], s=3, color=color, lw=0)

@@ -326,7 +326,8 @@ def test_harmony_probe_tells_the_true_lead_own_chords_from_another_song(demo_dat
     probes = fit_probes(out, meta, T)
     backing, solo, where, other, other_solo = listening_windows(out, meta, T)
     ls = ListeningSet.of(meta, where, backing, solo, other, other_solo)
-    read = read_pitch_classes(probes.pitch, solo)
+    assert (probes.span, probes.counting_span) == (2, 18), "the spans at 75 Hz"
+    read = read_pitch_classes(probes.pitch, solo, probes.span)
     sounding = (ls.lead >= 0) & (solo[:, 0] != card)
     accuracy = (read == ls.lead)[sounding].float().mean()
     assert accuracy > 0.4, f"the probe reads the true pitch class in {accuracy:.0%} of frames (chance 1/12)"
