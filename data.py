@@ -11,13 +11,14 @@ The pipeline, one song at a time (each step's code is in the file named beside i
   1. load: any file soundfile can read (ffmpeg for the rest), resampled    sax/audio.py
      (or render a song of the built-in demo corpus, with its true stems)    sax/demo.py
   2. separate: Demucs htdemucs_6s at 44.1 kHz stereo -> backing (drums + bass + piano
-     + guitar) and solo (other + vocals: where a saxophone lands), at 24 kHz mono;
+     + guitar) and solo (other + vocals: where a saxophone lands), mono at the codec's rate;
      the demo corpus skips this unless --separate                          sax/separation.py
   3. augment (phase 2): random pitch shifts and tempo changes, the same
      for both stems                                                         sax/audio.py
   4. keep the sections where the solo plays, by RMS energy                  sax/audio.py
   5. tokenize both stems with EnCodec 24 kHz at 3 kbps: 4 codebooks of
-     1024 codes, 75 Hz                                                      sax/codec.py
+     1024 codes, 75 Hz (--codec encodec_32khz, the proposal's: 4 of 2048 at
+     50 Hz, sax/encodec32.py; docs/codec.md says which to choose)          sax/codec.py
      and hear what the tokens do not say: the solo's notes, the band's
      chroma                                                                 sax/pitch.py
   6. split by song into train / val / test and write meta.json +
@@ -34,11 +35,10 @@ saying that it falls back to the untrained codec), in about 4 minutes:
 """
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sax import guard  # first of the project's: a Ctrl-C while torch loads is one line
@@ -49,12 +49,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sax.audio import (AUDIO_EXTENSIONS, CODEC_RATE, SkipSong, channels, frame_rms_db, load_audio,
+from sax.audio import (AUDIO_EXTENSIONS, SkipSong, channels, frame_rms_db, load_audio,
                        pitch_tempo, resample, select_sections, write_audio)
-from sax.codec import UNTRAINED_AUDIO, encode_audio, prepare_codec
+from sax.codec import CODECS, UNTRAINED_AUDIO, codebooks, encode_audio, prepare_codec
 from sax.dataset import FORMAT
 from sax.demo import DEMO_VERSION, render_demo_song
-from sax.files import atomic_write, write_json
+from sax.files import atomic_write, remove_stale_temporaries, write_json
 from sax.machine import DEVICES, check_install, pick_device, set_threads
 from sax.pitch import TRACKER_VERSION, band_chroma, chroma_on_chords, notes_right, track_notes
 from sax.separation import load_separator, separate, ser_db
@@ -79,10 +79,14 @@ class DataConfig:
                                 "Demucs stems summed into the backing")
     solo_sources: list = opt(["other", "vocals"],
                              "Demucs stems summed into the solo (a sax lands here)")
-    encodec_weights: str = opt("pretrained",
-                               "'pretrained' (download once), a local .th file, or 'untrained'")
-    bandwidth: float = opt(3.0, "EnCodec bandwidth in kbps: 3.0 gives 4 codebooks",
-                           choices=[1.5, 3.0, 6.0, 12.0, 24.0])
+    codec: str = opt("encodec_24khz", "encodec_24khz: causal (phase 5 streams it); "
+                     "encodec_32khz: the proposal's music codec, offline only (docs/codec.md)",
+                     choices=list(CODECS))
+    encodec_weights: str = opt("pretrained", "'pretrained' (download once), local weights "
+                               "(24 kHz: a .th file; 32 kHz: a folder), or 'untrained'")
+    bandwidth: float = opt(0.0, "EnCodec bandwidth in kbps (0: the codec's own, 4 codebooks: "
+                           "3.0 at 24 kHz, 2.2 at 32 kHz)",
+                           choices=[0.0, 1.5, 2.2, 3.0, 6.0, 12.0, 24.0])
     rms_rel_db: float = opt(-30.0, "solo plays where its RMS is above its loud "
                                    "frames' level (95th percentile) + this", at_most=0)
     rms_abs_db: float = opt(-45.0, "... and above this absolute level (dBFS)", at_most=0)
@@ -135,8 +139,8 @@ def checked_audio(source, cfg):
     return audio, rate
 
 
-def song_stems(source, cfg, separator, device):
-    """A source -> (backing, solo) at 24 kHz mono and what is known about the song.
+def song_stems(source, cfg, separator, device, rate):
+    """A source -> (backing, solo), mono at the codec's `rate`, and what is known about the song.
 
     The cheap checks (length, silence) come before separation, the expensive step.
     """
@@ -144,18 +148,19 @@ def song_stems(source, cfg, separator, device):
     # use); recordings must be separated. --separate runs Demucs on the demo's mix too, to
     # measure how well separation recovers stems that are known.
     if source["kind"] == "demo":
-        backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed)
+        backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed, rate)
         facts = {"truth": truth}
         if cfg.separate:
-            est_backing, est_solo = separate(separator, (backing + solo)[None], CODEC_RATE,
-                                             cfg.backing_sources, cfg.solo_sources, device)
+            est_backing, est_solo = separate(separator, (backing + solo)[None], rate,
+                                             cfg.backing_sources, cfg.solo_sources, device, rate)
             facts["separation_ser_db"] = {"solo": ser_db(solo, est_solo),
                                           "backing": ser_db(backing, est_backing)}
             backing, solo = est_backing, est_solo
         return backing, solo, facts
-    audio, rate = checked_audio(source, cfg)
-    backing, solo = separate(separator, audio, rate, cfg.backing_sources, cfg.solo_sources, device)
-    return backing, solo, {"original_rate": rate, "original_channels": audio.shape[0]}
+    audio, found = checked_audio(source, cfg)
+    backing, solo = separate(separator, audio, found, cfg.backing_sources, cfg.solo_sources,
+                             device, rate)
+    return backing, solo, {"original_rate": found, "original_channels": audio.shape[0]}
 
 
 def process_song(source, cfg, codec, numbers, separator, device, cache_dir, settings_key):
@@ -173,7 +178,8 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
         record = json.loads(cached.read_text())
         if record.get("notes") == TRACKER_VERSION:  # else made before the notes were tracked
             return record
-    backing, solo, extra = song_stems(source, cfg, separator, device)
+    rate = numbers["sample_rate"]
+    backing, solo, extra = song_stems(source, cfg, separator, device, rate)
     rng = np.random.default_rng([cfg.seed, int(key[:8], 16)])
     variants = [(0.0, 1.0)]
     if source["split"] == "train":
@@ -181,12 +187,12 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
                       float(rng.uniform(1 - cfg.tempo_range,
                                         1 + cfg.tempo_range))) for _ in range(cfg.augment)]
     record = {"id": source["id"], "source": source["name"], "split": source["split"],
-              "duration_s": round(len(solo) / CODEC_RATE, 3), **extra,
+              "duration_s": round(len(solo) / rate, 3), **extra,
               "notes": TRACKER_VERSION, "variants": []}
     for v, (semitones, tempo) in enumerate(variants):
         # The same transformation on both stems: they stay aligned frame for frame.
-        b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, CODEC_RATE, semitones, tempo),
-                                               pitch_tempo(solo, CODEC_RATE, semitones, tempo))
+        b, s = (backing, solo) if v == 0 else (pitch_tempo(backing, rate, semitones, tempo),
+                                               pitch_tempo(solo, rate, semitones, tempo))
         sections = select_sections(frame_rms_db(s, numbers["hop"]), numbers["frame_rate"],
                                    cfg.rms_rel_db,
                                    cfg.rms_abs_db, cfg.min_section_s, cfg.merge_gap_s)
@@ -200,9 +206,9 @@ def process_song(source, cfg, codec, numbers, separator, device, cache_dir, sett
         # The whole song is tokenized, then cut: tokens at a section's edge were made
         # with the audio around them, as at generation time.
         bk, sk = encode_audio(codec, b), encode_audio(codec, s)  # [K, F] each
-        notes = track_notes(s, numbers["hop"], CODEC_RATE)                     # [F]
+        notes = track_notes(s, numbers["hop"], rate)                           # [F]
         notes = np.pad(notes, (0, max(0, bk.shape[1] - len(notes))), constant_values=-1)
-        chroma = band_chroma(b, numbers["hop"], CODEC_RATE)                    # [F, 12]
+        chroma = band_chroma(b, numbers["hop"], rate)                          # [F, 12]
         chroma = np.pad(chroma, ((0, max(0, bk.shape[1] - len(chroma))), (0, 0)))
         atomic_write(codes_file, lambda f: np.savez(f, backing=bk, solo=sk,
                                                     notes=notes[:bk.shape[1]],
@@ -353,8 +359,9 @@ def usable_sources(sources, cfg, out):
 # Settings that change nothing in a song's tokens: left out of the cache key, so that
 # changing them reuses every song already done (each source's own fingerprint covers
 # which files or demo songs there are).
+# The codec is named in the key by its codebooks (cache_settings_key), not by --codec.
 NOT_IN_CACHE_KEY = ("out", "input_dir", "urls", "device", "threads", "demo_songs",
-                    "demo_backing", "overwrite", "shard")
+                    "demo_backing", "overwrite", "shard", "codec")
 
 
 def cache_settings_key(cfg, codec, numbers):
@@ -364,8 +371,7 @@ def cache_settings_key(cfg, codec, numbers):
     codec, another untrained fill) must never be reused.
     """
     codebook_id = hashlib.sha256(b"".join(
-        layer._codebook.embed.cpu().numpy().tobytes()
-        for layer in codec.quantizer.vq.layers[:numbers["n_codebooks"]]
+        book.embed.cpu().numpy().tobytes() for book in codebooks(codec, numbers["n_codebooks"])
     )).hexdigest()[:16]
     settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_CACHE_KEY}
     return json.dumps({**settings, "codebooks": codebook_id}, sort_keys=True)
@@ -375,6 +381,11 @@ def check_data_settings(cfg):
     """Each field in its range (settings.check_settings), then what two fields say together."""
     check_settings(cfg)
     shard_of(cfg)  # a --shard that is not i/n with 0 <= i < n is one line
+    bandwidths = CODECS[cfg.codec]["bandwidths"]
+    if cfg.bandwidth and cfg.bandwidth not in bandwidths:
+        raise SystemExit(f"--bandwidth {cfg.bandwidth:g}: {cfg.codec} offers "
+                         f"{', '.join(map(str, bandwidths))} kbps (0: its own, "
+                         f"{CODECS[cfg.codec]['bandwidth']})")
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise SystemExit(f"--val-fraction {cfg.val_fraction:g} and --test-fraction "
                          f"{cfg.test_fraction:g}: together below 1, or no song is left to "
@@ -390,17 +401,6 @@ def shard_of(cfg):
         raise SystemExit(f"--shard {cfg.shard}: give i/n with 0 <= i < n, e.g. --shard 0/4 "
                          "... --shard 3/4 for four processes")
     return int(i), int(n)
-
-
-def remove_stale_temporaries(out):
-    """Temporary files left by a run that was killed mid-write (.name.tmp<pid>), unless the
-    process that writes them is alive: another shard may be writing into this folder."""
-    for stale in out.rglob(".*.tmp*"):
-        pid = stale.name.rpartition(".tmp")[2]
-        if pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid():
-            continue
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
 
 
 def process_songs(sources, cfg, codec, numbers, separator, device, cache_dir):
@@ -421,31 +421,36 @@ def process_songs(sources, cfg, codec, numbers, separator, device, cache_dir):
 
 
 def calibration_audio(sources, cfg):
-    """Up to 60 s of the songs' audio (mono, 24 kHz), to fill the untrained codec's codebooks."""
+    """Up to a minute or so of the songs' audio (mono, at the codec's rate; CODECS says how
+    long), to fill the untrained codec's codebooks."""
     parts, total = [], 0
+    codec_rate, seconds = CODECS[cfg.codec]["sample_rate"], CODECS[cfg.codec]["calibration_s"]
     for src in sources:
         try:
             if src["kind"] == "demo":
-                audio = sum(render_demo_song(src["index"], cfg.demo_seconds, cfg.seed)[:2])
-            else:  # the first 60 s is all that is used: crop before resampling a long file
+                audio = sum(render_demo_song(src["index"], cfg.demo_seconds, cfg.seed,
+                                             codec_rate)[:2])
+            else:  # the first seconds are all that is used: crop before resampling a long file
                 audio, rate = checked_audio(src, cfg)
-                audio = resample(channels(audio[:, :60 * rate], 1), rate, CODEC_RATE)[0]
+                audio = resample(channels(audio[:, :seconds * rate], 1), rate, codec_rate)[0]
         except (SkipSong, OSError):
             continue
         parts.append(audio.astype(np.float32))
         total += len(audio)
-        if total >= 60 * CODEC_RATE:
+        if total >= seconds * codec_rate:
             break
     if not parts:
         raise SystemExit(f"No song could be used: none of the {len(sources)} files can be read "
                          "(not even to fill the untrained codec's codebooks); nothing written.")
-    return np.concatenate(parts)[:60 * CODEC_RATE]
+    return np.concatenate(parts)[:seconds * codec_rate]
 
 
 def build_dataset(cfg):
     """The whole pipeline; returns the meta dict written to <out>/meta.json."""
     t0 = time.time()
     check_data_settings(cfg)
+    # --bandwidth 0 is the codec's own: settled here, so that meta.json says which it was
+    cfg = replace(cfg, bandwidth=cfg.bandwidth or CODECS[cfg.codec]["bandwidth"])
     out, device = Path(cfg.out), pick_device(cfg.device)
     refuse_to_replace(out, cfg)
     guard.output_folder(out)  # writable, before any song is done
@@ -563,10 +568,11 @@ def write_demo_backing(cfg):
     if path.exists() and not cfg.overwrite:
         raise SystemExit(f"--demo-backing {path} already exists: pass "
                          "--overwrite or choose another file name")
-    backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed)
-    write_audio(path, backing, CODEC_RATE)
+    rate = CODECS[cfg.codec]["sample_rate"]
+    backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed, rate)
+    write_audio(path, backing, rate)
     print(f"wrote {path}: {cfg.demo_seconds:.0f} s of demo backing at {truth['tempo_bpm']:.0f} bpm "
-          f"({CODEC_RATE} Hz mono). Try: python generate.py --backing {path}")
+          f"({rate} Hz mono). Try: python generate.py --backing {path}")
 
 
 if __name__ == "__main__":

@@ -40,10 +40,11 @@ import torch
 from tqdm import tqdm
 
 import data
-from sax.audio import (CODEC_RATE, SkipSong, channels, limited, load_audio, mix_audio, resample,
+from sax.audio import (SkipSong, channels, limited, load_audio, mix_audio, resample,
                        write_audio)
 from sax.checkpoints import fetch_checkpoint, load_model, read_json, resolve_checkpoint
-from sax.codec import UNTRAINED_AUDIO, decode_codes, encode_audio, load_codec_for
+from sax.codec import (UNTRAINED_AUDIO, decode_codes, encode_audio, load_codec_for,
+                       require_causal_codec)
 from sax.dataset import load_dataset, load_split, unigram_entropy
 from sax.files import atomic_write, write_json
 from sax.machine import DEVICES, check_install, pick_device, set_threads
@@ -96,7 +97,7 @@ class GenerateConfig:
 
 
 def backing_tokens(cfg, config, codec, numbers, device):
-    """(backing codes [K, T], backing audio at 24 kHz [N], a description of where it came
+    """(backing codes [K, T], backing audio at the codec's rate [N], a description of where it came
     from, the true solo's codes [K, T] of a dataset clip or None for a file).
 
     From a file: read, checked, optionally separated, tokenized exactly as data.py
@@ -121,11 +122,11 @@ def backing_tokens(cfg, config, codec, numbers, device):
             separator = load_separator(cfg.demucs_model, cfg.demucs_repo)
             defaults = data.DataConfig()  # the same stem mapping as data.py's default
             mono, _ = separate(separator, audio, rate, defaults.backing_sources,
-                                    defaults.solo_sources, device)
+                               defaults.solo_sources, device, numbers["sample_rate"])
         else:  # already a backing: mono at the codec's rate, as data.py prepares its stems
-            mono = resample(channels(audio, 1), rate, CODEC_RATE)[0]
+            mono = resample(channels(audio, 1), rate, numbers["sample_rate"])[0]
         if cfg.duration:  # cut the audio, not the codes: the encoder never sees the rest
-            mono = mono[:int(cfg.duration * CODEC_RATE)]
+            mono = mono[:int(cfg.duration * numbers["sample_rate"])]
         return encode_audio(codec, mono).astype(np.int64), mono, str(path), None
     # No file: a clip of the checkpoint's own dataset, with its true solo beside it (the
     # listening figures compare the generated solo with it). Validation clips first: the
@@ -515,9 +516,11 @@ def write_take(stage, cfg, result, solos, solo, backing_audio, codec, truth, num
 
 
 def require_causal(folder):
-    """--stream needs a causal checkpoint: checked from its config.json, before the weights load."""
+    """--stream needs a causal checkpoint and a causal codec: checked from its config.json,
+    before the weights load."""
     config = read_json(resolve_checkpoint(folder) / "config.json",
                        "a checkpoint folder written by train.py")
+    require_causal_codec(config.get("data", {}).get("codec", {}), "--stream")
     if not config.get("model", {}).get("causal_encoder"):
         raise SystemExit(f"--stream needs a causal model: {folder} was "
                          "trained without --causal-encoder (train one with "

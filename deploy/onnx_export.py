@@ -36,7 +36,7 @@ from sax.settings import check_settings, opt, parse_settings
 from model import rope_angles
 # the runner checks the graphs and its numbers with the same digests
 from onnx_runner import FORMAT, numbers_digest, sha256
-from sax.codec import load_codec_for
+from sax.codec import load_codec_for, require_causal_codec
 from sax.files import write_json
 from sax.machine import check_install, set_threads
 from sax.streaming_codec import StreamingDecoder, StreamingEncoder, chunk_frames
@@ -370,7 +370,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "sample_rate": numbers["sample_rate"], "frame_rate": numbers["frame_rate"],
               "hop": numbers["hop"],
               "chunk_frames": chunk,
-              "codec_untrained": numbers["untrained"],
+              "codec_untrained": numbers["untrained"], "codec_causal": numbers.get("causal", True),
               "sha256": {g: sha256(folder / g) for g in graphs}}
     runner["numbers_sha256"] = numbers_digest(runner)  # an edited runner.json is seen
     write_json(folder / "runner.json", runner)
@@ -432,6 +432,8 @@ def main(cfg):
     set_threads(cfg.threads)
     folder = fetch_checkpoint(cfg.checkpoint)
     model, config = load_model(folder, "cpu")
+    # the runner streams the codec a chunk at a time: one that looks ahead cannot be exported
+    require_causal_codec(config["data"]["codec"], "onnx_export.py")
     codec, numbers = load_codec_for(config, folder, cfg.encodec_weights, "cpu")
     return export_onnx(model, codec, config, numbers, cfg, cfg.out)
 

@@ -138,6 +138,10 @@ def check_numbers(numbers, path):
     if bad or not isinstance(numbers.get("sha256"), dict):
         raise SystemExit(f"{path}: {', '.join(bad) or 'sha256'} missing or not a valid "
                          "number (was the file edited?): export the folder again")
+    if numbers.get("codec_causal", True) is not True:  # onnx_export.py refuses to write one
+        raise SystemExit(f"{path}: its codec looks ahead (not causal), so it cannot stream: "
+                         "export a model trained on the causal codec (data.py --codec "
+                         "encodec_24khz)")
 
 
 def session(path, threads):

@@ -13,7 +13,7 @@ import torch
 
 from sax.files import atomic_write
 
-CODEC_RATE = 24_000       # EnCodec 24 kHz model: sample rate of everything tokenized
+CODEC_RATE = 24_000       # the default codec's (EnCodec 24 kHz); a dataset's is meta's codec
 DEMUCS_RATE = 44_100      # Demucs models are trained on 44.1 kHz stereo
 SOUNDFILE_FORMATS = {".wav", ".flac", ".aiff", ".aif"}  # read by libsndfile, never by ffmpeg
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".opus", ".webm"}

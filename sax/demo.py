@@ -136,8 +136,8 @@ def ride_and_hats(drums, t_bar, beat, swing, rate, rng):
 def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None):
     """One deterministic demo song -> (backing [N], solo [N], truth dict).
 
-    Rendered straight at 24 kHz mono, the codec's format, as two stems: the band
-    (bass + piano + drums) and the lead. Song `index` of seed `seed` is always the
+    Rendered straight at `rate` (the codec's; 24 kHz by default), mono, as two stems:
+    the band (bass + piano + drums) and the lead. Song `index` of seed `seed` is always the
     same song, on any machine: all randomness comes from one numpy generator.
     key_change_at (a share of the song, e.g. 0.5): one key change there, at the start
     of a two-bar unit, and no other (truth["key_change_s"] says when).

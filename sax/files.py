@@ -29,6 +29,17 @@ def atomic_write(path, write_fn, mode="wb"):
         raise
 
 
+def remove_stale_temporaries(out):
+    """Temporary files left by a run that was killed mid-write (.name.tmp<pid>), unless the
+    process that writes them is alive: another shard may be writing into this folder."""
+    for stale in out.rglob(".*.tmp*"):
+        pid = stale.name.rpartition(".tmp")[2]
+        if pid.isdigit() and Path(f"/proc/{pid}").exists() and int(pid) != os.getpid():
+            continue
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 def write_json(path, obj):
     atomic_write(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False), mode="w")
 

@@ -48,11 +48,12 @@ def _sum_sources(stems, sources, wanted):
 
 
 @torch.no_grad()
-def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=20.0):
-    """Any audio [C, N] -> backing and solo at 24 kHz mono, [N'] each.
+def separate(model, audio, rate, backing_sources, solo_sources, device, out_rate=CODEC_RATE,
+             chunk_s=20.0):
+    """Any audio [C, N] -> backing and solo, mono at out_rate (the codec's), [N'] each.
 
     Long files go through in chunks of chunk_s seconds, each reduced to two mono
-    24 kHz stems at once, so memory stays bounded whatever the length (the price: a
+    codec-rate stems at once, so memory stays bounded whatever the length (the price: a
     possible small seam every chunk_s seconds). Given a whole file, Demucs would hold
     all its stems at 44.1 kHz stereo: 1.3 GB for 10 minutes of 6 stems. Within a
     chunk, Demucs itself works through overlapping segments of a few seconds.
@@ -73,10 +74,11 @@ def separate(model, audio, rate, backing_sources, solo_sources, device, chunk_s=
         stems = apply_model(model, ((x - mean) / std)[None], shifts=0, device=device, split=True,
                             overlap=0.25)[0]
         stems = (stems * std + mean).cpu().numpy()                                 # [sources, 2, n]
-        # Sum the chosen stems, then mono, then 24 kHz: two small arrays leave this chunk.
+        # Sum the chosen stems, then mono, then the codec's rate: two small arrays leave
+        # this chunk.
         for out, wanted in ((backs, backing_sources), (solos, solo_sources)):
             stem = channels(_sum_sources(stems, sources, wanted), 1)[0]
-            out.append(resample(stem, model.samplerate, CODEC_RATE))
+            out.append(resample(stem, model.samplerate, out_rate))
     return np.concatenate(backs).astype(np.float32), np.concatenate(solos).astype(np.float32)
 
 
