@@ -253,3 +253,41 @@ def test_scalings_estimates_are_the_models_flops():
         if name != "tiny":
             assert sci(per_frame) in page, (name, sci(per_frame))
             assert f"{1e9 * per_frame / rate / 3600:.2f}" in page, name
+
+
+def test_the_codec_page_quotes_its_benchmark():
+    """docs/codec.md's sizes, speeds and untrained-decoder figures: docs/results/codecs.json."""
+    page = (ROOT / "docs" / "codec.md").read_text()
+    c = json.loads((ROOT / "docs" / "results" / "codecs.json").read_text())
+    small, big, ratios = c["codecs"]["encodec_24khz"], c["codecs"]["encodec_32khz"], c["ratios"]
+    assert c["threads"] == 1 and c["command"] == "python tests/benchmark_codecs.py"
+    for text in (f"| parameters (fp32 size) | {small['parameters_m']:.2f} M ({small['fp32_mb']:.1f} MB) | "
+                 f"{big['parameters_m']:.2f} M ({big['fp32_mb']:.1f} MB) |",
+                 f"| encode, per second of audio | {small['encode_s_per_audio_s']:.3f} s | "
+                 f"{big['encode_s_per_audio_s']:.3f} s ({ratios['encode_32_over_24']:.2f}x) |",
+                 f"| decode, per second of audio | {small['decode_s_per_audio_s']:.3f} s | "
+                 f"{big['decode_s_per_audio_s']:.3f} s ({ratios['decode_32_over_24']:.2f}x) |",
+                 f"it runs {min(ratios.values()):.1f} times faster",
+                 f"`codec.safetensors` ({small['untrained_state_mb']} MB and {big['untrained_state_mb']} MB)",
+                 *(f"| {name} | {r['untrained_decoder']['dc']:.4f} | {r['untrained_decoder']['tone_dbfs']:.1f} dBFS | "
+                   f"{r['untrained_decoder']['max_difference_16bit_steps']:.1f} 16-bit steps |"
+                   for name, r in (("24 kHz", small), ("32 kHz", big)))):
+        assert text in page, text
+    # the numbers codec_info read from the two built models
+    for text in (f"| frames per second | {small['frame_rate']} (hop of {small['hop']} samples) | "
+                 f"{big['frame_rate']} (hop of {big['hop']} samples) |",
+                 f"| codes per codebook (card) | {small['card']} | {big['card']} |",
+                 f"| sample rate | {small['sample_rate'] // 1000} kHz mono | {big['sample_rate'] // 1000} kHz mono |",
+                 f"| bits per second | 4 x 10 bits x {small['frame_rate']} = {small['bandwidth_kbps']:.1f} kbps | "
+                 f"4 x 11 bits x {big['frame_rate']} = {big['bandwidth_kbps']:.1f} kbps |"):
+        assert text in page, text
+    assert (small["causal"], big["causal"], small["n_codebooks"], big["n_codebooks"]) == (True, False, 4, 4)
+
+
+def test_the_codec_page_quotes_the_models_sizes():
+    """The tiny model's parameters with each codec's card, as docs/codec.md says them."""
+    from model import SoloTransformer, preset_config
+    page = " ".join((ROOT / "docs" / "codec.md").read_text().split())
+    sizes = [sum(p.numel() for p in SoloTransformer(preset_config("tiny", n_codebooks=4, card=card)).parameters())
+             for card in (1024, 2048)]
+    assert f"from {sizes[0] / 1e6:.1f} M to {sizes[1] / 1e6:.1f} M parameters" in page, sizes
