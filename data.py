@@ -80,7 +80,7 @@ class DataConfig:
     solo_sources: list = opt(["other", "vocals"],
                              "Demucs stems summed into the solo (a sax lands here)")
     codec: str = opt("encodec_24khz", "encodec_24khz: causal (phase 5 streams it); "
-                     "encodec_32khz: the proposal's music codec, offline only (docs/codec.md)",
+                     "encodec_32khz: the proposal's music codec, phases 1-4 only (docs/codec.md)",
                      choices=list(CODECS))
     encodec_weights: str = opt("pretrained", "'pretrained' (download once), local weights "
                                "(24 kHz: a .th file; 32 kHz: a folder), or 'untrained'")

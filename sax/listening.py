@@ -44,9 +44,9 @@ def listening_masks(meta, where, T, frame_rate):
 
     start: the first second of every window, where the decoder has little or no solo
     behind it. kicks (demo corpus, whose truth is known): the 40 ms from each of the
-    band's kicks (3 frames at 75 Hz, 2 at 50), where the lead starts a note whose moment and pitch only the
-    band announces. The conditioning gain on these frames is the sharpest test of
-    listening: a solo language model can do nothing there.
+    band's kicks (3 frames at 75 Hz, 2 at 50), where the lead starts a note whose moment
+    and pitch only the band announces. The conditioning gain on these frames is the
+    sharpest test of listening: a solo language model can do nothing there.
     """
     masks = {"start": (torch.arange(T) < round(frame_rate)).expand(len(where), T)}
     songs = {song["id"]: song for song in meta["songs"]}
