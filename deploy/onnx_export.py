@@ -24,6 +24,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: model.py, sax/
 from sax import guard  # noqa: E402 (first of the project's: a Ctrl-C while torch loads is one line)
@@ -55,6 +56,10 @@ class ExportConfig:
                           above=0, at_most=10_000)
     encodec_weights: str = opt("", "local EnCodec weights (default: "
                                    "what the checkpoint's dataset used)")
+    guidance: Optional[float] = opt(None, "the runner's classifier-free guidance coefficient "
+                                    "(written to runner.json; onnx_runner.py --cfg-coef "
+                                    "chooses another; none: off)", flag="--cfg-coef",
+                                    at_least=0, at_most=100)
     threads: int = opt(0, "CPU threads for torch (0: 1 or all, timed at start)",
                        at_least=0, at_most=1024)
 
@@ -75,8 +80,10 @@ class ExportConfig:
 #     joined to it (torch.cat would copy the whole ring);
 #   - turn queries and keys by their rotary angle with one matmul (rotation), with the
 #     1/sqrt(hd) of attention folded into the queries' turn;
-#   - are written for one row and one position, so that splitting heads and merging
-#     them back are reshapes, not transposes.
+#   - are written for one position, and for one row, so that splitting heads and merging
+#     them back are reshapes, not transposes. Guidance runs two rows at once (the band's
+#     and the null condition's, sax.sampling.guided_logits): one call reads the weights
+#     once for both, and only the split of q, k and v needs a transpose.
 # The steps are written out again here rather than calling model.Block, for these
 # reasons; tests/test_onnx.py holds their logits equal to SamplerState's.
 
@@ -101,43 +108,47 @@ def step_turns(position, hd):
 def ring_attention(q, ring_k, ring_v, bias, k=None, v=None):
     """One query over a ring of keys and values: model.attention for a single position.
 
-    q [1, H, 1, hd], already scaled by 1/sqrt(hd); ring_k, ring_v [1, H, C, hd]; bias [C]:
+    q [B, H, 1, hd], already scaled by 1/sqrt(hd); ring_k, ring_v [B, H, C, hd]; bias [C]:
     0 for a slot the query may see, -inf for one it may not (the mask, added). k, v
-    [1, H, 1, hd]: in self-attention, this position's own key and value, always seen.
-    -> [1, H, 1, hd].
+    [B, H, 1, hd]: in self-attention, this position's own key and value, always seen.
+    -> [B, H, 1, hd]. (B: 1 row, or 2 with guidance.)
     """
-    H, C, hd = ring_k.shape[1:]
+    B, H, C, hd = ring_k.shape
     # Keys times the query as a column: [C, hd] @ [hd, 1] per head. ONNX Runtime runs this
     # orientation faster than the query as a row against keys held transposed (measured:
     # docs/phase5-streaming.md), and a column of one query is the same memory as its row.
-    scores = ring_k @ q.view(1, H, hd, 1)                                 # [1, H, C, 1]
+    scores = ring_k @ q.view(B, H, hd, 1)                                 # [B, H, C, 1]
     if k is None:
-        return (scores.view(1, H, 1, C) + bias).softmax(dim=-1) @ ring_v
-    # [1, H, 1, C + 1]
-    scores = torch.cat([scores.view(1, H, 1, C), (q * k).sum(-1, keepdim=True)], dim=-1)
+        return (scores.view(B, H, 1, C) + bias).softmax(dim=-1) @ ring_v
+    # [B, H, 1, C + 1]
+    scores = torch.cat([scores.view(B, H, 1, C), (q * k).sum(-1, keepdim=True)], dim=-1)
     weights = (scores + torch.cat([bias, bias.new_zeros(1)])).softmax(dim=-1)
-    past, now = weights.split([C, 1], dim=-1)                           # [1, H, 1, C], [1, H, 1, 1]
-    return past @ ring_v + now * v                                      # [1, H, 1, hd]
+    past, now = weights.split([C, 1], dim=-1)                           # [B, H, 1, C], [B, H, 1, 1]
+    return past @ ring_v + now * v                                      # [B, H, 1, hd]
 
 
 def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None):
-    """model.Block for one position x [1, 1, D] over its rings (ring: keys, values;
-    cross: the backing frames' keys and values) -> (x [1, 1, D], this position's k, v).
+    """model.Block for one position x [B, 1, D] over its rings (ring: keys, values;
+    cross: the backing frames' keys and values) -> (x [B, 1, D], this position's k, v).
 
     turns: step_turns at this position. The block's own weights and layers; only the
     attention over the rings and the rotary turn are written differently.
     """
     attn = block.self_attn
-    H, D = attn.n_heads, x.size(-1)
-    # [3, H, 1, hd]: q, k turned; v as is
-    qkv = attn.qkv_proj(block.norm1(x)).view(3, H, 1, D // H) @ turns
-    q, k, v = qkv.split(1)                                                # 3 x [1, H, 1, hd]
-    x = x + attn.out_proj(ring_attention(q, *ring, bias, k, v).view(1, 1, D))
+    B, H, D = x.size(0), attn.n_heads, x.size(-1)
+    qkv = attn.qkv_proj(block.norm1(x))                                   # [B, 1, 3D]
+    # q, k turned; v as is
+    if B == 1:  # one row: q, k and v apart by a reshape alone
+        q, k, v = (qkv.view(3, H, 1, D // H) @ turns).split(1)          # 3 x [1, H, 1, hd]
+    else:       # rows inside each of q, k and v: [3, B * H, 1, hd], then 3 x [B, H, 1, hd]
+        qkv = qkv.view(B, 3, H, 1, D // H).transpose(0, 1).reshape(3, B * H, 1, D // H)
+        q, k, v = (part.view(B, H, 1, D // H) for part in (qkv @ turns).split(1))
+    x = x + attn.out_proj(ring_attention(q, *ring, bias, k, v).view(B, 1, D))
     # decoder blocks: the backing frames' ring, nothing new to add to it
     if block.cross_attn is not None:
         c = block.cross_attn
-        q = c.q_proj(block.norm2(x)).view(1, H, 1, D // H) @ turns[0]     # [1, H, 1, hd]
-        x = x + c.out_proj(ring_attention(q, *cross, cross_bias).view(1, 1, D))
+        q = c.q_proj(block.norm2(x)).view(B, H, 1, D // H) @ turns[0]     # [B, H, 1, hd]
+        x = x + c.out_proj(ring_attention(q, *cross, cross_bias).view(B, 1, D))
     return x + block.ffn(block.norm3(x)), k, v
 
 
@@ -164,11 +175,13 @@ def joined_linear(layers):
 class EncoderStep(torch.nn.Module):
     """One backing frame through the causal encoder (SamplerState.encoder_step as a function).
 
-    frame [1, K] int64, position [1] int64, enc_bias [C] (0: a slot this step may see,
-    -inf: not), then per encoder layer its ring: keys, values [1, H, C, hd]
-    -> per encoder layer this frame's key and value [1, H, 1, hd] (for the encoder's rings),
-       cross [L_dec, 2, H, 1, hd]: this frame's keys and values for the cross-attention rings,
-       state [1, 1, D] (the encoder output, for the aligned path's window).
+    frame [B, K] int64, position [1] int64, enc_bias [C] (0: a slot this step may see,
+    -inf: not), then per encoder layer its ring: keys, values [B, H, C, hd]
+    -> per encoder layer this frame's key and value [B, H, 1, hd] (for the encoder's rings),
+       cross [L_dec, 2, H, 1, hd] (one row) or [L_dec, 2, B, H, 1, hd]: this frame's keys
+       and values for the cross-attention rings,
+       state [B, 1, D] (the encoder output, for the aligned path's window).
+    B: 1 row, or 2 with guidance (the band's frame, then the null condition's).
     """
 
     def __init__(self, model):
@@ -179,26 +192,31 @@ class EncoderStep(torch.nn.Module):
 
     def forward(self, frame, position, enc_bias, *rings):
         m, H, D = self.model, self.model.cfg.n_heads, self.model.cfg.d_model
-        x = m.embed(m.enc_emb, frame[..., None])                              # [1, 1, D]
+        B, L = frame.size(0), len(m.decoder)
+        x = m.embed(m.enc_emb, frame[..., None])                              # [B, 1, D]
         turns = step_turns(position, D // H)                                   # [3, 1, hd, hd]
         new = []
         for block, ring in zip(m.encoder, pairs(rings)):
             x, k, v = block_step(block, x, turns, ring, enc_bias)
             new += [k, v]
-        x = m.enc_norm(x)                                                      # [1, 1, D]
+        x = m.enc_norm(x)                                                      # [B, 1, D]
         # keys turned, values as is
-        cross = self.cross_kv(x).view(len(m.decoder), 2, H, 1, D // H) @ turns[1:]
+        if B == 1:
+            cross = self.cross_kv(x).view(L, 2, H, 1, D // H) @ turns[1:]
+        else:  # [L_dec, 2, B, H, 1, hd]
+            cross = (self.cross_kv(x).view(B, L, 2, H, 1, D // H).permute(1, 2, 0, 3, 4, 5)
+                     @ turns[1:, None])
         return (*new, cross, x)
 
 
 class DecoderStep(torch.nn.Module):
     """One decoder step (SamplerState.decoder_step as a function).
 
-    tokens [1, K] int64 (the previous step's codes), position [1] int64, recent [1, K, D]
+    tokens [B, K] int64 (the previous step's codes), position [1] int64, recent [B, K, D]
     (encoder states of the last K frames, oldest first: the aligned path), self_bias
     and cross_bias [C], then per decoder layer its own ring (self_k, self_v) and then
     per layer the backing frames' ring (cross_k, cross_v), laid out as in EncoderStep
-    -> logits [1, K, card], then per decoder layer this step's key and value [1, H, 1, hd].
+    -> logits [B, K, card], then per decoder layer this step's key and value [B, H, 1, hd].
     """
 
     def __init__(self, model):
@@ -218,17 +236,18 @@ class DecoderStep(torch.nn.Module):
 
     def forward(self, tokens, position, recent, self_bias, cross_bias, *rings):
         m, H, D = self.model, self.model.cfg.n_heads, self.model.cfg.d_model
-        x = m.embed(m.dec_emb, tokens[..., None])                             # [1, 1, D]
+        B = tokens.size(0)
+        x = m.embed(m.dec_emb, tokens[..., None])                             # [B, 1, D]
         if m.align_conv is not None:
-            x = x + self.aligned(recent.view(1, 1, -1))
+            x = x + self.aligned(recent.view(B, 1, -1))
         turns = step_turns(position, D // H)
         L = len(m.decoder)
         new = []
         for block, ring, cross in zip(m.decoder, pairs(rings[:2 * L]), pairs(rings[2 * L:])):
             x, k, v = block_step(block, x, turns, ring, self_bias, cross, cross_bias)
             new += [k, v]
-        # [1, K, 1, card] -> [1, K, card]
-        return (m.logits(x).view(1, m.cfg.n_codebooks, m.cfg.card), *new)
+        # [B, K, 1, card] -> [B, K, card]
+        return (m.logits(x).view(B, m.cfg.n_codebooks, m.cfg.card), *new)
 
 
 def export_graph(module, args, path, inputs, outputs, dynamic):
@@ -241,16 +260,21 @@ def export_graph(module, args, path, inputs, outputs, dynamic):
                           dynamic_axes=dynamic, opset_version=20, dynamo=False)
 
 
-def export_steps(model, folder):
+# The step graphs' names: one row (name.onnx), and two rows for guidance (name.cfg.onnx:
+# the band's row and the null condition's in one call); each also .int8 and .int4.
+GUIDED = ".cfg"
+
+
+def export_steps(model, folder, rows=1):
     """The transformer's two streaming steps as ONNX graphs in folder: fp32, int8 and int4
-    weights."""
+    weights, for one row (rows=1) or for guidance's two (rows=2: encoder_step.cfg.onnx...)."""
     mcfg = model.cfg
     K, H, D, L = mcfg.n_codebooks, mcfg.n_heads, mcfg.d_model, mcfg.n_dec_layers
-    # Every shape fixed where it can be: one row, and rings of attn_window slots. ONNX
+    # Every shape fixed where it can be: the rows, and rings of attn_window slots. ONNX
     # Runtime then folds away the shape arithmetic the tracer records (a third of the
     # nodes), which at one frame per call is most of the time. Only a model without a
     # window keeps the ring length free (it grows with the song).
-    hd, B = D // H, 1
+    hd, B, tag = D // H, rows, "" if rows == 1 else GUIDED
     C = mcfg.attn_window or 8
     free = not mcfg.attn_window
     # Example inputs for the tracer: only their shapes matter (zeros are fine).
@@ -264,18 +288,18 @@ def export_steps(model, folder):
     enc = ring_names("enc", mcfg.n_enc_layers)
     own, cross = ring_names("self", L), ring_names("cross", L)
     export_graph(EncoderStep(model), (frame, position, bias, *rings(mcfg.n_enc_layers)),
-                 folder / "encoder_step.onnx", ["frame", "position", "enc_bias", *enc],
+                 folder / f"encoder_step{tag}.onnx", ["frame", "position", "enc_bias", *enc],
                  [*ring_names("new_enc", mcfg.n_enc_layers), "cross", "state"],
                  {**slots(enc), **({"enc_bias": {0: "slots"}} if free else {})})
     export_graph(DecoderStep(model),
                  (frame, position, torch.zeros(B, K, D), bias, bias, *rings(L), *rings(L)),
-                 folder / "decoder_step.onnx",
+                 folder / f"decoder_step{tag}.onnx",
                  ["tokens", "position", "recent", "self_bias", "cross_bias", *own, *cross],
                  ["logits", *ring_names("new_self", L)],
                  {**slots(own + cross), **({"self_bias": {0: "slots"},
                                             "cross_bias": {0: "slots"}} if free else {})})
     for name in ("encoder_step", "decoder_step"):
-        quantize_step(folder, name)
+        quantize_step(folder, name + tag)
 
 
 def quantize_step(folder, name):
@@ -348,8 +372,9 @@ def export_codec(codec, n_codebooks, chunk_frames, hop, folder):
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     """The graphs, runner.json and onnx_runner.py into folder (a temporary one: see export_onnx)."""
     mcfg = model.cfg
-    print("the transformer's two steps ...")
+    print("the transformer's two steps, for one row and for guidance's two ...")
     export_steps(model, folder)
+    export_steps(model, folder, rows=2)
     print("... and the codec, which carries its state from chunk to chunk")
     chunk = chunk_frames(cfg, numbers)
     export_codec(codec, mcfg.n_codebooks, chunk, numbers["hop"], folder)
@@ -357,8 +382,8 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     for name in ("onnx_runner.py", "sound_card.py"):
         shutil.copy(Path(__file__).with_name(name), folder / name)
     shutil.copy(Path(guard.__file__), folder / "guard.py")
-    graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4")
-              for step in ("encoder_step", "decoder_step")]
+    graphs = [f"{step}{tag}{variant}.onnx" for variant in ("", ".int8", ".int4")
+              for tag in ("", GUIDED) for step in ("encoder_step", "decoder_step")]
     graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
     runner = {"format": FORMAT, "checkpoint": str(cfg.checkpoint), "step": config["step"],
               "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model,
@@ -371,6 +396,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
               "hop": numbers["hop"],
               "chunk_frames": chunk,
               "codec_untrained": numbers["untrained"], "codec_causal": numbers.get("causal", True),
+              "cfg_coef": cfg.guidance,
               "sha256": {g: sha256(folder / g) for g in graphs}}
     runner["numbers_sha256"] = numbers_digest(runner)  # an edited runner.json is seen
     write_json(folder / "runner.json", runner)

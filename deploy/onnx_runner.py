@@ -25,6 +25,10 @@ The step graphs come with three kinds of weights (--variant): int8 (the default)
 
     python solo_onnx/onnx_runner.py solo_onnx --loss data/demo    # the folder data.py wrote
 
+--cfg-coef 3 samples with classifier-free guidance: each step runs two rows at once (the
+band's and the null condition's, sax.sampling.guided_logits), through the export's
+*.cfg.onnx graphs; runner.json's cfg_coef is the default (none: off).
+
 This is the deployment; the lesson is model.StreamingSampler, which does the same
 steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two equal.
 """
@@ -61,6 +65,9 @@ FORMAT = 3  # runner.json's "format": 3 since the codec graphs carry their state
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
                "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
                "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
+# Guidance: the same steps on two rows at once (onnx_export.GUIDED), encoder_step.cfg.onnx ...
+GUIDED_GRAPHS = {v: tuple(g.replace("_step.", "_step.cfg.") for g in graphs)
+                 for v, graphs in STEP_GRAPHS.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -102,10 +109,19 @@ def read_folder(folder, variants=tuple(STEP_GRAPHS)):
         raise SystemExit(f"{path} was edited: its numbers are not those the graphs were "
                          "exported with (the chunk is --chunk-ms's to choose): export the "
                          "folder again, or restore the file")
-    needed = ["codec_encoder.onnx", "codec_decoder.onnx",
-              *[g for v in variants for g in STEP_GRAPHS[v]]]
-    for name in needed:
+    check_graphs_named(folder, numbers, ["codec_encoder.onnx", "codec_decoder.onnx",
+                                         *[g for v in variants for g in STEP_GRAPHS[v]]])
+    return numbers
+
+
+def check_graphs_named(folder, numbers, names):
+    """Each graph of `names` is in the folder, and is the one runner.json names (SHA-256)."""
+    path = folder / "runner.json"
+    for name in names:
         digest = numbers["sha256"].get(name)
+        if digest is None and name in sum(GUIDED_GRAPHS.values(), ()):
+            raise SystemExit(f"{folder}: exported without guidance's graphs ({name}): "
+                             "export the folder again, or run with --cfg-coef none")
         if digest is None or not (folder / name).exists():
             raise SystemExit(f"{folder / name} is missing: copy the whole exported "
                              "folder (or choose a --variant whose graphs are "
@@ -113,7 +129,6 @@ def read_folder(folder, variants=tuple(STEP_GRAPHS)):
         if sha256(folder / name) != digest:
             raise SystemExit(f"{folder / name} is not the graph {path} was written with (a file "
                              "from another export?): export the folder again, or copy it whole")
-    return numbers
 
 
 def present_variants(folder):
@@ -221,13 +236,16 @@ class SoloStream:
     lookahead of L frames, the first L - K + 1 solo frames are in `ahead` before any
     push, and finish() gives max(0, K - 1 - L).
 
-    model.StreamingSampler's steps, one solo, no guidance: the same tokens (tested).
+    model.StreamingSampler's steps, one solo, with guidance or without (cfg_coef): the same
+    tokens (tested).
     uniform(shape): the draws for sampling (default: numpy's generator seeded by `seed`).
     """
 
     def __init__(self, folder, numbers, n_frames, variant="int8", threads=1, temperature=1.0,
-                 top_k=250, seed=0, uniform=None, look_ahead=True):
-        encoder, decoder = STEP_GRAPHS[variant]
+                 top_k=250, seed=0, uniform=None, look_ahead=True, cfg_coef=None):
+        # Guidance: row 0 hears the band, row 1 the null condition (nothing), in one call.
+        self.cfg_coef, rows = cfg_coef, 1 if cfg_coef is None else 2
+        encoder, decoder = (STEP_GRAPHS if cfg_coef is None else GUIDED_GRAPHS)[variant]
         self.encoder, self.decoder = session(Path(folder) / encoder,
                                              threads), session(Path(folder) / decoder, threads)
         self.check_graphs(numbers, folder)
@@ -241,12 +259,14 @@ class SoloStream:
         # A windowed model needs only `window` slots; without a window, room for every step.
         slots = self.window or n_frames + K - 1 + self.lookahead
         def ring(prefix, layers):
-            return Ring(prefix, numbers[layers], 1, numbers["n_heads"], slots, numbers["head_dim"])
+            return Ring(prefix, numbers[layers], rows, numbers["n_heads"], slots,
+                        numbers["head_dim"])
         self.enc_ring, self.self_ring = ring("enc", "n_enc_layers"), ring("self", "n_dec_layers")
         self.cross_ring = ring("cross", "n_dec_layers")       # the backing frames' keys and values
         # encoder states of the last K frames, oldest first
-        self.recent = np.zeros((1, K, D), np.float32)
+        self.recent = np.zeros((rows, K, D), np.float32)
         self.tokens = np.full((1, K), self.card, np.int64)  # the start token
+        self.null = np.full(K, self.card, np.int64)         # the null condition's frame
         self.columns = []                                   # the last K delayed columns written
         self.n_backing = self.step = 0
         # no `recent` without the aligned path
@@ -286,23 +306,28 @@ class SoloStream:
 
     def encoder_step(self, frame):
         t = self.n_backing
-        # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd]
+        frames = frame[None] if self.cfg_coef is None else np.stack([frame, self.null])
+        # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd], or [L_dec, 2, rows, H, 1, hd]
         *new, cross, state = self.encoder.run(None, {
-            "frame": frame[None].astype(np.int64), "position": np.array([t]),
+            "frame": frames.astype(np.int64), "position": np.array([t]),
             "enc_bias": self.enc_ring.bias(t, self.window), **self.enc_ring.inputs})
         self.enc_ring.write(t, new[::2], new[1::2])
-        self.cross_ring.write(t, cross[:, 0, None], cross[:, 1, None])
+        if cross.ndim == 5:  # one row
+            cross = cross[:, :, None]
+        self.cross_ring.write(t, cross[:, 0], cross[:, 1])
         self.recent = np.concatenate([self.recent[:, 1:], state], axis=1)
         self.n_backing += 1
 
     def next_logits(self):
-        """The decoder step for self.tokens, the previous step's codes -> logits [1, K, card]."""
+        """The decoder step for self.tokens, the previous step's codes -> logits [1, K, card]
+        (with guidance: sax.sampling.guided_logits of the two rows, in the same order)."""
         s = self.step
         # the backing has ended: zeros enter the aligned window, as in training
         if s >= self.n_backing:
             zeros = np.zeros_like(self.recent[:, :1])
             self.recent = np.concatenate([self.recent[:, 1:], zeros], axis=1)
-        feed = {"tokens": self.tokens, "position": np.array([s]), "recent": self.recent,
+        tokens = self.tokens if self.cfg_coef is None else np.repeat(self.tokens, 2, axis=0)
+        feed = {"tokens": tokens, "position": np.array([s]), "recent": self.recent,
                 "self_bias": self.self_ring.bias(s, self.window),
                 "cross_bias": self.cross_ring.bias(s, self.window),
                 **self.self_ring.inputs, **self.cross_ring.inputs}
@@ -310,6 +335,9 @@ class SoloStream:
                                         {name: x for name, x in feed.items() if name in self.wants})
         self.self_ring.write(s, new[::2], new[1::2])
         self.step += 1
+        if self.cfg_coef is not None:  # cond + (coef - 1) * (cond - uncond), in float32
+            cond, uncond = logits[:1], logits[1:]
+            logits = cond + np.float32(self.cfg_coef - 1.0) * (cond - uncond)
         return logits
 
     def decoder_step(self):
@@ -595,11 +623,12 @@ def live(args, numbers, out, open_stream=open_sound_card):
     rate = numbers["sample_rate"]
     block = max(1, round(args.block_ms / 1e3 * rate))
     n_frames = int(args.seconds * numbers["frame_rate"]) + numbers["chunk_frames"]
+    args.cfg_coef = chosen_guidance(args, numbers)
     if numbers["attn_window"] is None:
         print("note: this model has no attention window, so its caches grow with the take "
               "(export one trained with --attn-window for long sets)")
     solo_stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
-                             args.temperature, args.top_k, args.seed)
+                             args.temperature, args.top_k, args.seed, cfg_coef=args.cfg_coef)
     codec = Codec(args.folder, numbers, args.threads)
     # The session exists before the stream opens: the card may call back at once.
     session = Live(None, codec, numbers, args.seconds, block, args.play_mix, args.prime_ms)
@@ -619,7 +648,7 @@ def live(args, numbers, out, open_stream=open_sound_card):
     write_wav(out / "mix.wav", mix(heard, played)[0] if len(played) else played, rate)
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     report = {"live": True, "stopped_by": why, "seconds": len(heard) / rate, "block": block,
-              "variant": args.variant, **session.counts,
+              "variant": args.variant, "cfg_coef": args.cfg_coef, **session.counts,
               "delay_ms": {"p50": pct(session.delay_ms, 50), "p99": pct(session.delay_ms, 99)},
               "lookahead_ms": solo_stream.lookahead * 1e3 / numbers["frame_rate"],
               "late_ms": {"p50": pct(session.late_ms, 50), "p99": pct(session.late_ms, 99)},
@@ -671,6 +700,19 @@ def variant_losses(folder, numbers, data_dir, clips=4, frames=300):
     return losses
 
 
+FROM_EXPORT = object()  # --cfg-coef not given: runner.json's cfg_coef
+
+
+def chosen_guidance(args, numbers):
+    """--cfg-coef, or the export's guidance (runner.json's cfg_coef; off when it names none)."""
+    return numbers.get("cfg_coef") if args.cfg_coef is FROM_EXPORT else args.cfg_coef
+
+
+def coef_or_none(text):
+    """--cfg-coef: 'none' (off) or a guidance coefficient in [0, 100]."""
+    return None if text.lower() == "none" else at_least(0.0, float, 100.0)(text)
+
+
 def at_least(low, kind, high=None):
     """An argparse type: a finite number of `kind`, at least `low` (and at most `high`), or
     one line saying so (settings.opt's ranges, for a runner that stands alone)."""
@@ -709,6 +751,9 @@ def arguments(argv):
     parser.add_argument("--top-k", type=at_least(0, int), default=250,
                         help="sample among the k most likely codes (0: all; at least 0)")
     parser.add_argument("--seed", type=at_least(0, int), default=0, help="sampling seed")
+    parser.add_argument("--cfg-coef", type=coef_or_none, default=FROM_EXPORT,
+                        help="classifier-free guidance coefficient, a number in [0, 100], or "
+                             "none (off); default: the export's (runner.json's cfg_coef)")
     parser.add_argument("--chunk-ms", type=at_least(1.0, float, 10_000.0),
                         help="audio encoded at once, in ms (rounded to whole frames; default: "
                              "the export's, runner.json's chunk_frames): shorter is sooner, "
@@ -765,7 +810,7 @@ def make_report(args, numbers, ms, seconds, wall, frames, interrupted):
     compute_s = (sum(ms["frame"]) + sum(ms["codec"])) / 1e3
     ahead_ms = numbers.get("lookahead", 0) * 1e3 / numbers["frame_rate"]
     return {"backing": str(args.backing), "seconds": seconds, "variant": args.variant,
-            "threads": args.threads,
+            "threads": args.threads, "cfg_coef": args.cfg_coef,
             "paced": not args.no_pace, "interrupted": interrupted,
             "frame_ms": {"p50": pct(ms["frame"], 50), "p90": pct(ms["frame"], 90),
                          "p99": pct(ms["frame"], 99),
@@ -788,6 +833,9 @@ def main(argv=None):
     args = arguments(argv)
     numbers = read_folder(args.folder,
                           present_variants(args.folder) if args.loss else [args.variant])
+    args.cfg_coef = chosen_guidance(args, numbers)
+    if args.cfg_coef is not None and not args.loss:  # guidance's two-row graphs, checked too
+        check_graphs_named(Path(args.folder), numbers, GUIDED_GRAPHS[args.variant])
     if args.loss:
         losses = variant_losses(args.folder, numbers, Path(args.loss))
         if args.json:  # the paper's build reads runs/quantization.json
@@ -814,8 +862,9 @@ def take(args, numbers, out):
     backing = read_backing(args.backing, numbers)
     output_folder(out, True, need_bytes=2 * 2 * len(backing) + 1e6)  # 16-bit solo and mix
     n_frames = len(backing) // numbers["hop"]
+    args.cfg_coef = chosen_guidance(args, numbers)
     stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
-                        args.temperature, args.top_k, args.seed)
+                        args.temperature, args.top_k, args.seed, cfg_coef=args.cfg_coef)
     codec = Codec(args.folder, numbers, args.threads)
     print(f"{args.backing}: {len(backing) / numbers['sample_rate']:.1f} s, {args.variant} graphs, "
           f"{args.threads} thread(s), "

@@ -15,7 +15,7 @@ from sax.audio import CODEC_RATE
 from sax.codec import decode_codes, encode_audio
 from sax.dataset import load_split
 from sax.demo import render_demo_song
-from sax.sampling import SamplerState, StreamingSampler
+from sax.sampling import SamplerState, StreamingSampler, guided_logits
 
 
 def pytorch_stream(model, backing, **opts):
@@ -29,6 +29,7 @@ def pytorch_stream(model, backing, **opts):
 
 
 def onnx_stream(folder, backing, variant="fp32", numbers=None, **opts):
+    """The runner's SoloStream over backing codes [K, T] -> solo codes [K, T] (opts: its own)."""
     numbers = numbers or R.read_folder(folder)
     stream = R.SoloStream(folder, numbers, backing.shape[1], variant, **opts)
     frames = stream.ahead + [stream.push(backing[:, t]) for t in range(backing.shape[1])]
@@ -132,6 +133,82 @@ def test_seeded_sampling_equal_given_the_same_draws(exported):
     got = onnx_stream(folder, backing, temperature=1.0, top_k=250, uniform=draws)
     assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
     assert len(np.unique(got)) > 20, "sampling at temperature 1 should spread over many codes"
+
+
+def guided_logit_gaps(folder, model, backing, solo, coef=3.0):
+    """{variant: the largest gap between the runner's guided logits and PyTorch's} over every
+    step, teacher-forced on `solo` (two rows, the band's and the null condition's)."""
+    K, T = solo.shape
+    numbers = R.read_folder(folder)
+    target = build_delay_pattern(torch.from_numpy(solo)[None], model.cfg.card)[0]
+    gaps = {}
+    for variant in ("fp32", "int8", "int4"):
+        stream = R.SoloStream(folder, numbers, T, variant, cfg_coef=coef)
+        state = SamplerState.streaming(model, 2, T + K - 1, "cpu", torch.float32)
+        null = torch.full((1, K), model.cfg.card)
+        worst = 0.0
+        with torch.no_grad():
+            for s in range(T + K - 1):
+                if s < T:
+                    stream.encoder_step(backing[:, s])
+                    state.encoder_step(torch.cat([torch.from_numpy(backing[None, :, s]), null]))
+                tokens = target[:, :, s - 1] if s else torch.full((1, K), model.cfg.card)
+                stream.tokens = tokens.numpy()
+                want = guided_logits(state.decoder_step(tokens.repeat(2, 1)), coef).numpy()
+                worst = max(worst, float(np.abs(stream.next_logits() - want).max()))
+        gaps[variant] = worst
+    return gaps
+
+
+def test_guided_steps_equal_pytorch(exported):
+    """Guidance in one graph call of two rows: fp32 equals SamplerState's guided logits to 1e-5;
+    int8 within 0.1 and int4 within 0.4 of them (measured on this model: 0.020 and 0.083,
+    against 0.009 and 0.078 unguided; guidance at 3 is 3 cond - 2 uncond, so each row's
+    error can count up to 5 times)."""
+    folder, model, _, _, backing, solo = exported
+    gaps = guided_logit_gaps(folder, model, backing[:, :60], solo[:, :60])
+    assert gaps["fp32"] < 1e-5, gaps
+    assert gaps["int8"] < 0.1 and gaps["int4"] < 0.4, gaps
+
+
+def test_guided_tokens_equal_pytorch(exported):
+    """The runner's --cfg-coef 3 writes StreamingSampler(cfg_coef=3)'s codes: greedy over 150
+    frames (the rings wrap), and sampled at temperature 1, top-k 250, given the same draws."""
+    folder, model, _, _, backing, _ = exported
+    want = pytorch_stream(model, backing, temperature=0.0, cfg_coef=3.0)
+    got = onnx_stream(folder, backing, temperature=0.0, cfg_coef=3.0)
+    assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+    want = pytorch_stream(model, backing, temperature=1.0, top_k=250, seed=5, cfg_coef=3.0)
+
+    def draws(seed):  # torch's stream of draws for sample_next, one [1, K, 1] per step
+        gen = torch.Generator().manual_seed(seed)
+        return lambda shape: torch.rand((*shape, 1), generator=gen).numpy()[..., 0]
+    got = onnx_stream(folder, backing, temperature=1.0, top_k=250, uniform=draws(5), cfg_coef=3.0)
+    assert np.array_equal(got, want), f"first difference at frame {np.argwhere(got != want)[0]}"
+    plain = onnx_stream(folder, backing, temperature=1.0, top_k=250, uniform=draws(5))
+    assert (plain != got).any(0).mean() > 0.1, "the same draws with guidance should pick other codes"
+
+
+def test_the_runners_guidance_from_the_command_line(exported, tmp_path):
+    """--cfg-coef on the runner, runner.json's cfg_coef as its default, and a folder exported
+    without the two-row graphs refused in one line."""
+    folder, _, codec, _, backing, _ = exported
+    audio = decode_codes(codec, backing[:, :30])
+    sf.write(tmp_path / "trio.wav", audio, CODEC_RATE)
+    args = [str(folder), "--backing", str(tmp_path / "trio.wav"), "--variant", "fp32", "--no-pace"]
+    assert json.loads((folder / "runner.json").read_text())["cfg_coef"] is None, "off by default"
+    plain = R.main(args + ["--out", str(tmp_path / "a")])
+    guided = R.main(args + ["--out", str(tmp_path / "b"), "--cfg-coef", "3"])
+    assert (plain["cfg_coef"], guided["cfg_coef"]) == (None, 3.0)
+    assert plain["solo_frames"] == guided["solo_frames"] == 30
+    trimmed = tmp_path / "trimmed"
+    shutil.copytree(folder, trimmed)
+    (trimmed / "decoder_step.cfg.onnx").unlink()
+    with pytest.raises(SystemExit, match="decoder_step.cfg.onnx is missing"):
+        R.main([str(trimmed), "--backing", str(tmp_path / "trio.wav"), "--variant", "fp32",
+                "--out", str(tmp_path / "c"), "--cfg-coef", "3"])
+    R.main([str(trimmed), "--backing", str(tmp_path / "trio.wav"), "--variant", "fp32",
+            "--out", str(tmp_path / "d"), "--no-pace"])  # without guidance it runs
 
 
 def test_teacher_forced_loss_equals_training_and_int8_int4_are_close(exported):
