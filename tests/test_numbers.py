@@ -291,3 +291,23 @@ def test_the_codec_page_quotes_the_models_sizes():
     sizes = [sum(p.numel() for p in SoloTransformer(preset_config("tiny", n_codebooks=4, card=card)).parameters())
              for card in (1024, 2048)]
     assert f"from {sizes[0] / 1e6:.1f} M to {sizes[1] / 1e6:.1f} M parameters" in page, sizes
+
+
+def test_phase5_quotes_what_guidance_costs():
+    """docs/phase5's guidance table and its ring figures: docs/results/guidance.json."""
+    page = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
+    g = json.loads((ROOT / "docs" / "results" / "guidance.json").read_text())
+    cols = [g["presets"][name][variant] for name, variant in
+            (("tiny", "int8"), ("tiny", "int4"), ("small", "int8"), ("small", "int4"))]
+    rows = [" | ".join(f"{c['step_ms_p50']['plain']:.2f} -> {c['step_ms_p50']['guided']:.2f} ms "
+                       f"({c['step_ratio']:.2f}x)" for c in cols),
+            " | ".join(f"{c['runner']['plain']['realtime_factor']:.1f}x -> "
+                       f"{c['runner']['guided']['realtime_factor']:.1f}x" for c in cols),
+            " | ".join(f"{c['runner']['plain']['end_to_end_delay_ms_p50']:.0f} -> "
+                       f"{c['runner']['guided']['end_to_end_delay_ms_p50']:.0f} ms" for c in cols)]
+    small = g["presets"]["small"]
+    assert g["cfg_coef"] == 3.0 and g["threads"] == 1
+    for text in (*rows, f"one row's rings hold {small['ring_mb_per_row']} MB for small",
+                 f"{small['int4_graphs_mb']} MB of int4 step graphs",
+                 f"small's step costs about {round(small['int4']['step_ratio'], 1)} times as much"):
+        assert text in page, text
