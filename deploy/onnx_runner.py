@@ -520,7 +520,10 @@ def follow(stream, codec, backing, numbers, pace=True):
     hop = numbers["hop"]
     whole = backing[:len(backing) // hop * hop]  # whole frames
     # a model that looks ahead has finished its first frames before the first chunk
-    frames, audio, ms = list(stream.ahead), [], {"frame": [], "codec": [], "delay": []}
+    frames, audio = list(stream.ahead), []
+    # ready: when each solo frame was decoded, in seconds from the band's first sample;
+    # heard: the band's codes as the codec graph made them (take.npz keeps both)
+    ms = {"frame": [], "codec": [], "delay": [], "ready": [0.0] * len(frames), "heard": []}
     try:
         decoded = chunks(stream, codec, whole, numbers, pace, frames, audio, ms)
     except KeyboardInterrupt:  # a live take stopped by hand: what was played is kept
@@ -529,6 +532,7 @@ def follow(stream, codec, backing, numbers, pace=True):
         return done, np.concatenate(audio) if audio else np.zeros(0, np.float32), ms, True
     frames += stream.finish()
     audio.append(codec.decode_new(frames, decoded))
+    ms["ready"] += [time.perf_counter() - ms["began"]] * (len(frames) - len(ms["ready"]))
     return np.stack(frames, axis=-1), np.concatenate(audio), ms, False
 
 
@@ -537,7 +541,8 @@ def chunks(stream, codec, backing, numbers, pace, frames, audio, ms):
     lists it is given as it goes, so that an interrupted take keeps every finished chunk."""
     hop, rate, chunk_frames = numbers["hop"], numbers["sample_rate"], numbers["chunk_frames"]
     chunk, n_samples = chunk_frames * hop, len(backing)
-    decoded, began = 0, time.perf_counter()
+    decoded = 0
+    began = ms["began"] = time.perf_counter()
     for start in range(0, n_samples, chunk):
         end = min(start + chunk, n_samples)
         if pace:  # a live input: this chunk exists only once the clock has reached its last sample
@@ -548,6 +553,7 @@ def chunks(stream, codec, backing, numbers, pace, frames, audio, ms):
         t0 = time.perf_counter()
         new = codec.encode(backing[start:end])                                       # [K, n]
         ms["codec"].append((time.perf_counter() - t0) * 1e3)
+        ms["heard"].append(new)
         for f in range(new.shape[1]):
             t1 = time.perf_counter()
             done = stream.push(new[:, f])
@@ -560,6 +566,7 @@ def chunks(stream, codec, backing, numbers, pace, frames, audio, ms):
             ms["codec"][-1] += (time.perf_counter() - t2) * 1e3
             decoded = len(frames)
             ms["delay"].append((time.perf_counter() - arrived) * 1e3)
+            ms["ready"] += [time.perf_counter() - began] * (decoded - len(ms["ready"]))
     return decoded
 
 
@@ -646,6 +653,7 @@ def live(args, numbers, out, open_stream=open_sound_card):
     write_wav(out / "backing.wav", limited(heard), rate)
     write_wav(out / "solo.wav", played, rate)
     write_wav(out / "mix.wav", mix(heard, played)[0] if len(played) else played, rate)
+    write_live_take(out / "take.npz", session, numbers)
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     report = {"live": True, "stopped_by": why, "seconds": len(heard) / rate, "block": block,
               "variant": args.variant, "cfg_coef": args.cfg_coef, **session.counts,
@@ -661,7 +669,7 @@ def live(args, numbers, out, open_stream=open_sound_card):
           f"p50 {report['delay_ms']['p50']:.0f} ms, p99 {report['delay_ms']['p99']:.0f} ms "
           f"behind the band heard; looking {report['lookahead_ms']:.0f} ms ahead, the solo "
           f"lands {report['late_ms']['p50']:.0f} ms (p50) behind the band frame it was "
-          f"written for; wrote {out}/backing.wav, solo.wav, mix.wav, report.json")
+          f"written for; wrote {out}/backing.wav, solo.wav, mix.wav, report.json, take.npz")
     if why == "Ctrl-C":
         raise SystemExit(130)
     return report
@@ -787,7 +795,7 @@ def arguments(argv):
     return args
 
 
-def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json"),
+def output_folder(out, overwrite, names=("solo.wav", "mix.wav", "report.json", "take.npz"),
                   need_bytes=0):
     """--out as a folder to write into, checked before the take: not a file, no take
     replaced without --overwrite, writable and with `need_bytes` free (guard.output_folder)."""
@@ -848,7 +856,8 @@ def main(argv=None):
         return losses
     if args.chunk_ms:  # the codec graphs take any number of frames: the chunk is the runner's
         numbers["chunk_frames"] = max(1, round(args.chunk_ms * numbers["frame_rate"] / 1e3))
-    taken = ("solo.wav", "mix.wav", "report.json") + (("backing.wav",) if args.live else ())
+    taken = ("solo.wav", "mix.wav", "report.json", "take.npz")
+    taken += ("backing.wav",) if args.live else ()
     out = output_folder(args.out, args.overwrite, taken)
     with guard.FolderLock(out, "onnx_runner.py"):
         if args.live:  # 16-bit wavs of the longest take: solo, mix and the band heard
@@ -880,9 +889,10 @@ def take(args, numbers, out):
     write_wav(out / "mix.wav", mixed, rate)
     report = make_report(args, numbers, ms, seconds, wall, solo_frames, interrupted)
     write_atomic(out / "report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
+    write_take(out / "take.npz", solo_frames, ms, numbers, paced=not args.no_pace)
     if interrupted:
         print(f"\nstopped by Ctrl-C: wrote the {seconds:.1f} s made "
-              f"so far to {out}/solo.wav, mix.wav, report.json")
+              f"so far to {out}/solo.wav, mix.wav, report.json, take.npz")
         raise SystemExit(130)
     frame, delay = report["frame_ms"], report["end_to_end_delay_ms"]
     print("per frame (encoder + decoder step + sampling): p50 "
@@ -895,8 +905,58 @@ def take(args, numbers, out):
           f"{report['late_ms']['p50']:.0f} ms behind the band frame it was written for; "
           f"{report['realtime_factor']:.1f}x real time; peak memory "
           f"{report['peak_memory_mb']:.0f} MB")
-    print(f"wrote {out}/solo.wav, mix.wav, report.json")
+    print(f"wrote {out}/solo.wav, mix.wav, report.json, take.npz")
     return report
+
+
+def sounding_frames(ready_s, frame_rate):
+    """The band frame each solo frame sounded against, played as soon as it was ready: never
+    before the band frame it was written for (an early frame waits), never before the frame
+    ahead of it has played (the solo plays back to back). ready_s [F] -> [F] int."""
+    out, last = np.zeros(len(ready_s), np.int64), -1
+    for f, ready in enumerate(ready_s):
+        last = out[f] = max(f, round(ready * frame_rate), last + 1)
+    return out
+
+
+def write_live_take(path, session, numbers):
+    """take.npz of a --live take: write_take's arrays, the sounding frames as the session
+    queued them (sound_card.Live), ready_s unknown (NaN); paced: a live input is."""
+    K = numbers["n_codebooks"]
+    codes = np.stack(session.frames, axis=-1) if session.frames else np.zeros((K, 0), np.int64)
+    F = min(codes.shape[1], len(session.sounding))
+    heard = (np.concatenate(session.heard_codes, axis=1) if session.heard_codes
+             else np.zeros((K, 0), np.int64))
+    def save(p):
+        with open(p, "wb") as f:
+            np.savez(f, codes=codes[:, :F].astype(np.int16), ready_s=np.full(F, np.nan),
+                     sounding=np.asarray(session.sounding[:F], np.int64),
+                     heard=heard.astype(np.int16), frame_rate=numbers["frame_rate"],
+                     lookahead=numbers.get("lookahead", 0), paced=True)
+    write_atomic(path, save)
+
+
+def write_take(path, solo_frames, ms, numbers, paced):
+    """take.npz: what the runner played, to be scored on the wall clock (experiments/takes.py).
+
+    codes [K, F] int16, the solo frames in order; ready_s [F], when each was decoded (seconds
+    from the band's first sample); sounding [F], the band frame each sounded against
+    (sounding_frames); heard [K, T] int16, the band's codes as the runner's codec made them;
+    paced: whether the backing arrived at the pace of a live input (if not, ready_s is
+    compute time only, and sounding says when the frames would have played had it been)."""
+    F = solo_frames.shape[1]
+    # frames finished but not yet decoded when Ctrl-C came: ready now
+    now = time.perf_counter() - ms.get("began", time.perf_counter())
+    ready = np.asarray((ms["ready"] + [now] * F)[:F], np.float64)
+    heard = (np.concatenate(ms["heard"], axis=1) if ms["heard"]
+             else np.zeros((numbers["n_codebooks"], 0), np.int64))
+    def save(p):
+        with open(p, "wb") as f:
+            np.savez(f, codes=solo_frames.astype(np.int16), ready_s=ready,
+                     sounding=sounding_frames(ready, numbers["frame_rate"]),
+                     heard=heard.astype(np.int16), frame_rate=numbers["frame_rate"],
+                     lookahead=numbers.get("lookahead", 0), paced=paced)
+    write_atomic(path, save)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class Live:
         self.n_heard = 0  # samples heard so far (the callback counts; the main thread reads)
         self.counts = {"underruns": 0, "overruns": 0, "dropped_input_ms": 0.0, "card_flags": 0}
         self.frames, self.decoded, self.playing = [], 0, False
+        # take.npz's: the band frame each solo frame sounds against (-1: dropped at the start),
+        # and the band's codes as the codec graph heard them, chunk by chunk
+        self.sounding, self.heard_codes = [], []
         # The solo arrives a chunk at a time, the card takes it a block at a time: playing
         # starts (and starts again after an underrun) only once prime_ms of solo is queued,
         # so that a chunk computed a little later than the one before leaves no gap.
@@ -132,7 +135,9 @@ class Live:
             if chunk is None:
                 time.sleep(0.001)
                 continue
-            for code in self.codec.encode(chunk).T:                          # [K]: a frame
+            codes = self.codec.encode(chunk)                                  # [K, n]
+            self.heard_codes.append(codes)
+            for code in codes.T:                                              # [K]: a frame
                 if solo_stream.n_backing - solo_stream.lookahead >= solo_stream.n_frames:
                     self.stop.set()  # the take is as long as it was built for
                     break
@@ -140,7 +145,7 @@ class Live:
                 if done is not None:
                     self.frames.append(done)
             if len(self.frames) > self.decoded:
-                audio = self.codec.decode_new(self.frames, self.decoded)
+                audio, before = self.codec.decode_new(self.frames, self.decoded), self.decoded
                 if self.decoded == 0:
                     audio = self.place(audio, solo_stream.lookahead)
                 self.decoded = len(self.frames)
@@ -155,6 +160,12 @@ class Live:
                 # lookahead. The card's own buffers (its input and output latency) come on top.
                 end = self.n_heard + queued + len(audio)
                 self.late_ms.append((end - len(self.frames) * hop) / self.rate * 1e3)
+                # the frames of this audio play back to back, the last ending at `end`
+                # (place() may have dropped some of the first, or put silence before them)
+                first = len(self.frames) - min(len(self.frames) - before, len(audio) // hop)
+                self.sounding += [-1] * (first - len(self.sounding))  # dropped by place()
+                self.sounding += [round(end / hop) - (len(self.frames) - f)
+                                  for f in range(first, len(self.frames))]
                 self.delay_ms.append(self.late_ms[-1] + ahead_ms)  # behind the band it heard
 
     def run(self, solo_stream):

@@ -118,6 +118,13 @@ def test_live_take_follows_the_band_and_writes_what_it_played(exported, band, tm
     # with the machine's load (the suite runs two workers at once), so it is the bound.
     assert 120 <= report["late_ms"]["p50"] <= report["delay_ms"]["p50"] + 1000 / 75, (
         report["late_ms"], report["delay_ms"])
+    # take.npz: the codes played and the band frame each sounded against, as late as report.json says
+    npz = np.load(tmp_path / "take.npz")
+    F = npz["codes"].shape[1]
+    late = (npz["sounding"] - np.arange(F)) * 1e3 / 75
+    assert F == len(npz["sounding"]) > 100 and (np.diff(npz["sounding"]) >= 1).all()
+    assert abs(np.median(late) - report["late_ms"]["p50"]) < 2 * 1e3 / 75, (np.median(late), report["late_ms"])
+    assert npz["heard"].shape[1] >= F and bool(npz["paced"])
 
 
 def test_a_model_that_looks_ahead_plays_on_the_band_frame_it_wrote_for(looking_ahead, band, tmp_path):
@@ -133,6 +140,11 @@ def test_a_model_that_looks_ahead_plays_on_the_band_frame_it_wrote_for(looking_a
     assert 0 <= report["late_ms"]["p50"] < frame_ms + 10, report["late_ms"]  # + a 10 ms block
     solo, _ = sf.read(tmp_path / "solo.wav", dtype="float32")
     assert np.abs(solo).max() > 0
+    # take.npz: the dropped frames never sounded (-1); the others on their own band frame
+    sounding = np.load(tmp_path / "take.npz")["sounding"]
+    dropped = report["solo_frames_dropped_at_start"]
+    assert (sounding[:dropped] == -1).all() and (sounding[dropped:] >= 0).all()
+    assert np.abs(np.median(sounding[dropped:] - np.arange(dropped, len(sounding)))) <= 1
 
 
 def test_a_model_too_slow_for_real_time_underruns_without_crashing(exported, band, tmp_path,
