@@ -311,3 +311,21 @@ def test_phase5_quotes_what_guidance_costs():
                  f"{small['int4_graphs_mb']} MB of int4 step graphs",
                  f"small's step costs about {round(small['int4']['step_ratio'], 1)} times as much"):
         assert text in page, text
+
+
+def test_phase5_quotes_the_takes_as_played():
+    """docs/phase5's table of takes scored as played: docs/results/takes.json."""
+    page = (ROOT / "docs" / "phase5-streaming.md").read_text()
+    rows = json.loads((ROOT / "docs" / "results" / "takes.json").read_text())["rows"]
+    for name, label in (("none", "no guidance (the runner's default)"), ("3", "`--cfg-coef 3`")):
+        f = rows[name]["figures"]
+        assert rows[name]["paced"] and rows[name]["split"] == "test" and len(rows[name]["songs"]) == 6
+        text = (f"| {label} | {f['kick_auc_own']:.3f} / {f['kick_auc_mismatched']:.3f} | "
+                f"{f['note_in_chord_own']:.3f} / {f['note_in_chord_mismatched']:.3f} | "
+                f"{f['plays_with_band_rhythm']:.2f} | {f['plays_with_band_harmony']:.2f} |")
+        assert text in page, text
+    f = rows["none"]["figures"]
+    assert (f"| the true lead | {f['kick_auc_true']:.3f} / {f['kick_auc_true_mismatched']:.3f} | "
+            f"{f['note_in_chord_true']:.3f} / {f['note_in_chord_true_mismatched']:.3f} |") in page
+    late = {round(v, 1) for r in rows.values() for v in r["late_ms_mean"].values()}
+    assert late == {13.3} and "Each take sounded 13.3 ms (one frame) behind" in page, late
