@@ -329,3 +329,14 @@ def test_phase5_quotes_the_takes_as_played():
             f"{f['note_in_chord_true']:.3f} / {f['note_in_chord_true_mismatched']:.3f} |") in page
     late = {round(v, 1) for r in rows.values() for v in r["late_ms_mean"].values()}
     assert late == {13.3} and "Each take sounded 13.3 ms (one frame) behind" in page, late
+
+
+def test_phase5_quotes_the_emulated_board():
+    """docs/phase5's arm64 table: docs/results/board.json (tests/emulated_board.py)."""
+    page = (ROOT / "docs" / "phase5-streaming.md").read_text()
+    b = json.loads((ROOT / "docs" / "results" / "board.json").read_text())["variants"]
+    assert f"| fp32 | {b['fp32']['max_logit_gap']:.1e} | equal over {b['fp32']['frames']} frames |" in page
+    for v in ("int8", "int4"):
+        codes = (f"equal over {b[v]['frames']} frames" if b[v]["codes_equal"]
+                 else f"part at frame {b[v]['first_differing_frame']} of {b[v]['frames']}")
+        assert f"| {v} | {b[v]['max_logit_gap']:.2f} | {codes} |" in page, v
