@@ -110,6 +110,7 @@ def random_export(folder):
     import onnx_export
     from model import SoloTransformer, preset_config
     from sax.codec import codec_info, load_codec
+    folder.mkdir(parents=True)
     torch.manual_seed(0)
     model = SoloTransformer(preset_config("tiny", max_frames=1000, causal_encoder=True,
                                           attn_window=300, lookahead=6)).eval()
