@@ -744,9 +744,9 @@ def arguments(argv):
     parser.add_argument("folder", help="the folder written by python deploy/onnx_export.py")
     parser.add_argument("--backing", help="backing track: WAV or FLAC at the codec's rate (24 kHz)")
     parser.add_argument("--out", default="live",
-                        help="output folder for solo.wav, mix.wav, report.json")
+                        help="output folder for solo.wav, mix.wav, report.json, take.npz")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace solo.wav, mix.wav, report.json in --out")
+                        help="replace solo.wav, mix.wav, report.json, take.npz in --out")
     parser.add_argument("--variant", choices=list(STEP_GRAPHS), default="int8",
                         help="the step graphs' weights: int8 (default), int4 "
                              "(fastest, about 0.01 nats of loss) or fp32; a "
@@ -920,42 +920,42 @@ def sounding_frames(ready_s, frame_rate):
 
 
 def write_live_take(path, session, numbers):
-    """take.npz of a --live take: write_take's arrays, the sounding frames as the session
-    queued them (sound_card.Live), ready_s unknown (NaN); paced: a live input is."""
+    """take.npz of a --live take: the sounding frames as the session queued them
+    (sound_card.Live), ready_s unknown (NaN); a live input is paced."""
     K = numbers["n_codebooks"]
     codes = np.stack(session.frames, axis=-1) if session.frames else np.zeros((K, 0), np.int64)
     F = min(codes.shape[1], len(session.sounding))
-    heard = (np.concatenate(session.heard_codes, axis=1) if session.heard_codes
-             else np.zeros((K, 0), np.int64))
-    def save(p):
-        with open(p, "wb") as f:
-            np.savez(f, codes=codes[:, :F].astype(np.int16), ready_s=np.full(F, np.nan),
-                     sounding=np.asarray(session.sounding[:F], np.int64),
-                     heard=heard.astype(np.int16), frame_rate=numbers["frame_rate"],
-                     lookahead=numbers.get("lookahead", 0), paced=True)
-    write_atomic(path, save)
+    save_take(path, codes[:, :F], np.full(F, np.nan), np.asarray(session.sounding[:F]),
+              session.heard_codes, numbers, paced=True)
 
 
 def write_take(path, solo_frames, ms, numbers, paced):
-    """take.npz: what the runner played, to be scored on the wall clock (experiments/takes.py).
-
-    codes [K, F] int16, the solo frames in order; ready_s [F], when each was decoded (seconds
-    from the band's first sample); sounding [F], the band frame each sounded against
-    (sounding_frames); heard [K, T] int16, the band's codes as the runner's codec made them;
-    paced: whether the backing arrived at the pace of a live input (if not, ready_s is
-    compute time only, and sounding says when the frames would have played had it been)."""
+    """take.npz of a take from a file: the sounding frames from when each was ready."""
     F = solo_frames.shape[1]
     # frames finished but not yet decoded when Ctrl-C came: ready now
     now = time.perf_counter() - ms.get("began", time.perf_counter())
     ready = np.asarray((ms["ready"] + [now] * F)[:F], np.float64)
-    heard = (np.concatenate(ms["heard"], axis=1) if ms["heard"]
+    save_take(path, solo_frames, ready, sounding_frames(ready, numbers["frame_rate"]),
+              ms["heard"], numbers, paced)
+
+
+def save_take(path, codes, ready_s, sounding, heard, numbers, paced):
+    """take.npz: what the runner played, to be scored on the wall clock (experiments/takes.py).
+
+    codes [K, F] int16, the solo frames in order; ready_s [F], when each was decoded (seconds
+    from the band's first sample); sounding [F], the band frame each sounded against
+    (sounding_frames; -1: never played); heard [K, T] int16, the band's codes as the runner's
+    codec made them (here a list of [K, n] chunks); paced: whether the backing arrived at the
+    pace of a live input (if not, ready_s is compute time only, and sounding says when the
+    frames would have played had it been)."""
+    heard = (np.concatenate(heard, axis=1) if heard
              else np.zeros((numbers["n_codebooks"], 0), np.int64))
     def save(p):
         with open(p, "wb") as f:
-            np.savez(f, codes=solo_frames.astype(np.int16), ready_s=ready,
-                     sounding=sounding_frames(ready, numbers["frame_rate"]),
-                     heard=heard.astype(np.int16), frame_rate=numbers["frame_rate"],
-                     lookahead=numbers.get("lookahead", 0), paced=paced)
+            np.savez(f, codes=codes.astype(np.int16), ready_s=ready_s,
+                     sounding=np.asarray(sounding, np.int64), heard=heard.astype(np.int16),
+                     frame_rate=numbers["frame_rate"], lookahead=numbers.get("lookahead", 0),
+                     paced=paced)
     write_atomic(path, save)
 
 

@@ -93,8 +93,9 @@ def score_takes(data_dir, meta, takes):
     other = [(i + 1) % len(songs) for i in range(len(songs))]            # song i's control: i + 1
     as_tensor = lambda arrays: torch.from_numpy(np.stack(arrays).astype(np.int64))  # noqa: E731
     kicks = listening_masks(meta, where, T, fr)["kicks"]                           # [N, T]
+    lead, chords = harmony_truth(meta, where, T, fr)                               # [N, T], [N, T, 12]
     ls = ListeningSet(as_tensor(heard), as_tensor(true), as_tensor([heard[j] for j in other]),
-                      as_tensor([true[j] for j in other]), kicks, *harmony_truth(meta, where, T, fr))
+                      as_tensor([true[j] for j in other]), kicks, lead, chords)
     probes = fit_probes(data_dir, meta, min(T, 300))
     figures = score_solos(probes, ls, {"own": as_tensor(played),
                                        "mismatched": as_tensor([played[j] for j in other]),

@@ -27,12 +27,9 @@ UNTRAINED_AUDIO = ("the UNTRAINED codec's decoder ignores the codes: every "
 # per code (60 s at 75 Hz for 1024 codes; 180 s at 50 Hz for 2048).
 CODECS = {
     "encodec_24khz": {"sample_rate": 24_000, "bandwidths": (1.5, 3.0, 6.0, 12.0, 24.0),
-                      "bandwidth": 3.0, "calibration_s": 60,
-                      "weights": "the path of encodec_24khz-d7cc33bc.th"},
+                      "bandwidth": 3.0, "calibration_s": 60},
     encodec32.NAME: {"sample_rate": 32_000, "bandwidths": (2.2,), "bandwidth": 2.2,
-                     "calibration_s": 180,
-                     "weights": f"a folder holding {encodec32.HUB_ID}'s config.json "
-                                "and model.safetensors"},
+                     "calibration_s": 180},
 }
 
 
@@ -93,17 +90,24 @@ def codec_info(codec, weights):
     """The codec's numbers, as stored in meta.json: model.py reads K, card, frame_rate here,
     and phase 5 reads `causal` (a codec whose convolutions look ahead cannot stream)."""
     if isinstance(codec, encodec32.Encodec32):
-        name, K, card, causal = codec.name, codec.n_codebooks(), codec.card(), codec.causal
+        name, K, card = codec.name, codec.n_codebooks(), codec.card()
     else:
         name, card = "encodec_24khz", codec.quantizer.bins
         K = codec.quantizer.get_num_quantizers_for_bandwidth(codec.frame_rate, codec.bandwidth)
-        causal = all(conv.causal for part in (codec.encoder, codec.decoder)
-                     for conv in part.modules() if hasattr(conv, "causal"))
     return {"name": name, "weights": weights, "bandwidth_kbps": codec.bandwidth,
             "sample_rate": codec.sample_rate, "frame_rate": codec.frame_rate,
             "hop": codec.sample_rate // codec.frame_rate,
             "n_codebooks": K, "card": card, "untrained": weights == "untrained",
-            "causal": causal}
+            "causal": codec_causal(codec)}
+
+
+def codec_causal(codec):
+    """Whether the codec streams: read from the model, never assumed (the 32 kHz model's
+    configuration; the 24 kHz model's padded convolutions, each causal or not)."""
+    if isinstance(codec, encodec32.Encodec32):
+        return codec.causal
+    return all(conv.causal for part in (codec.encoder, codec.decoder)
+               for conv in part.modules() if hasattr(conv, "causal"))
 
 
 def codebooks(codec, K):
@@ -172,9 +176,6 @@ def encode_audio(codec, audio, chunk_s=30.0, context_s=1.0):
     # [K, F]; card 2048 fits int16
     return torch.cat(parts, dim=-1).numpy().astype(np.int16)
 
-
-def codec_causal(codec):
-    return codec.causal if isinstance(codec, encodec32.Encodec32) else True
 
 
 @torch.no_grad()
