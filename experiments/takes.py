@@ -19,7 +19,6 @@ plays-with-the-band scores they make. <out>/takes.json holds the figures, each s
 lateness and the command. A take already on disk is not played again (delete its folder).
 """
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,10 +33,10 @@ import torch  # noqa: E402
 
 from sax.audio import write_audio  # noqa: E402
 from sax.codec import dataset_codec, encode_audio  # noqa: E402
-from sax.dataset import harmony_truth, load_dataset  # noqa: E402
+from sax.dataset import load_dataset  # noqa: E402
 from sax.demo import render_demo_song  # noqa: E402
 from sax.files import write_json  # noqa: E402
-from sax.listening import ListeningSet, fit_probes, listening_masks, score_solos  # noqa: E402
+from sax.listening import ListeningSet, fit_probes, score_solos  # noqa: E402
 
 
 def wall_clock_solo(codes, sounding, T, card):
@@ -92,10 +91,9 @@ def score_takes(data_dir, meta, takes):
     where = [(s, 0, 0) for s in songs]
     other = [(i + 1) % len(songs) for i in range(len(songs))]            # song i's control: i + 1
     as_tensor = lambda arrays: torch.from_numpy(np.stack(arrays).astype(np.int64))  # noqa: E731
-    kicks = listening_masks(meta, where, T, fr)["kicks"]                           # [N, T]
-    lead, chords = harmony_truth(meta, where, T, fr)                               # [N, T], [N, T, 12]
-    ls = ListeningSet(as_tensor(heard), as_tensor(true), as_tensor([heard[j] for j in other]),
-                      as_tensor([true[j] for j in other]), kicks, lead, chords)
+    # the truth of each song's band (its kicks and chords) over its first T frames
+    ls = ListeningSet.of(meta, where, as_tensor(heard), as_tensor(true),
+                         as_tensor([heard[j] for j in other]), as_tensor([true[j] for j in other]))
     probes = fit_probes(data_dir, meta, min(T, 300))
     figures = score_solos(probes, ls, {"own": as_tensor(played),
                                        "mismatched": as_tensor([played[j] for j in other]),
