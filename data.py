@@ -53,7 +53,7 @@ from sax.audio import (AUDIO_EXTENSIONS, SkipSong, channels, frame_rms_db, load_
                        pitch_tempo, resample, select_sections, write_audio)
 from sax.codec import CODECS, UNTRAINED_AUDIO, codebooks, encode_audio, prepare_codec
 from sax.dataset import FORMAT
-from sax.demo import DEMO_VERSION, render_demo_song
+from sax.demo import DEMO_STYLES, DEMO_VERSION, render_demo_song
 from sax.files import atomic_write, remove_stale_temporaries, write_json
 from sax.machine import DEVICES, check_install, pick_device, set_threads
 from sax.pitch import TRACKER_VERSION, band_chroma, chroma_on_chords, notes_right, track_notes
@@ -70,6 +70,9 @@ class DataConfig:
     demo_songs: int = opt(64, "demo corpus: number of songs", at_least=1, at_most=100_000)
     demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds",
                               at_least=2, at_most=3600)
+    demo_style: str = opt("random", "demo corpus: random (each bar's kicks drawn afresh) or riff "
+                          "(its hits repeat every bar or two: anticipation can be learned)",
+                          choices=list(DEMO_STYLES))
     separate: bool = opt(False,
                          "demo corpus: run Demucs on the mix instead of using the true stems")
     demucs_model: str = opt("htdemucs_6s",
@@ -148,7 +151,8 @@ def song_stems(source, cfg, separator, device, rate):
     # use); recordings must be separated. --separate runs Demucs on the demo's mix too, to
     # measure how well separation recovers stems that are known.
     if source["kind"] == "demo":
-        backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed, rate)
+        backing, solo, truth = render_demo_song(source["index"], cfg.demo_seconds, cfg.seed, rate,
+                                                style=cfg.demo_style)
         facts = {"truth": truth}
         if cfg.separate:
             est_backing, est_solo = separate(separator, (backing + solo)[None], rate,
@@ -239,8 +243,9 @@ def list_sources(cfg, out):
     same name in different folders) and a fingerprint of its content for the cache.
     """
     if not cfg.input_dir and not cfg.urls:
+        style = "" if cfg.demo_style == "random" else f":{cfg.demo_style}"  # old caches stay valid
         return [{"kind": "demo", "index": i, "id": f"demo{i:03d}", "name": f"demo song {i}",
-                 "fingerprint": f"demo{DEMO_VERSION}:{cfg.seed}:{i}:{cfg.demo_seconds}"}
+                 "fingerprint": f"demo{DEMO_VERSION}:{cfg.seed}:{i}:{cfg.demo_seconds}{style}"}
                 for i in range(cfg.demo_songs)]
     paths = []
     if cfg.input_dir:
@@ -359,9 +364,10 @@ def usable_sources(sources, cfg, out):
 # Settings that change nothing in a song's tokens: left out of the cache key, so that
 # changing them reuses every song already done (each source's own fingerprint covers
 # which files or demo songs there are).
-# The codec is named in the key by its codebooks (cache_settings_key), not by --codec.
+# The codec is named in the key by its codebooks (cache_settings_key), not by --codec;
+# the demo's style by the songs' fingerprints.
 NOT_IN_CACHE_KEY = ("out", "input_dir", "urls", "device", "threads", "demo_songs",
-                    "demo_backing", "overwrite", "shard", "codec")
+                    "demo_backing", "overwrite", "shard", "codec", "demo_style")
 
 
 def cache_settings_key(cfg, codec, numbers):
@@ -429,7 +435,7 @@ def calibration_audio(sources, cfg):
         try:
             if src["kind"] == "demo":
                 audio = sum(render_demo_song(src["index"], cfg.demo_seconds, cfg.seed,
-                                             codec_rate)[:2])
+                                             codec_rate, style=cfg.demo_style)[:2])
             else:  # the first seconds are all that is used: crop before resampling a long file
                 audio, rate = checked_audio(src, cfg)
                 audio = resample(channels(audio[:, :seconds * rate], 1), rate, codec_rate)[0]
@@ -569,7 +575,8 @@ def write_demo_backing(cfg):
         raise SystemExit(f"--demo-backing {path} already exists: pass "
                          "--overwrite or choose another file name")
     rate = CODECS[cfg.codec]["sample_rate"]
-    backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed, rate)
+    backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed, rate,
+                                         style=cfg.demo_style)
     write_audio(path, backing, rate)
     print(f"wrote {path}: {cfg.demo_seconds:.0f} s of demo backing at {truth['tempo_bpm']:.0f} bpm "
           f"({rate} Hz mono). Try: python generate.py --backing {path}")

@@ -43,6 +43,29 @@ MODULATION_P = 0.5  # chance that a two-bar unit moves to a new key drawn at ran
 # part of every demo song's cache key and of meta.json: a new corpus is never mixed with an old one
 DEMO_VERSION = 2
 
+# The corpus styles (data.py --demo-style). In "random", the default, each bar's kicks are
+# drawn afresh: no listener can know a kick before it sounds, so a solo written ahead of
+# the band (phase 5's lookahead) cannot place its notes on them, whatever it learns. In
+# "riff" the band plays a figure, as a comping pattern or a riff tune does: the kicks of one
+# or two bars, repeated, and in one bar of RIFF_VARY_P a bar drawn afresh instead. There a
+# listener that remembers the last bars can know most kicks before they sound.
+DEMO_STYLES = ("random", "riff")
+RIFF_VARY_P = 1 / 6
+
+
+def bar_kicks(rng):
+    """The kicks of one bar: 2 to 4 distinct swung-eighth positions (0..7), sorted."""
+    return sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)), replace=False))
+
+
+def kick_pattern(n_bars, rng, style):
+    """Each bar's kick positions: [[positions] per bar] (see DEMO_STYLES)."""
+    if style == "random":
+        return [bar_kicks(rng) for _ in range(n_bars)]
+    figure = [bar_kicks(rng) for _ in range(int(rng.integers(1, 3)))]  # one or two bars
+    return [bar_kicks(rng) if rng.random() < RIFF_VARY_P else figure[bar % len(figure)]
+            for bar in range(n_bars)]
+
 
 def midi_hz(m):
     return 440.0 * 2 ** ((m - 69) / 12)
@@ -133,32 +156,47 @@ def ride_and_hats(drums, t_bar, beat, swing, rate, rng):
             add_noise_hit(drums, t_bar + b * beat, 0.08, 0.05, 0.02, rate, rng)
 
 
-def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None):
+def render_lead(notes, N, rate):
+    """The lead's stem: notes [(start_s, dur_s, midi)] played by the demo's reed-like voice
+    into N samples, softened by a short low-pass (before the song's dynamics)."""
+    lead = np.zeros(N)
+    for start, dur, midi in notes:
+        add_tone(lead, start, dur, midi_hz(midi), 0.22, [(h, 1.0 / h) for h in range(1, 9)],
+                 1.5, rate, vibrato=0.004, attack=0.02)
+    # A short low-pass softens the lead's upper harmonics, a little like a reed's.
+    return np.convolve(lead, [0.25, 0.5, 0.25], mode="same")
+
+
+def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None, style="random",
+                     soloist=None):
     """One deterministic demo song -> (backing [N], solo [N], truth dict).
 
     Rendered straight at `rate` (the codec's; 24 kHz by default), mono, as two stems:
-    the band (bass + piano + drums) and the lead. Song `index` of seed `seed` is always the
-    same song, on any machine: all randomness comes from one numpy generator.
-    key_change_at (a share of the song, e.g. 0.5): one key change there, at the start
-    of a two-bar unit, and no other (truth["key_change_s"] says when).
+    the band (bass + piano + drums) and the lead. Song `index` of seed `seed` and `style`
+    (DEMO_STYLES) is always the same song, on any machine: all randomness comes from one
+    numpy generator. key_change_at (a share of the song, e.g. 0.5): one key change there,
+    at the start of a two-bar unit, and no other (truth["key_change_s"] says when).
+    soloist: a rule that plays over this band instead of the demo's lead, truth -> notes
+    [(start_s, dur_s, midi)] (sax/reference.py); the band and its truth stay the same.
     """
+    if style not in DEMO_STYLES:
+        raise ValueError(f"demo style {style!r}: one of {', '.join(DEMO_STYLES)}")
     rng = np.random.default_rng([seed, index])
     bpm = float(rng.uniform(100, 190))
     beat = 60.0 / bpm
     swing = beat * 2 / 3  # the swung eighth: the "and" falls two thirds into the beat
     n_bars = math.ceil(seconds / (4 * beat))
     N = int(seconds * rate)
-    bass, piano, drums, lead = (np.zeros(N) for _ in range(4))
+    bass, piano, drums = (np.zeros(N) for _ in range(3))
     change = None if key_change_at is None else int(n_bars * key_change_at) // 2 * 2
     # one bar more: the bass approaches the next root
     harmony = demo_harmony(n_bars + 1, rng, change)
     # Kicks: 2 to 4 distinct swung-eighth positions (0..7) per bar, drawn at random.
-    kicks = [sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)),
-                                               replace=False)) for _ in range(n_bars)]
+    kicks = kick_pattern(n_bars, rng, style)
     kick_times = [t for bar in range(n_bars) for e in kicks[bar]
                   if (t := bar * 4 * beat + (e // 2) * beat + (e % 2) * swing) < seconds - 0.05]
     playing = phrase_bars(n_bars, rng)
-    chords, notes = [], []
+    chords, notes, played = [], [], []  # played: the notes unrounded, for render_lead
     prev_lead = 70
     for bar in range(n_bars):
         root, quality, unit, key = harmony[bar]
@@ -186,12 +224,9 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None):
             cands = [m for m in range(58, 83) if m % 12 in tones]
             near = sorted(cands, key=lambda m: abs(m - prev_lead) + rng.random() * 3)[:3]
             midi = prev_lead = int(near[int(rng.integers(len(near)))])
-            add_tone(lead, t_hit, dur, midi_hz(midi), 0.22, [(h, 1.0 / h) for h in range(1, 9)],
-                     1.5, rate,
-                     vibrato=0.004, attack=0.02)
+            played.append((t_hit, dur, midi))
             notes.append({"start_s": round(t_hit, 4), "end_s": round(t_hit + dur, 4), "midi": midi})
-    # A short low-pass softens the lead's upper harmonics, a little like a reed's.
-    lead = np.convolve(lead, [0.25, 0.5, 0.25], mode="same")
+    lead = render_lead(played, N, rate)
     # Dynamics: a level per two bars (-12 to 0 dB), joined by linear swells and fades,
     # applied to band and lead alike: they rise and fall together.
     levels_db = rng.uniform(-12, 0, size=math.ceil(n_bars / 2) + 1)
@@ -201,10 +236,13 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None):
     lead = lead * envelope
     gain = min(1.0, 0.9 / (np.abs(backing + lead).max() + 1e-9))  # the mix never clips
     backing, lead = backing * gain, lead * gain
-    truth = {"tempo_bpm": round(bpm, 2), "swing_ratio": 2.0, "chords": chords,
+    truth = {"style": style} if style != "random" else {}
+    truth |= {"tempo_bpm": round(bpm, 2), "swing_ratio": 2.0, "chords": chords,
              "kicks_s": [round(t, 4) for t in kick_times], "lead_notes": notes,
              "dynamics": [{"start_s": round(float(t), 4), "level_db": round(float(d), 2)}
                           for t, d in zip(unit_times, levels_db)]}
     if change is not None:
         truth["key_change_s"] = round(change * 4 * beat, 4)
+    if soloist is not None:  # the same gain as the demo's lead: the band is untouched
+        lead = render_lead(soloist(truth), N, rate) * envelope * gain
     return backing.astype(np.float32), lead.astype(np.float32), truth
