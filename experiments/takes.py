@@ -50,14 +50,17 @@ def wall_clock_solo(codes, sounding, T, card):
     return out
 
 
-def song_audio(meta, song):
-    """(backing, solo) of a demo song, rendered at the dataset's codec rate."""
+def song_audio(meta, song, soloist=None):
+    """(backing, solo) of a demo song, rendered at the dataset's codec rate (solo: the demo's
+    lead, or what `soloist` plays over the band: sax.demo.render_demo_song)."""
     settings = meta["settings"]
     if not song.startswith("demo"):
         raise SystemExit(f"{song}: takes.py scores demo songs only (their kicks and chords "
                          "are known); build the dataset with python data.py")
     backing, solo, _ = render_demo_song(int(song[4:]), settings["demo_seconds"], settings["seed"],
-                                        meta["codec"]["sample_rate"])
+                                        meta["codec"]["sample_rate"],
+                                        style=settings.get("demo_style", "random"),
+                                        soloist=soloist)
     return backing, solo
 
 
@@ -77,27 +80,44 @@ def play(args, meta, song, out):
     return dict(np.load(folder / "take.npz"))
 
 
+def as_tensor(arrays):
+    """[K, T] numpy codes per song -> [N, K, T] int64."""
+    return torch.from_numpy(np.stack(arrays).astype(np.int64))
+
+
+def band_truth(data_dir, meta, songs, heard, codec=None):
+    """The listening set of demo songs: heard [K, T] per song (the band's codes, as the
+    runner's codec graph heard them or as the dataset's codec encodes them) with each song's
+    true lead, and for song i its control, song i + 1 (two songs at least)."""
+    if len(songs) < 2:
+        raise SystemExit("scoring takes needs two songs at least (each is the other's control)")
+    T = heard[0].shape[1]
+    codec = codec or dataset_codec(meta["codec"], data_dir, "cpu")
+    true = [encode_audio(codec, song_audio(meta, s)[1])[:, :T] for s in songs]       # [K, T] each
+    other = [(i + 1) % len(songs) for i in range(len(songs))]            # song i's control: i + 1
+    # the truth of each song's band (its kicks and chords) over its first T frames
+    return ListeningSet.of(meta, [(s, 0, 0) for s in songs], as_tensor(heard), as_tensor(true),
+                           as_tensor([heard[j] for j in other]), as_tensor([true[j] for j in other]))
+
+
+def score_played(probes, ls, played):
+    """The listening figures of solos as they sounded ([K, T] per song, in band_truth's
+    order), each over its own band and, as the control, song i + 1's solo over song i's band,
+    beside the true lead's."""
+    other = [(i + 1) % len(played) for i in range(len(played))]
+    return score_solos(probes, ls, {"own": as_tensor(played),
+                                    "mismatched": as_tensor([played[j] for j in other]),
+                                    "true": ls.solo, "true_mismatched": ls.other_solo})
+
+
 def score_takes(data_dir, meta, takes):
     """{song: take.npz's arrays} (two songs at least) -> the listening figures of the takes
     on the wall clock, each against its own band and another's, beside the true lead's."""
     songs, card, fr = list(takes), meta["codec"]["card"], meta["codec"]["frame_rate"]
-    if len(songs) < 2:
-        raise SystemExit("scoring takes needs two songs at least (each is the other's control)")
     T = min(int(t["heard"].shape[1]) for t in takes.values())
-    codec = dataset_codec(meta["codec"], data_dir, "cpu")
-    true = [encode_audio(codec, song_audio(meta, s)[1])[:, :T] for s in songs]       # [K, T] each
     played = [wall_clock_solo(takes[s]["codes"], takes[s]["sounding"], T, card) for s in songs]
-    heard = [takes[s]["heard"][:, :T] for s in songs]
-    where = [(s, 0, 0) for s in songs]
-    other = [(i + 1) % len(songs) for i in range(len(songs))]            # song i's control: i + 1
-    as_tensor = lambda arrays: torch.from_numpy(np.stack(arrays).astype(np.int64))  # noqa: E731
-    # the truth of each song's band (its kicks and chords) over its first T frames
-    ls = ListeningSet.of(meta, where, as_tensor(heard), as_tensor(true),
-                         as_tensor([heard[j] for j in other]), as_tensor([true[j] for j in other]))
-    probes = fit_probes(data_dir, meta, min(T, 300))
-    figures = score_solos(probes, ls, {"own": as_tensor(played),
-                                       "mismatched": as_tensor([played[j] for j in other]),
-                                       "true": ls.solo, "true_mismatched": ls.other_solo})
+    ls = band_truth(data_dir, meta, songs, [takes[s]["heard"][:, :T] for s in songs])
+    figures = score_played(fit_probes(data_dir, meta, min(T, 300)), ls, played)
     late = {s: float(np.mean(takes[s]["sounding"] - np.arange(len(takes[s]["sounding"])))
                      * 1e3 / fr) for s in songs}
     return {"songs": songs, "frames": T, "figures": figures, "late_ms_mean": late,
