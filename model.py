@@ -81,6 +81,12 @@ class ModelConfig:
     # plainly instead of leaving the encoder to find it from the solo's loss alone. Only
     # the loss uses it.
     chord_head: bool = False
+    # training aid (train.py --ahead-aux): a 13-way head on the encoder that, at the
+    # position from which the decoder writes solo frame t, names what the band plays in
+    # frame t: its chord (12 pitch classes) and whether a kick falls there. With a
+    # lookahead of L frames that position has heard the band only up to frame t - L, so
+    # the head asks the states to carry the band's near future. Only the loss uses it.
+    ahead_head: bool = False
 
     def __post_init__(self):
         assert self.d_model % self.n_heads == 0, \
@@ -370,6 +376,9 @@ class SoloTransformer(nn.Module):
         self.chord_head = nn.Linear(D, 12) if cfg.chord_head else None
         if self.chord_head is not None:
             self._init_weights(self.chord_head)
+        self.ahead_head = nn.Linear(D, 13) if cfg.ahead_head else None
+        if self.ahead_head is not None:
+            self._init_weights(self.ahead_head)
 
     @staticmethod
     def _init_weights(m):
@@ -477,7 +486,8 @@ class SoloTransformer(nn.Module):
     # 5. The loss
     # ------------------------------------------------------------------------
 
-    def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None):
+    def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None,
+             ahead=None):
         """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy
         [K], aux), aux a dict of the training aids' cross-entropies ({} without them).
 
@@ -492,6 +502,9 @@ class SoloTransformer(nn.Module):
         chords [B, T, 12] float: the band's harmony in each backing frame, a distribution
         over the 12 pitch classes (all 0: not counted), for a model with the chord head
         (train.py --chord-aux): aux["chord"] is the chord head's cross-entropy.
+        ahead (chords [B, T, 12] float as above, kicks [B, T] bool: a kick in the frame),
+        for a model with the anticipation head (train.py --ahead-aux): aux["ahead"] is its
+        cross-entropy on the chord plus its binary cross-entropy on the kick.
         """
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
@@ -510,6 +523,8 @@ class SoloTransformer(nn.Module):
             ce = -(chords * guess.log_softmax(-1)).sum()                 # soft targets
             # the mean over the counted frames: each of them sums to 1
             aux["chord"] = ce / chords.sum().clamp(min=1)
+        if ahead is not None:
+            aux["ahead"] = self.anticipation_loss(memory, *ahead, cond_drop)
         codes = codebook_cross_entropy(self.logits(x), target, self.cfg.card)
         if pitch is None:
             return (*codes, aux)
@@ -520,6 +535,23 @@ class SoloTransformer(nn.Module):
                              reduction="sum")
         aux["pitch"] = ce / (pitch != -100).sum().clamp(min=1)           # 0, not nan, if none count
         return (*codes, aux)
+
+
+    def anticipation_loss(self, memory, chords, kicks, cond_drop=None):
+        """The anticipation head's loss: from encoder position p, the one the decoder writes
+        solo frame p from (it has heard backing frames <= p - L), name band frame p's chord
+        and whether a kick falls there. memory [B, L + T, D]; chords [B, T, 12] (all 0: not
+        counted), kicks [B, T] bool."""
+        L, T = self.cfg.lookahead, chords.size(1)
+        guess = self.ahead_head(memory[:, L:T]).float()                 # [B, T - L, 13]
+        chords, kicks = chords[:, L:], kicks[:, L:].float()              # the frames it names
+        counted = chords.sum(-1) > 0                                     # [B, T - L]: real frames
+        if cond_drop is not None:  # a row that hears no band has no future to name
+            chords = chords.masked_fill(cond_drop[:, None, None], 0.0)
+            counted = counted & ~cond_drop[:, None]
+        chord_ce = -(chords * guess[..., :12].log_softmax(-1)).sum() / chords.sum().clamp(min=1)
+        kick_ce = F.binary_cross_entropy_with_logits(guess[..., 12], kicks, reduction="none")
+        return chord_ce + kick_ce[counted].sum() / counted.sum().clamp(min=1)
 
 
 def teacher_forcing(solo, card):

@@ -115,8 +115,13 @@ class TrainConfig:
                                 "encoder names the band's pitch classes in each frame "
                                 "(0: off; 0.3: the seeds table of docs/phase3)",
                            at_least=0, at_most=1000)
-    chord_targets: str = opt("heard", "--chord-aux's targets: the chroma data.py heard in "
-                                      "the backing's audio, or the demo corpus's chords",
+    ahead_aux: float = opt(0.0, "weight of the anticipation aid (phase 5), an auxiliary loss: "
+                                "a head on the encoder names the band's chord and kick in the "
+                                "frame the solo is written for, --lookahead-ms past what it has "
+                                "heard (0: off; demo corpus; docs/phase5)",
+                           at_least=0, at_most=1000)
+    chord_targets: str = opt("heard", "--chord-aux's and --ahead-aux's chords: the chroma "
+                                      "data.py heard in the backing, or the demo's chords",
                              ["heard", "truth"])
     page_sample_s: float = opt(3.0, "seconds of a fixed validation clip generated at each "
                                     "new best checkpoint for the run's index.html (0: none)",
@@ -145,10 +150,10 @@ class TrainConfig:
 def heard_wanted(cfg):
     """What the training aids read that data.py heard beside the tokens (the dataset must
     be of a format that stores it, HEARD_SINCE): "notes" for --pitch-aux on the
-    tracked notes, "chroma" for --chord-aux on the heard chroma (the default targets)."""
-    return ([name for name, on in (("notes", cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"),
-                                   ("chroma", cfg.chord_aux > 0 and cfg.chord_targets == "heard"))
-             if on])
+    tracked notes, "chroma" for --chord-aux or --ahead-aux on the heard chroma (the default)."""
+    chroma = max(cfg.chord_aux, cfg.ahead_aux) > 0 and cfg.chord_targets == "heard"
+    return [name for name, on in (("notes", cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"),
+                                  ("chroma", chroma)) if on]
 
 
 def missing_heard(cfg, meta):
@@ -339,6 +344,9 @@ def setup_run(cfg, world=World()):
         raise SystemExit(f"--chord-targets truth: the dataset in {cfg.data} does not know its "
                          "band's chords (only the demo corpus does). Fix: the chroma data.py "
                          "heard, --chord-targets heard")
+    if cfg.ahead_aux and not knows_the_notes(meta):
+        raise SystemExit(f"--ahead-aux: {cfg.data} does not know its band's kicks (only the "
+                         "demo corpus does). Fix: --ahead-aux 0")
     for name in missing_heard(cfg, meta):
         flag, what = {"notes": ("--pitch-aux", "tracked the solo's notes"),
                       "chroma": ("--chord-aux", "heard the band's chroma")}[name]
@@ -387,7 +395,7 @@ def model_config(cfg, numbers, T):
                          lookahead=round(cfg.lookahead_ms * numbers["frame_rate"] / 1e3),
                          attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
                          aligned_backing=cfg.aligned_backing, pitch_head=cfg.pitch_aux > 0,
-                         chord_head=cfg.chord_aux > 0,
+                         chord_head=cfg.chord_aux > 0, ahead_head=cfg.ahead_aux > 0,
                          **dropout, **depth, **width)
 
 
@@ -420,7 +428,7 @@ def train_step(run):
     mine = range(world.rank, cfg.target_batch // cfg.batch_size, world.size)
     for i in range(cfg.target_batch // cfg.batch_size):
         backing, solo, where = run.train_w.sample(cfg.batch_size, run.gen, where=True)  # [B, K, T]
-        pitch, chords = aid_targets(run, where, backing, solo) if i in mine else (None, None)
+        aids = aid_targets(run, where, backing, solo) if i in mine else {}  # the loss's keywords
         # Classifier-free guidance needs one model that knows both p(solo | backing)
         # and p(solo): some windows are trained with the null backing instead.
         drop = torch.rand(cfg.batch_size, generator=run.gen) < cfg.cond_dropout  # [B]
@@ -436,10 +444,10 @@ def train_step(run):
         with no_sync(run.loss_fn, world, last=i == mine[-1]):
             with run.autocast():
                 loss, _, aux = run.loss_fn(backing.to(run.device), solo.to(run.device),
-                                           drop.to(run.device), hide, pitch=pitch, chords=chords)
+                                           drop.to(run.device), hide, **aids)
             # The auxiliary losses join the gradient only; the logged loss stays the codes'
             # cross-entropy, comparable with every other run's.
-            weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux}
+            weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux, "ahead": cfg.ahead_aux}
             total = loss + sum(weights[name] * ce for name, ce in aux.items())
             # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
             # sum is then the gradient of the mean loss over the whole target batch.

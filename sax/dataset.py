@@ -221,15 +221,35 @@ def harmony_truth(meta, where, T, frame_rate):
     return lead, chords
 
 
+def kick_frames(meta, where, T, frame_rate, span):
+    """[N, T] bool: the `span` frames from each of the band's kicks in the windows (demo
+    corpus; an augmented copy plays `tempo` times faster)."""
+    songs = {song["id"]: song for song in meta["songs"]}
+    kicks = torch.zeros(len(where), T, dtype=torch.bool)
+    for i, (song, variant, first) in enumerate(where):
+        tempo = songs[song]["variants"][variant]["tempo"]
+        for t in songs[song]["truth"]["kicks_s"]:
+            f = round(t / tempo * frame_rate) - first
+            kicks[i, max(0, f):max(0, f + span)] = True
+    return kicks
+
+
 def aid_targets(run, where, backing, solo):
-    """The training aids' targets for a batch of windows found at `where` (None when off):
+    """The training aids' targets for a batch of windows found at `where`, as the keywords
+    of SoloTransformer.loss (None when off):
     --pitch-aux, the notes the lead plays, [B, T]; --chord-aux, the band's harmony,
-    [B, T, 12]. From what data.py heard, or with --*-targets truth the demo's score."""
-    cfg, pitch, chords = run.cfg, None, None
+    [B, T, 12]; --ahead-aux, the harmony and the kicks ([B, T] bool, the frame of each).
+    From what data.py heard, or with --*-targets truth the demo's score."""
+    cfg, pitch, chords, ahead = run.cfg, None, None, None
     if cfg.pitch_aux:
         truth = run.meta if cfg.pitch_targets == "truth" else None
         pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
     if cfg.chord_aux:
         truth = run.meta if cfg.chord_targets == "truth" else None
         chords = chord_targets(run.train_w, where, backing, truth).to(run.device)
-    return pitch, chords
+    if cfg.ahead_aux:
+        truth = run.meta if cfg.chord_targets == "truth" else None
+        ahead = (chord_targets(run.train_w, where, backing, truth).to(run.device),
+                 kick_frames(run.meta, where, backing.size(-1), run.meta["codec"]["frame_rate"],
+                             1).to(run.device))
+    return {"pitch": pitch, "chords": chords, "ahead": ahead}

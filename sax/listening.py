@@ -21,7 +21,7 @@ import torch
 
 from sax.audio import frame_rms_db
 from sax.codec import encode_audio
-from sax.dataset import Windows, harmony_truth
+from sax.dataset import Windows, harmony_truth, kick_frames
 from sax.demo import render_demo_song
 from sax.sampling import SAMPLING, sample_solo
 
@@ -51,14 +51,7 @@ def listening_masks(meta, where, T, frame_rate):
     masks = {"start": (torch.arange(T) < round(frame_rate)).expand(len(where), T)}
     songs = {song["id"]: song for song in meta["songs"]}
     if all("kicks_s" in songs[song].get("truth", {}) for song, _, _ in where):
-        masks["kicks"] = torch.zeros(len(where), T, dtype=torch.bool)
-        after_kick = frames_of(KICK_S, frame_rate)
-        for i, (song, variant, first) in enumerate(where):
-            # augmented copies play faster or slower
-            tempo = songs[song]["variants"][variant]["tempo"]
-            for t in songs[song]["truth"]["kicks_s"]:
-                f = round(t / tempo * frame_rate) - first
-                masks["kicks"][i, max(0, f):max(0, f + after_kick)] = True
+        masks["kicks"] = kick_frames(meta, where, T, frame_rate, frames_of(KICK_S, frame_rate))
     return masks
 
 
