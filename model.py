@@ -360,25 +360,18 @@ class SoloTransformer(nn.Module):
         # s predicts (codebook k of frame s - k, by the delay pattern). Cross-attention
         # must first learn *where* to look; this path hands each step the band at its own
         # moment from the first update on, so the model starts to listen early instead of
-        # settling into a solo-only language model first (StemGen sums time-aligned
-        # context into its input for the same reason).
+        # settling into a solo language model first (as StemGen sums aligned context in).
         self.align_conv = nn.Conv1d(D, D, kernel_size=K) if cfg.aligned_backing else None
-        # [1, K, 1]
-        self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)
+        self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)  # [1,K,1]
         self.apply(self._init_weights)
-        # The pitch head: 12 pitch classes and a rest; sampling never reads it. Made after
-        # every other weight has drawn its random numbers, so that those start as they
-        # would without it.
-        self.pitch_head = nn.Linear(D, 13) if cfg.pitch_head else None
-        if self.pitch_head is not None:
-            self._init_weights(self.pitch_head)
-        # The chord head, last of all for the same reason: 12 pitch classes
-        self.chord_head = nn.Linear(D, 12) if cfg.chord_head else None
-        if self.chord_head is not None:
-            self._init_weights(self.chord_head)
-        self.ahead_head = nn.Linear(D, 13) if cfg.ahead_head else None
-        if self.ahead_head is not None:
-            self._init_weights(self.ahead_head)
+        # The training aids' heads (sampling never reads them): pitch, 12 classes and a rest;
+        # chord, 12; anticipation, 12 and a kick. Made last, in this order, so that every
+        # other weight draws the random numbers it would draw without them.
+        for name, n, on in (("pitch_head", 13, cfg.pitch_head), ("chord_head", 12, cfg.chord_head),
+                            ("ahead_head", 13, cfg.ahead_head)):
+            setattr(self, name, nn.Linear(D, n) if on else None)
+            if on:
+                self._init_weights(getattr(self, name))
 
     @staticmethod
     def _init_weights(m):
@@ -487,7 +480,7 @@ class SoloTransformer(nn.Module):
     # ------------------------------------------------------------------------
 
     def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None,
-             ahead=None):
+             ahead=None, teacher=None):
         """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy
         [K], aux), aux a dict of the training aids' cross-entropies ({} without them).
 
@@ -496,15 +489,12 @@ class SoloTransformer(nn.Module):
         input_drop [B, K, S] bool: decoder inputs (the solo's past) hidden behind the
         special token, so the model must lean on the band for what it cannot read
         (train.py's --solo-dropout). The targets stay whole.
-        pitch [B, T] long: the lead's pitch class in each frame (12: a rest, -100: not
-        counted), for a model with the pitch head (train.py --pitch-aux): aux["pitch"] is
-        the pitch head's cross-entropy, read at steps 0 .. T-1.
-        chords [B, T, 12] float: the band's harmony in each backing frame, a distribution
-        over the 12 pitch classes (all 0: not counted), for a model with the chord head
-        (train.py --chord-aux): aux["chord"] is the chord head's cross-entropy.
-        ahead (chords [B, T, 12] float as above, kicks [B, T] bool: a kick in the frame),
-        for a model with the anticipation head (train.py --ahead-aux): aux["ahead"] is its
-        cross-entropy on the chord plus its binary cross-entropy on the kick.
+        The training aids (train.py), each giving aux[name] its loss: pitch [B, T] long,
+        the lead's pitch class in each frame (12: a rest, -100: not counted; the pitch
+        head, read at steps 0 .. T-1); chords [B, T, 12] float, the band's harmony in each
+        backing frame as a distribution (all 0: not counted; the chord head); ahead, the
+        same chords and kicks [B, T] bool (anticipation_loss); teacher [B, K, S, card],
+        another model's logits on the same windows (distillation).
         """
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
@@ -523,9 +513,11 @@ class SoloTransformer(nn.Module):
             ce = -(chords * guess.log_softmax(-1)).sum()                 # soft targets
             # the mean over the counted frames: each of them sums to 1
             aux["chord"] = ce / chords.sum().clamp(min=1)
-        if ahead is not None:
-            aux["ahead"] = self.anticipation_loss(memory, *ahead, cond_drop)
-        codes = codebook_cross_entropy(self.logits(x), target, self.cfg.card)
+        aux |= {"ahead": self.anticipation_loss(memory, *ahead, cond_drop)} if ahead else {}
+        logits = self.logits(x)                                          # [B, K, S, card]
+        if teacher is not None:  # another model's distributions: distillation
+            aux["distill"] = distillation(logits, teacher, target, self.cfg.card, cond_drop)
+        codes = codebook_cross_entropy(logits, target, self.cfg.card)
         if pitch is None:
             return (*codes, aux)
         T = pitch.size(1)
@@ -538,10 +530,9 @@ class SoloTransformer(nn.Module):
 
 
     def anticipation_loss(self, memory, chords, kicks, cond_drop=None):
-        """The anticipation head's loss: from encoder position p, the one the decoder writes
-        solo frame p from (it has heard backing frames <= p - L), name band frame p's chord
-        and whether a kick falls there. memory [B, L + T, D]; chords [B, T, 12] (all 0: not
-        counted), kicks [B, T] bool."""
+        """The anticipation head's loss: from encoder position p, whence the decoder writes solo
+        frame p (it heard backing frames <= p - L), name frame p's chord (cross-entropy) and
+        whether a kick falls there (binary). memory [B, L + T, D]; chords, kicks [B, T, ...]."""
         L, T = self.cfg.lookahead, chords.size(1)
         guess = self.ahead_head(memory[:, L:T]).float()                 # [B, T - L, 13]
         chords, kicks = chords[:, L:], kicks[:, L:].float()              # the frames it names
@@ -586,15 +577,24 @@ def codebook_cross_entropy(logits, target, card):
     return per_codebook.mean(), per_codebook
 
 
+def distillation(logits, teacher, target, card, cond_drop=None):
+    """KL(teacher || model) per real position, averaged: logits, teacher [B, K, S, card]. A
+    teacher that heard the whole band (offline) hands a causal model what the band's future
+    made likely; rows that hear no band (cond_drop) have nothing to learn from it."""
+    real = target != card                                                 # [B, K, S]
+    if cond_drop is not None:
+        real = real & ~cond_drop[:, None, None]
+    log_p, log_q = teacher.float().log_softmax(-1), logits.float().log_softmax(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)                          # [B, K, S]
+    return kl[real].sum() / real.sum().clamp(min=1)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Print the presets, their sizes "
-                                                 "and the settings of one of them.")
-    parser.add_argument("--preset", choices=list(PRESETS), default="tiny",
-                        help="whose settings to print")
+    parser = argparse.ArgumentParser(description="The presets, their sizes, one's settings.")
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny", help="whose settings")
     args = parser.parse_args()
     for name in PRESETS:
-        cfg = preset_config(name)
-        model = SoloTransformer(cfg)
+        cfg, model = preset_config(name), SoloTransformer(preset_config(name))
         print(f"{name:6s} d_model={cfg.d_model:4d} layers={cfg.n_enc_layers}+{cfg.n_dec_layers} "
               f"heads={cfg.n_heads:2d}  {model.num_params() / 1e6:6.1f} M parameters")
     print(f"settings of the {args.preset} preset:", asdict(preset_config(args.preset)))

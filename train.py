@@ -40,9 +40,10 @@ from tqdm import tqdm
 import data
 from model import PRESETS, SoloTransformer, preset_config
 from sax.checkpoints import push_to_hub, save_checkpoint
-from sax.dataset import (HEARD_SINCE, Windows, aid_targets, knows_the_notes, load_dataset,
+from sax.dataset import (HEARD_SINCE, Windows, aid_targets, check_truth_aids, load_dataset,
                          unigram_entropy)
 from sax.demo import DEMO_VERSION
+from sax.distill import load_teacher, teacher_logits
 from sax.distributed import (World, any_rank, barrier, gathered, leave, mean, no_sync, start,
                              world_from_env, wrap)
 from sax.evaluation import (EvalSet, describe, evaluate, evaluation_set, finish, overfitting,
@@ -56,9 +57,8 @@ from sax.resume import (Progress, StopSignal, refuse_to_overwrite, resume_run, r
 from sax.settings import check_settings, command_line, opt, parse_settings
 
 DEFAULT_DATA = "data/demo"
-# Bigger models want smaller steps: a wider layer sums more terms, so the same step
-# size moves its output further. These are the usual orders of magnitude for
-# transformers of these sizes trained with AdamW, not values tuned on this project.
+# Bigger models want smaller steps: a wider layer sums more terms, so the same step size
+# moves its output further. The usual orders of magnitude for AdamW, not tuned here.
 DEFAULT_LR = {"tiny": 2e-3, "small": 6e-4, "base": 3e-4}
 
 
@@ -120,6 +120,9 @@ class TrainConfig:
                                 "frame the solo is written for, --lookahead-ms past what it has "
                                 "heard (0: off; demo corpus; docs/phase5)",
                            at_least=0, at_most=1000)
+    distill_from: str = opt("", "phase 5: an offline model's checkpoint on the same dataset, "
+                                "whose distributions this one also learns (sax/distill.py)")
+    distill: float = opt(1.0, "weight of --distill-from's KL term", at_least=0, at_most=1000)
     chord_targets: str = opt("heard", "--chord-aux's and --ahead-aux's chords: the chroma "
                                       "data.py heard in the backing, or the demo's chords",
                              ["heard", "truth"])
@@ -261,10 +264,9 @@ def make_optimizer(model, cfg, peak_lr, device):
 # ----------------------------------------------------------------------------
 # The run: set up once, then step, evaluate and save until max_steps
 # ----------------------------------------------------------------------------
-# train() at the bottom is the whole loop, on one screen. What it needs lives in one
-# Run object that setup_run builds: passing one object keeps each helper's argument list
-# short, and makes plain what a step may change (the weights, the optimizer, the
-# generator, the progress) and what it only reads (the settings, the data).
+# train() at the bottom is the whole loop, on one screen. What it needs lives in one Run
+# that setup_run builds: it keeps each helper's argument list short, and makes plain what
+# a step may change (weights, optimizer, generator, progress) and what it only reads.
 
 @dataclass
 class Run:
@@ -290,6 +292,7 @@ class Run:
     world: World = World()       # one process, or torchrun's ranks (sax/distributed.py)
     last: dict = field(default_factory=dict)  # the latest evaluation's metrics
     peak: Optional[float] = None  # the GPU's peak FLOP/s, for MFU (None on the CPU or unknown)
+    teacher: Optional[SoloTransformer] = None  # --distill-from's frozen model
 
     @property
     def metrics_file(self):
@@ -336,17 +339,9 @@ def setup_run(cfg, world=World()):
     torch.manual_seed(cfg.seed)
     meta = ensure_dataset(cfg, world)
     check_against_data(cfg, meta)
-    if cfg.pitch_aux and cfg.pitch_targets == "truth" and not knows_the_notes(meta):
-        raise SystemExit(f"--pitch-targets truth: the dataset in {cfg.data} does not know its "
-                         "lead's true notes (only the demo corpus does). Fix: the notes data.py "
-                         "tracked, --pitch-targets tracked")
-    if cfg.chord_aux and cfg.chord_targets == "truth" and not knows_the_notes(meta):
-        raise SystemExit(f"--chord-targets truth: the dataset in {cfg.data} does not know its "
-                         "band's chords (only the demo corpus does). Fix: the chroma data.py "
-                         "heard, --chord-targets heard")
-    if cfg.ahead_aux and not knows_the_notes(meta):
-        raise SystemExit(f"--ahead-aux: {cfg.data} does not know its band's kicks (only the "
-                         "demo corpus does). Fix: --ahead-aux 0")
+    check_truth_aids(cfg, meta)  # an aid that needs the demo's score, on a dataset without one
+    with torch.random.fork_rng():  # a teacher's own weights draw nothing the student's would
+        teacher = load_teacher(cfg.distill_from, meta, device) if cfg.distill_from else None
     for name in missing_heard(cfg, meta):
         flag, what = {"notes": ("--pitch-aux", "tracked the solo's notes"),
                       "chroma": ("--chord-aux", "heard the band's chroma")}[name]
@@ -380,7 +375,7 @@ def setup_run(cfg, world=World()):
     peak = peak_flops(device) if device.type == "cuda" else None
     return Run(cfg, out, device, meta, T, model, train_model, optimizer, scaler, amp_dtype, peak_lr,
                gen, train_w, evals, baseline, progress, page, wrap(train_model, world, device),
-               world, peak=peak)
+               world, peak=peak, teacher=teacher)
 
 
 def model_config(cfg, numbers, T):
@@ -429,6 +424,10 @@ def train_step(run):
     for i in range(cfg.target_batch // cfg.batch_size):
         backing, solo, where = run.train_w.sample(cfg.batch_size, run.gen, where=True)  # [B, K, T]
         aids = aid_targets(run, where, backing, solo) if i in mine else {}  # the loss's keywords
+        if run.teacher is not None and i in mine:  # it hears the whole band, so its future
+            with run.autocast():
+                aids["teacher"] = teacher_logits(run.teacher, *(x.to(run.device)
+                                                                for x in (backing, solo)))
         # Classifier-free guidance needs one model that knows both p(solo | backing)
         # and p(solo): some windows are trained with the null backing instead.
         drop = torch.rand(cfg.batch_size, generator=run.gen) < cfg.cond_dropout  # [B]
@@ -447,7 +446,8 @@ def train_step(run):
                                            drop.to(run.device), hide, **aids)
             # The auxiliary losses join the gradient only; the logged loss stays the codes'
             # cross-entropy, comparable with every other run's.
-            weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux, "ahead": cfg.ahead_aux}
+            weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux, "ahead": cfg.ahead_aux,
+                       "distill": cfg.distill}
             total = loss + sum(weights[name] * ce for name, ce in aux.items())
             # Gradients add up over the micro-batches, so each is scaled by 1 / accum: the
             # sum is then the gradient of the mean loss over the whole target batch.

@@ -234,6 +234,19 @@ def kick_frames(meta, where, T, frame_rate, span):
     return kicks
 
 
+def check_truth_aids(cfg, meta):
+    """train.py's aids that read the demo corpus's score, on a dataset that has none: one line."""
+    needs = [(cfg.pitch_aux and cfg.pitch_targets == "truth", "--pitch-targets truth",
+              "lead's true notes", "the notes data.py tracked, --pitch-targets tracked"),
+             (cfg.chord_aux and cfg.chord_targets == "truth", "--chord-targets truth",
+              "band's chords", "the chroma data.py heard, --chord-targets heard"),
+             (cfg.ahead_aux, "--ahead-aux", "band's kicks", "--ahead-aux 0")]
+    for on, flag, what, fix in needs:
+        if on and not knows_the_notes(meta):
+            raise SystemExit(f"{flag}: the dataset in {cfg.data} does not know its {what} "
+                             f"(only the demo corpus does). Fix: {fix}")
+
+
 def aid_targets(run, where, backing, solo):
     """The training aids' targets for a batch of windows found at `where`, as the keywords
     of SoloTransformer.loss (None when off):

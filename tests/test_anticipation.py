@@ -127,10 +127,48 @@ def test_train_with_the_anticipation_aid(demo_dataset, tmp_path):
     train(quick_train_config(demo_dataset[0], out, causal_encoder=True, attn_window=75,
                              lookahead_ms=80, ahead_aux=1.0, max_steps=3, listen_test=False))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "ahead" in json.dumps(r)]
-    assert steps, "no step logged the anticipation aid's loss"
+    steps = [r["ahead_ce"] for r in rows if "ahead_ce" in r]
+    assert len(steps) == 3 and all(0 < ce < 10 for ce in steps), steps
     saved = json.loads((out / "best" / "config.json").read_text())
     assert saved["model"]["ahead_head"] is True and saved["model"]["lookahead"] == 6, saved["model"]
+
+
+def test_distillation_is_the_kl_from_the_teacher():
+    """Zero where the student's distributions are the teacher's, positive elsewhere; the
+    special token's positions and the rows that hear no band do not count."""
+    from model import distillation
+    torch.manual_seed(0)
+    card = 8
+    target = torch.randint(0, card, (2, 4, 6))
+    target[:, 1, 0] = card
+    teacher = torch.randn(2, 4, 6, card)
+    assert distillation(teacher.clone(), teacher, target, card).abs() < 1e-6
+    student = torch.randn(2, 4, 6, card)
+    kl = distillation(student, teacher, target, card)
+    p, q = teacher.log_softmax(-1), student.log_softmax(-1)
+    by_hand = (p.exp() * (p - q)).sum(-1)[target != card].mean()
+    assert kl > 0 and torch.isclose(kl, by_hand), (kl, by_hand)
+    student[1] = torch.randn(4, 6, card) * 10  # a row that heard no band: ignored
+    kept = distillation(student, teacher, target, card, torch.tensor([False, True]))
+    assert torch.isclose(kept, (p.exp() * (p - q)).sum(-1)[0][target[0] != card].mean())
+
+
+def test_train_distils_from_an_offline_teacher(trained, trained_causal, demo_dataset, tmp_path):
+    """train.py --distill-from: a causal student learns beside an offline teacher's
+    distributions (distill_ce logged); a causal teacher is refused in one line."""
+    from conftest import quick_train_config
+    from train import train
+    out = tmp_path / "student"
+    train(quick_train_config(demo_dataset[0], out, causal_encoder=True, attn_window=75,
+                             lookahead_ms=80, distill_from=str(trained[0] / "best"),
+                             max_steps=3, listen_test=False))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["distill_ce"] for r in rows if "distill_ce" in r]
+    assert len(kl) == 3 and all(k > 0 for k in kl), kl
+    with pytest.raises(SystemExit, match="a causal model hears no more than its student"):
+        train(quick_train_config(demo_dataset[0], tmp_path / "refused", causal_encoder=True,
+                                 attn_window=75, distill_from=str(trained_causal / "best"),
+                                 max_steps=1, listen_test=False))
 
 
 def test_ceiling_scores_what_a_soloist_plays(demo_dataset, monkeypatch):
@@ -153,3 +191,45 @@ def test_ceiling_scores_what_a_soloist_plays(demo_dataset, monkeypatch):
     assert late["kick_auc_own"] < now["kick_auc_own"] - 0.05, (now, late)
     assert result["style"] == "random" and set(result["ceiling"]) == {"0", "160"}
     assert result["ceiling"]["160"]["kick_auc_own"] == rows[(160, "grid")]["kick_auc_own"]
+
+
+def test_paired_t_matches_the_closed_form():
+    """With 3 seeds (2 degrees of freedom) the two-sided p has a closed form: 1 - t / sqrt(2 + t^2)."""
+    import live
+    diffs = [0.1, 0.3, 0.2]
+    t = np.mean(diffs) / (np.std(diffs, ddof=1) / np.sqrt(3))
+    assert live.paired_t(diffs) == pytest.approx(1 - t / np.sqrt(2 + t * t), abs=1e-6)
+    assert np.isnan(live.paired_t([0.2, 0.2, 0.2])) and np.isnan(live.paired_t([0.1]))
+
+
+def test_live_collects_the_takes_of_every_seed(tmp_path, monkeypatch):
+    """live.py runs nothing that is already there and tables the takes: the mean and spread
+    over seeds, and a row against its baseline seed by seed."""
+    import live
+    figures = {key: 0.0 for key, _ in live.FIGURES}
+
+    def fake(row, seed, value):
+        folder = tmp_path / "runs" / row / f"seed{seed}"
+        (folder / "onnx").mkdir(parents=True)
+        (folder / "summary.json").write_text("{}")
+        (folder / "onnx" / "runner.json").write_text("{}")
+        for coef in ("none", "3"):
+            (folder / f"takes-{coef}").mkdir()
+            take = {"figures": {**figures, "plays_with_band_rhythm": value + (coef == "3")},
+                    "late_ms_mean": {"demo001": 13.3}, "songs": ["demo001"]}
+            (folder / f"takes-{coef}" / "takes.json").write_text(json.dumps(take))
+
+    for seed, (base, aided) in enumerate([(0.1, 0.3), (0.2, 0.5), (0.3, 0.4)]):
+        fake("riff", seed, base)
+        fake("riff-ahead", seed, aided)
+    (tmp_path / "data-riff").mkdir()
+    (tmp_path / "data-riff" / "meta.json").write_text("{}")
+    monkeypatch.setattr(live, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    result = live.main(["--rows", "riff", "riff-ahead", "--data", str(tmp_path / "data"),
+                        "--out", str(tmp_path / "runs")])
+    row = result["rows"]["riff-ahead"]["guidance"]["none"]
+    assert row["mean_sd"]["plays_with_band_rhythm"] == pytest.approx([0.4, 0.1])
+    versus = row["vs_riff"]["plays_with_band_rhythm"]
+    assert versus["diffs"] == pytest.approx([0.2, 0.3, 0.1]) and versus["mean"] == pytest.approx(0.2)
+    assert result["rows"]["riff"]["guidance"]["3"]["mean_sd"]["plays_with_band_rhythm"][0] == pytest.approx(1.2)
+    assert json.loads((tmp_path / "runs" / "live.json").read_text())["seeds"] == [0, 1, 2]

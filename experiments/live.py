@@ -1,0 +1,181 @@
+"""
+live.py -- phase 5's table as the runner plays it: causal models trained over seeds, each
+exported and played by the ONNX runner over its corpus's test songs, paced, and the takes
+scored on the wall clock (experiments/takes.py), rows side by side.
+
+    python experiments/live.py                            # every row, seeds 0 1 2
+    python experiments/live.py --rows riff riff-ahead --seeds 0 1 2 3 4
+    python experiments/live.py --list                     # the rows and what each changes
+
+Each run is three commands, each in its own process and skipped when its output is there
+(so Ctrl-C and the same command go on where it stopped): `python train.py --data <corpus>
+--out <out>/<row>/seed<N> --seed N --threads 1` with the live recipe (LIVE) and the row's
+flags; `python deploy/onnx_export.py` into <run>/onnx; `python experiments/takes.py` over
+the test songs into <run>/takes-<guidance> (int8, 40 ms chunks, one thread, the runner's
+sampling seed N), once without guidance and once with each --cfg-coef. A corpus that is
+not there is built first with data.py. <out>/live.json gets, per row and guidance, every
+seed's figures, their mean and standard deviation, and for a row with a baseline (same
+corpus, same seeds) the paired differences and a paired t-test.
+"""
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: sax/
+from sax.files import write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: train.py, data.py, deploy/
+# The README's live recipe: a causal model, a 300-frame window, written 80 ms ahead. No
+# listening test at the end: the takes score these models, as they are played.
+LIVE = ("--causal-encoder", "--attn-window", "300", "--lookahead-ms", "80", "--no-listen-test")
+
+
+@dataclass
+class Row:
+    what: str              # the change, in words
+    corpus: str = ""       # its corpus: <--data>-<corpus>, built with `data` ("": --data)
+    data: tuple = ()       # data.py flags of its corpus
+    flags: tuple = ()      # train.py flags beside LIVE
+    baseline: str = ""     # the row it is compared with, seed by seed
+
+
+ROWS = {
+    "random": Row("the live recipe on the default corpus (each bar's kicks drawn afresh)"),
+    "random-ahead": Row("with the anticipation aid at weight 1 (train.py --ahead-aux 1)",
+                        flags=("--ahead-aux", "1"), baseline="random"),
+    "riff": Row("the live recipe on the corpus whose hits repeat (data.py --demo-style riff)",
+                corpus="riff", data=("--demo-style", "riff")),
+    "riff-ahead": Row("the same with the anticipation aid at weight 1",
+                      corpus="riff", data=("--demo-style", "riff"), flags=("--ahead-aux", "1"),
+                      baseline="riff"),
+}
+# the figures the table reports: (key, heading)
+FIGURES = (("kick_auc_own", "kick AUC own"), ("kick_auc_mismatched", "kick AUC other"),
+           ("note_in_chord_own", "in chord own"), ("note_in_chord_mismatched", "in chord other"),
+           ("plays_with_band_rhythm", "plays with the band: rhythm"),
+           ("plays_with_band_harmony", "harmony"))
+
+
+def corpus(args, row):
+    """The row's dataset folder, built with data.py when it is not there."""
+    folder = Path(f"{args.data}-{row.corpus}" if row.corpus else args.data)
+    if not (folder / "meta.json").exists():
+        run([sys.executable, str(ROOT / "data.py"), "--out", str(folder), *row.data])
+    return folder
+
+
+def run(command, log=None):
+    """One command in its own process (its output to `log`, else to the terminal); a failure
+    stops the table with the end of its log."""
+    if log is None:
+        code = subprocess.run(command).returncode
+    else:
+        with open(log, "a") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code:
+        tail = f": the end of {log}:\n{Path(log).read_text(errors='replace')[-800:]}" if log else ""
+        raise SystemExit(f"{' '.join(map(str, command[1:]))} failed (exit {code}){tail}")
+
+
+def play_one(args, name, seed):
+    """Train, export and play one (row, seed): {guidance: takes.json}."""
+    row, folder = ROWS[name], Path(args.out) / name / f"seed{seed}"
+    data = corpus(args, row)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "summary.json").exists():
+        resume = ["--resume"] if (folder / "latest").exists() else []
+        run([sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out", str(folder),
+             "--seed", str(seed), "--threads", "1", *LIVE, *row.flags, *resume],
+            folder / "train.log")
+    if not (folder / "onnx" / "runner.json").exists():
+        run([sys.executable, str(ROOT / "deploy" / "onnx_export.py"), "--checkpoint",
+             str(folder / "best"), "--out", str(folder / "onnx"), "--threads", "1",
+             "--overwrite"], folder / "export.log")
+    takes = {}
+    for coef in ["none", *args.cfg_coef]:
+        out = folder / f"takes-{coef}"
+        if not (out / "takes.json").exists():
+            run([sys.executable, str(ROOT / "experiments" / "takes.py"), "--folder",
+                 str(folder / "onnx"), "--data", str(data), "--out", str(out), "--seed",
+                 str(seed), "--cfg-coef", coef], folder / "takes.log")
+        takes[coef] = json.loads((out / "takes.json").read_text())
+    return takes
+
+
+def paired_t(diffs):
+    """Two-sided p of a paired t-test on the differences (Student's t with n - 1 degrees of
+    freedom, its tail integrated numerically: no scipy needed)."""
+    d, n = np.asarray(diffs, float), len(diffs)
+    if n < 2 or np.ptp(d) == 0:  # no spread: a t-test has nothing to say
+        return float("nan")
+    t, df = abs(d.mean()) / (d.std(ddof=1) / math.sqrt(n)), n - 1
+    x = np.linspace(t, t + 2000, 400_001)   # the density past 2000 is negligible for df >= 2
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    density = np.exp(log_c - (df + 1) / 2 * np.log1p(x ** 2 / df))
+    return float(min(1.0, 2 * np.trapezoid(density, x)))
+
+
+def table(results, seeds):
+    """{row: {guidance: {seeds: {N: figures}, mean_sd: {figure: [mean, sd]}, vs_<baseline>}}}
+    from play_one's takes."""
+    out = {}
+    for name, by_seed in results.items():
+        out[name] = {"what": ROWS[name].what, "data": list(ROWS[name].data),
+                     "flags": list(ROWS[name].flags), "guidance": {}}
+        for coef in by_seed[seeds[0]]:
+            figures = {s: by_seed[s][coef]["figures"] for s in seeds}
+            entry = {"seeds": {str(s): f for s, f in figures.items()},
+                     "late_ms_mean": float(np.mean([list(by_seed[s][coef]["late_ms_mean"].values())
+                                                    for s in seeds])),
+                     "songs": by_seed[seeds[0]][coef]["songs"]}
+            entry["mean_sd"] = {key: [float(np.mean(v)), float(np.std(v, ddof=1))]
+                                for key, _ in FIGURES if (v := [figures[s][key] for s in seeds])}
+            base = ROWS[name].baseline
+            if base in results:
+                entry["vs_" + base] = {key: {
+                    "diffs": (d := [figures[s][key] - results[base][s][coef]["figures"][key]
+                                    for s in seeds]),
+                    "mean": float(np.mean(d)), "p_paired_t": paired_t(d)}
+                    for key, _ in FIGURES}
+            out[name]["guidance"][coef] = entry
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--cfg-coef", nargs="*", default=["3"],
+                        help="guidance coefficients to play besides none")
+    parser.add_argument("--data", default="data/demo", help="the default corpus's folder; a "
+                        "row's own corpus is <data>-<its data.py flags>")
+    parser.add_argument("--out", default="runs/live")
+    parser.add_argument("--list", action="store_true", help="print the rows and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, row in ROWS.items():
+            print(f"{name:14} {row.what}")
+        return None
+    results = {name: {seed: play_one(args, name, seed) for seed in args.seeds}
+               for name in args.rows}
+    result = {"command": " ".join(["python", "experiments/live.py", *(argv or sys.argv[1:])]),
+              "seeds": args.seeds, "split": "test", "variant": "int8", "chunk_ms": 40.0,
+              "rows": table(results, args.seeds)}
+    write_json(Path(args.out) / "live.json", result)
+    for name, row in result["rows"].items():
+        for coef, entry in row["guidance"].items():
+            print(f"{name:14} guidance {coef:5}" + "".join(
+                f"  {head}: {entry['mean_sd'][key][0]:.2f} ± {entry['mean_sd'][key][1]:.2f}"
+                for key, head in FIGURES[-2:]))
+    print(f"wrote {Path(args.out) / 'live.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
