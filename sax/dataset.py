@@ -249,7 +249,7 @@ def check_truth_aids(cfg, meta):
 
 def aid_targets(run, where, backing, solo):
     """The training aids' targets for a batch of windows found at `where`, as the keywords
-    of SoloTransformer.loss (None when off):
+    of SoloTransformer.loss (only those that are on):
     --pitch-aux, the notes the lead plays, [B, T]; --chord-aux, the band's harmony,
     [B, T, 12]; --ahead-aux, the harmony and the kicks ([B, T] bool, the frame of each).
     From what data.py heard, or with --*-targets truth the demo's score."""
@@ -265,4 +265,5 @@ def aid_targets(run, where, backing, solo):
         ahead = (chord_targets(run.train_w, where, backing, truth).to(run.device),
                  kick_frames(run.meta, where, backing.size(-1), run.meta["codec"]["frame_rate"],
                              1).to(run.device))
-    return {"pitch": pitch, "chords": chords, "ahead": ahead}
+    aids = {"pitch": pitch, "chords": chords, "ahead": ahead}
+    return {name: value for name, value in aids.items() if value is not None}
