@@ -43,6 +43,7 @@ class Row:
     data: tuple = ()       # data.py flags of its corpus
     flags: tuple = ()      # train.py flags beside LIVE
     baseline: str = ""     # the row it is compared with, seed by seed
+    distill: bool = False  # learns from an offline teacher (train.py --distill-from): TEACHER
 
 
 ROWS = {
@@ -54,7 +55,18 @@ ROWS = {
     "riff-ahead": Row("the same with the anticipation aid at weight 1",
                       corpus="riff", data=("--demo-style", "riff"), flags=("--ahead-aux", "1"),
                       baseline="riff"),
+    "riff-distill": Row("the same distilled from an offline teacher (weight 1)",
+                        corpus="riff", data=("--demo-style", "riff"), distill=True,
+                        baseline="riff"),
+    "riff-ahead-distill": Row("the anticipation aid and the teacher together",
+                              corpus="riff", data=("--demo-style", "riff"),
+                              flags=("--ahead-aux", "1"), distill=True, baseline="riff"),
 }
+# The teacher of a distilled row: python train.py as it stands (offline, non-causal, aligned,
+# the chord aid on), seed 0, on the row's corpus, trained once into <out>/teacher-<corpus>.
+TEACHER = ("--seed", "0", "--threads", "1", "--no-listen-test")
+# the training run's figures the table reports beside the takes (its summary.json)
+TRAINING = ("best_val_ce", "cond_gain")
 # the figures the table reports: (key, heading)
 FIGURES = (("kick_auc_own", "kick AUC own"), ("kick_auc_mismatched", "kick AUC other"),
            ("note_in_chord_own", "in chord own"), ("note_in_chord_mismatched", "in chord other"),
@@ -83,16 +95,28 @@ def run(command, log=None):
         raise SystemExit(f"{' '.join(map(str, command[1:]))} failed (exit {code}){tail}")
 
 
+def train_once(folder, command):
+    """train.py `command` into `folder`, unless it finished there (summary.json); an
+    interrupted run goes on from its latest/ checkpoint."""
+    if (folder / "summary.json").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    resume = ["--resume"] if (folder / "latest").exists() else []
+    run([sys.executable, *command, "--out", str(folder), *resume], folder / "train.log")
+
+
 def play_one(args, name, seed):
-    """Train, export and play one (row, seed): {guidance: takes.json}."""
+    """Train, export and play one (row, seed): {guidance: takes.json, "training": summary.json's
+    validation figures}."""
     row, folder = ROWS[name], Path(args.out) / name / f"seed{seed}"
     data = corpus(args, row)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "summary.json").exists():
-        resume = ["--resume"] if (folder / "latest").exists() else []
-        run([sys.executable, str(ROOT / "train.py"), "--data", str(data), "--out", str(folder),
-             "--seed", str(seed), "--threads", "1", *LIVE, *row.flags, *resume],
-            folder / "train.log")
+    flags = row.flags
+    if row.distill:
+        teacher = Path(args.out) / f"teacher-{row.corpus or 'default'}"
+        train_once(teacher, [str(ROOT / "train.py"), "--data", str(data), *TEACHER])
+        flags = (*flags, "--distill-from", str(teacher / "best"))
+    train_once(folder, [str(ROOT / "train.py"), "--data", str(data), "--seed", str(seed),
+                        "--threads", "1", *LIVE, *flags])
     if not (folder / "onnx" / "runner.json").exists():
         run([sys.executable, str(ROOT / "deploy" / "onnx_export.py"), "--checkpoint",
              str(folder / "best"), "--out", str(folder / "onnx"), "--threads", "1",
@@ -105,7 +129,8 @@ def play_one(args, name, seed):
                  str(folder / "onnx"), "--data", str(data), "--out", str(out), "--seed",
                  str(seed), "--cfg-coef", coef], folder / "takes.log")
         takes[coef] = json.loads((out / "takes.json").read_text())
-    return takes
+    summary = json.loads((folder / "summary.json").read_text())
+    return {**takes, "training": {key: summary.get(key) for key in TRAINING}}
 
 
 def paired_t(diffs):
@@ -126,9 +151,13 @@ def table(results, seeds):
     from play_one's takes."""
     out = {}
     for name, by_seed in results.items():
+        training = {key: [by_seed[s]["training"][key] for s in seeds] for key in TRAINING}
         out[name] = {"what": ROWS[name].what, "data": list(ROWS[name].data),
-                     "flags": list(ROWS[name].flags), "guidance": {}}
-        for coef in by_seed[seeds[0]]:
+                     "flags": list(ROWS[name].flags), "distill": ROWS[name].distill,
+                     "training": {key: [float(np.mean(v)), float(np.std(v, ddof=1))]
+                                  for key, v in training.items() if None not in v},
+                     "guidance": {}}
+        for coef in (c for c in by_seed[seeds[0]] if c != "training"):
             figures = {s: by_seed[s][coef]["figures"] for s in seeds}
             entry = {"seeds": {str(s): f for s, f in figures.items()},
                      "late_ms_mean": float(np.mean([list(by_seed[s][coef]["late_ms_mean"].values())

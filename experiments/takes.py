@@ -97,7 +97,8 @@ def band_truth(data_dir, meta, songs, heard, codec=None):
     other = [(i + 1) % len(songs) for i in range(len(songs))]            # song i's control: i + 1
     # the truth of each song's band (its kicks and chords) over its first T frames
     return ListeningSet.of(meta, [(s, 0, 0) for s in songs], as_tensor(heard), as_tensor(true),
-                           as_tensor([heard[j] for j in other]), as_tensor([true[j] for j in other]))
+                           as_tensor([heard[j] for j in other]),
+                           as_tensor([true[j] for j in other]))
 
 
 def score_played(probes, ls, played):

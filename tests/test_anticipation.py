@@ -211,7 +211,7 @@ def test_live_collects_the_takes_of_every_seed(tmp_path, monkeypatch):
     def fake(row, seed, value):
         folder = tmp_path / "runs" / row / f"seed{seed}"
         (folder / "onnx").mkdir(parents=True)
-        (folder / "summary.json").write_text("{}")
+        (folder / "summary.json").write_text(json.dumps({"best_val_ce": 2.0 + seed, "cond_gain": 0.1}))
         (folder / "onnx" / "runner.json").write_text("{}")
         for coef in ("none", "3"):
             (folder / f"takes-{coef}").mkdir()
@@ -233,3 +233,4 @@ def test_live_collects_the_takes_of_every_seed(tmp_path, monkeypatch):
     assert versus["diffs"] == pytest.approx([0.2, 0.3, 0.1]) and versus["mean"] == pytest.approx(0.2)
     assert result["rows"]["riff"]["guidance"]["3"]["mean_sd"]["plays_with_band_rhythm"][0] == pytest.approx(1.2)
     assert json.loads((tmp_path / "runs" / "live.json").read_text())["seeds"] == [0, 1, 2]
+    assert result["rows"]["riff"]["training"]["best_val_ce"] == pytest.approx([3.0, 1.0])
