@@ -110,13 +110,13 @@ def test_the_anticipation_head_names_the_frame_the_solo_is_written_for():
     dropped = ahead_loss(backing, torch.tensor([True, True]))
     assert dropped.item() == 0.0, "a row with no band has no future to name"
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = float(ahead_loss(backing))
+    first = ahead_loss(backing).item()
     for _ in range(30):
         _, _, aux = model.loss(backing, solo, ahead=(chords, kicks))
         optimizer.zero_grad()
         aux["ahead"].backward()
         optimizer.step()
-    assert float(ahead_loss(backing)) < first - 0.5, (first, float(ahead_loss(backing)))
+    assert ahead_loss(backing).item() < first - 0.5, (first, ahead_loss(backing).item())
 
 
 def test_train_with_the_anticipation_aid(demo_dataset, tmp_path):

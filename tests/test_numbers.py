@@ -71,10 +71,15 @@ def table_rows(page):
 
 
 def all_pairs():
-    """Every figure of the table JSONs (and of docs/results/takes.json) as (mean, sd)."""
+    """Every figure of the table JSONs (and of docs/results/takes.json and live.json) as (mean, sd)."""
     takes = json.loads((ROOT / "docs" / "results" / "takes.json").read_text())["rows"]
-    return [mean_sd for table in [*TABLES.values(), {"rows": takes}] for row in table["rows"].values()
-            for mean_sd in row["mean_sd"].values() if mean_sd is not None]
+    live = json.loads((ROOT / "docs" / "results" / "live.json").read_text())["rows"]
+    played = {f"{name} {coef}": entry for name, row in live.items()
+              for coef, entry in row["guidance"].items()}
+    played |= {f"{name} training": {"mean_sd": row["training"]} for name, row in live.items()}
+    return [mean_sd for table in [*TABLES.values(), {"rows": takes}, {"rows": played}]
+            for row in table["rows"].values() for mean_sd in row["mean_sd"].values()
+            if mean_sd is not None]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -338,6 +343,54 @@ def test_phase5_quotes_the_takes_as_played():
     late = {round(v, 1) for t in r["rows"]["none"]["seeds"].values() for v in t["late_ms_mean"].values()}
     worst = max(v for t in r["rows"]["3"]["seeds"].values() for v in t["late_ms_mean"].values())
     assert late == {13.3} and f"up to {worst:.1f} ms on average over a song" in page
+
+
+def test_phase5_quotes_the_ceiling_of_a_listener_that_hears_only_the_past():
+    """docs/phase5's ceiling tables, one per corpus: docs/results/ceiling-<style>.json
+    (experiments/ceiling.py), every soloist at every L, the ceiling and the true lead."""
+    page = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
+    for style in ("random", "riff"):
+        r = json.loads((ROOT / "docs" / "results" / f"ceiling-{style}.json").read_text())
+        assert r["style"] == style and r["split"] == "test" and len(r["songs"]) == 6
+        rows = {}
+        for row in r["rows"]:
+            rows.setdefault(row["lookahead_ms"], {})[row["soloist"]] = row["figures"]
+        for ms, by in rows.items():
+            cells = [f"{by[s]['plays_with_band_rhythm']:.2f} / {by[s]['plays_with_band_harmony']:.2f}"
+                     for s in ("heard", "grid", "echo")]
+            best = r["ceiling"][f"{ms:g}"]
+            line = (f"| {style} | {ms:g} ms | " + " | ".join(cells) + f" | "
+                    f"**{best['plays_with_band_rhythm']:.2f} / {best['plays_with_band_harmony']:.2f}** |")
+            assert line in page, line
+        f = r["rows"][0]["figures"]
+        assert (f"| {style} | {f['kick_auc_true']:.3f} / {f['kick_auc_true_mismatched']:.3f} | "
+                f"{f['note_in_chord_true']:.3f} / {f['note_in_chord_true_mismatched']:.3f} |") in page, style
+
+
+def test_phase5_quotes_the_live_table():
+    """docs/phase5's table of causal models as the runner played them: docs/results/live.json
+    (experiments/live.py), every row and guidance, and the paired tests against the baseline."""
+    page = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
+    r = json.loads((ROOT / "docs" / "results" / "live.json").read_text())
+    assert r["split"] == "test" and r["variant"] == "int8" and len(r["seeds"]) >= 3
+    for name, row in r["rows"].items():
+        for coef, e in row["guidance"].items():
+            m = e["mean_sd"]
+            assert all(len(t) == 6 for t in [e["songs"]]) and sorted(e["seeds"]) == [str(s) for s in r["seeds"]]
+            line = (f"| {name} | {coef} | {pair(m['kick_auc_own'], 3)} / {pair(m['kick_auc_mismatched'], 3)} | "
+                    f"{pair(m['note_in_chord_own'], 3)} / {pair(m['note_in_chord_mismatched'], 3)} | "
+                    f"{pair(m['plays_with_band_rhythm'], 2)} | {pair(m['plays_with_band_harmony'], 2)} |")
+            assert line in page, line
+            for key in (k for k in e if k.startswith("vs_")):  # the paired tests, in words
+                for figure, word in (("plays_with_band_rhythm", "rhythm"), ("plays_with_band_harmony", "harmony")):
+                    v = e[key][figure]
+                    text = (f"{name} {coef}: {word} {', '.join(f'{d:+.2f}' for d in v['diffs'])} "
+                            f"(p = {v['p_paired_t']:.2f})")
+                    assert text in page, text
+        t = row["training"]
+        late = ", ".join(f"{row['guidance'][c]['late_ms_mean']:.1f} ms ({c})" for c in row["guidance"])
+        line = f"| {name} | {pair(t['best_val_ce'], 3)} | {pair(t['cond_gain'], 3)} | {late} |"
+        assert line in page, line
 
 
 def test_phase5_quotes_the_emulated_board():
