@@ -393,6 +393,22 @@ def test_phase5_quotes_the_live_table():
         assert line in page, line
 
 
+def test_phase5_compares_the_anticipation_aid_with_the_live_recipe_on_the_default_corpus():
+    """The random-ahead row of live.json against the live recipe's takes (takes.json), seed by
+    seed: the differences and the paired t-test the page quotes."""
+    import live
+    page = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
+    aided = json.loads((ROOT / "docs" / "results" / "live.json").read_text())["rows"]["random-ahead"]
+    plain = json.loads((ROOT / "docs" / "results" / "takes.json").read_text())["rows"]
+    for coef in ("none", "3"):
+        for key, word in (("plays_with_band_rhythm", "rhythm"), ("plays_with_band_harmony", "harmony")):
+            d = [aided["guidance"][coef]["seeds"][s][key] - plain[coef]["seeds"][s]["figures"][key]
+                 for s in ("0", "1", "2")]
+            text = (f"random-ahead {coef}: {word} {', '.join(f'{x:+.2f}' for x in d)} "
+                    f"(p = {live.paired_t(d):.2f})")
+            assert text in page, text
+
+
 def test_phase5_quotes_the_emulated_board():
     """docs/phase5's arm64 table: docs/results/board.json (tests/emulated_board.py)."""
     page = (ROOT / "docs" / "phase5-streaming.md").read_text()
