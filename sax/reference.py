@@ -94,7 +94,6 @@ def onsets(truth, soloist, lookahead_s, seconds):
     """Where the soloist starts its notes: sorted times in seconds (see SOLOISTS)."""
     if soloist not in SOLOISTS:
         raise ValueError(f"soloist {soloist!r}: one of {', '.join(SOLOISTS)}")
-    beat = 60.0 / truth["tempo_bpm"]
     playing = lead_bars(truth)
     if soloist == "heard":
         times = [t + lookahead_s for t in truth["kicks_s"]
