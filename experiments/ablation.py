@@ -48,7 +48,8 @@ from sax.dataset import load_dataset
 from sax.evaluation import overfitting
 from sax.files import atomic_write, read_metrics, write_json
 from sax.listening import (KEY_CHANGE_SONGS, ListeningSet, counting_listener, fit_probes,
-                           key_change_set, key_change_test, listening_test, listening_windows)
+                           key_change_set, key_change_test, listening_test, listening_windows,
+                           scoring_split)
 from sax.machine import DEVICES, check_install
 from sax.sampling import SAMPLING
 from sax.settings import check_settings, opt, parse_settings
@@ -311,7 +312,9 @@ def listening_set(cfg, cache, T):
     """(ListeningSet, Probes) for windows of T frames, built once per T."""
     if ("listening", T) not in cache:
         meta = cache["meta"]
-        backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T)
+        # the test songs score (the validation songs chose each run's checkpoint)
+        backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T,
+                                                                    split=scoring_split(meta))
         cache["listening", T] = (ListeningSet.of(meta, where, backing, solo, other, other_solo),
                                  fit_probes(cfg.data, meta, T))
     return cache["listening", T]
@@ -335,9 +338,12 @@ def score_one(cfg, name, seed, cache):
     rows = read_metrics(folder / "metrics.jsonl")
     speed = [r["frames_per_s"] for r in rows if "frames_per_s" in r]
     history = [(r["train_loss"], r["val_ce"]) for r in rows if "val_ce" in r]
-    # keyed by every sampling option, defaults included: a new default is a new score
+    # keyed by every sampling option, defaults included, and by the split scored: a new
+    # default is a new score
     sampling = {**SAMPLING, **ROWS[name].sampling}
-    scores_file, key = folder / "listening.json", json.dumps(sampling, sort_keys=True)
+    split = scoring_split(cache["meta"])
+    scores_file = folder / "listening.json"
+    key = json.dumps({**sampling, "split": split}, sort_keys=True)
     scores = {} if cfg.rescore or not scores_file.exists() else json.loads(scores_file.read_text())
     model_cfg = read_json(folder / "best" / "config.json", "a checkpoint")["model"]
     late = LATE if model_cfg.get("causal_encoder") else ()  # streamable: scored on the wall clock
@@ -412,7 +418,9 @@ def write_table(cfg, results, counted):
                    "mean_sd": {key: mean_and_spread([r.get(key) for r in runs]) for key in keys}}
             for name, runs in results.items()}
     extra = {"runner_delay_ms": cfg.runner_delay_ms} if cfg.table == "lookahead" else {}
-    write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "rows": rows, **extra,
+    split = scoring_split(load_dataset(cfg.data))  # the songs every row's listening test is on
+    write_json(Path(cfg.out) / "table.json", {"seeds": cfg.seeds, "split": split, "rows": rows,
+                                              **extra,
                                               "counting_listener": counted,
                                               "command": command_line(cfg), "machine": machine()})
     head = "| row | what | seeds | " + " | ".join(label for _, label, _ in figures) + " |"
@@ -425,6 +433,7 @@ def write_table(cfg, results, counted):
         lines.append(f"| {name} | {row['what']} | {len(row['runs'])} | " + " | ".join(cells) + " |")
     command = command_line(cfg)
     note = (f"\nMean ± standard deviation over seeds {', '.join(map(str, cfg.seeds))}; "
+            f"listening figures on the {split} songs; "
             f"written by `{command}` ({time.strftime('%Y-%m-%d')}).\n")
     note += ("A listener that only counts the band's codes (counting_listener) "
              f"picks chord tones {counted['note_in_chord_counted_own']:.3f} of the time over its "

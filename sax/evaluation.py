@@ -15,7 +15,7 @@ from sax.checkpoints import load_model, read_json, resolve_checkpoint
 from sax.codec import UNTRAINED_AUDIO
 from sax.files import write_json
 from sax.listening import (ListeningSet, counting_listener, fit_probes, listening_masks,
-                           listening_test, listening_windows)
+                           listening_test, listening_windows, scoring_split)
 
 
 @torch.no_grad()
@@ -82,6 +82,16 @@ def evaluation_set(cfg, meta, T):
                    ListeningSet.of(meta, where, backing, solo, other, other_solo))
 
 
+def scoring_set(cfg, meta, T):
+    """(split, ListeningSet) of the windows that score the finished run: scoring_split's
+    songs, the test songs, not the validation songs that chose its checkpoint (None for
+    the set unless the dataset is the demo corpus, whose truth is known)."""
+    split = scoring_split(meta)
+    backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T,
+                                                                cfg.eval_windows, split)
+    return split, ListeningSet.of(meta, where, backing, solo, other, other_solo)
+
+
 def peak_flops(device):
     """Dense bf16/fp16 tensor-core peak of the GPU, for MFU (None when unknown).
 
@@ -145,16 +155,19 @@ def finish(run):
     best_dir = resolve_checkpoint(run.out / "best")
     if best_dir.exists():
         summary["best"] = read_json(best_dir / "config.json", "a checkpoint").get("metrics", {})
-        if cfg.listen_test and run.evals.listening is not None:
+        split, scored = scoring_set(cfg, run.meta, run.T) if cfg.listen_test else (None, None)
+        if scored is not None:
             # Solos written by the best checkpoint (loaded beside the live model, which
-            # stays as training left it), scored against the demo band's kicks and chords.
+            # stays as training left it), scored against the demo band's kicks and chords
+            # on the test songs: the validation songs chose the checkpoint.
             best_model, _ = load_model(best_dir, run.device)
             # the run page's probes when it has them (the same deterministic fit), else fitted now
             probes = run.page.probes if run.page.probes is not None else fit_probes(
                 cfg.data, run.meta, run.T)
-            summary["best"].update(listening_test(best_model, run.evals.listening, probes,
+            summary["best"].update(listening_test(best_model, scored, probes,
                                                   cfg.batch_size, run.device, seed=cfg.seed))
-            summary["best"].update(counting_listener(probes, run.evals.listening))
+            summary["best"].update(counting_listener(probes, scored))
+            summary["best"].update(listening_split=split, listening_windows=len(scored.backing))
     write_json(run.out / "summary.json", summary)
     report(run, summary)
     return summary
@@ -168,7 +181,8 @@ def report(run, summary):
           f"conditioning gain {last['cond_gain']:+.3f} nats (at the best checkpoint "
           f"{best.get('cond_gain', last['cond_gain']):+.3f}). Best checkpoint: {run.out / 'best'}.")
     if "kick_auc_own" in best:
-        print(f"listening test (best checkpoint, {len(run.evals.backing)} validation windows; "
+        print(f"listening test (best checkpoint, {best['listening_windows']} windows of the "
+              f"{best['listening_split']} songs; "
               "generated over the own band / over another song's; the true lead over its "
               "own band / another's):")
         for metric, label, kind in (("kick_auc", "kick AUC", "rhythm"),

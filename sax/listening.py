@@ -14,7 +14,7 @@ The ear's side (the mix, the listening pages, the pictures) is in sax/pages.py.
 Nothing here trains or loads a checkpoint. Letters in the shape comments are model.py's:
 N windows, K codebooks, T frames, card codes.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -177,11 +177,19 @@ def mismatched_windows(windows, songs, spare):
     no window keeps its own song); otherwise from `spare`, windows of other songs
     (the training split), repeated if there are fewer of them.
     """
+    partner = partners(songs)
+    return windows[partner] if partner is not None else spare[torch.arange(len(songs)) % len(spare)]
+
+
+def partners(songs):
+    """For each window (of song songs[i]), the window of another song that mismatched_windows
+    pairs it with: the windows rolled by the smallest shift that moves every window off its
+    own song; None when the windows are all of one song."""
     n = len(songs)
     for shift in range(1, n):
         if all(songs[i] != songs[(i + shift) % n] for i in range(n)):
-            return windows[[(i + shift) % n for i in range(n)]]
-    return spare[torch.arange(n) % len(spare)]
+            return [(i + shift) % n for i in range(n)]
+    return None
 
 
 def plays_with_band(own, mismatched, true, true_mismatched):
@@ -215,6 +223,10 @@ class ListeningSet:
         `card`). Every solo is scored on the same frames."""
         return (self.solo[:, 0] != card) & (self.other_solo[:, 0] != card)
 
+    def rows(self, index):
+        """The set of the windows `index` (a bootstrap's draw: repeats allowed)."""
+        return ListeningSet(*(getattr(self, f.name)[index] for f in fields(self)))
+
     def harmony_frames(self, card):
         """[N, T] bool: the scored frames where the true lead sounds a note inside a chord
         (note-in-chord counts these)."""
@@ -231,13 +243,22 @@ class ListeningSet:
                             *harmony_truth(meta, where, T, fr))
 
 
-def listening_windows(data_dir, meta, T, limit=None):
+def scoring_split(meta):
+    """The split whose songs score a trained model: the test songs, never trained on and
+    never used to choose a checkpoint (the validation songs choose it); the validation
+    songs when there are no test songs, the training songs when there are neither."""
+    return next((split for split in ("test", "val") if meta["splits"][split]["segments"]),
+                "train")
+
+
+def listening_windows(data_dir, meta, T, limit=None, split=None):
     """The evaluation windows of a dataset: (backing, solo, where, other backing, other solo).
 
-    The validation split (the training split when there is none); "other" is, for each
-    window, a window of another song (mismatched_windows).
+    split: the validation split by default (the training split when there is none), the
+    windows that choose the checkpoint; scoring_split(meta) names the ones that score it.
+    "other" is, for each window, a window of another song (mismatched_windows).
     """
-    split = "val" if meta["splits"]["val"]["segments"] else "train"
+    split = split or ("val" if meta["splits"]["val"]["segments"] else "train")
     backing, solo, where = Windows(data_dir, split, meta, T).fixed(limit)
     spare_backing, spare_solo, _ = Windows(data_dir, "train", meta, T).fixed(limit)
     songs = [song for song, _, _ in where]
@@ -285,11 +306,10 @@ def counting_listener(probes, ls):
 
 
 @torch.no_grad()
-def listening_test(model, ls, probes, batch, device, seed=0, late=(), **sampling):
-    """Solos generated for every window of the ListeningSet, over its own backing and over
-    another song's, scored with score_solos beside the true leads. Sampled as generate.py
-    samples (SAMPLING; keyword arguments override it). late: lateness in frames at which
-    to score the own-band solos' kicks too (kick_auc_late: kick_auc_own_late<n>)."""
+def generated_solos(model, ls, batch, device, seed=0, **sampling):
+    """The four solos score_solos compares: generated over each window's own backing and
+    over another song's (sampled as generate.py samples: SAMPLING, keyword arguments
+    override it), and the true leads: {own, mismatched, true, true_mismatched: [N, K, T]}."""
     options = {**SAMPLING, **sampling}
     model.eval()
     solos = {"true": ls.solo, "true_mismatched": ls.other_solo}
@@ -299,6 +319,16 @@ def listening_test(model, ls, probes, batch, device, seed=0, late=(), **sampling
                         top_k=options["top_k"], cfg_coef=options["guidance"], seed=seed + i).cpu()
             for i in range(0, len(backings), batch)])
     model.train()
+    return solos
+
+
+@torch.no_grad()
+def listening_test(model, ls, probes, batch, device, seed=0, late=(), **sampling):
+    """Solos generated for every window of the ListeningSet, over its own backing and over
+    another song's, scored with score_solos beside the true leads. Sampled as generate.py
+    samples (SAMPLING; keyword arguments override it). late: lateness in frames at which
+    to score the own-band solos' kicks too (kick_auc_late: kick_auc_own_late<n>)."""
+    solos = generated_solos(model, ls, batch, device, seed, **sampling)
     scores = score_solos(probes, ls, solos)
     valid = ls.scored_frames(model.cfg.card)
     for n in late:
