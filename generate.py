@@ -537,7 +537,7 @@ def print_result(out, result):
           f"backing.wav, solo.png, generation.json: {result['seconds']:.1f} s "
           f"of audio; tokens {timings['tokens_realtime_factor']:.1f}x real "
           f"time, with decoding {timings['total_realtime_factor']:.1f}x")
-    if fig:
+    if fig and "kick_auc_own" in fig:
         print("listening (this clip's band; solo 1 / a solo written over another song's "
               "backing / the true lead / another song's true lead): kick AUC "
               + " / ".join(f"{fig['kick_auc_' + n]:.3f}" for n in LISTENING_SOLOS)
@@ -548,6 +548,12 @@ def print_result(out, result):
               + (f"; chord-tone fit {fig['chord_tone_fit']:.2f} vs "
                  f"{fig['chord_tone_fit_mismatched']:.2f}"
                  if "chord_tone_fit" in fig else ""))
+    if fig and "audio" in fig:
+        a = fig["audio"]
+        print("listening from the decoded audio (sax/audio_probes.py; this clip's solo and "
+              "another's, each over both bands, beside the true solos): plays with the band: "
+              + ", ".join(f"{label} {a['plays_with_band_' + label]:.2f}"
+                          for label in ("onsets", "beats", "pitch")))
     if report:
         frame = report["transformer_frame_ms"]
         print(f"streaming: transformer per frame median {frame['median']:.2f} ms, p99 "

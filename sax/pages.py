@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sax.audio import mix_audio, write_audio
+from sax.audio_probes import audio_scores, audio_table
 from sax.codec import UNTRAINED_AUDIO, dataset_codec, decode_codes
 from sax.dataset import Windows, load_dataset
 from sax.demo import NOTE_NAMES
@@ -189,7 +190,8 @@ def generation_page(out, result, takes, truth):
         parts.append('<section class="take"><h3>the true solo (the recording)</h3>'
                      f'{player("solo", truth[0])}{player("solo + backing", truth[1])}</section>')
     parts.append("</div>")
-    if result.get("listening"):
+    listening = result.get("listening") or {}
+    if "kick_auc_own" in listening:
         parts += ["<h2>Does it follow the band?</h2>",
                   "<p>What two probes read in the tokens (docs/phase3-training-evaluation.md). "
                   "Kick AUC: do the solo's note attacks fall on the band's kicks (0.5: not "
@@ -201,8 +203,16 @@ def generation_page(out, result, takes, truth):
                   "difference over the true lead's (1: as tied to the band as the real "
                   "soloist, 0: deaf to it).</p>",
                   picture("what the probes read in each solo, against the band's kicks "
-                          "and chords", "listening.png"),
-                  figures_table("listening", result["listening"])]
+                          "and chords", "listening.png")]
+    if "audio" in listening:
+        parts += ["<h3>From the audio</h3>",
+                  "<p>From the decoded audio (sax/audio_probes.py): the solo's onsets against "
+                  "the band's (onset F-measure), the beats tracked in each (beat F-measure), "
+                  "and how often the solo's pitch class is one of the band's 3 strongest "
+                  "chroma classes; each solo over its own band and over the other clip's, "
+                  "beside the true solos. <i>plays_with_band</i>: as above, per figure.</p>"]
+    if listening:
+        parts.append(figures_table("listening", listening))
     # Token statistics, a column per take: generated solos, the true solo, the backing.
     # Their data-keys are the paths in generation.json (solo_tokens.0.2.entropy_nats).
     columns = [(label, f"solo_tokens.{i}", stats)
@@ -418,19 +428,23 @@ def probe_picture(png, probes, ls, solos, frame_rate, window=0):
 
 
 def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=None):
-    """For a demo validation clip: how the solo follows the band, next to the same figures
-    for a solo written over another song's backing, the clip's true lead and another
-    song's true lead, all scored against this clip's band (score_solos).
+    """For a validation clip: how the solo follows the band, next to the same figures for a
+    solo written over another song's backing, the clip's true lead and another song's
+    true lead, all scored against this clip's band.
 
-    kick AUC and note-in-chord (tokens, any codec): do the solo's attacks fall on the
-    band's kicks, do its pitch classes fit the chords? chord-tone fit (audio, the
-    pretrained codec only): the pitches read from the decoded audio instead.
+    On the demo corpus, whose truth is known: kick AUC and note-in-chord (tokens, any
+    codec: do the solo's attacks fall on the band's kicks, do its pitch classes fit the
+    chords?, score_solos), and chord-tone fit (the pitches read from the decoded audio).
+    With the pretrained codec, on any dataset (one's own recordings too, the clip's true
+    sax stem as the reference): the audio probes (sax/audio_probes.py: onsets, beats and
+    pitch against the band's, decoded), under "audio".
     out: a folder to draw listening.png in (probe_picture), for every take.
-    Returns None when the backing is not a demo validation clip (no truth to score against).
+    Returns None when the backing is not a validation clip, or neither applies.
     """
     meta = load_dataset(config["data"]["dir"])
     segments = meta["splits"]["val"]["segments"]
-    if cfg.backing or not meta.get("demo") or not segments:
+    pretrained = not meta["codec"]["untrained"]  # decoded audio means something
+    if cfg.backing or not segments or not (meta.get("demo") or pretrained):
         return None
     data_dir, fr = config["data"]["dir"], meta["codec"]["frame_rate"]
     seg = segments[cfg.from_val]
@@ -445,24 +459,31 @@ def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=Non
     mismatched = sample_solo(model, other_b[None].to(device), temperature=cfg.temperature,
                              top_k=cfg.top_k, top_p=cfg.top_p, cfg_coef=cfg.guidance,
                              seed=cfg.seed).cpu()                                # [1, K, n_frames]
-    where = [(seg["song"], seg["variant"], seg["song_frame"])]
-    ls = ListeningSet.of(meta, where, own_b[None], true_solo[None], other_b[None],
-                         other_solo[None])
-    probes = fit_probes(data_dir, meta, n_frames)
     solo = solo[:, :, :n_frames].cpu()
-    figures = score_solos(probes, ls, {"own": solo[:1], "mismatched": mismatched,
-                                       "true": ls.solo, "true_mismatched": ls.other_solo})
-    figures["mismatched_backing"] = f"{other_split} clip of song {other['song']}"
-    if out is not None:
-        takes = [(f"solo {i + 1}" if len(solo) > 1 else "solo", s) for i, s in enumerate(solo)]
-        probe_picture(Path(out) / "listening.png", probes, ls,
-                      takes + [("the true solo", true_solo)], fr)
-    # pitches mean something only when the codec decodes real audio
-    if not meta["codec"]["untrained"]:
-        chords = next(s for s in meta["songs"] if s["id"] == seg["song"])["truth"]["chords"]
-        offset, rate = seg["song_frame"] / fr, meta["codec"]["sample_rate"]
-        for name, codes in (("chord_tone_fit", solo[0]), ("chord_tone_fit_mismatched",
-                                                           mismatched[0])):
-            figures[name] = chord_tone_fit(decode_codes(codec, codes.numpy()), chords,
-                                           rate, offset)
+    figures = {"mismatched_backing": f"{other_split} clip of song {other['song']}"}
+    if meta.get("demo"):
+        where = [(seg["song"], seg["variant"], seg["song_frame"])]
+        ls = ListeningSet.of(meta, where, own_b[None], true_solo[None], other_b[None],
+                             other_solo[None])
+        probes = fit_probes(data_dir, meta, n_frames)
+        figures.update(score_solos(probes, ls, {"own": solo[:1], "mismatched": mismatched,
+                                                "true": ls.solo, "true_mismatched": ls.other_solo}))
+        if out is not None:
+            takes = [(f"solo {i + 1}" if len(solo) > 1 else "solo", s) for i, s in enumerate(solo)]
+            probe_picture(Path(out) / "listening.png", probes, ls,
+                          takes + [("the true solo", true_solo)], fr)
+    if pretrained:  # pitches and onsets mean something only when the codec decodes real audio
+        rate = meta["codec"]["sample_rate"]
+        def audio(codes):
+            return decode_codes(codec, codes.numpy())
+        if meta.get("demo"):
+            chords = next(s for s in meta["songs"] if s["id"] == seg["song"])["truth"]["chords"]
+            offset = seg["song_frame"] / fr
+            for name, codes in (("chord_tone_fit", solo[0]), ("chord_tone_fit_mismatched",
+                                                               mismatched[0])):
+                figures[name] = chord_tone_fit(audio(codes), chords, rate, offset)
+        # the two clips as two songs: each solo over its own band, and over the other's
+        figures["audio"] = audio_scores(audio_table(
+            [audio(solo[0]), audio(mismatched[0])], [audio(true_solo), audio(other_solo)],
+            [audio(own_b), audio(other_b)], rate))
     return figures

@@ -46,6 +46,29 @@ def test_end_to_end_from_validation_clip(trained, tmp_path):
     assert "chord_tone_fit" not in fig, "pitches of the untrained codec's audio mean nothing: no chord-tone fit"
 
 
+@pytest.mark.parametrize("demo", [True, False])
+def test_a_pretrained_codec_adds_the_audio_probes(trained, tmp_path, monkeypatch, capsys, demo):
+    """With a codec whose audio means something (here the untrained one, declared pretrained:
+    the plumbing, not the figures), the take is scored from the decoded audio too, on the
+    demo corpus and on any other dataset (one's own recordings: only the audio probes)."""
+    import sax.pages as pages
+    real = pages.load_dataset
+
+    def as_pretrained(folder):
+        meta = real(folder)
+        return {**meta, "demo": meta["demo"] if demo else False,
+                "codec": {**meta["codec"], "untrained": False}}
+    monkeypatch.setattr(pages, "load_dataset", as_pretrained)
+    out, _ = trained
+    fig = run(out / "best", tmp_path / "s", duration=2.0)["listening"]
+    assert set(fig["audio"]) >= {"plays_with_band_onsets", "plays_with_band_beats",
+                                 "plays_with_band_pitch", "onset_f_own", "onset_f_true"}
+    assert ("kick_auc_own" in fig) == demo and ("chord_tone_fit" in fig) == demo
+    assert "listening from the decoded audio" in capsys.readouterr().out
+    page = (tmp_path / "s" / "index.html").read_text()
+    assert "From the decoded audio" in page and ("listening.png" in page) == demo
+
+
 def test_seed_makes_it_deterministic(trained, tmp_path):
     out, _ = trained
     a = sf.read(tmp_path / "a" / "solo.wav")[0] if run(out / "best", tmp_path / "a", duration=1.5, seed=3) else None
