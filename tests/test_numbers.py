@@ -133,13 +133,71 @@ def test_the_readme_quotes_the_benchmark():
     assert "--threads 1" in bench()["command"] and "python tests/benchmark.py --threads 1" in readme
 
 
-def test_the_readme_quotes_the_default_row():
+def baselines(style):
+    """docs/results/baselines-<style>.json: experiments/baselines.py on the test songs."""
+    return json.loads((ROOT / "docs" / "results" / f"baselines-{style}.json").read_text())
+
+
+def two_places(value):
+    """A figure at 2 decimals as the pages print it (never "-0.00")."""
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def with_interval(row, part, key):
+    """A baselines figure as the pages write it: value [low, high]."""
+    low, high = row[f"{part}_interval"][key]
+    return f"{two_places(row[part][key])} [{two_places(low)}, {two_places(high)}]"
+
+
+def test_the_readme_quotes_the_default_run_on_the_test_songs():
+    """The README's figures of `python train.py`: the five seeds' runs as
+    experiments/baselines.py scored them on the test songs, beside the rule soloist."""
     readme = (ROOT / "README.md").read_text()
-    default = TABLES["ablation"]["rows"]["default"]["mean_sd"]
-    for key, places in (("best_val_ce", 3), ("cond_gain", 3), ("plays_with_band_rhythm", 2),
-                        ("plays_with_band_harmony", 2)):
-        assert pair(default[key], places) in readme, key
-    assert TABLES["ablation"]["seeds"] == [0, 1, 2] and "seeds 0, 1 and 2" in readme
+    r = baselines("random")
+    model, rule = r["rows"]["model"], r["rows"]["rule"]
+    assert r["split"] == "test" and len(model["checkpoints"]) == 5 and "seeds 0 to 4" in readme
+    for key, label in (("plays_with_band_rhythm", "rhythm"), ("plays_with_band_harmony", "harmony")):
+        line = (f"| plays with the band: {label} | {with_interval(model, 'token', key)} | "
+                f"{with_interval(rule, 'token', key)} |")
+        assert line in readme, line
+    for key in ("val_ce", "cond_gain"):
+        values = [run[key] for run in model["training"]]
+        assert f"{min(values):.3f} to {max(values):.3f} nats" in readme, key
+
+
+BASELINE_NAMES = {"model": "the model: `python train.py`, seeds 0-4",
+                  "rule": "rule: the band's attacks, its loudest chroma class",
+                  "retrieval": "retrieval: the nearest training band's lead",
+                  "deaf": "deaf: another test song's lead"}
+
+
+def test_phase3_quotes_the_baselines_on_the_test_songs():
+    """Every row of docs/phase3's baselines table, cell by cell, and the audio probes'
+    figures of the true lead, from docs/results/baselines-<style>.json."""
+    page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
+    flat = " ".join(page.split())
+    for style in ("random", "riff"):
+        r = baselines(style)
+        assert r["style"] == style and r["split"] == "test" and len(r["songs"]) == 6
+        assert r["draws"] == 1000 and r["level"] == 0.95
+        for name, row in r["rows"].items():
+            if name == "true":
+                continue
+            cells = [with_interval(row, "token", f"plays_with_band_{k}") for k in ("rhythm", "harmony")]
+            cells += ([with_interval(row, "audio", f"plays_with_band_{k}")
+                       for k in ("onsets", "beats", "pitch")] if "audio" in row else ["not offline"] * 3)
+            line = f"| {style} | {BASELINE_NAMES[name]} | " + " | ".join(cells) + " |"
+            assert line in page, line
+        a = r["rows"]["true"]["audio"]
+        pairs = [f"{a[f'{m}_true']:.3f} / {a[f'{m}_true_mismatched']:.3f}"
+                 for m in ("onset_f", "pitch_in_chroma", "beat_f")]
+        assert all(p in flat for p in pairs), (style, pairs)
+    assert (f"the {baselines('random')['windows']} windows of the default corpus's 6 test songs, "
+            f"the {baselines('riff')['windows']} of the riff corpus's") in flat
+    riff = baselines("riff")["rows"]["true"]["token"]
+    assert (f"kick AUC {riff['kick_auc_true']:.3f} against {riff['kick_auc_true_mismatched']:.3f}"
+            in flat)
 
 
 def test_phase3_quotes_the_true_leads_figures():
