@@ -161,6 +161,9 @@ def test_the_readme_quotes_the_default_run_on_the_test_songs():
         line = (f"| plays with the band: {label} | {with_interval(model, 'token', key)} | "
                 f"{with_interval(rule, 'token', key)} |")
         assert line in readme, line
+    phase5 = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
+    assert (f"offline default on the same test songs ({model['token']['plays_with_band_rhythm']:.2f} "
+            f"and {model['token']['plays_with_band_harmony']:.2f} over five seeds") in phase5
     for key in ("val_ce", "cond_gain"):
         values = [run[key] for run in model["training"]]
         assert f"{min(values):.3f} to {max(values):.3f} nats" in readme, key
