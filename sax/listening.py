@@ -106,6 +106,30 @@ def read_pitch_classes(probe, solo, span):
     return pooled.argmax(dim=1)
 
 
+# The probes' reading of a solo, made audible (the listening pages): a note wherever the
+# onset detector's summed log-odds peak above READ_ONSET nats, its pitch class the pitch
+# probe's there. It is as good as the probes are, no better: what they hear in the codes.
+READ_ONSET = 2.0
+READ_HOLD_S = 0.5  # a read note is held until the next one, at most this long
+
+
+def read_notes(probes, solo, frame_rate):
+    """What the probes read in one solo's codes [K, T], as notes [(start_s, dur_s, midi)]
+    for sax.demo.render_lead: the probes' reading, not the model's audio. Each note is
+    placed in the demo lead's range, nearest the last (the register is not read)."""
+    score = probes.onsets[torch.arange(solo.size(0))[:, None], solo].sum(0)      # [T]
+    peaks = [t for t in range(1, len(score) - 1) if score[t] > READ_ONSET
+             and score[t] >= score[t - 1] and score[t] > score[t + 1]]
+    classes = read_pitch_classes(probes.pitch, solo[None], probes.span)[0]       # [T]
+    notes, last = [], 70
+    for i, t in enumerate(peaks):
+        end = peaks[i + 1] if i + 1 < len(peaks) else len(score)
+        last = min((m for m in range(58, 83) if m % 12 == int(classes[t])),
+                   key=lambda m: abs(m - last))
+        notes.append((t / frame_rate, min((end - t) / frame_rate, READ_HOLD_S) * 0.9, last))
+    return notes
+
+
 def note_in_chord(probe, solo, chords, frames, span):
     """Share of the frames whose pitch class, as the probe reads it, is a tone of the chord
     the band plays then (the note-in-chord ratio). solo [N, K, T]; chords [N, T, 12];

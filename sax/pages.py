@@ -15,9 +15,10 @@ from sax.audio import mix_audio, write_audio
 from sax.audio_probes import audio_scores, audio_table
 from sax.codec import UNTRAINED_AUDIO, dataset_codec, decode_codes
 from sax.dataset import Windows, load_dataset
-from sax.demo import NOTE_NAMES
+from sax.demo import NOTE_NAMES, render_lead
 from sax.files import atomic_write, read_metrics, write_json
-from sax.listening import ListeningSet, chord_tone_fit, fit_probes, read_pitch_classes, score_solos
+from sax.listening import (ListeningSet, chord_tone_fit, fit_probes, read_notes,
+                           read_pitch_classes, score_solos)
 from sax.sampling import SAMPLING, sample_solo
 from sax.settings import command_line
 
@@ -203,7 +204,14 @@ def generation_page(out, result, takes, truth):
                   "difference over the true lead's (1: as tied to the band as the real "
                   "soloist, 0: deaf to it).</p>",
                   picture("what the probes read in each solo, against the band's kicks "
-                          "and chords", "listening.png")]
+                          "and chords", "listening.png"),
+                  "<p><b>The probes' reading, played</b>: the notes the two probes read in "
+                  "the codes (a note at each peak of the onset score, its pitch class the "
+                  "pitch probe's), played by the demo corpus's synthesizer. This is what the "
+                  "probes hear in the tokens, not the model's audio; it can be heard offline, "
+                  "where the untrained codec's audio carries nothing.</p>",
+                  player("solo 1, as the probes read it", "reading.wav"),
+                  player("the true solo, as the probes read it", "true_reading.wav")]
     if "audio" in listening:
         parts += ["<h3>From the audio</h3>",
                   "<p>From the decoded audio (sax/audio_probes.py): the solo's onsets against "
@@ -472,6 +480,11 @@ def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=Non
             takes = [(f"solo {i + 1}" if len(solo) > 1 else "solo", s) for i, s in enumerate(solo)]
             probe_picture(Path(out) / "listening.png", probes, ls,
                           takes + [("the true solo", true_solo)], fr)
+            # what the probes read, made audible: heard offline too, whatever the codec
+            rate, hop = meta["codec"]["sample_rate"], meta["codec"]["sample_rate"] // fr
+            for name, codes in (("reading.wav", solo[0]), ("true_reading.wav", true_solo)):
+                write_audio(Path(out) / name, render_lead(read_notes(probes, codes, fr),
+                                                          codes.size(-1) * hop, rate), rate)
     if pretrained:  # pitches and onsets mean something only when the codec decodes real audio
         rate = meta["codec"]["sample_rate"]
         def audio(codes):

@@ -141,3 +141,21 @@ def test_the_baselines_table_on_a_small_dataset(demo_dataset, trained):
     assert "audio" not in rows["model"] and result["split"] == "train"
     assert rows["model"]["training"][0]["step"] > 0 and rows["model"]["training"][0]["val_ce"] > 0
     assert result["frames"] == 75 and len(result["songs"]) == 3
+
+
+def test_the_probes_reading_puts_notes_at_the_onset_peaks_with_the_read_pitch():
+    """read_notes on codes whose answer is known: code 1 is an attack in every codebook,
+    code 0 is not; the pitch probe reads code 1 as E and code 0 as G. Notes start at the
+    attack frames, take E, sit in the lead's range and are held to the next one."""
+    from sax.listening import Probes, read_notes
+    onsets = torch.zeros(2, 3)
+    onsets[:, 1] = 1.5                                          # two codebooks: 3 nats summed
+    pitch = torch.full((2, 3, 12), -10.0)
+    pitch[:, 0, 7], pitch[:, 1, 4] = 0.0, 0.0
+    solo = torch.zeros(2, 150, dtype=torch.long)
+    solo[:, [10, 40, 100]] = 1
+    notes = read_notes(Probes(onsets, pitch, pitch, 0, 0), solo, 75)
+    assert [round(start * 75) for start, _, _ in notes] == [10, 40, 100]
+    assert all(m % 12 == 4 and 58 <= m < 83 for _, _, m in notes)
+    assert notes[0][1] == pytest.approx(30 / 75 * 0.9) and notes[2][1] == pytest.approx(0.45)
+
