@@ -50,7 +50,9 @@ def _librosa():
 
 
 def hear_band(audio, rate):
-    """What the probes read of a band: {onsets, beats: times in seconds; chroma [F, 12]}."""
+    """What the probes read of a band: {onsets, beats: times in seconds; strongest [F, 3]:
+    the 3 strongest pitch classes of its chroma over the second each side of each 10 ms
+    frame (where the band is silent, an arbitrary 3)}."""
     librosa, y = _librosa(), np.ascontiguousarray(audio, dtype=np.float32)
     hop = round(rate * HOP_S)
     chroma = band_chroma(y, hop, rate).astype(np.float32)                      # [F, 12]
