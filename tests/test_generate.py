@@ -44,9 +44,11 @@ def test_end_to_end_from_validation_clip(trained, tmp_path):
         assert abs(fig[f"plays_with_band_{kind}"] * scale - (fig[f"{metric}_own"] - fig[f"{metric}_mismatched"])) < 1e-9
     assert (tmp_path / "s" / "listening.png").stat().st_size > 10_000, "the probes' picture is missing or empty"
     page = (tmp_path / "s" / "index.html").read_text()
-    for name in ("reading.wav", "true_reading.wav"):  # the probes' reading, heard offline
+    # the probes' reading of the scored window (the model's 1 s), heard offline; silent
+    # where the probes read no onset (sax.listening.read_notes is tested on its own)
+    for name in ("reading.wav", "true_reading.wav"):
         audio, rate = sf.read(tmp_path / "s" / name)
-        assert rate == CODEC_RATE and len(audio) == 2 * CODEC_RATE and np.abs(audio).max() > 0.01, name
+        assert rate == CODEC_RATE and len(audio) == CODEC_RATE and np.isfinite(audio).all(), name
         assert f'src="{name}"' in page, name
     assert "not the model's audio" in page
     assert "chord_tone_fit" not in fig, "pitches of the untrained codec's audio mean nothing: no chord-tone fit"

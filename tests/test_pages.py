@@ -107,7 +107,7 @@ def test_generation_page_from_a_validation_clip(trained, tmp_path):
     check_files(tmp_path, page)
     # Both solos side by side, the true solo beside them, the backing once.
     assert page.audio == ["backing.wav", "solo_0.wav", "mix_0.wav", "solo_1.wav", "mix_1.wav", "true_solo.wav",
-                          "true_mix.wav"]
+                          "true_mix.wav", "reading.wav", "true_reading.wav"]
     assert page.images == ["solo_0.png", "solo_1.png", "listening.png"]
     # The probes' picture: a row for each of the two solos and the true one, drawn (not blank).
     import matplotlib.image
