@@ -15,15 +15,22 @@ for folder in (ROOT, ROOT / "deploy", ROOT / "experiments"):
     sys.path.insert(0, str(folder))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the scripts that tests run as child processes, too
-# librosa's numba functions cache their compiled code beside librosa. One run of the suite
-# lost a worker to a segfault in librosa's peak picking while both workers shared that
-# cache (numba's cache is not safe for processes compiling at once): each worker keeps
-# a cache of its own.
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"numba-cache-{os.getuid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+
 # One thread: tiny models run faster on one than on several, the figures repeat exactly,
 # and a busy machine (another process on the cores) does not slow the suite tenfold.
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    """librosa's trackers compiled (numba) in each process before any test runs. On a fresh
+    install, a worker whose first librosa call came deep into the suite, after other tests
+    had run in it, crashed in numba's peak picking (a segfault, in two runs of the suite,
+    in the same test; the test alone passes); compiled first, they have not crashed."""
+    import numpy as np
+    import librosa
+    y = np.random.default_rng(0).normal(0, 0.1, 24000).astype(np.float32)
+    librosa.onset.onset_detect(y=y, sr=24000, units="time")
+    librosa.beat.beat_track(y=y, sr=24000, units="time")
 
 
 @pytest.fixture(scope="session")
