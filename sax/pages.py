@@ -495,8 +495,13 @@ def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=Non
             for name, codes in (("chord_tone_fit", solo[0]), ("chord_tone_fit_mismatched",
                                                                mismatched[0])):
                 figures[name] = chord_tone_fit(audio(codes), chords, rate, offset)
-        # the two clips as two songs: each solo over its own band, and over the other's
-        figures["audio"] = audio_scores(audio_table(
-            [audio(solo[0]), audio(mismatched[0])], [audio(true_solo), audio(other_solo)],
-            [audio(own_b), audio(other_b)], rate))
+        # the two clips as two songs: each solo over its own band, and over the other's,
+        # up to the first padded frame of any of them (a short section is padded with the
+        # special token, which the codec cannot decode)
+        clips = [solo[0], mismatched[0], true_solo, other_solo, own_b, other_b]
+        real = torch.stack([(c != meta["codec"]["card"]).all(0) for c in clips]).all(0)
+        n = int(real.long().cumprod(0).sum())
+        if n >= fr:  # a second at least: less holds too few notes to score
+            played = [audio(c[:, :n]) for c in clips]
+            figures["audio"] = audio_scores(audio_table(played[:2], played[2:4], played[4:], rate))
     return figures
