@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from sax.audio_probes import audio_scores, audio_table  # noqa: E402
+from sax.audio_probes import audio_scores, audio_table, hear_band, hear_solo  # noqa: E402
 from sax.baselines import band_print, nearest_band, rule_notes  # noqa: E402
 from sax.checkpoints import load_model, read_json, resolve_checkpoint  # noqa: E402
 from sax.codec import dataset_codec, encode_audio  # noqa: E402
@@ -135,6 +135,9 @@ def baselines(data_dir, checkpoints=(), split="test", draws=DRAWS):
     song_rows = [[i for i, (s, _, _) in enumerate(where) if s == song] for song in songs]
     audio, bands = soloists_audio(meta, songs)
     codec = dataset_codec(meta["codec"], data_dir, "cpu")
+    # what the audio probes read of each band and each soloist, read once
+    heard = [hear_band(b, rate) for b in bands]
+    read = {name: [hear_solo(a, rate) for a in played] for name, played in audio.items()}
     rows = {}
     for name in tqdm(("true", "rule", "retrieval", "deaf"), desc="score the baselines"):
         if name == "true":
@@ -145,7 +148,7 @@ def baselines(data_dir, checkpoints=(), split="test", draws=DRAWS):
             own = cut([encode_audio(codec, a) for a in audio[name]], where, song_index, T, card)
         solos = {"own": own, "mismatched": own[partner], "true": ls.solo,
                  "true_mismatched": ls.other_solo}
-        table = audio_table(audio[name], audio["true"], bands, rate)
+        table = audio_table(read[name], read["true"], heard)
         rows[name] = {"what": WHAT[name], **token_row(probes, ls, [solos], song_rows, draws),
                       "audio": audio_scores(table),
                       "audio_interval": {key: bootstrap_interval(

@@ -42,40 +42,35 @@ METRICS = ("onset_f", "beat_f", "pitch_in_chroma")
 LABELS = {"onset_f": "onsets", "beat_f": "beats", "pitch_in_chroma": "pitch"}
 
 
-def _librosa():
-    """librosa, imported when first needed: it takes a few seconds to load, and only the
-    audio probes use it."""
+def onsets_and_beats(y, rate):
+    """{onsets, beats}: times in seconds, from librosa's onset detector and beat tracker
+    (imported here, when first needed: it takes a few seconds to load)."""
     import librosa
-    return librosa
+    return {"onsets": librosa.onset.onset_detect(y=y, sr=rate, units="time"),
+            "beats": librosa.beat.beat_track(y=y, sr=rate, units="time")[1]}
 
 
 def hear_band(audio, rate):
     """What the probes read of a band: {onsets, beats: times in seconds; strongest [F, 3]:
     the 3 strongest pitch classes of its chroma over the second each side of each 10 ms
     frame (where the band is silent, an arbitrary 3)}."""
-    librosa, y = _librosa(), np.ascontiguousarray(audio, dtype=np.float32)
-    hop = round(rate * HOP_S)
+    y, hop = np.ascontiguousarray(audio, dtype=np.float32), round(rate * HOP_S)
     chroma = band_chroma(y, hop, rate).astype(np.float32)                      # [F, 12]
     span = round(CHROMA_SPAN_S / HOP_S)
     # the chroma summed over the frames within `span` of each frame (a chord lasts a bar)
     pooled = np.cumsum(np.pad(chroma, ((span + 1, span), (0, 0))), axis=0)
     pooled = pooled[2 * span + 1:] - pooled[:-2 * span - 1]                    # [F, 12]
-    return {"onsets": librosa.onset.onset_detect(y=y, sr=rate, units="time"),
-            "beats": librosa.beat.beat_track(y=y, sr=rate, units="time")[1],
-            "strongest": np.argsort(-pooled, axis=1)[:, :TOP_CLASSES]}
+    return {**onsets_and_beats(y, rate), "strongest": np.argsort(-pooled, axis=1)[:, :TOP_CLASSES]}
 
 
 def hear_solo(audio, rate):
     """What the probes read of a solo: {onsets, beats: times in seconds; pitch [F]: the
     pitch class of each 10 ms frame, -1 where none sounds}."""
-    librosa, y = _librosa(), np.ascontiguousarray(audio, dtype=np.float32)
-    hop = round(rate * HOP_S)
+    y, hop = np.ascontiguousarray(audio, dtype=np.float32), round(rate * HOP_S)
     # The tracker keeps frames within 30 dB of the solo's loud ones; a solo that is all
     # silence has no loud ones, so frames under SILENT_DB have no pitch at all.
     pitch = np.where(frame_rms_db(y, hop) > SILENT_DB, track_notes(y, hop, rate), -1)
-    return {"onsets": librosa.onset.onset_detect(y=y, sr=rate, units="time"),
-            "beats": librosa.beat.beat_track(y=y, sr=rate, units="time")[1],
-            "pitch": pitch}
+    return {**onsets_and_beats(y, rate), "pitch": pitch}
 
 
 def audio_figures(solo, band):
@@ -99,21 +94,20 @@ def audio_figures(solo, band):
 SOLOS = ("own", "mismatched", "true", "true_mismatched")
 
 
-def audio_table(solos, true_solos, bands, rate):
+def audio_table(solos, true_solos, bands):
     """The audio probes of one solo per song against the bands, beside the true leads':
     {<metric>_<solo>: [n] one value per song}, the solo one of SOLOS: the solo over its own
     band, song i + 1's solo over song i's band (the control, paired as experiments/takes.py
-    pairs takes), and the same two for the true leads. solos, true_solos, bands: waveforms
-    at `rate`, two songs at least."""
+    pairs takes), and the same two for the true leads. solos, true_solos: hear_solo's
+    readings; bands: hear_band's (read once, a band or a true lead serves many tables);
+    two songs at least."""
     if len(bands) < 2:
         raise ValueError("the audio probes need two songs at least (each is the other's control)")
-    heard = [hear_band(b, rate) for b in bands]
     other = [(i + 1) % len(bands) for i in range(len(bands))]
     table = {}
-    for names, played in ((SOLOS[:2], solos), (SOLOS[2:], true_solos)):
-        read = [hear_solo(s, rate) for s in played]
+    for names, read in ((SOLOS[:2], solos), (SOLOS[2:], true_solos)):
         for name, pick in zip(names, (range(len(bands)), other)):
-            rows = [audio_figures(read[j], heard[i]) for i, j in enumerate(pick)]
+            rows = [audio_figures(read[j], bands[i]) for i, j in enumerate(pick)]
             for metric in METRICS:
                 table[f"{metric}_{name}"] = np.array([r[metric] for r in rows])
     return table

@@ -21,7 +21,7 @@ import numpy as np
 
 from sax.audio_probes import HOP_S
 from sax.pitch import band_chroma
-from sax.reference import HIGH, LOW, bar_of, lead_bars
+from sax.reference import bar_of, lead_bars, nearest_of_class
 
 BASELINES = ("deaf", "rule", "retrieval")
 HOLD_S = 0.5  # the longest a rule note is held (the demo lead: at most 2 beats)
@@ -40,7 +40,7 @@ def rule_notes(backing, rate, truth, seconds):
         # the loudest class over the 50 ms after the attack: the notes struck on it
         f = min(int(t / HOP_S), len(chroma) - 1)
         loudest = int(chroma[f:f + 5].sum(axis=0).argmax())
-        last = min((m for m in range(LOW, HIGH) if m % 12 == loudest), key=lambda m: abs(m - last))
+        last = nearest_of_class(loudest, last)
         end = starts[i + 1] if i + 1 < len(starts) else seconds
         notes.append((t, min(end - t, HOLD_S) * 0.9, last))
     return notes

@@ -23,6 +23,7 @@ from sax.audio import frame_rms_db
 from sax.codec import encode_audio
 from sax.dataset import Windows, harmony_truth, kick_frames
 from sax.demo import render_demo_song
+from sax.reference import nearest_of_class
 from sax.sampling import SAMPLING, sample_solo
 
 
@@ -124,8 +125,7 @@ def read_notes(probes, solo, frame_rate):
     notes, last = [], 70
     for i, t in enumerate(peaks):
         end = peaks[i + 1] if i + 1 < len(peaks) else len(score)
-        last = min((m for m in range(58, 83) if m % 12 == int(classes[t])),
-                   key=lambda m: abs(m - last))
+        last = nearest_of_class(int(classes[t]), last)
         notes.append((t / frame_rate, min((end - t) / frame_rate, READ_HOLD_S) * 0.9, last))
     return notes
 

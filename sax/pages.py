@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sax.audio import mix_audio, write_audio
-from sax.audio_probes import audio_scores, audio_table
+from sax.audio_probes import audio_scores, audio_table, hear_band, hear_solo
 from sax.codec import UNTRAINED_AUDIO, dataset_codec, decode_codes
 from sax.dataset import Windows, load_dataset
 from sax.demo import NOTE_NAMES, render_lead
@@ -502,6 +502,7 @@ def listening_figures(cfg, config, model, codec, solo, n_frames, device, out=Non
         real = torch.stack([(c != meta["codec"]["card"]).all(0) for c in clips]).all(0)
         n = int(real.long().cumprod(0).sum())
         if n >= fr:  # a second at least: less holds too few notes to score
-            played = [audio(c[:, :n]) for c in clips]
-            figures["audio"] = audio_scores(audio_table(played[:2], played[2:4], played[4:], rate))
+            solos = [hear_solo(audio(c[:, :n]), rate) for c in clips[:4]]
+            bands = [hear_band(audio(c[:, :n]), rate) for c in clips[4:]]
+            figures["audio"] = audio_scores(audio_table(solos[:2], solos[2:], bands))
     return figures

@@ -30,6 +30,13 @@ SOLOISTS = ("heard", "grid", "echo")
 LOW, HIGH = 58, 83  # the demo lead's range (MIDI), as sax/demo.py draws it
 
 
+def nearest_of_class(pitch_class, last):
+    """The note (MIDI) of `pitch_class` in the demo lead's range nearest to `last`: how a
+    soloist that knows only a pitch class voices it (sax/baselines.py, the probes' reading
+    in sax/listening.py)."""
+    return min((m for m in range(LOW, HIGH) if m % 12 == pitch_class), key=lambda m: abs(m - last))
+
+
 def eighth_times(truth, bar):
     """The 8 swung-eighth positions of a bar, in seconds (the demo's grid: the "and" two
     thirds into the beat)."""

@@ -22,8 +22,8 @@ def songs():
 
 @pytest.fixture(scope="module")
 def true_table(songs):
-    return audio_table([s for _, s, _ in songs], [s for _, s, _ in songs],
-                       [b for b, _, _ in songs], RATE)
+    leads = [hear_solo(s, RATE) for _, s, _ in songs]
+    return audio_table(leads, leads, [hear_band(b, RATE) for b, _, _ in songs])
 
 
 def test_the_true_lead_is_told_from_another_bands_lead_on_true_audio(true_table):
@@ -56,8 +56,9 @@ def test_a_solo_that_ignores_the_band_plays_with_none(songs):
     and a silent solo has no pitch figure at all."""
     t = np.arange(len(songs[0][1])) / RATE
     drone = (0.2 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
-    table = audio_table([drone] * len(songs), [s for _, s, _ in songs],
-                        [b for b, _, _ in songs], RATE)
+    table = audio_table([hear_solo(drone, RATE)] * len(songs),
+                        [hear_solo(s, RATE) for _, s, _ in songs],
+                        [hear_band(b, RATE) for b, _, _ in songs])
     assert table["pitch_in_chroma_own"].mean() == pytest.approx(
         table["pitch_in_chroma_mismatched"].mean(), abs=1e-9)
     assert abs(audio_scores(table)["plays_with_band_pitch"]) < 1e-6
