@@ -25,6 +25,7 @@ runs (the test suite builds it this way).
 """
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,9 @@ def facts():
     small = SoloTransformer(preset_config("small", n_codebooks=4, card=1024))
     return {"tiny_params_m": f"{tiny.num_params() / 1e6:.1f}",
             "small_params_m": f"{small.num_params() / 1e6:.1f}",
-            "tiny_width": PRESETS["tiny"]["d_model"], "frame_ms": f"{1e3 / 75:.1f}"}
+            "tiny_width": PRESETS["tiny"]["d_model"],
+            "tiny_layers": PRESETS["tiny"]["n_enc_layers"], "codebooks": 4, "frame_hz": 75,
+            "frame_ms": f"{1e3 / 75:.1f}"}
 
 
 def current_rows():
@@ -224,6 +227,139 @@ def numbers_of(ablation, lookahead):
                           "runner_delay_ms": f"{lookahead['runner_delay_ms']:g}"}}
 
 
+def bracket(interval, decimals=2):
+    """'[0.73, 0.94]' from [low, high]; an en dash where there is none."""
+    if interval is None:
+        return "–"
+    return f"[{shown(interval[0], decimals)}, {shown(interval[1], decimals)}]"
+
+
+def read_baselines(path):
+    """experiments/baselines.py's JSON at path, checked, or None when there is no such file
+    (the riff corpus's is optional)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        table = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SystemExit(f"{path} is damaged ({err}): make it again with "
+                         "`python experiments/baselines.py`") from None
+    if not isinstance(table, dict) or not table.get("rows"):
+        raise SystemExit(f"{path} holds no rows: make it again with "
+                         "`python experiments/baselines.py`")
+    return table
+
+
+def baselines_of(table):
+    """numbers.json's figures of one corpus style: each row's token and audio figures with
+    their intervals, formatted as Tables 1 and 2 print them."""
+    rows = {}
+    for name, row in table["rows"].items():
+        t, ti = row["token"], row["token_interval"]
+        fig = {"rhythm": shown(t["plays_with_band_rhythm"], 2),
+               "rhythm_ci": bracket(ti["plays_with_band_rhythm"]),
+               "harmony": shown(t["plays_with_band_harmony"], 2),
+               "harmony_ci": bracket(ti["plays_with_band_harmony"]),
+               "kick_own": shown(t["kick_auc_own"], 3),
+               "kick_other": shown(t["kick_auc_mismatched"], 3),
+               "chord_own": shown(t["note_in_chord_own"], 3),
+               "chord_other": shown(t["note_in_chord_mismatched"], 3)}
+        if "audio" in row:
+            a, ai = row["audio"], row["audio_interval"]
+            fig |= {"onsets": shown(a["plays_with_band_onsets"], 2),
+                    "onsets_ci": bracket(ai["plays_with_band_onsets"]),
+                    "pitch": shown(a["plays_with_band_pitch"], 2),
+                    "pitch_ci": bracket(ai["plays_with_band_pitch"]),
+                    **{f"{k}_{side}": shown(a[f"{k}_{key}"], 3)
+                       for k in ("onset_f", "beat_f", "pitch_in_chroma")
+                       for side, key in (("own", "own"), ("other", "mismatched"))}}
+        if "seeds" in row:
+            fig |= {f"seeds_{k}": ", ".join(shown(s[f"plays_with_band_{k}"], 2)
+                                            for s in row["seeds"])
+                    for k in ("rhythm", "harmony")}
+            fig["n_seeds"] = len(row["seeds"])
+            fig["val_ce"] = ", ".join(f"{r['val_ce']:.3f}" for r in row["training"])
+        rows[name] = fig
+    return {"rows": rows, "split": table["split"], "songs": len(table["songs"]),
+            "windows": table["windows"], "draws": table["draws"],
+            "level": f"{table['level'] * 100:.0f}", "command": table["command"]}
+
+
+# Table 1 and 2: the rows of the baselines JSON in the order the text reads them, bounds first
+# and last, and the columns of each.
+BASELINE_ROWS = (("true", "true lead"), ("rule", "rule soloist"), ("model", "model"),
+                 ("retrieval", "retrieval"), ("deaf", "deaf"))
+TOKEN_COLUMNS = (("kick_own", "kick AUC own"), ("kick_other", "other"), ("rhythm", "rhythm"),
+                 ("rhythm_ci", "95% interval"), ("chord_own", "in chord own"),
+                 ("chord_other", "other"), ("harmony", "harmony"), ("harmony_ci", "95% interval"))
+AUDIO_COLUMNS = (("onset_f_own", "onset F own"), ("onset_f_other", "other"), ("onsets", "onsets"),
+                 ("onsets_ci", "95% interval"), ("pitch_in_chroma_own", "pitch in chroma own"),
+                 ("pitch_in_chroma_other", "other"), ("pitch", "pitch"),
+                 ("pitch_ci", "95% interval"))
+STYLE_NAMES = {"random": "kicks at random", "riff": "riff"}
+
+
+def baselines_typst(styles, columns):
+    """A Typst table of the baselines (and the model where scored) on each corpus style."""
+    head = ["corpus", "row", *[label for _, label in columns]]
+    cells = []
+    for style, numbers in styles.items():
+        for name, label in BASELINE_ROWS:
+            row = numbers["rows"].get(name)
+            if row is None or columns[0][0] not in row:
+                continue
+            if name == "model":
+                label = f"model ({row['n_seeds']} seeds)"
+            cells.append([STYLE_NAMES.get(style, style), label,
+                          *[row.get(key, "–") for key, _ in columns]])
+    quoted = ", ".join(f"[{c}]" for line in [head, *cells] for c in line)
+    return (f"#set text(size: 7pt)\n#table(columns: {len(head)}, "
+            f"align: (left, left, {', '.join(['right'] * (len(head) - 2))}), stroke: 0.4pt, "
+            f"inset: 2.5pt, {quoted})\n")
+
+
+# A contrast the prose draws between two rows of the phase 3 table: #vs("a", "b", "key") in
+# paper.typ. Each is computed seed by seed (sax.intervals.paired_interval) and worded with
+# its interval, and as not significant where that interval holds zero.
+CONTRAST = re.compile(r'#vs\("([^"]+)", "([^"]+)", "([^"]+)"\)')
+
+
+def contrasts_of(tables, source, decimals_of):
+    """{"a|b|key": words} for every #vs(...) the draft's source asks for, each from the table
+    (phase 3's or the lookahead's) that holds both rows."""
+    from sax.intervals import paired_interval
+    out = {}
+    for a, b, key in CONTRAST.findall(source):
+        table = next((t for t in tables if a in t["rows"] and b in t["rows"]), None)
+        if table is None:
+            continue
+        runs_a, runs_b = table["rows"][a]["runs"], table["rows"][b]["runs"]
+        seeds = [r["seed"] for r in runs_a if r["seed"] in {q["seed"] for q in runs_b}]
+        value = {name: {r["seed"]: r.get(key) for r in runs} for name, runs in
+                 ((a, runs_a), (b, runs_b))}
+        seeds = [s for s in seeds if value[a][s] is not None and value[b][s] is not None]
+        if not seeds:
+            continue
+        mean, low, high = paired_interval([value[a][s] for s in seeds],
+                                          [value[b][s] for s in seeds])
+        d = decimals_of[key]
+        words = (f"{shown(mean, d, '+')} [{shown(low, d, '+')}, {shown(high, d, '+')}]")
+        if len(seeds) > 1 and low <= 0 <= high:
+            words += f", not significant over {len(seeds)} seeds"
+        out[f"{a}|{b}|{key}"] = words
+    return out
+
+
+def references_page(source, root):
+    """The page the references start on (paper.typ marks the spot with <references-start>):
+    a workshop paper's body is held to the pages before it and at most this one."""
+    import typst
+    found = json.loads(typst.query(str(source), "<references-start>", field="value",
+                                   root=str(root)))
+    return found[0] if found else None
+
+
 def quick_runs(tmp, corpus=None):
     """2-step runs of five rows of the phase 3 table and two of the lookahead table, one
     seed, on a 5-song demo corpus (built here unless given), and the steps' benchmark on
@@ -249,72 +385,117 @@ def quick_runs(tmp, corpus=None):
     return runs
 
 
-def build(runs, out):
-    """Tables, numbers and figures from the runs folder, then the PDF -> its path.
+def build(runs, out, results=ROOT / "docs" / "results"):
+    """Tables, numbers and figures from the runs folder and the baselines' JSON, then the
+    PDF -> its path.
 
     Every input is read and every part made in memory before a byte is written; the parts
     and the PDF are then written to a hidden folder in --out and moved in, so a bad
     table.json or a failed compile leaves the last build as it was."""
     import typst
+    from figures import baselines_figure, lookahead_figure, system_figure
     ablation = read_table(runs, "ablation", "python experiments/ablation.py")
     lookahead = read_table(runs, "lookahead", "python experiments/ablation.py --table lookahead")
-    copies = {"lookahead.png": Path(runs) / "lookahead" / "lookahead.png",
-              "listening_probes.png": ROOT / "docs" / "img" / "listening_probes.png",
-              "paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
+    styles = {style: table for style in ("random", "riff")
+              if (table := read_baselines(Path(results) / f"baselines-{style}.json"))}
+    if "random" not in styles:
+        raise SystemExit(f"{Path(results) / 'baselines-random.json'} not found: make it with "
+                         "`python experiments/baselines.py --data data/demo --checkpoints "
+                         "runs/default/seed*/best`")
+    copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
               "ablation.json": Path(runs) / "ablation" / "table.json",
               "lookahead.json": Path(runs) / "lookahead" / "table.json",
+              **{f"baselines-{style}.json": Path(results) / f"baselines-{style}.json"
+                 for style in styles},
               **{name: Path(runs) / name for name in ("speed.json", "bench.json",
                                                       "quantization.json")
                  if (Path(runs) / name).exists()}}  # the optional figures
-    missing = [str(path) for path in copies.values() if not path.exists()]
-    if missing:
-        raise SystemExit(f"{', '.join(missing)} not found: python experiments/ablation.py --table "
-                         "lookahead draws lookahead.png (or build with --quick)")
     try:
-        parts = made_parts(runs, ablation, lookahead)
+        parts = made_parts(runs, ablation, lookahead, styles)
     except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
-        raise SystemExit(f"{runs}: a table.json lacks what the draft reads ({type(err).__name__}: "
-                         f"{err}): make the table again with ablation.py, or build with "
+        raise SystemExit(f"{runs}: a table lacks what the draft reads ({type(err).__name__}: "
+                         f"{err}): make it again (ablation.py, baselines.py), or build with "
                          "--quick") from None
+    numbers = json.loads(parts["numbers.json"])
     with guard.staged(out) as stage:
         for name, text in parts.items():
             (stage / name).write_text(text)
         for name, path in copies.items():
-            shutil.copy(path, stage / name)
+            if Path(path).resolve() != (stage / name).resolve():
+                shutil.copy(path, stage / name)
+        system_figure(stage / "system.png", numbers["facts"])
+        baselines_figure(stage / "baselines.png", styles)
+        lookahead_figure(stage / "lookahead.png", lookahead)
         # paper.typ reads build/...: compiled from the copy beside the build folder's files
         typst.compile(str(stage / "paper.typ"), output=str(stage / "paper.pdf"), root=str(stage))
-    return out / "paper.pdf"
+        pages = references_page(stage / "paper.typ", stage)
+        (stage / "pages.json").write_text(json.dumps({"references_page": pages}) + "\n")
+    return out / "paper.pdf", pages
 
 
-def made_parts(runs, ablation, lookahead):
-    """{file name: text} of the tables and numbers.json, made from the two tables."""
+def made_parts(runs, ablation, lookahead, styles):
+    """{file name: text} of the tables and numbers.json, made from the two tables and the
+    baselines' JSON."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
     # a row of an experiment since removed from ablation.py stays in its table.json (the
     # record of what ran) and out of the draft (docs/log.md keeps it)
     choices = [name for name in ablation["rows"] if name not in apart and name in current_rows()]
+    baselines = {style: baselines_of(table) for style, table in styles.items()}
+    decimals = {key: d for key, _, d in ABLATION_COLUMNS + ARCHITECTURE_COLUMNS + PITCH_COLUMNS
+                + LOOKAHEAD_COLUMNS}
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
-               "quantization": quantization_of(runs), "bench": bench_of(runs)}
+               "quantization": quantization_of(runs), "bench": bench_of(runs),
+               "baselines": baselines,
+               "contrasts": contrasts_of((ablation, lookahead), (HERE / "paper.typ").read_text(),
+                                         decimals)}
     return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),
             "architecture.typ": typst_table(ablation, ARCHITECTURE_COLUMNS, "architecture",
                                             ARCHITECTURE_ROWS, params=True),
             "pitch.typ": typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS),
             "lookahead.typ": typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"),
+            "baselines.typ": baselines_typst(baselines, TOKEN_COLUMNS),
+            "audio.typ": baselines_typst(baselines, AUDIO_COLUMNS),
             "numbers.json": json.dumps(numbers, indent=2, ensure_ascii=False)}
+
+
+def again(out, tmp):
+    """A runs folder made of the tables a build folder already holds (its ablation.json,
+    lookahead.json and the optional figures): the draft rebuilt without the runs."""
+    runs = tmp / "runs"
+    for name, table in (("ablation", "ablation.json"), ("lookahead", "lookahead.json")):
+        if not (out / table).exists():
+            raise SystemExit(f"{out / table} not found: --again rebuilds from a finished build "
+                             "folder; build once with --runs first")
+        (runs / name).mkdir(parents=True)
+        shutil.copy(out / table, runs / name / "table.json")
+    for name in ("speed.json", "bench.json", "quantization.json"):
+        if (out / name).exists():
+            shutil.copy(out / name, runs / name)
+    return runs
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding ablation/ and "
                     "lookahead/ (ablation.py's --out of each table)")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="folder holding "
+                    "baselines-random.json (and baselines-riff.json): experiments/baselines.py's")
     ap.add_argument("--out", default=str(HERE / "build"), help="where the PDF and its parts go")
+    ap.add_argument("--again", action="store_true", help="rebuild from the tables --out already "
+                    "holds (no runs needed: a changed text or figure, the same numbers)")
     ap.add_argument("--quick", action="store_true", help="tiny runs made first (meaningless "
                     "numbers, every step exercised)")
     ap.add_argument("--quick-data", help="--quick: a demo dataset to use instead of building one")
     args = ap.parse_args()
     with guard.one_line_errors(), tempfile.TemporaryDirectory() as tmp:
-        runs = quick_runs(Path(tmp), args.quick_data) if args.quick else Path(args.runs)
-        pdf = build(runs, Path(args.out))
-    print(f"wrote {pdf} (and its tables and numbers beside it)")
+        if args.quick:
+            runs = quick_runs(Path(tmp), args.quick_data)
+        elif args.again:
+            runs = again(Path(args.out), Path(tmp))
+        else:
+            runs = Path(args.runs)
+        pdf, pages = build(runs, Path(args.out), Path(args.results))
+    print(f"wrote {pdf} (the references start on page {pages}; its tables and numbers beside it)")
 
 
 if __name__ == "__main__":
