@@ -70,8 +70,8 @@ class DataConfig:
     demo_songs: int = opt(64, "demo corpus: number of songs", at_least=1, at_most=100_000)
     demo_seconds: float = opt(24.0, "demo corpus: length of each song in seconds",
                               at_least=2, at_most=3600)
-    demo_style: str = opt("random", "demo corpus: random (each bar's kicks drawn afresh) or riff "
-                          "(its hits repeat every bar or two: anticipation can be learned)",
+    demo_style: str = opt("random", "demo corpus: random (kicks drawn afresh), riff (hits repeat: "
+                          "anticipation can be learned) or lines (a lead with passing tones)",
                           choices=list(DEMO_STYLES))
     separate: bool = opt(False,
                          "demo corpus: run Demucs on the mix instead of using the true stems")

@@ -49,13 +49,54 @@ DEMO_VERSION = 2
 # "riff" the band plays a figure, as a comping pattern or a riff tune does: the kicks of one
 # or two bars, repeated, and in one bar of RIFF_VARY_P a bar drawn afresh instead. There a
 # listener that remembers the last bars can know most kicks before they sound.
-DEMO_STYLES = ("random", "riff")
+# In "lines" the band is as in "random", and the lead plays lines rather than the rule alone:
+# besides a chord tone on each kick, now and then that tone one swung eighth early (an
+# anticipation), and on the free eighths between kicks steps of one or two semitones,
+# mostly off the chord (passing tones). A rule that copies the band's attacks and its
+# loudest pitch class no longer copies the lead.
+DEMO_STYLES = ("random", "riff", "lines")
 RIFF_VARY_P = 1 / 6
+LINE_ANTICIPATE_P = 0.3  # a kick's tone starts one eighth early, where that eighth is free
+LINE_FILL_P = 0.45       # a free eighth carries a passing step
+LEAD_RANGE = range(58, 83)  # the lead's notes, Bb3 to Bb5
 
 
 def bar_kicks(rng):
     """The kicks of one bar: 2 to 4 distinct swung-eighth positions (0..7), sorted."""
     return sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)), replace=False))
+
+
+def near_chord_tone(tones, prev, rng):
+    """A chord tone in the lead's range near its last note (voice leading): one of the three
+    nearest, with a little chance in the ordering."""
+    cands = [m for m in LEAD_RANGE if m % 12 in tones]
+    near = sorted(cands, key=lambda m: abs(m - prev) + rng.random() * 3)[:3]
+    return int(near[int(rng.integers(len(near)))])
+
+
+def line_notes(t_bar, beat, swing, kicks, tones, prev, rng, end_s, played):
+    """The "lines" lead of one phrase bar into played [(start_s, dur_s, midi)] -> its last
+    note. Positions are the bar's swung eighths (0..7); each note lasts until the next
+    (at most two beats)."""
+    at = {}  # position -> a chord tone (True) or a passing step (False)
+    for k in kicks:
+        early = k > 0 and k - 1 not in kicks and rng.random() < LINE_ANTICIPATE_P
+        at[k - 1 if early else k] = True
+    for e in range(8):
+        if e not in at and e not in kicks and rng.random() < LINE_FILL_P:
+            at[e] = False
+    times = [t_bar + (e // 2) * beat + (e % 2) * swing for e in sorted(at)] + [t_bar + 4 * beat]
+    for (e, tone), t, t_next in zip(sorted(at.items()), times, times[1:]):
+        if t >= end_s - 0.05:
+            break
+        if tone:
+            prev = near_chord_tone(tones, prev, rng)
+        else:  # a step toward the middle of the range at its edges, else either way
+            step = int(rng.integers(1, 3)) * (1 if prev < 64 else -1 if prev > 76 else
+                                              int(rng.choice([-1, 1])))
+            prev = prev + step
+        played.append((t, min(t_next - t, 2 * beat) * 0.9, prev))
+    return prev
 
 
 def kick_pattern(n_bars, rng, style):
@@ -196,7 +237,7 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None, 
     kick_times = [t for bar in range(n_bars) for e in kicks[bar]
                   if (t := bar * 4 * beat + (e // 2) * beat + (e % 2) * swing) < seconds - 0.05]
     playing = phrase_bars(n_bars, rng)
-    chords, notes, played = [], [], []  # played: the notes unrounded, for render_lead
+    chords, played = [], []  # played: the lead's notes (start_s, dur_s, midi), unrounded
     prev_lead = 70
     for bar in range(n_bars):
         root, quality, unit, key = harmony[bar]
@@ -217,15 +258,16 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None, 
                          [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)], 0.35, rate)
             add_tone(drums, t_hit, 0.25, 55.0, 0.3, [(1, 1.0)], 0.08, rate)
             add_noise_hit(drums, t_hit, 0.15, 0.08, 0.04, rate, rng, bright=False)
-            if not playing[bar]:
+            if not playing[bar] or style == "lines":
                 continue
             later = [t for t in kick_times if t > t_hit]
             dur = min((later[0] if later else seconds) - t_hit, 2 * beat) * 0.9
-            cands = [m for m in range(58, 83) if m % 12 in tones]
-            near = sorted(cands, key=lambda m: abs(m - prev_lead) + rng.random() * 3)[:3]
-            midi = prev_lead = int(near[int(rng.integers(len(near)))])
-            played.append((t_hit, dur, midi))
-            notes.append({"start_s": round(t_hit, 4), "end_s": round(t_hit + dur, 4), "midi": midi})
+            prev_lead = near_chord_tone(tones, prev_lead, rng)
+            played.append((t_hit, dur, prev_lead))
+        if playing[bar] and style == "lines":
+            prev_lead = line_notes(t_bar, beat, swing, kicks[bar], tones, prev_lead, rng, seconds,
+                                   played)
+    notes = [{"start_s": round(t, 4), "end_s": round(t + d, 4), "midi": m} for t, d, m in played]
     lead = render_lead(played, N, rate)
     # Dynamics: a level per two bars (-12 to 0 dB), joined by linear swells and fades,
     # applied to band and lead alike: they rise and fall together.

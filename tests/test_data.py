@@ -47,6 +47,38 @@ def test_demo_lead_is_silent_in_its_rests():
     assert np.abs(solo[playing]).max() > 0.05, "the lead should be audible where it plays"
 
 
+def test_the_lines_style_lead_plays_off_the_kicks_and_off_the_chord():
+    """--demo-style lines: the lead still plays a chord tone at (or one swung eighth before)
+    every kick of its phrase bars, and adds passing steps on the free eighths, most of them
+    off the chord; its notes sound where the truth says. The rule soloist of sax/baselines.py
+    copies the band's attacks and loudest class: here that is no longer the lead."""
+    on_kick, early, in_chord, n = 0, 0, 0, 0
+    for index in range(4):
+        _, solo, truth = render_demo_song(index, 24.0, seed=0, style="lines")
+        assert truth["style"] == "lines"
+        kicks = np.array(truth["kicks_s"])
+        eighth = 60 / truth["tempo_bpm"] * 2 / 3  # a swung eighth's longer half, at most
+        for note in truth["lead_notes"]:
+            bar = next(c for c in truth["chords"] if c["start_s"] <= note["start_s"] < c["end_s"])
+            gap = kicks - note["start_s"]
+            tone = note["midi"] % 12 in bar["pitch_classes"]
+            on_kick += np.abs(gap).min() < 1e-3
+            ahead = kicks[(gap > 1e-3) & (gap <= eighth + 1e-3)]  # a kick within an eighth after
+            # an anticipation: off a kick, a chord tone held through the kick just after it
+            early += bool(np.abs(gap).min() > 1e-3 and tone and (ahead < note["end_s"]).any())
+            in_chord += tone
+            n += 1
+            assert 58 - 2 <= note["midi"] <= 82 + 2 and note["end_s"] > note["start_s"]
+        first = truth["lead_notes"][0]  # the note sounds where the truth says
+        assert np.abs(solo[int(first["start_s"] * RATE):int(first["end_s"] * RATE)]).max() > 0.01
+    assert 0.35 < on_kick / n < 0.75, on_kick / n  # about half the notes on a kick
+    assert early / n > 0.05, early / n             # anticipations
+    assert 0.55 < in_chord / n < 0.85, in_chord / n  # passing tones: a good share off the chord
+    # the random style's lead, from the same band rules, is all chord tones on kicks
+    truth = render_demo_song(0, 24.0, seed=0)[2]
+    assert all(n["start_s"] in truth["kicks_s"] for n in truth["lead_notes"])
+
+
 @pytest.mark.parametrize("index", [0, 5])
 def test_demo_truth_matches_the_audio(index):
     """The band's kicks, the lead's notes and the chords are where the truth says."""

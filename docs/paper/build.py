@@ -297,7 +297,7 @@ AUDIO_COLUMNS = (("onset_f_own", "onset F own"), ("onset_f_other", "other"), ("o
                  ("onsets_ci", "95% interval"), ("pitch_in_chroma_own", "pitch in chroma own"),
                  ("pitch_in_chroma_other", "other"), ("pitch", "pitch"),
                  ("pitch_ci", "95% interval"))
-STYLE_NAMES = {"random": "kicks at random", "riff": "riff"}
+STYLE_NAMES = {"random": "kicks at random", "lines": "lines", "riff": "riff"}
 
 
 def baselines_typst(styles, columns):
@@ -396,7 +396,7 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     from figures import baselines_figure, lookahead_figure, system_figure
     ablation = read_table(runs, "ablation", "python experiments/ablation.py")
     lookahead = read_table(runs, "lookahead", "python experiments/ablation.py --table lookahead")
-    styles = {style: table for style in ("random", "riff")
+    styles = {style: table for style in ("random", "lines", "riff")
               if (table := read_baselines(Path(results) / f"baselines-{style}.json"))}
     if "random" not in styles:
         raise SystemExit(f"{Path(results) / 'baselines-random.json'} not found: make it with "

@@ -13,6 +13,7 @@ DPI = 300
 ROWS = (("true", "true lead"), ("rule", "rule soloist"), ("model", "model"),
         ("retrieval", "retrieval"), ("deaf", "deaf (another song's lead)"))
 STYLES = (("random", "kicks drawn at random", "#1f5fa8", "o"),
+          ("lines", "lines: passing tones, anticipations", "#2e8b57", "D"),
           ("riff", "riff: hits repeat", "#c0561e", "s"))
 
 
@@ -112,7 +113,7 @@ def baselines_figure(path, styles):
     axes[0].invert_yaxis()
     handles, labels = axes[0].get_legend_handles_labels()
     fig.supxlabel("plays with the band (0: deaf, 1: the true lead)", fontsize=7, x=0.6, y=0.12)
-    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, fontsize=6.5,
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, fontsize=6.2,
                bbox_to_anchor=(0.6, -0.03))
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.02)
