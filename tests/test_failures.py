@@ -227,14 +227,19 @@ def test_the_paper_build_checks_its_inputs_before_writing(tmp_path):
     for table, words in cases:
         for name in ("ablation", "lookahead"):
             (runs / name / "table.json").write_text(table)
-        (runs / "lookahead" / "lookahead.png").write_bytes(b"png")
         with pytest.raises(SystemExit) as stop:
             B.build(runs, out)
         assert words in one_line(stop), (words, str(stop.value))
         assert files_of(out) == {"numbers.json": b"last build"}, "a refused build wrote into --out"
-    (runs / "lookahead" / "lookahead.png").unlink()
-    with pytest.raises(SystemExit, match="lookahead.png not found"):
-        B.build(runs, out)
+    # the baselines' JSON (experiments/baselines.py): missing, or damaged
+    results = tmp_path / "results"
+    results.mkdir()
+    with pytest.raises(SystemExit, match="baselines-random.json not found"):
+        B.build(runs, out, results)
+    (results / "baselines-random.json").write_text("{ cut")
+    with pytest.raises(SystemExit, match="baselines-random.json is damaged"):
+        B.build(runs, out, results)
+    assert files_of(out) == {"numbers.json": b"last build"}, "a refused build wrote into --out"
     assert not list(tmp_path.glob(".build.tmp*"))
 
 

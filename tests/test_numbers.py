@@ -180,7 +180,7 @@ def test_phase3_quotes_the_baselines_on_the_test_songs():
     figures of the true lead, from docs/results/baselines-<style>.json."""
     page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
     flat = " ".join(page.split())
-    for style in ("random", "riff"):
+    for style in ("random", "lines", "riff"):
         r = baselines(style)
         assert r["style"] == style and r["split"] == "test" and len(r["songs"]) == 6
         assert r["draws"] == 1000 and r["level"] == 0.95
@@ -190,17 +190,32 @@ def test_phase3_quotes_the_baselines_on_the_test_songs():
             cells = [with_interval(row, "token", f"plays_with_band_{k}") for k in ("rhythm", "harmony")]
             cells += ([with_interval(row, "audio", f"plays_with_band_{k}")
                        for k in ("onsets", "beats", "pitch")] if "audio" in row else ["not offline"] * 3)
-            line = f"| {style} | {BASELINE_NAMES[name]} | " + " | ".join(cells) + " |"
+            label = BASELINE_NAMES[name]
+            if name == "model" and style != "random":  # trained on that corpus
+                label = f"the model: `python train.py --data data/demo-{style}`, seeds 0-4"
+            line = f"| {style} | {label} | " + " | ".join(cells) + " |"
             assert line in page, line
         a = r["rows"]["true"]["audio"]
         pairs = [f"{a[f'{m}_true']:.3f} / {a[f'{m}_true_mismatched']:.3f}"
                  for m in ("onset_f", "pitch_in_chroma", "beat_f")]
         assert all(p in flat for p in pairs), (style, pairs)
     assert (f"the {baselines('random')['windows']} windows of the default corpus's 6 test songs, "
+            f"the {baselines('lines')['windows']} of the lines corpus's, "
             f"the {baselines('riff')['windows']} of the riff corpus's") in flat
     riff = baselines("riff")["rows"]["true"]["token"]
     assert (f"kick AUC {riff['kick_auc_true']:.3f} against {riff['kick_auc_true_mismatched']:.3f}"
             in flat)
+    # the lines corpus: its true lead's gaps, the model's note-in-chord, its five runs
+    lines = baselines("lines")["rows"]
+    true = lines["true"]["token"]
+    assert (f"AUC {true['kick_auc_true']:.3f} against {true['kick_auc_true_mismatched']:.3f}, "
+            f"note-in-chord {true['note_in_chord_true']:.3f} against "
+            f"{true['note_in_chord_true_mismatched']:.3f}") in flat
+    assert (f"{lines['model']['token']['note_in_chord_own']:.3f} of its frames on the own band's "
+            f"chord against the lead's {true['note_in_chord_true']:.3f}") in flat
+    for key, words in (("val_ce", "On the lines corpus: {} nats"), ("cond_gain", "conditioning gain of {}")):
+        values = [run[key] for run in lines["model"]["training"]]
+        assert words.format(f"{min(values):.3f} to {max(values):.3f}") in flat, key
 
 
 def test_phase3_quotes_the_true_leads_figures():

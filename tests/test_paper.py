@@ -96,7 +96,7 @@ def test_numbers_quoted_are_the_tables_values(built):
     harmony = (counted["note_in_chord_counted_own"] - counted["note_in_chord_counted_mismatched"]) / gap
     assert numbers["counted"]["harmony"] == f"{harmony:.2f}"
     # the baselines: each figure and interval as experiments/baselines.py wrote it
-    for style in ("random", "riff"):
+    for style in ("random", "lines", "riff"):
         raw = json.loads((built / f"baselines-{style}.json").read_text())
         quoted = numbers["baselines"][style]
         assert quoted["split"] == raw["split"] == "test" and quoted["songs"] == len(raw["songs"])
@@ -153,7 +153,7 @@ def test_no_number_in_the_prose_is_typed_by_hand():
     # the baselines' figures: every (style, row, key) asked is one the committed JSON gives
     results = ROOT / "docs" / "results"
     made = {style: build.baselines_of(json.loads((results / f"baselines-{style}.json").read_text()))
-            for style in ("random", "riff")}
+            for style in ("random", "lines", "riff")}
     asked = re.findall(r'#tb\("(\w+)", "(\w+)", "(\w+)"\)', source)
     asked += [("random", row, key) for row, key in re.findall(r'#f\(BR\.rows, "(\w+)", "(\w+)"\)', source)]
     assert len(asked) > 20
@@ -210,5 +210,13 @@ def test_what_the_prose_says_of_the_baselines_holds_in_their_json():
     assert onset_gap > 0.1 and pitch_gap > 0.1 and beat_gap < onset_gap / 2
     assert rows["rule"]["audio"]["plays_with_band_onsets"] > 1
     assert rows["rule"]["audio"]["plays_with_band_pitch"] > 1
+    # lines: the rule soloist clearly below the true lead in rhythm and past it in harmony;
+    # the model between the bounds, its notes chord tones less often than the lead's
+    lines = json.loads((results / "baselines-lines.json").read_text())["rows"]
+    assert lines["rule"]["token_interval"]["plays_with_band_rhythm"][1] < 1
+    assert lines["rule"]["token_interval"]["plays_with_band_harmony"][0] > 1
+    for key in ("plays_with_band_rhythm", "plays_with_band_harmony"):
+        assert 0 < lines["model"]["token"][key] < 1, key
+    assert lines["model"]["token"]["note_in_chord_own"] < lines["true"]["token"]["note_in_chord_own"]
     # the targets (0.9 rhythm, 0.8 harmony) are said not to be met
     assert token["model"]["plays_with_band_rhythm"] < 0.9 or token["model"]["plays_with_band_harmony"] < 0.8
