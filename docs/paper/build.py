@@ -70,8 +70,16 @@ TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
 
 
 def read_table(runs, name, command):
-    path = Path(runs) / name / "table.json"
+    return read_rows(Path(runs) / name / "table.json", command)
+
+
+def read_rows(path, command, optional=False):
+    """A table's JSON at path (ablation.py's table.json, baselines.py's JSON), checked: a
+    missing, damaged or empty file stops the build in one line naming the command that
+    makes it. optional: a missing file is None instead."""
     if not path.exists():
+        if optional:
+            return None
         raise SystemExit(f"{path} not found: make it with `{command}` (or build with --quick)")
     try:
         table = json.loads(path.read_text())
@@ -234,23 +242,6 @@ def bracket(interval, decimals=2):
     return f"[{shown(interval[0], decimals)}, {shown(interval[1], decimals)}]"
 
 
-def read_baselines(path):
-    """experiments/baselines.py's JSON at path, checked, or None when there is no such file
-    (the riff corpus's is optional)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        table = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SystemExit(f"{path} is damaged ({err}): make it again with "
-                         "`python experiments/baselines.py`") from None
-    if not isinstance(table, dict) or not table.get("rows"):
-        raise SystemExit(f"{path} holds no rows: make it again with "
-                         "`python experiments/baselines.py`")
-    return table
-
-
 def baselines_of(table):
     """numbers.json's figures of one corpus style: each row's token and audio figures with
     their intervals, formatted as Tables 1 and 2 print them."""
@@ -279,7 +270,6 @@ def baselines_of(table):
                                             for s in row["seeds"])
                     for k in ("rhythm", "harmony")}
             fig["n_seeds"] = len(row["seeds"])
-            fig["val_ce"] = ", ".join(f"{r['val_ce']:.3f}" for r in row["training"])
         rows[name] = fig
     return {"rows": rows, "split": table["split"], "songs": len(table["songs"]),
             "windows": table["windows"], "draws": table["draws"],
@@ -396,12 +386,11 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     from figures import baselines_figure, lookahead_figure, system_figure
     ablation = read_table(runs, "ablation", "python experiments/ablation.py")
     lookahead = read_table(runs, "lookahead", "python experiments/ablation.py --table lookahead")
+    # the default corpus's baselines are the draft's first results; the other styles' optional
     styles = {style: table for style in ("random", "lines", "riff")
-              if (table := read_baselines(Path(results) / f"baselines-{style}.json"))}
-    if "random" not in styles:
-        raise SystemExit(f"{Path(results) / 'baselines-random.json'} not found: make it with "
-                         "`python experiments/baselines.py --data data/demo --checkpoints "
-                         "runs/default/seed*/best`")
+              if (table := read_rows(path := Path(results) / f"baselines-{style}.json",
+                                     f"python experiments/baselines.py --data DATA --out {path}",
+                                     optional=style != "random"))}
     copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
               "ablation.json": Path(runs) / "ablation" / "table.json",
               "lookahead.json": Path(runs) / "lookahead" / "table.json",
@@ -421,8 +410,7 @@ def build(runs, out, results=ROOT / "docs" / "results"):
         for name, text in parts.items():
             (stage / name).write_text(text)
         for name, path in copies.items():
-            if Path(path).resolve() != (stage / name).resolve():
-                shutil.copy(path, stage / name)
+            shutil.copy(path, stage / name)
         system_figure(stage / "system.png", numbers["facts"])
         baselines_figure(stage / "baselines.png", styles)
         lookahead_figure(stage / "lookahead.png", lookahead)
@@ -479,7 +467,7 @@ def main():
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding ablation/ and "
                     "lookahead/ (ablation.py's --out of each table)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="folder holding "
-                    "baselines-random.json (and baselines-riff.json): experiments/baselines.py's")
+                    "experiments/baselines.py's baselines-random.json (and -lines, -riff if there)")
     ap.add_argument("--out", default=str(HERE / "build"), help="where the PDF and its parts go")
     ap.add_argument("--again", action="store_true", help="rebuild from the tables --out already "
                     "holds (no runs needed: a changed text or figure, the same numbers)")
