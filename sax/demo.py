@@ -66,6 +66,12 @@ def bar_kicks(rng):
     return sorted(int(e) for e in rng.choice(8, size=int(rng.integers(2, 5)), replace=False))
 
 
+def eighth_s(t_bar, e, beat, swing):
+    """When swung eighth e (0..7) of the bar starting at t_bar falls: on the beat, or two
+    thirds into it (swing)."""
+    return t_bar + (e // 2) * beat + (e % 2) * swing
+
+
 def near_chord_tone(tones, prev, rng):
     """A chord tone in the lead's range near its last note (voice leading): one of the three
     nearest, with a little chance in the ordering."""
@@ -85,7 +91,7 @@ def line_notes(t_bar, beat, swing, kicks, tones, prev, rng, end_s, played):
     for e in range(8):
         if e not in at and e not in kicks and rng.random() < LINE_FILL_P:
             at[e] = False
-    times = [t_bar + (e // 2) * beat + (e % 2) * swing for e in sorted(at)] + [t_bar + 4 * beat]
+    times = [eighth_s(t_bar, e, beat, swing) for e in sorted(at)] + [t_bar + 4 * beat]
     for (e, tone), t, t_next in zip(sorted(at.items()), times, times[1:]):
         if t >= end_s - 0.05:
             break
@@ -235,7 +241,7 @@ def render_demo_song(index, seconds, seed, rate=CODEC_RATE, key_change_at=None, 
     # Kicks: 2 to 4 distinct swung-eighth positions (0..7) per bar, drawn at random.
     kicks = kick_pattern(n_bars, rng, style)
     kick_times = [t for bar in range(n_bars) for e in kicks[bar]
-                  if (t := bar * 4 * beat + (e // 2) * beat + (e % 2) * swing) < seconds - 0.05]
+                  if (t := eighth_s(bar * 4 * beat, e, beat, swing)) < seconds - 0.05]
     playing = phrase_bars(n_bars, rng)
     chords, played = [], []  # played: the lead's notes (start_s, dur_s, midi), unrounded
     prev_lead = 70
