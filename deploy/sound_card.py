@@ -16,9 +16,9 @@ import numpy as np
 # another, and never waits on the model. The model's thread takes each complete chunk
 # from the input ring, runs the codec and the two steps, and appends the solo audio it
 # finishes to the output ring. When the model falls behind, the callback finds the
-# output ring short and plays silence (an underrun, counted); when the model's thread
+# output ring short and plays what is left, then silence (an underrun, counted); when the model's thread
 # stalls long enough for the input ring to fill, the oldest input is dropped (an
-# overrun, counted). Nothing here blocks the callback but one short lock around a copy.
+# overrun, counted). Nothing here blocks the callback but short locks around copies.
 
 class AudioRing:
     """A ring of float32 samples between two threads: write() and read() never wait for data.
@@ -83,6 +83,10 @@ class Live:
         # so that a chunk computed a little later than the one before leaves no gap.
         self.prime = int(prime_ms / 1e3 * self.rate)
         self.stop = threading.Event()
+        # The samples heard and the solo still queued move together in the callback; the
+        # model's thread reads both under this lock, or a block heard between its two reads
+        # would place a chunk's frames a block late, on the frame after the chunk before's.
+        self.clock = threading.Lock()
 
     def callback(self, indata, outdata, n, time_info, status):
         """The sound card's block: copy in, copy out, count; never wait on the model."""
@@ -94,15 +98,18 @@ class Live:
             self.counts["overruns"] += 1
             self.counts["dropped_input_ms"] += dropped / self.rate * 1e3
         self.heard.append(mono.copy())
-        self.n_heard += len(mono)
-        if not self.playing and len(self.out) >= max(n, self.prime):
-            self.playing = True
-        solo = self.out.read(n) if self.playing else None
+        with self.clock:
+            self.n_heard += len(mono)
+            if not self.playing and len(self.out) >= max(n, self.prime):
+                self.playing = True
+            # only this thread takes from the queue, so what len() sees is there to read
+            solo = self.out.read(min(n, len(self.out))) if self.playing else None
         if solo is None:
-            if self.playing:  # the queue ran dry mid-take: a gap the listener hears
-                self.counts["underruns"] += 1
-                self.playing = False
             solo = np.zeros(n, np.float32)
+        elif len(solo) < n:  # the queue ran dry mid-take: what was left, then a gap one hears
+            self.counts["underruns"] += 1
+            self.playing = False
+            solo = np.concatenate([solo, np.zeros(n - len(solo), np.float32)])
         out = solo + mono if self.play_mix else solo
         outdata[:] = np.clip(out, -1.0, 1.0).reshape(outdata.shape)
         self.played.append(solo.copy())
@@ -149,8 +156,10 @@ class Live:
                 if self.decoded == 0:
                     audio = self.place(audio, solo_stream.lookahead)
                 self.decoded = len(self.frames)
-                queued = len(self.out)           # samples still to play before this audio
-                self.out.write(audio)
+                with self.clock:
+                    queued = len(self.out)       # samples still to play before this audio
+                    self.out.write(audio)
+                    heard = self.n_heard         # the present, as the card counts it
                 self.queued_ms.append(queued / self.rate * 1e3)
                 # How late the newest solo frame will sound behind the band frame it was
                 # written for: the duplex card plays a sample for each one it hears, so
@@ -158,7 +167,7 @@ class Live:
                 # its frame ended when the band's frame did. That is the chunk (it must
                 # arrive whole), the delay pattern, the compute and the queue, less the
                 # lookahead. The card's own buffers (its input and output latency) come on top.
-                end = self.n_heard + queued + len(audio)
+                end = heard + queued + len(audio)
                 self.late_ms.append((end - len(self.frames) * hop) / self.rate * 1e3)
                 # the frames of this audio play back to back, the last ending at `end`
                 # (place() may have dropped some of the first, or put silence before them)

@@ -186,9 +186,13 @@ def test_ceiling_scores_what_a_soloist_plays(demo_dataset, monkeypatch):
     result = C.ceiling(out, "train", lookaheads=(0, 160), soloists=("heard", "grid"))
     rows = {(r["lookahead_ms"], r["soloist"]): r["figures"] for r in result["rows"]}
     now, late = rows[(0, "heard")], rows[(160, "heard")]
-    assert now["kick_auc_own"] == pytest.approx(now["kick_auc_true"], abs=0.03), now
-    assert now["note_in_chord_own"] == pytest.approx(now["note_in_chord_true"], abs=0.03), now
-    assert late["kick_auc_own"] < now["kick_auc_own"] - 0.05, (now, late)
+    # Near the true lead, not equal to it: the dataset's lead tokens and these (the same notes,
+    # rendered and encoded again) differ by the untrained codec's float rounding, which moves
+    # with the CPU's kernels: on one AVX-512 machine the kick AUC fell 0.033 short of the
+    # lead's, 0.80 / 0.93 with the band. Another band would score near 0, and notes not
+    # played late would not fall at 160 ms.
+    assert now["plays_with_band_rhythm"] >= 0.7 and now["plays_with_band_harmony"] >= 0.8, now
+    assert late["plays_with_band_rhythm"] < now["plays_with_band_rhythm"] - 0.3, (now, late)
     assert result["style"] == "random" and set(result["ceiling"]) == {"0", "160"}
     assert result["ceiling"]["160"]["kick_auc_own"] == rows[(160, "grid")]["kick_auc_own"]
 

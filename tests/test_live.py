@@ -205,3 +205,15 @@ def test_the_rings_never_wait_and_keep_the_newest():
     assert ring.write(np.arange(3, 7, dtype=np.float32)) == 2, "two old samples dropped"
     assert list(ring.read(5)) == [2, 3, 4, 5, 6] and len(ring) == 0
 
+
+
+def test_a_queue_that_runs_dry_mid_block_plays_what_is_left_then_silence():
+    numbers = {"sample_rate": 100, "hop": 4, "chunk_frames": 2, "n_codebooks": 4}
+    session = sound_card.Live(None, None, numbers, seconds=1.0, block=10, prime_ms=0.0)
+    session.out.write(np.ones(14, np.float32))
+    band, played = np.zeros((10, 1), np.float32), np.full((10, 1), 7.0, np.float32)
+    session.callback(band, played, 10, None, None)
+    assert (played == 1).all() and session.counts["underruns"] == 0
+    session.callback(band, played, 10, None, None)  # 4 samples left for a block of 10
+    assert list(played[:, 0]) == [1] * 4 + [0] * 6 and session.counts["underruns"] == 1
+    assert session.n_heard == 20 and not session.playing and len(session.out) == 0
