@@ -16,9 +16,10 @@ import numpy as np
 # another, and never waits on the model. The model's thread takes each complete chunk
 # from the input ring, runs the codec and the two steps, and appends the solo audio it
 # finishes to the output ring. When the model falls behind, the callback finds the
-# output ring short and plays what is left, then silence (an underrun, counted); when the model's thread
-# stalls long enough for the input ring to fill, the oldest input is dropped (an
-# overrun, counted). Nothing here blocks the callback but short locks around copies.
+# output ring short and plays what is left, then silence (an underrun, counted); when
+# the model's thread stalls long enough for the input ring to fill, the oldest input is
+# dropped (an overrun, counted). Nothing here blocks the callback but short locks
+# around copies.
 
 class AudioRing:
     """A ring of float32 samples between two threads: write() and read() never wait for data.

@@ -50,6 +50,8 @@ ROWS = {
     "random": Row("the live recipe on the default corpus (each bar's kicks drawn afresh)"),
     "random-ahead": Row("with the anticipation aid at weight 1 (train.py --ahead-aux 1)",
                         flags=("--ahead-aux", "1"), baseline="random"),
+    "random-chord1": Row("with the chord aid at weight 1 instead of 0.3 (train.py --chord-aux 1)",
+                         flags=("--chord-aux", "1"), baseline="random"),
     "riff": Row("the live recipe on the corpus whose hits repeat (data.py --demo-style riff)",
                 corpus="riff", data=("--demo-style", "riff")),
     "riff-ahead": Row("the same with the anticipation aid at weight 1",
