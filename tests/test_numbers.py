@@ -70,10 +70,14 @@ def table_rows(page):
             yield n, dict(zip(head, cells)), row
 
 
+# experiments/live.py's tables: live.json (the riff rows and random-ahead), live-random.json
+LIVE = sorted((ROOT / "docs" / "results").glob("live*.json"))
+
+
 def all_pairs():
-    """Every figure of the table JSONs (and of docs/results/takes.json and live.json) as (mean, sd)."""
+    """Every figure of the table JSONs (and of docs/results/takes.json and live*.json) as (mean, sd)."""
     takes = json.loads((ROOT / "docs" / "results" / "takes.json").read_text())["rows"]
-    live = json.loads((ROOT / "docs" / "results" / "live.json").read_text())["rows"]
+    live = {name: row for path in LIVE for name, row in json.loads(path.read_text())["rows"].items()}
     played = {f"{name} {coef}": entry for name, row in live.items()
               for coef, entry in row["guidance"].items()}
     played |= {f"{name} training": {"mean_sd": row["training"]} for name, row in live.items()}
@@ -443,11 +447,12 @@ def test_phase5_quotes_the_ceiling_of_a_listener_that_hears_only_the_past():
                 f"{f['note_in_chord_true']:.3f} / {f['note_in_chord_true_mismatched']:.3f} |") in page, style
 
 
-def test_phase5_quotes_the_live_table():
-    """docs/phase5's table of causal models as the runner played them: docs/results/live.json
+@pytest.mark.parametrize("path", LIVE, ids=lambda p: p.name)
+def test_phase5_quotes_the_live_table(path):
+    """docs/phase5's tables of causal models as the runner played them: docs/results/live*.json
     (experiments/live.py), every row and guidance, and the paired tests against the baseline."""
     page = " ".join((ROOT / "docs" / "phase5-streaming.md").read_text().split())
-    r = json.loads((ROOT / "docs" / "results" / "live.json").read_text())
+    r = json.loads(path.read_text())
     assert r["split"] == "test" and r["variant"] == "int8" and len(r["seeds"]) >= 3
     for name, row in r["rows"].items():
         for coef, e in row["guidance"].items():
