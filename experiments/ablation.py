@@ -47,9 +47,8 @@ from sax.codec import dataset_codec
 from sax.dataset import load_dataset
 from sax.evaluation import overfitting
 from sax.files import atomic_write, read_metrics, write_json
-from sax.listening import (KEY_CHANGE_SONGS, ListeningSet, counting_listener, fit_probes,
-                           key_change_set, key_change_test, listening_test, listening_windows,
-                           scoring_split)
+from sax.listening import (KEY_CHANGE_SONGS, counting_listener, fit_probes, key_change_set,
+                           key_change_test, listening_test, scoring_set, scoring_split)
 from sax.machine import DEVICES, check_install
 from sax.sampling import SAMPLING
 from sax.settings import check_settings, opt, parse_settings
@@ -313,10 +312,7 @@ def listening_set(cfg, cache, T):
     if ("listening", T) not in cache:
         meta = cache["meta"]
         # the test songs score (the validation songs chose each run's checkpoint)
-        backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T,
-                                                                    split=scoring_split(meta))
-        cache["listening", T] = (ListeningSet.of(meta, where, backing, solo, other, other_solo),
-                                 fit_probes(cfg.data, meta, T))
+        cache["listening", T] = (scoring_set(cfg.data, meta, T)[1], fit_probes(cfg.data, meta, T))
     return cache["listening", T]
 
 

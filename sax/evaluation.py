@@ -15,7 +15,7 @@ from sax.checkpoints import load_model, read_json, resolve_checkpoint
 from sax.codec import UNTRAINED_AUDIO
 from sax.files import write_json
 from sax.listening import (ListeningSet, counting_listener, fit_probes, listening_masks,
-                           listening_test, listening_windows, scoring_split)
+                           listening_test, listening_windows, scoring_set)
 
 
 @torch.no_grad()
@@ -82,16 +82,6 @@ def evaluation_set(cfg, meta, T):
                    ListeningSet.of(meta, where, backing, solo, other, other_solo))
 
 
-def scoring_set(cfg, meta, T):
-    """(split, ListeningSet) of the windows that score the finished run: scoring_split's
-    songs, the test songs, not the validation songs that chose its checkpoint (None for
-    the set unless the dataset is the demo corpus, whose truth is known)."""
-    split = scoring_split(meta)
-    backing, solo, where, other, other_solo = listening_windows(cfg.data, meta, T,
-                                                                cfg.eval_windows, split)
-    return split, ListeningSet.of(meta, where, backing, solo, other, other_solo)
-
-
 def peak_flops(device):
     """Dense bf16/fp16 tensor-core peak of the GPU, for MFU (None when unknown).
 
@@ -155,7 +145,8 @@ def finish(run):
     best_dir = resolve_checkpoint(run.out / "best")
     if best_dir.exists():
         summary["best"] = read_json(best_dir / "config.json", "a checkpoint").get("metrics", {})
-        split, scored = scoring_set(cfg, run.meta, run.T) if cfg.listen_test else (None, None)
+        split, scored = (scoring_set(cfg.data, run.meta, run.T, cfg.eval_windows)
+                         if cfg.listen_test else (None, None))
         if scored is not None:
             # Solos written by the best checkpoint (loaded beside the live model, which
             # stays as training left it), scored against the demo band's kicks and chords

@@ -290,6 +290,15 @@ def listening_windows(data_dir, meta, T, limit=None, split=None):
             mismatched_windows(solo, songs, spare_solo))
 
 
+def scoring_set(data_dir, meta, T, limit=None):
+    """(split, ListeningSet) of the windows that score a finished run: scoring_split's
+    songs, the test songs, not the validation songs that chose its checkpoint (None for
+    the set unless the dataset is the demo corpus, whose truth is known)."""
+    split = scoring_split(meta)
+    backing, solo, where, other, other_solo = listening_windows(data_dir, meta, T, limit, split)
+    return split, ListeningSet.of(meta, where, backing, solo, other, other_solo)
+
+
 def score_solos(probes, ls, solos):
     """Kick AUC and note-in-chord of each solo in `solos` ({name: [N, K, T] codes}, scored
     against the band of ls), and, when all four of own, mismatched, true and
