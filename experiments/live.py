@@ -54,7 +54,8 @@ ROWS = {
                          flags=("--chord-aux", "1"), baseline="random"),
     "random-chord3": Row("with the chord aid at weight 3 (train.py --chord-aux 3)",
                          flags=("--chord-aux", "3"), baseline="random"),
-    "random-solo-dropout-0.5": Row("with solo dropout 0.5 instead of 0.3 (train.py --solo-dropout 0.5)",
+    "random-solo-dropout-0.5": Row("with solo dropout 0.5 instead of 0.3 "
+                                   "(train.py --solo-dropout 0.5)",
                                    flags=("--solo-dropout", "0.5"), baseline="random"),
     "riff": Row("the live recipe on the corpus whose hits repeat (data.py --demo-style riff)",
                 corpus="riff", data=("--demo-style", "riff")),

@@ -206,8 +206,9 @@ def test_the_rings_never_wait_and_keep_the_newest():
     assert list(ring.read(5)) == [2, 3, 4, 5, 6] and len(ring) == 0
 
 
-
 def test_a_queue_that_runs_dry_mid_block_plays_what_is_left_then_silence():
+    """The callback alone: a block the queue can only partly fill plays the solo it holds,
+    then silence, and counts one underrun (nothing is held back to sound late)."""
     numbers = {"sample_rate": 100, "hop": 4, "chunk_frames": 2, "n_codebooks": 4}
     session = sound_card.Live(None, None, numbers, seconds=1.0, block=10, prime_ms=0.0)
     session.out.write(np.ones(14, np.float32))
