@@ -389,9 +389,16 @@ def shown(value, decimals):
 def command_line(cfg):
     """The command that rebuilds this table (its non-default options)."""
     rows = "" if cfg.rows == TABLES[cfg.table] else " --rows " + " ".join(cfg.rows)
+    seeds = "" if cfg.seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, cfg.seeds))
+    out = "" if cfg.out == default_out(cfg.table) else f" --out {cfg.out}"
     return ("python experiments/ablation.py" + (" --quick" if cfg.quick else "")
-            + ("" if cfg.table == "phase3" else f" --table {cfg.table}") + rows
+            + ("" if cfg.table == "phase3" else f" --table {cfg.table}") + rows + seeds + out
             + ("" if cfg.table != "lookahead" else f" --runner-delay-ms {cfg.runner_delay_ms:g}"))
+
+
+def default_out(table):
+    """Where a table's runs go unless --out says: runs/ablation for phase 3's, runs/<table>."""
+    return "runs/ablation" if table == "phase3" else f"runs/{table}"
 
 
 def machine():
@@ -487,7 +494,7 @@ def main(cfg):
                          "whole numbers, 0 or more, e.g. --seeds 0 1 2")
     check_settings(cfg)
     cfg.rows = cfg.rows or TABLES[cfg.table]
-    cfg.out = cfg.out or ("runs/ablation" if cfg.table == "phase3" else f"runs/{cfg.table}")
+    cfg.out = cfg.out or default_out(cfg.table)
     unknown = [name for name in cfg.rows if name not in ROWS]
     if unknown:
         raise SystemExit(f"--rows: no row {', '.join(unknown)}; the rows are {', '.join(ROWS)}")

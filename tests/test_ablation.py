@@ -25,7 +25,9 @@ def test_table_is_the_mean_and_spread_of_its_seeds_and_nothing_runs_twice(demo_d
     A.main(cfg)
     table = json.loads((tmp_path / "abl" / "table.json").read_text())
     assert list(table["rows"]) == ["quick", "quick-greedy"]
-    assert table["command"] == "python experiments/ablation.py --rows quick quick-greedy"  # what rebuilds it
+    # what rebuilds it: the rows, the seeds and the folder, each named as they differ from the defaults
+    assert table["command"] == ("python experiments/ablation.py --rows quick quick-greedy --seeds 0 1"
+                                f" --out {tmp_path / 'abl'}")
     assert {r["params_m"] for r in table["rows"]["quick"]["runs"]} == {2.567308}  # the tiny preset's, with the chord head
     for name, row in table["rows"].items():
         assert [r["seed"] for r in row["runs"]] == [0, 1]

@@ -11,6 +11,7 @@ The log (docs/log.md) keeps dated runs and is not checked: it is history.
 """
 import json
 import re
+import sys
 
 import pytest
 
@@ -21,6 +22,10 @@ import ablation
 BUILD = ROOT / "docs" / "paper" / "build"
 PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "log.md")
 TABLES = {name: json.loads((BUILD / f"{name}.json").read_text()) for name in ("ablation", "lookahead")}
+# The rows the paper leans on, trained again and scored on the test songs: a page's table of
+# them heads its first column "row, test songs".
+TABLES["choices-test"] = json.loads((ROOT / "docs" / "results" / "choices-test.json").read_text())
+HELD_HEADING = "row, test songs"
 PM = re.compile(r"(-?\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?)")
 # The phase 5 page heads the lookahead table's columns in words of its own.
 LOOKAHEAD_HEADINGS = {"best val CE": "best_val_ce", "conditioning gain": "cond_gain",
@@ -45,9 +50,12 @@ def pair(mean_sd, places):
     return f"{shown(mean_sd[0], places)} ± {shown(mean_sd[1], places)}"
 
 
-def row_of(cell):
-    """The table JSON's row a table line names: ablation rows by name, lookahead rows by L."""
+def row_of(cell, first_heading=""):
+    """The table JSON's row a table line names: ablation rows by name (those of the test songs'
+    table under its heading), lookahead rows by L."""
     cell = cell.strip("*` ")
+    if first_heading == HELD_HEADING:
+        return TABLES["choices-test"]["rows"].get(cell)
     if cell in TABLES["ablation"]["rows"]:
         return TABLES["ablation"]["rows"][cell]
     found = re.fullmatch(r"(\d+) ms", cell)
@@ -65,7 +73,7 @@ def table_rows(page):
         if head is None:
             head = [c.strip("* ") for c in cells]
             continue
-        row = row_of(cells[0])
+        row = row_of(cells[0], head[0])
         if row is not None:
             yield n, dict(zip(head, cells)), row
 
@@ -220,6 +228,33 @@ def test_phase3_quotes_the_baselines_on_the_test_songs():
     for key, words in (("val_ce", "On the lines corpus: {} nats"), ("cond_gain", "conditioning gain of {}")):
         values = [run[key] for run in lines["model"]["training"]]
         assert words.format(f"{min(values):.3f} to {max(values):.3f}") in flat, key
+
+
+# The figures the phase 3 page compares row by row on the test songs, in its words.
+DIFFERENCE_WORDS = {"rhythm": "plays_with_band_rhythm", "harmony": "plays_with_band_harmony",
+                    "conditioning gain": "cond_gain", "best val CE": "best_val_ce",
+                    "kick AUC own": "kick_auc_own", "kick AUC other": "kick_auc_mismatched"}
+DIFFERENCE = re.compile(r"^- `([\w.-]+)` − `([\w.-]+)`: (.+)$")
+
+
+def test_phase3_quotes_the_paired_differences_on_the_test_songs():
+    """Each line `a` − `b`: figure d [low, high]; ... of the phase 3 page is the paired
+    Student-t interval over the seeds of docs/results/choices-test.json, worded as the
+    paper's build words it (docs/paper/build.py's contrasts_of): one place computes them."""
+    sys.path.insert(0, str(ROOT / "docs" / "paper"))
+    import build  # docs/paper/build.py
+    page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text().splitlines()
+    found = [m.groups() for m in map(DIFFERENCE.match, page) if m]
+    assert len(found) >= 4, "the page compares the rows it leans on"
+    decimals = {key: d for key, _, d in build.ABLATION_COLUMNS}
+    for a, b, text in found:
+        for part in text.rstrip(".").split("; "):
+            words, figure = re.fullmatch(f"({'|'.join(DIFFERENCE_WORDS)}) (.+)", part).groups()
+            key = DIFFERENCE_WORDS[words]
+            source = f'#vt("{a}", "{b}", "{key}")'
+            want = build.contrasts_of({"vs": (), "vt": (TABLES["choices-test"],)}, source,
+                                      decimals)[f"test|{a}|{b}|{key}"]
+            assert figure == want, f"{a} − {b}, {words}: the page says {figure}, the JSON {want}"
 
 
 def test_phase3_quotes_the_true_leads_figures():

@@ -147,9 +147,12 @@ def test_no_number_in_the_prose_is_typed_by_hand():
     contrasts = build.CONTRAST.findall(source)
     assert len(contrasts) > 10
     every = {k for cols in columns.values() for k, _, _ in cols}
-    for a, b, key in contrasts:
+    held = json.loads((ROOT / "docs" / "results" / build.HELD).read_text())["rows"]
+    for macro, a, b, key in contrasts:
         assert a in ablation.ROWS and b in ablation.ROWS and key in every, (a, b, key)
         assert a.startswith("lookahead") == b.startswith("lookahead"), (a, b)
+        if macro == "vt":  # the rows scored on the test songs: both in that table
+            assert a in held and b in held, (a, b)
     # the baselines' figures: every (style, row, key) asked is one the committed JSON gives
     results = ROOT / "docs" / "results"
     made = {style: build.baselines_of(json.loads((results / f"baselines-{style}.json").read_text()))
@@ -173,8 +176,13 @@ def test_a_contrast_is_paired_by_seed_and_says_when_it_is_not_significant():
 
     table = {"rows": {"a": row(0.2, 0.1, 0.3), "b": row(0.0, 0.2, 0.1), "c": row(0.0, 0.0, 0.0),
                       "d": row(0.9, 1.1, 1.0)}}
-    source = '#vs("a", "b", "cond_gain"), #vs("a", "c", "cond_gain") and #vs("d", "c", "cond_gain")'
-    words = build.contrasts_of((table,), source, {"cond_gain": 3})
+    source = ('#vs("a", "b", "cond_gain"), #vs("a", "c", "cond_gain") and #vs("d", "c", "cond_gain"); '
+              '#vt("d", "c", "cond_gain") from the test songs\' table, #vt("a", "c", "cond_gain") not in it')
+    test_songs = {"rows": {"c": table["rows"]["a"], "d": table["rows"]["d"]}}
+    words = build.contrasts_of({"vs": (table,), "vt": (test_songs,)}, source, {"cond_gain": 3})
+    # #vt reads its own table, under keys of its own: its c is the other table's a, so d - c by
+    # seed is 0.7, 1.0, 0.7: mean 0.8, half-width 4.303 x 0.173 / sqrt(3) = 0.430
+    assert words["test|d|c|cond_gain"] == "+0.800 [+0.370, +1.230]" and "test|a|c|cond_gain" not in words
     minus = "\N{MINUS SIGN}"
     # a - b by seed: 0.2, -0.1, 0.2
     assert words["a|b|cond_gain"].startswith("+0.100 [") and words["a|b|cond_gain"].endswith(

@@ -64,6 +64,13 @@ PITCH_ROWS = ("no-chord-aux", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-a
 PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
                                         ("note_in_chord_mismatched", "in chord other", 3)) \
     + ABLATION_COLUMNS[4:6]
+# The rows the prose leans on, trained again and scored on the test songs (ablation.py's
+# table.json for them, kept in --results): Table "held" and the #vt(...) contrasts.
+HELD = "choices-test.json"
+HELD_COMMAND = ("python experiments/ablation.py --rows default no-chord-aux no-solo-dropout "
+                "no-guidance cross-attention-only --out runs/ablation-test")
+HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
+                ABLATION_COLUMNS[5])  # val. CE, cond. gain, rhythm, harmony: one column wide
 # The true lead's figures (the same for every run: they score the data, not a model).
 TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
              "note_in_chord_true_mismatched")
@@ -235,6 +242,15 @@ def numbers_of(ablation, lookahead):
                           "runner_delay_ms": f"{lookahead['runner_delay_ms']:g}"}}
 
 
+def held_of(held):
+    """numbers.json's figures of the rows scored on the test songs: where they came from, and
+    how many songs and seeds."""
+    return {"provenance": provenance(held), "split": held["split"],
+            "n_seeds": len(held["seeds"]),
+            "rows": {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in HELD_COLUMNS}
+                     for name, row in held["rows"].items()}}
+
+
 def bracket(interval, decimals=2):
     """'[0.73, 0.94]' from [low, high]; an en dash where there is none."""
     if interval is None:
@@ -309,19 +325,21 @@ def baselines_typst(styles, columns):
             f"inset: 2.5pt, {quoted})\n")
 
 
-# A contrast the prose draws between two rows of the phase 3 table: #vs("a", "b", "key") in
-# paper.typ. Each is computed seed by seed (sax.intervals.paired_interval) and worded with
-# its interval, and as not significant where that interval holds zero.
-CONTRAST = re.compile(r'#vs\("([^"]+)", "([^"]+)", "([^"]+)"\)')
+# A contrast the prose draws between two rows of a table: #vs("a", "b", "key") in paper.typ
+# for the phase 3 and lookahead tables, #vt(...) for the rows trained again and scored on
+# the test songs. Each is computed seed by seed (sax.intervals.paired_interval) and worded
+# with its interval, and as not significant where that interval holds zero.
+CONTRAST = re.compile(r'#(vs|vt)\("([^"]+)", "([^"]+)", "([^"]+)"\)')
 
 
 def contrasts_of(tables, source, decimals_of):
     """{"a|b|key": words} for every #vs(...) the draft's source asks for, each from the table
-    (phase 3's or the lookahead's) that holds both rows."""
+    of tables["vs"] (phase 3's or the lookahead's) that holds both rows; "test|a|b|key" for
+    every #vt(...), from tables["vt"]."""
     from sax.intervals import paired_interval
     out = {}
-    for a, b, key in CONTRAST.findall(source):
-        table = next((t for t in tables if a in t["rows"] and b in t["rows"]), None)
+    for macro, a, b, key in CONTRAST.findall(source):
+        table = next((t for t in tables[macro] if a in t["rows"] and b in t["rows"]), None)
         if table is None:
             continue
         runs_a, runs_b = table["rows"][a]["runs"], table["rows"][b]["runs"]
@@ -337,7 +355,7 @@ def contrasts_of(tables, source, decimals_of):
         words = (f"{shown(mean, d, '+')} [{shown(low, d, '+')}, {shown(high, d, '+')}]")
         if len(seeds) > 1 and low <= 0 <= high:
             words += f", not significant over {len(seeds)} seeds"
-        out[f"{a}|{b}|{key}"] = words
+        out[("test|" if macro == "vt" else "") + f"{a}|{b}|{key}"] = words
     return out
 
 
@@ -391,16 +409,17 @@ def build(runs, out, results=ROOT / "docs" / "results"):
               if (table := read_rows(path := Path(results) / f"baselines-{style}.json",
                                      f"python experiments/baselines.py --data DATA --out {path}",
                                      optional=style != "random"))}
+    held = read_rows(Path(results) / HELD, HELD_COMMAND + f" and copy its table.json to {HELD}")
     copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
               "ablation.json": Path(runs) / "ablation" / "table.json",
               "lookahead.json": Path(runs) / "lookahead" / "table.json",
               **{f"baselines-{style}.json": Path(results) / f"baselines-{style}.json"
-                 for style in styles},
+                 for style in styles}, HELD: Path(results) / HELD,
               **{name: Path(runs) / name for name in ("speed.json", "bench.json",
                                                       "quantization.json")
                  if (Path(runs) / name).exists()}}  # the optional figures
     try:
-        parts = made_parts(runs, ablation, lookahead, styles)
+        parts = made_parts(runs, ablation, lookahead, styles, held)
     except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
         raise SystemExit(f"{runs}: a table lacks what the draft reads ({type(err).__name__}: "
                          f"{err}): make it again (ablation.py, baselines.py), or build with "
@@ -421,9 +440,9 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     return out / "paper.pdf", pages
 
 
-def made_parts(runs, ablation, lookahead, styles):
-    """{file name: text} of the tables and numbers.json, made from the two tables and the
-    baselines' JSON."""
+def made_parts(runs, ablation, lookahead, styles, held):
+    """{file name: text} of the tables and numbers.json, made from the two tables, the
+    baselines' JSON and the rows scored on the test songs (held)."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
     # a row of an experiment since removed from ablation.py stays in its table.json (the
     # record of what ran) and out of the draft (docs/log.md keeps it)
@@ -433,13 +452,14 @@ def made_parts(runs, ablation, lookahead, styles):
                 + LOOKAHEAD_COLUMNS}
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs),
-               "baselines": baselines,
-               "contrasts": contrasts_of((ablation, lookahead), (HERE / "paper.typ").read_text(),
-                                         decimals)}
+               "baselines": baselines, "held": held_of(held),
+               "contrasts": contrasts_of({"vs": (ablation, lookahead), "vt": (held,)},
+                                         (HERE / "paper.typ").read_text(), decimals)}
     return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),
             "architecture.typ": typst_table(ablation, ARCHITECTURE_COLUMNS, "architecture",
                                             ARCHITECTURE_ROWS, params=True),
             "pitch.typ": typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS),
+            "held.typ": typst_table(held, HELD_COLUMNS, "row"),
             "lookahead.typ": typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"),
             "baselines.typ": baselines_typst(baselines, TOKEN_COLUMNS),
             "audio.typ": baselines_typst(baselines, AUDIO_COLUMNS),
