@@ -244,6 +244,12 @@ def test_phase3_quotes_the_paired_differences_on_the_test_songs():
     sys.path.insert(0, str(ROOT / "docs" / "paper"))
     import build  # docs/paper/build.py
     page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text().splitlines()
+    # the true lead's figures on these songs: the denominators of their scores
+    run = TABLES["choices-test"]["rows"]["default"]["runs"][0]
+    assert (f"kick AUC of {run['kick_auc_true']:.3f} over its own band and "
+            f"{run['kick_auc_true_mismatched']:.3f} over another's, and a note-in-chord of "
+            f"{run['note_in_chord_true']:.3f} against {run['note_in_chord_true_mismatched']:.3f}"
+            in " ".join(" ".join(page).split()))
     found = [m.groups() for m in map(DIFFERENCE.match, page) if m]
     assert len(found) >= 4, "the page compares the rows it leans on"
     decimals = {key: d for key, _, d in build.ABLATION_COLUMNS}
