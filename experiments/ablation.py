@@ -389,7 +389,8 @@ def shown(value, decimals):
 def command_line(cfg):
     """The command that rebuilds this table (its non-default options)."""
     rows = "" if cfg.rows == TABLES[cfg.table] else " --rows " + " ".join(cfg.rows)
-    seeds = "" if cfg.seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, cfg.seeds))
+    seeds = ("" if cfg.seeds == AblationConfig().seeds  # the default seeds
+             else " --seeds " + " ".join(map(str, cfg.seeds)))
     out = "" if cfg.out == default_out(cfg.table) else f" --out {cfg.out}"
     return ("python experiments/ablation.py" + (" --quick" if cfg.quick else "")
             + ("" if cfg.table == "phase3" else f" --table {cfg.table}") + rows + seeds + out

@@ -68,7 +68,7 @@ PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3)
 # table.json for them, kept in --results): Table "held" and the #vt(...) contrasts.
 HELD = "choices-test.json"
 HELD_COMMAND = ("python experiments/ablation.py --rows default no-chord-aux no-solo-dropout "
-                "no-guidance cross-attention-only --out runs/ablation-test")
+                "no-guidance cross-attention-only --seeds 0 1 2 3 4 --out runs/ablation-test")
 HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
                 ABLATION_COLUMNS[5])  # val. CE, cond. gain, rhythm, harmony: one column wide
 # The true lead's figures (the same for every run: they score the data, not a model).
@@ -243,8 +243,8 @@ def numbers_of(ablation, lookahead):
 
 
 def held_of(held):
-    """numbers.json's figures of the rows scored on the test songs: where they came from, and
-    how many songs and seeds."""
+    """numbers.json's figures of the rows scored on the test songs: where they came from, the
+    split scored, how many seeds, and each row's cells as Table "held" prints them."""
     return {"provenance": provenance(held), "split": held["split"],
             "n_seeds": len(held["seeds"]),
             "rows": {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in HELD_COLUMNS}
