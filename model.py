@@ -435,9 +435,8 @@ class SoloTransformer(nn.Module):
         """The aligned input of one step from the encoder states of its K frames [B, K, D],
         oldest first -> [B, 1, D]: the training convolution at one output position."""
         conv = self.align_conv
-        window = recent.transpose(1, 2).reshape(recent.size(0), -1)     # [B, D * K], as conv.weight
-        # [B, 1, D]
-        return F.linear(window, conv.weight.reshape(conv.out_channels, -1), conv.bias)[:, None]
+        window = recent.transpose(1, 2).reshape(recent.size(0), -1)     # [B, D * K], as the weight
+        return F.linear(window, conv.weight.flatten(1), conv.bias)[:, None]        # [B, 1, D]
 
     def logits(self, x):
         """decoder states [B, L, D] -> logits [B, K, L, card], all K heads as one matmul."""
@@ -480,7 +479,7 @@ class SoloTransformer(nn.Module):
     # ------------------------------------------------------------------------
 
     def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None,
-             ahead=None, teacher=None):
+             ahead=None, teacher=None, past=None):
         """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy
         [K], aux), aux a dict of the training aids' cross-entropies ({} without them).
 
@@ -488,7 +487,8 @@ class SoloTransformer(nn.Module):
         (classifier-free guidance training; train.py draws it).
         input_drop [B, K, S] bool: decoder inputs (the solo's past) hidden behind the
         special token, so the model must lean on the band for what it cannot read
-        (train.py's --solo-dropout). The targets stay whole.
+        (train.py's --solo-dropout). past [B, K, T]: the solo as the decoder reads its past
+        instead of solo itself (--solo-hold, sax/past.py). The targets stay whole.
         The training aids (train.py), each giving aux[name] its loss: pitch [B, T] long,
         the lead's pitch class in each frame (12: a rest, -100: not counted; the pitch
         head, read at steps 0 .. T-1); chords [B, T, 12] float, the band's harmony in each
@@ -499,6 +499,7 @@ class SoloTransformer(nn.Module):
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
         target, dec_in = teacher_forcing(solo, self.cfg.card)            # [B, K, S] each
+        dec_in = dec_in if past is None else teacher_forcing(past, self.cfg.card)[1]
         if input_drop is not None:
             dec_in = dec_in.masked_fill(input_drop, self.cfg.card)
         memory = self.encode(backing)                                    # [B, L + T, D]
@@ -527,7 +528,6 @@ class SoloTransformer(nn.Module):
                              reduction="sum")
         aux["pitch"] = ce / (pitch != -100).sum().clamp(min=1)           # 0, not nan, if none count
         return (*codes, aux)
-
 
     def anticipation_loss(self, memory, chords, kicks, cond_drop=None):
         """The anticipation head's loss: from encoder position p, whence the decoder writes solo

@@ -40,7 +40,7 @@ from tqdm import tqdm
 import data
 from model import PRESETS, SoloTransformer, preset_config
 from sax.checkpoints import push_to_hub, save_checkpoint
-from sax.dataset import (HEARD_SINCE, Windows, aid_targets, check_truth_aids, load_dataset,
+from sax.dataset import (Windows, aid_targets, check_truth_aids, load_dataset, missing_heard,
                          unigram_entropy)
 from sax.demo import DEMO_VERSION
 from sax.distill import load_teacher, teacher_logits
@@ -51,6 +51,7 @@ from sax.evaluation import (EvalSet, describe, evaluate, evaluation_set, finish,
 from sax.files import atomic_write, log_metrics, read_metrics
 from sax.machine import DEVICES, check_install, pick_device, set_threads
 from sax.pages import RunPage, plot_curves
+from sax.past import held_past, hidden_tokens
 from sax.precision import choose_precision, scaled_step
 from sax.resume import (Progress, StopSignal, refuse_to_overwrite, resume_run, resumed_settings,
                         stop_on_bad_loss)
@@ -105,6 +106,11 @@ class TrainConfig:
     solo_dropout: float = opt(0.3, "probability of hiding each of the solo's past tokens from "
                                    "the decoder in training, so that it leans on the band "
                                    "(0.3: the seeds table of docs/phase3)", at_least=0, below=1)
+    solo_hold: float = opt(0.0, "probability that a frame of the solo's past starts a span "
+                                "held on the frame before it (a late reaction, up to 0.25 s), "
+                                "so that a causal model learns to follow the band out of a "
+                                "stale past (0: off; sax/past.py, docs/phase5)",
+                          at_least=0, below=1)
     pitch_aux: float = opt(0.0, "weight of the pitch aid, an auxiliary loss: a head on the "
                                 "decoder names the pitch class the solo plays in each frame "
                                 "(0: off; docs/phase3)", at_least=0, at_most=1000)
@@ -148,21 +154,6 @@ class TrainConfig:
     push_to_hub: str = opt("", "after training, upload best/ to this Hub repo (user/name)")
     push_only: str = opt("", "upload this checkpoint folder and exit, without training")
     hub_private: bool = opt(False, "create the Hub repo as private")
-
-
-def heard_wanted(cfg):
-    """What the training aids read that data.py heard beside the tokens (the dataset must
-    be of a format that stores it, HEARD_SINCE): "notes" for --pitch-aux on the
-    tracked notes, "chroma" for --chord-aux or --ahead-aux on the heard chroma (the default)."""
-    chroma = max(cfg.chord_aux, cfg.ahead_aux) > 0 and cfg.chord_targets == "heard"
-    return [name for name, on in (("notes", cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"),
-                                  ("chroma", chroma)) if on]
-
-
-def missing_heard(cfg, meta):
-    """Of heard_wanted(cfg), what the dataset of `meta` was built too early to store."""
-    return [name for name in heard_wanted(cfg)
-            if meta.get("format", 1) < HEARD_SINCE[name]]
 
 
 def ensure_dataset(cfg, world=World()):
@@ -431,19 +422,19 @@ def train_step(run):
         # Classifier-free guidance needs one model that knows both p(solo | backing)
         # and p(solo): some windows are trained with the null backing instead.
         drop = torch.rand(cfg.batch_size, generator=run.gen) < cfg.cond_dropout  # [B]
-        # Solo dropout: hidden past tokens, [B, K, S] (drawn only when on, so that a run
-        # with --solo-dropout 0 draws exactly the random stream of the runs before it).
-        hide = None
-        if cfg.solo_dropout > 0:
-            S = run.T + solo.size(1) - 1
-            hide = (torch.rand(cfg.batch_size, solo.size(1), S, generator=run.gen)
-                    < cfg.solo_dropout).to(run.device)
+        # The solo's past as the decoder reads it (sax/past.py): tokens hidden, [B, K, S],
+        # and spans held, [B, K, T]; each drawn only when on, so that a run with both off
+        # draws exactly the random stream of the runs before them.
+        K = solo.size(1)
+        hide = hidden_tokens(cfg.solo_dropout, (cfg.batch_size, K, run.T + K - 1), run.gen,
+                             run.device)
+        past = held_past(solo, cfg.solo_hold, run.model.cfg.frame_rate, run.gen, run.device)
         if i not in mine:
             continue  # another rank's micro-batch
         with no_sync(run.loss_fn, world, last=i == mine[-1]):
             with run.autocast():
                 loss, _, aux = run.loss_fn(backing.to(run.device), solo.to(run.device),
-                                           drop.to(run.device), hide, **aids)
+                                           drop.to(run.device), hide, past=past, **aids)
             # The auxiliary losses join the gradient only; the logged loss stays the codes'
             # cross-entropy, comparable with every other run's.
             weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux, "ahead": cfg.ahead_aux,

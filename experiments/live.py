@@ -57,6 +57,11 @@ ROWS = {
     "random-solo-dropout-0.5": Row("with solo dropout 0.5 instead of 0.3 "
                                    "(train.py --solo-dropout 0.5)",
                                    flags=("--solo-dropout", "0.5"), baseline="random"),
+    "random-hold": Row("with held spans in the solo's past (train.py --solo-hold 0.05): a "
+                       "late reaction shown in training", flags=("--solo-hold", "0.05"),
+                       baseline="random"),
+    "random-hold-0.15": Row("with held spans three times as often (train.py --solo-hold 0.15)",
+                            flags=("--solo-hold", "0.15"), baseline="random"),
     "riff": Row("the live recipe on the corpus whose hits repeat (data.py --demo-style riff)",
                 corpus="riff", data=("--demo-style", "riff")),
     "riff-ahead": Row("the same with the anticipation aid at weight 1",

@@ -267,3 +267,18 @@ def aid_targets(run, where, backing, solo):
                              1).to(run.device))
     aids = {"pitch": pitch, "chords": chords, "ahead": ahead}
     return {name: value for name, value in aids.items() if value is not None}
+
+
+def heard_wanted(cfg):
+    """What the training aids read that data.py heard beside the tokens (the dataset must
+    be of a format that stores it, HEARD_SINCE): "notes" for --pitch-aux on the
+    tracked notes, "chroma" for --chord-aux or --ahead-aux on the heard chroma (the default)."""
+    chroma = max(cfg.chord_aux, cfg.ahead_aux) > 0 and cfg.chord_targets == "heard"
+    return [name for name, on in (("notes", cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"),
+                                  ("chroma", chroma)) if on]
+
+
+def missing_heard(cfg, meta):
+    """Of heard_wanted(cfg), what the dataset of `meta` was built too early to store."""
+    return [name for name in heard_wanted(cfg)
+            if meta.get("format", 1) < HEARD_SINCE[name]]

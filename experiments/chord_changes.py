@@ -1,0 +1,129 @@
+"""
+chord_changes.py -- how soon after the band changes chord a model follows it: the chord aid's
+head (does the encoder know the new chord?) and the solo (does it play the new chord's
+tones?), by frames since the change, on a demo dataset's test songs.
+
+    python experiments/chord_changes.py --data data/demo --out docs/results/chord-changes.json \
+        --row offline runs/ablation-test/default/seed0 runs/ablation-test/default/seed1 \
+        --row live runs/live/random/seed0 runs/live/random/seed1
+
+Each --row is a name and run folders (their best/ is read), seeds of one recipe. On the test
+windows train.py's listening test scores, every frame where the true lead sounds a note
+inside a chord is placed by how many frames ago the band's chord last changed (frames with
+no change since the window began are left out: how long ago is not known). Per bin:
+- head: the share of frames whose chord-head guess (its most likely pitch class, from the
+  encoder state of that backing frame) is a tone of the band's chord there;
+- solo: note-in-chord of the solos generated over the same windows (guidance 3, as
+  generate.py samples), read by the pitch probe;
+- true: the true lead's note-in-chord (it too holds a note across a change until its next
+  kick).
+Means over the row's runs, and each run's figures.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: sax/
+from sax import guard  # noqa: E402 (first of the project's: a Ctrl-C while torch loads is one line)
+
+guard.quiet_ctrl_c(__name__)
+
+import torch  # noqa: E402
+
+from sax.checkpoints import load_model  # noqa: E402
+from sax.dataset import load_dataset  # noqa: E402
+from sax.files import write_json  # noqa: E402
+from sax.listening import (fit_probes, generated_solos, read_pitch_classes,  # noqa: E402
+                           scoring_set, scoring_split)
+
+# Bins of frames since the change, [low, high): before an 80 ms lookahead hears it (6
+# frames at 75 Hz), the first quarter second, two thirds of one, 1.3 s, and later.
+BINS = ((0, 6), (6, 20), (20, 50), (50, 100), (100, 10 ** 6))
+
+
+def frames_since_change(chords):
+    """chords [N, T, 12] bool -> [N, T] long: frames since the chord last changed within the
+    window (0 on the frame of the change), -1 before the window's first change."""
+    N, T, _ = chords.shape
+    since = torch.full((N, T), -1, dtype=torch.long)
+    for t in range(1, T):
+        changed = (chords[:, t] != chords[:, t - 1]).any(-1)
+        since[:, t] = torch.where(changed, 0, torch.where(since[:, t - 1] >= 0,
+                                                          since[:, t - 1] + 1, -1))
+    return since
+
+
+def by_bin(hits, counted, since):
+    """hits, counted [N, T] bool -> per bin of BINS, the share of counted frames hit (None
+    for an empty bin)."""
+    out = []
+    for low, high in BINS:
+        frames = counted & (since >= low) & (since < high)
+        out.append(float(hits[frames].float().mean()) if frames.any() else None)
+    return out
+
+
+def tones(chords, pitch_class):
+    """chords [N, T, 12] bool, pitch_class [N, T] -> [N, T] bool: a tone of the chord."""
+    return chords.gather(2, pitch_class[..., None])[..., 0]
+
+
+@torch.no_grad()
+def score_run(folder, data, meta, cache, seed):
+    """One run's {head, solo, true} by bin (head None without a chord head)."""
+    model, _ = load_model(Path(folder) / "best")
+    T = model.cfg.max_frames
+    if T not in cache:
+        cache[T] = (scoring_set(data, meta, T)[1], fit_probes(data, meta, T))
+    ls, probes = cache[T]
+    since = frames_since_change(ls.chords)
+    counted = ls.harmony_frames(model.cfg.card)
+    head = None
+    if model.chord_head is not None:
+        memory = model.encode(ls.backing)                 # [N, L + T, D]: frame t at L + t
+        guess = model.chord_head(memory[:, -T:]).argmax(-1)
+        head = by_bin(tones(ls.chords, guess), ls.chords.any(-1) & (since >= 0), since)
+    solos = generated_solos(model, ls, 16, torch.device("cpu"), seed=seed)
+    read = {name: read_pitch_classes(probes.pitch, solos[name], probes.span)
+            for name in ("own", "true")}
+    return {"head": head, "solo": by_bin(tones(ls.chords, read["own"]), counted, since),
+            "true": by_bin(tones(ls.chords, read["true"]), counted, since),
+            "frames": [int((counted & (since >= a) & (since < b)).sum()) for a, b in BINS]}
+
+
+def mean_of(runs, key):
+    """The mean over runs of each bin's figure (None where a run has none)."""
+    columns = zip(*(run[key] for run in runs)) if all(run[key] for run in runs) else []
+    return [sum(c) / len(c) if None not in c else None for c in columns] or None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/demo", help="the demo dataset the runs trained on")
+    parser.add_argument("--row", nargs="+", action="append", required=True,
+                        metavar=("NAME", "RUN"), help="a row: its name, then run folders")
+    parser.add_argument("--out", required=True, help="the JSON to write")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    meta, cache, rows = load_dataset(args.data), {}, {}
+    for name, *folders in args.row:
+        if not folders:
+            raise SystemExit(f"--row {name}: name a run folder after it")
+        runs = {}
+        for folder in folders:
+            runs[folder] = score_run(folder, args.data, meta, cache, seed=0)
+            print(name, folder, json.dumps(runs[folder]), flush=True)
+        rows[name] = {"runs": runs, **{key: mean_of(list(runs.values()), key)
+                                       for key in ("head", "solo", "true")}}
+    write_json(Path(args.out), {"command": " ".join(["python experiments/chord_changes.py",
+                                                     *(argv or sys.argv[1:])]),
+                                "data": args.data, "split": scoring_split(meta),
+                                "bins_frames": [list(b) for b in BINS], "rows": rows})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
