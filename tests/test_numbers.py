@@ -540,3 +540,17 @@ def test_phase5_quotes_the_emulated_board():
         codes = (f"equal over {b[v]['frames']} frames" if b[v]["codes_equal"]
                  else f"part at frame {b[v]['first_differing_frame']} of {b[v]['frames']}")
         assert f"| {v} | {b[v]['max_logit_gap']:.2f} | {codes} |" in page, v
+
+
+def test_phase5_quotes_where_the_live_solo_loses_the_chord():
+    """docs/phase5's table of the chord head and the solo by frames since the band's chord
+    changed: docs/results/chord-changes.json (experiments/chord_changes.py)."""
+    page = (ROOT / "docs" / "phase5-streaming.md").read_text()
+    r = json.loads((ROOT / "docs" / "results" / "chord-changes.json").read_text())
+    assert r["split"] == "test" and all(len(row["runs"]) >= 3 for row in r["rows"].values())
+    for name, row in r["rows"].items():
+        for key, what in (("head", "chord head"), ("solo", "solo")):
+            line = f"| {name} | {what} | " + " | ".join(f"{x:.2f}" for x in row[key]) + " |"
+            assert line in page, line
+    true = next(iter(r["rows"].values()))["true"]
+    assert "| true lead | solo | " + " | ".join(f"{x:.2f}" for x in true) + " |" in page
