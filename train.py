@@ -431,10 +431,11 @@ def train_step(run):
         past = held_past(solo, cfg.solo_hold, run.model.cfg.frame_rate, run.gen, run.device)
         if i not in mine:
             continue  # another rank's micro-batch
+        aids |= {"past": past} if past is not None else {}  # a keyword only when on
         with no_sync(run.loss_fn, world, last=i == mine[-1]):
             with run.autocast():
                 loss, _, aux = run.loss_fn(backing.to(run.device), solo.to(run.device),
-                                           drop.to(run.device), hide, past=past, **aids)
+                                           drop.to(run.device), hide, **aids)
             # The auxiliary losses join the gradient only; the logged loss stays the codes'
             # cross-entropy, comparable with every other run's.
             weights = {"pitch": cfg.pitch_aux, "chord": cfg.chord_aux, "ahead": cfg.ahead_aux,
