@@ -93,9 +93,12 @@ def score_run(folder, data, meta, cache, seed):
 
 
 def mean_of(runs, key):
-    """The mean over runs of each bin's figure (None where a run has none)."""
-    columns = zip(*(run[key] for run in runs)) if all(run[key] for run in runs) else []
-    return [sum(c) / len(c) if None not in c else None for c in columns] or None
+    """The mean over runs of each bin's figure: None for a bin some run has no figure in, and
+    None for the whole key when a run has none (a model without a chord head)."""
+    values = [run[key] for run in runs]
+    if any(v is None for v in values):
+        return None
+    return [None if None in column else sum(column) / len(column) for column in zip(*values)]
 
 
 def main(argv=None):
