@@ -10,6 +10,7 @@ codec as ONNX graphs, for onnx_runner.py on a small board (no PyTorch there).
 Writes into --out, atomically (a temporary folder, then one rename; never over an
 existing folder without --overwrite):
     encoder_step.onnx, decoder_step.onnx             one frame through the transformer, fp32
+    decoder_step.cfg.onnx                            guidance's decoder step (two rows)
     *.int8.onnx, *.int4.onnx                          the same with 8-bit or 4-bit weights
     codec_encoder.onnx, codec_decoder.onnx           EnCodec for fixed windows of audio and codes
     runner.json                                      the runner's numbers, each graph's SHA-256
@@ -81,9 +82,9 @@ class ExportConfig:
 #   - turn queries and keys by their rotary angle with one matmul (rotation), with the
 #     1/sqrt(hd) of attention folded into the queries' turn;
 #   - are written for one position, and for one row, so that splitting heads and merging
-#     them back are reshapes, not transposes. Guidance runs two rows at once (the band's
-#     and the null condition's, sax.sampling.guided_logits): one call reads the weights
-#     once for both, and only the split of q, k and v needs a transpose.
+#     them back are reshapes, not transposes. Guidance's decoder step runs two rows at once (the
+#     band's and the null condition's, sax.sampling.guided_logits): one call reads the
+#     weights once for both, and only the split of q, k and v needs a transpose.
 # The steps are written out again here rather than calling model.Block, for these
 # reasons; tests/test_onnx.py holds their logits equal to SamplerState's.
 
@@ -127,12 +128,15 @@ def ring_attention(q, ring_k, ring_v, bias, k=None, v=None):
     return past @ ring_v + now * v                                      # [B, H, 1, hd]
 
 
-def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None):
+def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None, null=None):
     """model.Block for one position x [B, 1, D] over its rings (ring: keys, values;
     cross: the backing frames' keys and values) -> (x [B, 1, D], this position's k, v).
 
     turns: step_turns at this position. The block's own weights and layers; only the
     attention over the rings and the rotary turn are written differently.
+    null [1, 1, D]: with guidance, what the null condition's row (row 1) reads from the
+    backing frames, so that only the band's row (row 0) reads the cross ring (see
+    NullCondition below).
     """
     attn = block.self_attn
     B, H, D = x.size(0), attn.n_heads, x.size(-1)
@@ -147,8 +151,12 @@ def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None):
     # decoder blocks: the backing frames' ring, nothing new to add to it
     if block.cross_attn is not None:
         c = block.cross_attn
-        q = c.q_proj(block.norm2(x)).view(B, H, 1, D // H) @ turns[0]     # [B, H, 1, hd]
-        x = x + c.out_proj(ring_attention(q, *cross, cross_bias).view(B, 1, D))
+        rows = B if null is None else 1  # with guidance only the band's row reads the ring
+        q = c.q_proj(block.norm2(x[:rows])).view(rows, H, 1, D // H) @ turns[0]  # [rows, H, 1, hd]
+        heard = ring_attention(q, *cross, cross_bias).view(rows, 1, D)
+        if null is not None:
+            heard = torch.cat([heard, null])                                  # [2, 1, D]
+        x = x + c.out_proj(heard)
     return x + block.ffn(block.norm3(x)), k, v
 
 
@@ -175,13 +183,13 @@ def joined_linear(layers):
 class EncoderStep(torch.nn.Module):
     """One backing frame through the causal encoder (SamplerState.encoder_step as a function).
 
-    frame [B, K] int64, position [1] int64, enc_bias [C] (0: a slot this step may see,
-    -inf: not), then per encoder layer its ring: keys, values [B, H, C, hd]
-    -> per encoder layer this frame's key and value [B, H, 1, hd] (for the encoder's rings),
-       cross [L_dec, 2, H, 1, hd] (one row) or [L_dec, 2, B, H, 1, hd]: this frame's keys
-       and values for the cross-attention rings,
-       state [B, 1, D] (the encoder output, for the aligned path's window).
-    B: 1 row, or 2 with guidance (the band's frame, then the null condition's).
+    frame [1, K] int64, position [1] int64, enc_bias [C] (0: a slot this step may see,
+    -inf: not), then per encoder layer its ring: keys, values [1, H, C, hd]
+    -> per encoder layer this frame's key and value [1, H, 1, hd] (for the encoder's rings),
+       cross [L_dec, 2, H, 1, hd]: this frame's keys and values for the cross-attention
+       rings, state [1, 1, D] (the encoder output, for the aligned path's window).
+    One row, with guidance too: the null condition's row needs no encoder step (see
+    GuidedDecoderStep).
     """
 
     def __init__(self, model):
@@ -192,31 +200,27 @@ class EncoderStep(torch.nn.Module):
 
     def forward(self, frame, position, enc_bias, *rings):
         m, H, D = self.model, self.model.cfg.n_heads, self.model.cfg.d_model
-        B, L = frame.size(0), len(m.decoder)
-        x = m.embed(m.enc_emb, frame[..., None])                              # [B, 1, D]
+        L = len(m.decoder)
+        x = m.embed(m.enc_emb, frame[..., None])                              # [1, 1, D]
         turns = step_turns(position, D // H)                                   # [3, 1, hd, hd]
         new = []
         for block, ring in zip(m.encoder, pairs(rings)):
             x, k, v = block_step(block, x, turns, ring, enc_bias)
             new += [k, v]
-        x = m.enc_norm(x)                                                      # [B, 1, D]
+        x = m.enc_norm(x)                                                      # [1, 1, D]
         # keys turned, values as is
-        if B == 1:
-            cross = self.cross_kv(x).view(L, 2, H, 1, D // H) @ turns[1:]
-        else:  # [L_dec, 2, B, H, 1, hd]
-            cross = (self.cross_kv(x).view(B, L, 2, H, 1, D // H).permute(1, 2, 0, 3, 4, 5)
-                     @ turns[1:, None])
+        cross = self.cross_kv(x).view(L, 2, H, 1, D // H) @ turns[1:]
         return (*new, cross, x)
 
 
 class DecoderStep(torch.nn.Module):
-    """One decoder step (SamplerState.decoder_step as a function).
+    """One decoder step (SamplerState.decoder_step as a function), for one row.
 
-    tokens [B, K] int64 (the previous step's codes), position [1] int64, recent [B, K, D]
+    tokens [1, K] int64 (the previous step's codes), position [1] int64, recent [1, K, D]
     (encoder states of the last K frames, oldest first: the aligned path), self_bias
     and cross_bias [C], then per decoder layer its own ring (self_k, self_v) and then
     per layer the backing frames' ring (cross_k, cross_v), laid out as in EncoderStep
-    -> logits [B, K, card], then per decoder layer this step's key and value [B, H, 1, hd].
+    -> logits [1, K, card], then per decoder layer this step's key and value [1, H, 1, hd].
     """
 
     def __init__(self, model):
@@ -235,6 +239,9 @@ class DecoderStep(torch.nn.Module):
                 self.aligned.bias.copy_(conv.bias)
 
     def forward(self, tokens, position, recent, self_bias, cross_bias, *rings):
+        return self.step(tokens, position, recent, self_bias, cross_bias, rings)
+
+    def step(self, tokens, position, recent, self_bias, cross_bias, rings, null=None):
         m, H, D = self.model, self.model.cfg.n_heads, self.model.cfg.d_model
         B = tokens.size(0)
         x = m.embed(m.dec_emb, tokens[..., None])                             # [B, 1, D]
@@ -243,11 +250,37 @@ class DecoderStep(torch.nn.Module):
         turns = step_turns(position, D // H)
         L = len(m.decoder)
         new = []
-        for block, ring, cross in zip(m.decoder, pairs(rings[:2 * L]), pairs(rings[2 * L:])):
-            x, k, v = block_step(block, x, turns, ring, self_bias, cross, cross_bias)
+        for i, block in enumerate(m.decoder):
+            x, k, v = block_step(block, x, turns, rings[2 * i:2 * i + 2], self_bias,
+                                 rings[2 * (L + i):2 * (L + i) + 2], cross_bias,
+                                 None if null is None else null[i])
             new += [k, v]
         # [B, K, 1, card] -> [B, K, card]
         return (m.logits(x).view(B, m.cfg.n_codebooks, m.cfg.card), *new)
+
+
+# Guidance runs the decoder on two rows: the band's, and the null condition's, whose
+# backing is the special token at every frame (model.null_condition). That second backing
+# needs no encoder of its own. Every null frame enters the encoder as the same vector (no
+# position is added to it: rotary turns act on keys and queries only), and attention
+# returns a weighted mean of values that are all that same frame's, that is the value
+# itself, whatever the weights; norms and feed-forward layers act frame by frame. So every
+# layer's output is the same at every position: one encoder state, one key and value per
+# decoder layer, computed once (the runner's SoloStream.hear_nothing, the one-row encoder
+# step at position 0). For the same reason the null row's cross-attention reads that
+# value back, whatever its query: it is an input here, and only the band's row reads the
+# cross ring. Per step this saves the null row's encoder step and its cross-attention
+# rings (a third of small's ring bytes), leaving its own self-attention ring to read.
+
+class GuidedDecoderStep(DecoderStep):
+    """DecoderStep on guidance's two rows: tokens [2, K] (the same codes twice), recent
+    [2, K, D], null [L_dec, 1, 1, D] (per decoder layer, the null condition's cross-attention
+    values, heads side by side), then the rings: the self rings with two rows [2, H, C, hd],
+    the cross rings with the band's row only [1, H, C, hd] -> logits [2, K, card] (the
+    band's row, then the null condition's) and the self rings' new keys and values."""
+
+    def forward(self, tokens, position, recent, self_bias, cross_bias, null, *rings):
+        return self.step(tokens, position, recent, self_bias, cross_bias, rings, null)
 
 
 def export_graph(module, args, path, inputs, outputs, dynamic):
@@ -260,46 +293,56 @@ def export_graph(module, args, path, inputs, outputs, dynamic):
                           dynamic_axes=dynamic, opset_version=20, dynamo=False)
 
 
-# The step graphs' names: one row (name.onnx), and two rows for guidance (name.cfg.onnx:
-# the band's row and the null condition's in one call); each also .int8 and .int4.
+# The step graphs' names: one row (name.onnx), and guidance's decoder step on two rows
+# (decoder_step.cfg.onnx); each also .int8 and .int4. Guidance's encoder step is the
+# one-row graph (GuidedDecoderStep says why).
 GUIDED = ".cfg"
 
 
-def export_steps(model, folder, rows=1):
-    """The transformer's two streaming steps as ONNX graphs in folder: fp32, int8 and int4
-    weights, for one row (rows=1) or for guidance's two (rows=2: encoder_step.cfg.onnx...)."""
+def export_steps(model, folder, guided=False):
+    """The transformer's two streaming steps as ONNX graphs in folder, fp32, int8 and int4
+    weights, for one row; guided: guidance's decoder step (decoder_step.cfg.onnx ...)."""
     mcfg = model.cfg
     K, H, D, L = mcfg.n_codebooks, mcfg.n_heads, mcfg.d_model, mcfg.n_dec_layers
     # Every shape fixed where it can be: the rows, and rings of attn_window slots. ONNX
     # Runtime then folds away the shape arithmetic the tracer records (a third of the
     # nodes), which at one frame per call is most of the time. Only a model without a
     # window keeps the ring length free (it grows with the song).
-    hd, B, tag = D // H, rows, "" if rows == 1 else GUIDED
+    hd, B = D // H, 2 if guided else 1
     C = mcfg.attn_window or 8
     free = not mcfg.attn_window
     # Example inputs for the tracer: only their shapes matter (zeros are fine).
-    rings = lambda layers: [torch.zeros(B, H, C, hd) for _ in range(2 * layers)]  # noqa: E731
+    rings = lambda layers, rows=B: [torch.zeros(rows, H, C, hd)  # noqa: E731
+                                    for _ in range(2 * layers)]
     bias = torch.zeros(C)
     frame, position = torch.zeros(B, K, dtype=torch.long), torch.zeros(1, dtype=torch.long)
 
     def slots(names):  # the axis that counts slots, free only without a window
         return {n: {2: "slots"} for n in names} if free else {}
 
-    enc = ring_names("enc", mcfg.n_enc_layers)
     own, cross = ring_names("self", L), ring_names("cross", L)
+    biases = {"self_bias": {0: "slots"}, "cross_bias": {0: "slots"}} if free else {}
+    if guided:
+        export_graph(GuidedDecoderStep(model),
+                     (frame, position, torch.zeros(B, K, D), bias, bias, torch.zeros(L, 1, 1, D),
+                      *rings(L), *rings(L, rows=1)), folder / f"decoder_step{GUIDED}.onnx",
+                     ["tokens", "position", "recent", "self_bias", "cross_bias", "null", *own,
+                      *cross], ["logits", *ring_names("new_self", L)],
+                     {**slots(own + cross), **biases})
+        quantize_step(folder, "decoder_step" + GUIDED)
+        return
+    enc = ring_names("enc", mcfg.n_enc_layers)
     export_graph(EncoderStep(model), (frame, position, bias, *rings(mcfg.n_enc_layers)),
-                 folder / f"encoder_step{tag}.onnx", ["frame", "position", "enc_bias", *enc],
+                 folder / "encoder_step.onnx", ["frame", "position", "enc_bias", *enc],
                  [*ring_names("new_enc", mcfg.n_enc_layers), "cross", "state"],
                  {**slots(enc), **({"enc_bias": {0: "slots"}} if free else {})})
     export_graph(DecoderStep(model),
                  (frame, position, torch.zeros(B, K, D), bias, bias, *rings(L), *rings(L)),
-                 folder / f"decoder_step{tag}.onnx",
+                 folder / "decoder_step.onnx",
                  ["tokens", "position", "recent", "self_bias", "cross_bias", *own, *cross],
-                 ["logits", *ring_names("new_self", L)],
-                 {**slots(own + cross), **({"self_bias": {0: "slots"},
-                                            "cross_bias": {0: "slots"}} if free else {})})
+                 ["logits", *ring_names("new_self", L)], {**slots(own + cross), **biases})
     for name in ("encoder_step", "decoder_step"):
-        quantize_step(folder, name + tag)
+        quantize_step(folder, name)
 
 
 def quantize_step(folder, name):
@@ -372,9 +415,9 @@ def export_codec(codec, n_codebooks, chunk_frames, hop, folder):
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     """The graphs, runner.json and onnx_runner.py into folder (a temporary one: see export_onnx)."""
     mcfg = model.cfg
-    print("the transformer's two steps, for one row and for guidance's two ...")
+    print("the transformer's two steps, and guidance's decoder step on two rows ...")
     export_steps(model, folder)
-    export_steps(model, folder, rows=2)
+    export_steps(model, folder, guided=True)
     print("... and the codec, which carries its state from chunk to chunk")
     chunk = chunk_frames(cfg, numbers)
     export_codec(codec, mcfg.n_codebooks, chunk, numbers["hop"], folder)
@@ -382,8 +425,8 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     for name in ("onnx_runner.py", "sound_card.py"):
         shutil.copy(Path(__file__).with_name(name), folder / name)
     shutil.copy(Path(guard.__file__), folder / "guard.py")
-    graphs = [f"{step}{tag}{variant}.onnx" for variant in ("", ".int8", ".int4")
-              for tag in ("", GUIDED) for step in ("encoder_step", "decoder_step")]
+    graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4") for step in
+              ("encoder_step", "decoder_step", f"decoder_step{GUIDED}")]
     graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
     runner = {"format": FORMAT, "checkpoint": str(cfg.checkpoint), "step": config["step"],
               "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model,

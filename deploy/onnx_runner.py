@@ -25,9 +25,9 @@ The step graphs come with three kinds of weights (--variant): int8 (the default)
 
     python solo_onnx/onnx_runner.py solo_onnx --loss data/demo    # the folder data.py wrote
 
---cfg-coef 3 samples with classifier-free guidance: each step runs two rows at once (the
-band's and the null condition's, sax.sampling.guided_logits), through the export's
-*.cfg.onnx graphs; runner.json's cfg_coef is the default (none: off).
+--cfg-coef 3 samples with classifier-free guidance: each decoder step runs two rows at
+once (the band's and the null condition's, sax.sampling.guided_logits), through the
+export's decoder_step.cfg graphs; runner.json's cfg_coef is the default (none: off).
 
 This is the deployment; the lesson is model.StreamingSampler, which does the same
 steps in PyTorch (docs/phase5-streaming.md). tests/test_onnx.py holds the two equal.
@@ -61,13 +61,15 @@ except ImportError as err:
 
 from sound_card import Live, open_sound_card  # noqa: E402 (beside this file: --live's two threads)
 
-FORMAT = 3  # runner.json's "format": 3 since the codec graphs carry their state (no context window)
+# runner.json's "format": 4 since guidance's null condition runs no encoder step
+# (3: the codec graphs carry their state)
+FORMAT = 4
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
                "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
                "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
-# Guidance: the same steps on two rows at once (onnx_export.GUIDED), encoder_step.cfg.onnx ...
-GUIDED_GRAPHS = {v: tuple(g.replace("_step.", "_step.cfg.") for g in graphs)
-                 for v, graphs in STEP_GRAPHS.items()}
+# Guidance: the one-row encoder step, and the decoder step on two rows (onnx_export.GUIDED)
+GUIDED_GRAPHS = {v: (encoder, decoder.replace("_step.", "_step.cfg."))
+                 for v, (encoder, decoder) in STEP_GRAPHS.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -243,7 +245,8 @@ class SoloStream:
 
     def __init__(self, folder, numbers, n_frames, variant="int8", threads=1, temperature=1.0,
                  top_k=250, seed=0, uniform=None, look_ahead=True, cfg_coef=None):
-        # Guidance: row 0 hears the band, row 1 the null condition (nothing), in one call.
+        # Guidance: row 0 hears the band, row 1 the null condition (nothing), in one
+        # decoder call; the encoder runs the band's row alone (hear_nothing says why).
         self.cfg_coef, rows = cfg_coef, 1 if cfg_coef is None else 2
         encoder, decoder = (STEP_GRAPHS if cfg_coef is None else GUIDED_GRAPHS)[variant]
         self.encoder, self.decoder = session(Path(folder) / encoder,
@@ -258,15 +261,17 @@ class SoloStream:
         self.lookahead = numbers.get("lookahead", 0)
         # A windowed model needs only `window` slots; without a window, room for every step.
         slots = self.window or n_frames + K - 1 + self.lookahead
-        def ring(prefix, layers):
+        def ring(prefix, layers, rows=1):
             return Ring(prefix, numbers[layers], rows, numbers["n_heads"], slots,
                         numbers["head_dim"])
-        self.enc_ring, self.self_ring = ring("enc", "n_enc_layers"), ring("self", "n_dec_layers")
+        self.enc_ring, self.self_ring = ring("enc", "n_enc_layers"), ring("self", "n_dec_layers",
+                                                                            rows)
         self.cross_ring = ring("cross", "n_dec_layers")       # the backing frames' keys and values
         # encoder states of the last K frames, oldest first
         self.recent = np.zeros((rows, K, D), np.float32)
         self.tokens = np.full((1, K), self.card, np.int64)  # the start token
-        self.null = np.full(K, self.card, np.int64)         # the null condition's frame
+        if cfg_coef is not None:
+            self.null_state, self.null_values = self.hear_nothing(numbers)
         self.columns = []                                   # the last K delayed columns written
         self.n_backing = self.step = 0
         # no `recent` without the aligned path
@@ -304,17 +309,31 @@ class SoloStream:
                              f"{found}, runner.json says {want} (was it edited?): export the "
                              "folder again")
 
+    def hear_nothing(self, numbers):
+        """Guidance's null condition, heard once -> (its encoder state [1, 1, D], its
+        cross-attention values per decoder layer [L_dec, 1, 1, D]).
+
+        Its backing is the special token at every frame, and then every encoder layer
+        gives the same output at every position (onnx_export.GuidedDecoderStep says why):
+        the encoder step at position 0, over empty rings, gives it.
+        """
+        frame = np.full((1, self.K), self.card, np.int64)
+        *_, cross, state = self.encoder.run(None, {
+            "frame": frame, "position": np.array([0]),
+            "enc_bias": self.enc_ring.bias(0, self.window), **self.enc_ring.inputs})
+        # cross [L_dec, 2 (keys, values), H, 1, hd]: the values, heads side by side
+        return state, cross[:, 1].reshape(numbers["n_dec_layers"], 1, 1, numbers["d_model"])
+
     def encoder_step(self, frame):
         t = self.n_backing
-        frames = frame[None] if self.cfg_coef is None else np.stack([frame, self.null])
-        # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd], or [L_dec, 2, rows, H, 1, hd]
+        # new: k0, v0, k1, v1, ...; cross [L_dec, 2, H, 1, hd]
         *new, cross, state = self.encoder.run(None, {
-            "frame": frames.astype(np.int64), "position": np.array([t]),
+            "frame": frame[None].astype(np.int64), "position": np.array([t]),
             "enc_bias": self.enc_ring.bias(t, self.window), **self.enc_ring.inputs})
         self.enc_ring.write(t, new[::2], new[1::2])
-        if cross.ndim == 5:  # one row
-            cross = cross[:, :, None]
-        self.cross_ring.write(t, cross[:, 0], cross[:, 1])
+        self.cross_ring.write(t, cross[:, 0, None], cross[:, 1, None])
+        if self.cfg_coef is not None:  # the null condition's row: its one state, every frame
+            state = np.concatenate([state, self.null_state])
         self.recent = np.concatenate([self.recent[:, 1:], state], axis=1)
         self.n_backing += 1
 
@@ -326,8 +345,9 @@ class SoloStream:
         if s >= self.n_backing:
             zeros = np.zeros_like(self.recent[:, :1])
             self.recent = np.concatenate([self.recent[:, 1:], zeros], axis=1)
-        tokens = self.tokens if self.cfg_coef is None else np.repeat(self.tokens, 2, axis=0)
-        feed = {"tokens": tokens, "position": np.array([s]), "recent": self.recent,
+        tokens, null = ((self.tokens, {}) if self.cfg_coef is None else
+                        (np.repeat(self.tokens, 2, axis=0), {"null": self.null_values}))
+        feed = {"tokens": tokens, "position": np.array([s]), "recent": self.recent, **null,
                 "self_bias": self.self_ring.bias(s, self.window),
                 "cross_bias": self.cross_ring.bias(s, self.window),
                 **self.self_ring.inputs, **self.cross_ring.inputs}

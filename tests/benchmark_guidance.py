@@ -7,7 +7,8 @@ For each preset, a causal model as the README's live recipe trains it (attention
 300, 80 ms of lookahead; random weights: speed does not depend on what was learned) is
 exported by onnx_export.write_onnx_folder, then, on ONE ONNX Runtime thread:
   1. the transformer's step alone (encoder step + decoder step + sampling, top-k 250),
-     per frame, without guidance and with --cfg-coef 3 (both rows in one graph call),
+     per frame, without guidance and with --cfg-coef 3 (both rows in one decoder call, the
+     null condition's encoder states heard once: onnx_export.GuidedDecoderStep),
      the two timed in turns of 20 frames (30 turns each), so that a busy machine slows both alike:
      the median per frame and the ratio, for the int8 and int4 weights;
   2. the whole runner on a 10 s backing (codec graphs included, --no-pace) in its own
@@ -82,14 +83,18 @@ def one_preset(name, rounds):
         sf.write(tmp / "backing.wav", (0.1 * np.random.default_rng(0).standard_normal(10 * 24000))
                  .astype(np.float32), 24000)
         # What a row's rings hold (keys and values of every attention, window slots each),
-        # against the bytes of the step graphs: guidance reads the rings twice, the weights once.
-        layers = runner["n_enc_layers"] + 2 * runner["n_dec_layers"]
-        row["ring_mb_per_row"] = round(layers * 2 * runner["n_heads"] * runner["attn_window"]
-                                       * runner["head_dim"] * 4 / 1e6, 1)
+        # against the bytes of the step graphs: guidance reads the weights once, and beside
+        # the band's rings only the null row's self-attention rings (GuidedDecoderStep).
+        def ring_mb(layers):
+            return round(layers * 2 * runner["n_heads"] * runner["attn_window"]
+                         * runner["head_dim"] * 4 / 1e6, 1)
+        row["ring_mb_per_row"] = ring_mb(runner["n_enc_layers"] + 2 * runner["n_dec_layers"])
+        row["ring_mb_null_row"] = ring_mb(runner["n_dec_layers"])
         for variant in ("int8", "int4"):
             row[f"{variant}_graphs_mb"] = round(sum((tmp / g).stat().st_size
                                                     for g in onnx_runner.STEP_GRAPHS[variant]) / 1e6, 1)
-        print(f"  {name}: the rings of one row {row['ring_mb_per_row']} MB; the step graphs "
+        print(f"  {name}: the rings of one row {row['ring_mb_per_row']} MB (guidance's null row: "
+              f"{row['ring_mb_null_row']} MB); the step graphs "
               f"int8 {row['int8_graphs_mb']} MB, int4 {row['int4_graphs_mb']} MB")
         for variant in ("int8", "int4"):
             plain, guided = step_times(tmp, runner, variant, frames, rounds)

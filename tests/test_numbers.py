@@ -435,6 +435,7 @@ def test_phase5_quotes_what_guidance_costs():
     small = g["presets"]["small"]
     assert g["cfg_coef"] == 3.0 and g["threads"] == 1
     for text in (*rows, f"one row's rings hold {small['ring_mb_per_row']} MB for small",
+                 f"of which the null row reads {small['ring_mb_null_row']} MB",
                  f"{small['int4_graphs_mb']} MB of int4 step graphs",
                  f"small's step costs about {round(small['int4']['step_ratio'], 1)} times as much"):
         assert text in page, text

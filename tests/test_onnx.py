@@ -161,10 +161,11 @@ def guided_logit_gaps(folder, model, backing, solo, coef=3.0):
 
 
 def test_guided_steps_equal_pytorch(exported):
-    """Guidance in one graph call of two rows: fp32 equals SamplerState's guided logits to 1e-5;
-    int8 within 0.1 and int4 within 0.4 of them (measured on this model: 0.020 and 0.083,
-    against 0.009 and 0.078 unguided; guidance at 3 is 3 cond - 2 uncond, so each row's
-    error can count up to 5 times)."""
+    """Guidance's decoder step on two rows, the null condition heard once (GuidedDecoderStep):
+    fp32 equals SamplerState's guided logits, which run the null row through the encoder
+    at every frame, to 1e-5 (measured: 3e-6); int8 within 0.1 and int4 within 0.4 of them
+    (measured on this model: 0.021 and 0.086, against 0.009 and 0.078 unguided; guidance
+    at 3 is 3 cond - 2 uncond, so each row's error can count up to 5 times)."""
     folder, model, _, _, backing, solo = exported
     gaps = guided_logit_gaps(folder, model, backing[:, :60], solo[:, :60])
     assert gaps["fp32"] < 1e-5, gaps
