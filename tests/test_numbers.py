@@ -431,11 +431,15 @@ def test_phase5_quotes_what_guidance_costs():
             " | ".join(f"{c['runner']['plain']['realtime_factor']:.1f}x -> "
                        f"{c['runner']['guided']['realtime_factor']:.1f}x" for c in cols),
             " | ".join(f"{c['runner']['plain']['end_to_end_delay_ms_p50']:.0f} -> "
-                       f"{c['runner']['guided']['end_to_end_delay_ms_p50']:.0f} ms" for c in cols)]
+                       f"{c['runner']['guided']['end_to_end_delay_ms_p50']:.0f} ms" for c in cols),
+            " | ".join(f"{c['runner']['plain']['codec_chunk_ms_p50']:.1f} -> "
+                       f"{c['runner']['guided']['codec_chunk_ms_p50']:.1f} ms" for c in cols)]
+    codec = [c["runner"][side]["codec_chunk_ms_p50"] for c in cols for side in ("plain", "guided")]
     small = g["presets"]["small"]
     assert g["cfg_coef"] == 3.0 and g["threads"] == 1
     for text in (*rows, f"one row's rings hold {small['ring_mb_per_row']} MB for small",
                  f"of which the null row reads {small['ring_mb_null_row']} MB",
+                 f"they take {min(codec):.1f} to {max(codec):.1f} ms per chunk of three frames",
                  f"{small['int4_graphs_mb']} MB of int4 step graphs",
                  f"small's step costs about {round(small['int4']['step_ratio'], 1)} times as much"):
         assert text in page, text
