@@ -62,6 +62,10 @@ ROWS = {
                        baseline="random"),
     "random-hold-0.15": Row("with held spans three times as often (train.py --solo-hold 0.15)",
                             flags=("--solo-hold", "0.15"), baseline="random"),
+    # The lookahead with the chord aid on, as played: L = 80 ms is the recipe itself ("random")
+    **{f"random-lookahead-{ms}": Row(f"written {ms} ms ahead instead of 80 (train.py "
+                                     f"--lookahead-ms {ms})", flags=("--lookahead-ms", str(ms)),
+                                     baseline="random") for ms in (0, 40, 160)},
     "riff": Row("the live recipe on the corpus whose hits repeat (data.py --demo-style riff)",
                 corpus="riff", data=("--demo-style", "riff")),
     "riff-ahead": Row("the same with the anticipation aid at weight 1",
