@@ -136,7 +136,7 @@ def block_step(block, x, turns, ring, bias, cross=None, cross_bias=None, null=No
     attention over the rings and the rotary turn are written differently.
     null [1, 1, D]: with guidance, what the null condition's row (row 1) reads from the
     backing frames, so that only the band's row (row 0) reads the cross ring (see
-    NullCondition below).
+    GuidedDecoderStep).
     """
     attn = block.self_attn
     B, H, D = x.size(0), attn.n_heads, x.size(-1)
@@ -250,10 +250,10 @@ class DecoderStep(torch.nn.Module):
         turns = step_turns(position, D // H)
         L = len(m.decoder)
         new = []
-        for i, block in enumerate(m.decoder):
-            x, k, v = block_step(block, x, turns, rings[2 * i:2 * i + 2], self_bias,
-                                 rings[2 * (L + i):2 * (L + i) + 2], cross_bias,
-                                 None if null is None else null[i])
+        nulls = [None] * L if null is None else null  # per layer, [1, 1, D] with guidance
+        for block, ring, cross, layer_null in zip(m.decoder, pairs(rings[:2 * L]),
+                                                  pairs(rings[2 * L:]), nulls):
+            x, k, v = block_step(block, x, turns, ring, self_bias, cross, cross_bias, layer_null)
             new += [k, v]
         # [B, K, 1, card] -> [B, K, card]
         return (m.logits(x).view(B, m.cfg.n_codebooks, m.cfg.card), *new)
