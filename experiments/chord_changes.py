@@ -17,10 +17,13 @@ no change since the window began are left out: how long ago is not known). Per b
   generate.py samples), read by the pitch probe;
 - true: the true lead's note-in-chord (it too holds a note across a change until its next
   kick).
-Means over the row's runs, and each run's figures.
+Means over the row's runs, and each run's figures; and per run, over the whole windows, the
+listening test's figures of the same solos beside those over another song's band (kick AUC,
+note-in-chord, plays with the band: `listening`), with their mean and sd over the row's runs.
 """
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from sax.checkpoints import load_model  # noqa: E402
 from sax.dataset import load_dataset  # noqa: E402
 from sax.files import write_json  # noqa: E402
 from sax.listening import (fit_probes, generated_solos, read_pitch_classes,  # noqa: E402
-                           scoring_set, scoring_split)
+                           score_solos, scoring_set, scoring_split)
 
 # Bins of frames since the change, [low, high): before an 80 ms lookahead hears it (6
 # frames at 75 Hz), the first quarter second, two thirds of one, 1.3 s, and later.
@@ -89,7 +92,25 @@ def score_run(folder, data, meta, cache, seed):
             for name in ("own", "true")}
     return {"head": head, "solo": by_bin(tones(ls.chords, read["own"]), counted, since),
             "true": by_bin(tones(ls.chords, read["true"]), counted, since),
-            "frames": [int((counted & (since >= a) & (since < b)).sum()) for a, b in BINS]}
+            "frames": [int((counted & (since >= a) & (since < b)).sum()) for a, b in BINS],
+            # the same solos over every frame, beside those over another song's band
+            "listening": {key: value for key, value in score_solos(probes, ls, solos).items()
+                          if key in LISTENING}}
+
+
+# The whole windows' figures of each run (sax.listening.score_solos), sampled offline, on
+# time: what the model plays when nothing it hears is late.
+LISTENING = ("kick_auc_own", "kick_auc_mismatched", "note_in_chord_own",
+             "note_in_chord_mismatched", "plays_with_band_rhythm", "plays_with_band_harmony")
+
+
+def mean_and_sd(runs):
+    """{figure: [mean, sd]} of LISTENING over runs (sd over seeds, 0 for one run)."""
+    out = {}
+    for key in LISTENING:
+        values = [run["listening"][key] for run in runs]
+        out[key] = [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+    return out
 
 
 def mean_of(runs, key):
@@ -120,7 +141,8 @@ def main(argv=None):
             runs[folder] = score_run(folder, args.data, meta, cache, seed=0)
             print(name, folder, json.dumps(runs[folder]), flush=True)
         rows[name] = {"runs": runs, **{key: mean_of(list(runs.values()), key)
-                                       for key in ("head", "solo", "true")}}
+                                       for key in ("head", "solo", "true")},
+                      "listening": mean_and_sd(list(runs.values()))}
     write_json(Path(args.out), {"command": " ".join(["python experiments/chord_changes.py",
                                                      *(argv or sys.argv[1:])]),
                                 "data": args.data, "split": scoring_split(meta),

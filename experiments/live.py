@@ -62,6 +62,9 @@ ROWS = {
                        baseline="random"),
     "random-hold-0.15": Row("with held spans three times as often (train.py --solo-hold 0.15)",
                             flags=("--solo-hold", "0.15"), baseline="random"),
+    "random-distill": Row("distilled from an offline teacher (weight 1): python train.py as it "
+                          "stands, which plays with the band offline", distill=True,
+                          baseline="random"),
     # The lookahead with the chord aid on, as played: L = 80 ms is the recipe itself ("random")
     **{f"random-lookahead-{ms}": Row(f"written {ms} ms ahead instead of 80 (train.py "
                                      f"--lookahead-ms {ms})", flags=("--lookahead-ms", str(ms)),

@@ -41,6 +41,9 @@ def test_a_run_is_scored_by_bin(trained, tmp_path, demo_dataset):
     run = row["runs"][str(trained[0])]
     assert row["head"] is not None and row["solo"] == run["solo"]  # one run: its own mean
     assert all(0 <= x <= 1 for x in run["solo"] + run["head"] if x is not None)
+    # the whole windows' figures: the listening test's, of the same solos (one run: sd 0)
+    assert set(run["listening"]) == set(C.LISTENING)
+    assert row["listening"]["note_in_chord_own"] == [run["listening"]["note_in_chord_own"], 0.0]
     meta = load_dataset(data)
     T = round(1.0 * meta["codec"]["frame_rate"])               # the fixture's 1 s windows
     ls, probes = scoring_set(data, meta, T)[1], fit_probes(data, meta, T)
@@ -48,3 +51,9 @@ def test_a_run_is_scored_by_bin(trained, tmp_path, demo_dataset):
     assert sum(run["frames"]) == int(after.sum()) > 0
     binned = sum(x * n for x, n in zip(run["true"], run["frames"]) if n) / sum(run["frames"])
     assert abs(binned - note_in_chord(probes.pitch, ls.solo, ls.chords, after, probes.span)) < 1e-6
+    # the generated solo's binned frames are a part of those its whole-window figure counts:
+    # its chord tones there are at least the binned ones, at most those and every other frame
+    hits = sum(x * n for x, n in zip(run["solo"], run["frames"]) if n)
+    every = int(ls.harmony_frames(meta["codec"]["card"]).sum())
+    whole = run["listening"]["note_in_chord_own"] * every
+    assert hits - 1e-3 <= whole <= hits + every - sum(run["frames"]) + 1e-3

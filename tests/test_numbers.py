@@ -89,6 +89,8 @@ def all_pairs():
     played = {f"{name} {coef}": entry for name, row in live.items()
               for coef, entry in row["guidance"].items()}
     played |= {f"{name} training": {"mean_sd": row["training"]} for name, row in live.items()}
+    changes = json.loads((ROOT / "docs" / "results" / "chord-changes.json").read_text())["rows"]
+    played |= {f"{name} on time": {"mean_sd": row["listening"]} for name, row in changes.items()}
     return [mean_sd for table in [*TABLES.values(), {"rows": takes}, {"rows": played}]
             for row in table["rows"].values() for mean_sd in row["mean_sd"].values()
             if mean_sd is not None]
@@ -559,3 +561,12 @@ def test_phase5_quotes_where_the_live_solo_loses_the_chord():
             assert line in page, line
     true = next(iter(r["rows"].values()))["true"]
     assert "| true lead | solo | " + " | ".join(f"{x:.2f}" for x in true) + " |" in page
+    # the same solos over the whole windows, beside another band's: a row each, after the
+    # column that says what the recipe hears
+    for name, row in r["rows"].items():
+        m = row["listening"]
+        cells = (f"| {pair(m['kick_auc_own'], 3)} / {pair(m['kick_auc_mismatched'], 3)} | "
+                 f"{pair(m['note_in_chord_own'], 3)} / {pair(m['note_in_chord_mismatched'], 3)} | "
+                 f"{pair(m['plays_with_band_rhythm'], 2)} | {pair(m['plays_with_band_harmony'], 2)} |")
+        assert any(line.startswith(f"| {name} | ") and line.endswith(cells)
+                   for line in page.splitlines()), (name, cells)
