@@ -71,6 +71,10 @@ HELD_COMMAND = ("python experiments/ablation.py --rows default no-chord-aux no-s
                 "no-guidance cross-attention-only --seeds 0 1 2 3 4 --out runs/ablation-test")
 HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
                 ABLATION_COLUMNS[5])  # val. CE, cond. gain, rhythm, harmony: one column wide
+# Optional: experiments/chord_changes.py's rows, the live recipes' solos sampled on time over
+# the test songs (phase 5): where the live harmony is lost. A dash in the draft without it.
+CHANGES = "chord-changes.json"
+CHANGES_COMMAND = "python experiments/chord_changes.py (its command: docs/phase5-streaming.md)"
 # The true lead's figures (the same for every run: they score the data, not a model).
 TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
              "note_in_chord_true_mismatched")
@@ -251,6 +255,17 @@ def held_of(held):
                      for name, row in held["rows"].items()}}
 
 
+def on_time_of(changes):
+    """numbers.json's figures of chord_changes.py's rows: each row's rhythm and harmony over
+    the whole test windows, sampled on time, as mean ± sd over its seeds (None without it)."""
+    if changes is None:
+        return None
+    return {"split": changes["split"], "n_seeds": min(len(r["runs"]) for r in changes["rows"].values()),
+            "rows": {name: {key: cell(row["listening"][f"plays_with_band_{key}"], 2)
+                            for key in ("rhythm", "harmony")}
+                     for name, row in changes["rows"].items() if "listening" in row}}
+
+
 def bracket(interval, decimals=2):
     """'[0.73, 0.94]' from [low, high]; an en dash where there is none."""
     if interval is None:
@@ -410,6 +425,7 @@ def build(runs, out, results=ROOT / "docs" / "results"):
                                      f"python experiments/baselines.py --data DATA --out {path}",
                                      optional=style != "random"))}
     held = read_rows(Path(results) / HELD, HELD_COMMAND + f" and copy its table.json to {HELD}")
+    changes = read_rows(Path(results) / CHANGES, CHANGES_COMMAND, optional=True)
     copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
               "ablation.json": Path(runs) / "ablation" / "table.json",
               "lookahead.json": Path(runs) / "lookahead" / "table.json",
@@ -419,7 +435,7 @@ def build(runs, out, results=ROOT / "docs" / "results"):
                                                       "quantization.json")
                  if (Path(runs) / name).exists()}}  # the optional figures
     try:
-        parts = made_parts(runs, ablation, lookahead, styles, held)
+        parts = made_parts(runs, ablation, lookahead, styles, held, changes)
     except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
         raise SystemExit(f"{runs}: a table lacks what the draft reads ({type(err).__name__}: "
                          f"{err}): make it again (ablation.py, baselines.py), or build with "
@@ -440,9 +456,10 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     return out / "paper.pdf", pages
 
 
-def made_parts(runs, ablation, lookahead, styles, held):
+def made_parts(runs, ablation, lookahead, styles, held, changes=None):
     """{file name: text} of the tables and numbers.json, made from the two tables, the
-    baselines' JSON and the rows scored on the test songs (held)."""
+    baselines' JSON, the rows scored on the test songs (held) and, when given, the live
+    recipes sampled on time (changes: chord_changes.py's JSON)."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
     # a row of an experiment since removed from ablation.py stays in its table.json (the
     # record of what ran) and out of the draft (docs/log.md keeps it)
@@ -452,7 +469,7 @@ def made_parts(runs, ablation, lookahead, styles, held):
                 + LOOKAHEAD_COLUMNS}
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs),
-               "baselines": baselines, "held": held_of(held),
+               "baselines": baselines, "held": held_of(held), "on_time": on_time_of(changes),
                "contrasts": contrasts_of({"vs": (ablation, lookahead), "vt": (held,)},
                                          (HERE / "paper.typ").read_text(), decimals)}
     return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),
