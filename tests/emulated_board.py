@@ -12,11 +12,13 @@ Built once in --cache (nothing of the arm64 side runs while it is built):
 Then the folder's own onnx_runner.py runs under qemu-aarch64-static, in a mount namespace
 whose /proc/cpuinfo describes a Cortex-A72 (a Raspberry Pi 4's core): under qemu-user the
 process would read the x86 host's, on which ONNX Runtime's CPU probe crashes at import.
-For fp32, int8 and int4, on both machines, from the same inputs:
+For fp32, int8 and int4, each without guidance and with guidance 3 (the decoder step on two
+rows, GUIDED_COEF), on both machines, from the same inputs:
   1. the teacher-forced logits of every step (onnx_runner.SoloStream.next_logits over a
-     seeded backing and solo): the largest difference, arm64 against x86;
-  2. a greedy take of a 4 s demo backing (onnx_runner.py --temperature 0 --no-pace): its
-     take.npz codes compared, and the first frame that differs, if one does.
+     seeded backing and solo; with guidance, the guided logits): the largest difference,
+     arm64 against x86;
+  2. a greedy take of a 4 s demo backing (onnx_runner.py --temperature 0 --no-pace, and
+     --cfg-coef): its take.npz codes compared, and the first frame that differs, if one does.
 Emulated times say nothing of a board's speed: none is printed.
 """
 import argparse
@@ -36,19 +38,29 @@ CPUINFO = "".join(f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd e
                   "CPU part\t: 0xd08\nCPU revision\t: 3\n\n" for i in range(4))
 CPUINFO += "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n"
 BOARD_PACKAGES = ("numpy", "onnxruntime", "soundfile")
+# The guidance the README plays with: the variants run once without it and once with it.
+GUIDED_COEF = 3
+VARIANTS = [(variant, coef) for coef in ("none", str(GUIDED_COEF))
+            for variant in ("fp32", "int8", "int4")]
+
+
+def variant_name(variant, coef):
+    """board.json's key of a variant: "int8", or "int8 cfg3" with guidance 3."""
+    return variant if coef == "none" else f"{variant} cfg{coef}"
 
 # Run on both machines: the teacher-forced logits of every step of one variant -> a .npy
 LOGITS = r'''
 import sys
 import numpy as np
-folder, out, variant = sys.argv[1:4]
+folder, out, variant, coef = sys.argv[1:5]
 sys.path.insert(0, folder)
 import onnx_runner as R
 numbers = R.read_folder(folder, [variant])
 K, card, T = numbers["n_codebooks"], numbers["card"], 40
 rng = np.random.default_rng(0)
 backing, solo = rng.integers(0, card, (K, T)), rng.integers(0, card, (K, T))
-stream = R.SoloStream(folder, numbers, T, variant, look_ahead=False)
+stream = R.SoloStream(folder, numbers, T, variant, look_ahead=False,
+                      cfg_coef=None if coef == "none" else float(coef))
 target = np.full((K, T + K - 1), card)
 for k in range(K):
     target[k, k:k + T] = solo[k]
@@ -129,13 +141,15 @@ def compare(folder, cache, work):
     write_audio(work / "trio.wav", backing, numbers["sample_rate"])
     (work / "logits.py").write_text(LOGITS)
     out = {}
-    for variant in ("fp32", "int8", "int4"):
-        runs = {}
+    for variant, coef in VARIANTS:
+        runs, name = {}, variant_name(variant, coef)
         for machine in ("x86_64", "arm64"):
-            logits, take = work / f"{machine}_{variant}.npy", work / f"{machine}_{variant}"
+            stem = f"{machine}_{name.replace(' ', '_')}"
+            logits, take = work / f"{stem}.npy", work / stem
             command = [[folder / "onnx_runner.py", folder, "--backing", work / "trio.wav", "--out",
                         take, "--variant", variant, "--temperature", "0", "--no-pace",
-                        "--overwrite"], [work / "logits.py", folder, logits, variant]]
+                        "--overwrite", "--cfg-coef", coef],
+                       [work / "logits.py", folder, logits, variant, coef]]
             for args in command:
                 if machine == "x86_64":
                     subprocess.run([sys.executable, *map(str, args)], check=True,
@@ -145,14 +159,14 @@ def compare(folder, cache, work):
             runs[machine] = (np.load(logits), np.load(take / "take.npz")["codes"])
         (lx, cx), (la, ca) = runs["x86_64"], runs["arm64"]
         differ = np.flatnonzero((cx != ca).any(0))
-        out[variant] = {"max_logit_gap": float(np.abs(lx - la).max()),
-                        "logit_scale": float(np.abs(lx).max()),
-                        "frames": int(cx.shape[1]), "codes_equal": bool(len(differ) == 0),
-                        "first_differing_frame": int(differ[0]) if len(differ) else None}
-        print(f"{variant}: logits differ by at most {out[variant]['max_logit_gap']:.2e} (largest "
-              f"logit {out[variant]['logit_scale']:.1f}); greedy codes over "
-              f"{out[variant]['frames']} frames "
-              + ("equal" if not len(differ) else f"first differ at frame {differ[0]}"))
+        out[name] = {"max_logit_gap": float(np.abs(lx - la).max()),
+                     "logit_scale": float(np.abs(lx).max()),
+                     "frames": int(cx.shape[1]), "codes_equal": bool(len(differ) == 0),
+                     "first_differing_frame": int(differ[0]) if len(differ) else None}
+        print(f"{name}: logits differ by at most {out[name]['max_logit_gap']:.2e} (largest "
+              f"logit {out[name]['logit_scale']:.1f}); greedy codes over "
+              f"{out[name]['frames']} frames "
+              + ("equal" if not len(differ) else f"first differ at frame {differ[0]}"), flush=True)
     return out
 
 
@@ -170,7 +184,11 @@ def main(argv=None):
         result = compare(folder.resolve(), Path(args.cache), tmp)
     if args.json:
         command = " ".join(["python", "tests/emulated_board.py", *(argv or sys.argv[1:])])
-        Path(args.json).write_text(json.dumps({"command": command, "backing": "4 s of demo song 0",
+        numbers = json.loads((folder / "runner.json").read_text()) if args.folder else {}
+        what = {"checkpoint": numbers.get("checkpoint", "(random weights)"),
+                "runner_format": numbers.get("format")}
+        Path(args.json).write_text(json.dumps({"command": command, "folder": what,
+                                               "backing": "4 s of demo song 0",
                                                "variants": result}, indent=2) + "\n")
     return result
 

@@ -542,11 +542,14 @@ def test_phase5_quotes_the_emulated_board():
     """docs/phase5's arm64 table: docs/results/board.json (tests/emulated_board.py)."""
     page = (ROOT / "docs" / "phase5-streaming.md").read_text()
     b = json.loads((ROOT / "docs" / "results" / "board.json").read_text())["variants"]
-    assert f"| fp32 | {b['fp32']['max_logit_gap']:.1e} | equal over {b['fp32']['frames']} frames |" in page
-    for v in ("int8", "int4"):
-        codes = (f"equal over {b[v]['frames']} frames" if b[v]["codes_equal"]
-                 else f"part at frame {b[v]['first_differing_frame']} of {b[v]['frames']}")
-        assert f"| {v} | {b[v]['max_logit_gap']:.2f} | {codes} |" in page, v
+    # every variant: fp32, int8, int4, each also with guidance ("int8 cfg3": "int8, guidance 3")
+    assert {"fp32", "int8", "int4", "fp32 cfg3", "int8 cfg3", "int4 cfg3"} <= set(b)
+    for v, r in b.items():
+        graphs = v.replace(" cfg", ", guidance ")
+        gap = f"{r['max_logit_gap']:.1e}" if v.startswith("fp32") else f"{r['max_logit_gap']:.2f}"
+        codes = (f"equal over {r['frames']} frames" if r["codes_equal"]
+                 else f"part at frame {r['first_differing_frame']} of {r['frames']}")
+        assert f"| {graphs} | {gap} | {codes} |" in page, v
 
 
 def test_phase5_quotes_where_the_live_solo_loses_the_chord():
