@@ -182,11 +182,10 @@ def main(argv=None):
         if not args.folder:
             random_export(folder)
         result = compare(folder.resolve(), Path(args.cache), tmp)
+        numbers = json.loads((folder / "runner.json").read_text())  # read while it is there
     if args.json:
         command = " ".join(["python", "tests/emulated_board.py", *(argv or sys.argv[1:])])
-        numbers = json.loads((folder / "runner.json").read_text()) if args.folder else {}
-        what = {"checkpoint": numbers.get("checkpoint", "(random weights)"),
-                "runner_format": numbers.get("format")}
+        what = {"checkpoint": numbers["checkpoint"], "runner_format": numbers["format"]}
         Path(args.json).write_text(json.dumps({"command": command, "folder": what,
                                                "backing": "4 s of demo song 0",
                                                "variants": result}, indent=2) + "\n")

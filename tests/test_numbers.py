@@ -82,6 +82,14 @@ def table_rows(page):
 LIVE = sorted((ROOT / "docs" / "results").glob("live*.json"))
 
 
+def played_cells(m):
+    """The cells phase 5's tables of played or sampled solos give a row's mean_sd m: kick AUC
+    and note-in-chord (own band / another's), then rhythm and harmony."""
+    return (f"{pair(m['kick_auc_own'], 3)} / {pair(m['kick_auc_mismatched'], 3)} | "
+            f"{pair(m['note_in_chord_own'], 3)} / {pair(m['note_in_chord_mismatched'], 3)} | "
+            f"{pair(m['plays_with_band_rhythm'], 2)} | {pair(m['plays_with_band_harmony'], 2)} |")
+
+
 def all_pairs():
     """Every figure of the table JSONs (and of docs/results/takes.json and live*.json) as (mean, sd)."""
     takes = json.loads((ROOT / "docs" / "results" / "takes.json").read_text())["rows"]
@@ -455,9 +463,7 @@ def test_phase5_quotes_the_takes_as_played():
         m, seeds = r["rows"][name]["mean_sd"], r["rows"][name]["seeds"]
         assert sorted(seeds) == ["0", "1", "2"]
         assert all(t["paced"] and t["split"] == "test" and len(t["songs"]) == 6 for t in seeds.values())
-        text = (f"| {label} | {pair(m['kick_auc_own'], 3)} / {pair(m['kick_auc_mismatched'], 3)} | "
-                f"{pair(m['note_in_chord_own'], 3)} / {pair(m['note_in_chord_mismatched'], 3)} | "
-                f"{pair(m['plays_with_band_rhythm'], 2)} | {pair(m['plays_with_band_harmony'], 2)} |")
+        text = f"| {label} | {played_cells(m)}"
         assert text in page, text
     f = r["rows"]["none"]["seeds"]["0"]["figures"]
     assert (f"| the true lead | {f['kick_auc_true']:.3f} / {f['kick_auc_true_mismatched']:.3f} | "
@@ -506,9 +512,7 @@ def test_phase5_quotes_the_live_table(path):
         for coef, e in row["guidance"].items():
             m = e["mean_sd"]
             assert all(len(t) == 6 for t in [e["songs"]]) and sorted(e["seeds"]) == [str(s) for s in r["seeds"]]
-            line = (f"| {name} | {coef} | {pair(m['kick_auc_own'], 3)} / {pair(m['kick_auc_mismatched'], 3)} | "
-                    f"{pair(m['note_in_chord_own'], 3)} / {pair(m['note_in_chord_mismatched'], 3)} | "
-                    f"{pair(m['plays_with_band_rhythm'], 2)} | {pair(m['plays_with_band_harmony'], 2)} |")
+            line = f"| {name} | {coef} | {played_cells(m)}"
             assert line in page, line
             for key in (k for k in e if k.startswith("vs_")):  # the paired tests, in words
                 for figure, word in (("plays_with_band_rhythm", "rhythm"), ("plays_with_band_harmony", "harmony")):
@@ -567,9 +571,6 @@ def test_phase5_quotes_where_the_live_solo_loses_the_chord():
     # the same solos over the whole windows, beside another band's: a row each, after the
     # column that says what the recipe hears
     for name, row in r["rows"].items():
-        m = row["listening"]
-        cells = (f"| {pair(m['kick_auc_own'], 3)} / {pair(m['kick_auc_mismatched'], 3)} | "
-                 f"{pair(m['note_in_chord_own'], 3)} / {pair(m['note_in_chord_mismatched'], 3)} | "
-                 f"{pair(m['plays_with_band_rhythm'], 2)} | {pair(m['plays_with_band_harmony'], 2)} |")
+        cells = "| " + played_cells(row["listening"])
         assert any(line.startswith(f"| {name} | ") and line.endswith(cells)
                    for line in page.splitlines()), (name, cells)

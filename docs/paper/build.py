@@ -260,9 +260,7 @@ def on_time_of(changes):
     the whole test windows, sampled on time, as mean ± sd over its seeds (None without it)."""
     if changes is None:
         return None
-    seeds = min(len(row["runs"]) for row in changes["rows"].values())
-    return {"split": changes["split"], "n_seeds": seeds,
-            "rows": {name: {key: cell(row["listening"][f"plays_with_band_{key}"], 2)
+    return {"rows": {name: {key: cell(row["listening"][f"plays_with_band_{key}"], 2)
                             for key in ("rhythm", "harmony")}
                      for name, row in changes["rows"].items() if "listening" in row}}
 
