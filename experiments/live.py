@@ -166,8 +166,9 @@ def paired_t(diffs):
 
 
 def table(results, seeds):
-    """{row: {guidance: {seeds: {N: figures}, mean_sd: {figure: [mean, sd]}, vs_<baseline>}}}
-    from play_one's takes."""
+    """{row: {training: {figure: [mean, sd]}, training_seeds: {N: figures}, guidance: {coef:
+    {seeds: {N: figures}, mean_sd: {figure: [mean, sd]}, vs_<baseline>}}}} from play_one's
+    takes and runs."""
     out = {}
     for name, by_seed in results.items():
         training = {key: [by_seed[s]["training"][key] for s in seeds] for key in TRAINING}
@@ -175,6 +176,7 @@ def table(results, seeds):
                      "flags": list(ROWS[name].flags), "distill": ROWS[name].distill,
                      "training": {key: [float(np.mean(v)), float(np.std(v, ddof=1))]
                                   for key, v in training.items() if None not in v},
+                     "training_seeds": {str(s): by_seed[s]["training"] for s in seeds},
                      "guidance": {}}
         for coef in (c for c in by_seed[seeds[0]] if c != "training"):
             figures = {s: by_seed[s][coef]["figures"] for s in seeds}

@@ -238,3 +238,5 @@ def test_live_collects_the_takes_of_every_seed(tmp_path, monkeypatch):
     assert result["rows"]["riff"]["guidance"]["3"]["mean_sd"]["plays_with_band_rhythm"][0] == pytest.approx(1.2)
     assert json.loads((tmp_path / "runs" / "live.json").read_text())["seeds"] == [0, 1, 2]
     assert result["rows"]["riff"]["training"]["best_val_ce"] == pytest.approx([3.0, 1.0])
+    # each seed's own training figures too: what a contrast between two rows pairs
+    assert result["rows"]["riff"]["training_seeds"]["2"] == {"best_val_ce": 4.0, "cond_gain": 0.1}

@@ -74,10 +74,12 @@ def test_the_figures_are_drawn_not_copied(built):
 def test_numbers_quoted_are_the_tables_values(built):
     """numbers.json (what the prose prints) against the table.json files the build read."""
     numbers = json.loads((built / "numbers.json").read_text())
+    live = json.loads((built / build.LIVE).read_text())
     for name, columns in (("ablation", build.ABLATION_COLUMNS + build.ARCHITECTURE_COLUMNS
                            + build.PITCH_COLUMNS),
                           ("lookahead", build.LOOKAHEAD_COLUMNS)):
-        table = json.loads((built / f"{name}.json").read_text())
+        table = (json.loads((built / "ablation.json").read_text()) if name == "ablation"
+                 else build.lookahead_of(live))
         assert set(numbers[name]["rows"]) == set(table["rows"])
         for row, figures in table["rows"].items():
             for key, _, decimals in columns:
@@ -87,7 +89,20 @@ def test_numbers_quoted_are_the_tables_values(built):
             if name == "ablation":
                 assert numbers[name]["rows"][row]["params_m"] == f"{figures['runs'][0]['params_m']:.1f}"
         assert numbers[name]["provenance"]["seeds"] == ", ".join(map(str, table["seeds"]))
-        assert "--quick" in numbers[name]["provenance"]["command"]
+    assert "--quick" in numbers["ablation"]["provenance"]["command"]
+    # the lookahead table is the runner's takes on the test songs, as live.py tabled them: the
+    # build's mean and sd of each take's figure are live.py's, and each row has its lookahead
+    assert numbers["lookahead"]["split"] == live["split"] == "test"
+    assert numbers["lookahead"]["provenance"]["command"] == live["command"]
+    for name, row in live["rows"].items():
+        for coef, taken in row["guidance"].items():
+            for key, (mean, sd) in taken["mean_sd"].items():
+                assert build.lookahead_of(live)["rows"][name]["mean_sd"][f"{key}@{coef}"] == \
+                    pytest.approx([mean, sd]), (name, coef, key)
+            late = numbers["lookahead"]["rows"][name][f"late_ms@{coef}"]
+            assert late == f"{taken['late_ms_mean']:.0f}", (name, coef)
+    ms = [float(row["ms"]) for row in numbers["lookahead"]["rows"].values()]
+    assert ms == sorted(ms) and 80.0 in ms and 0.0 in ms, ms
     first = next(iter(json.loads((built / "ablation.json").read_text())["rows"].values()))["runs"][0]
     assert numbers["true_lead"]["kick_auc_true"] == f"{first['kick_auc_true']:.3f}"
     counted = json.loads((built / "ablation.json").read_text())["counting_listener"]
@@ -136,21 +151,23 @@ def test_no_number_in_the_prose_is_typed_by_hand():
     typed = [m.group() for m in re.finditer(r"\d+\.\d+(?!\s*(cm|pt|em|%))", prose)]
     assert not typed, f"decimals typed into the draft: {typed}"
     import ablation
+    live = json.loads((ROOT / "docs" / "results" / build.LIVE).read_text())["rows"]
     columns = {"A": build.ABLATION_COLUMNS + build.ARCHITECTURE_COLUMNS + build.PITCH_COLUMNS,
                "L": build.LOOKAHEAD_COLUMNS}
+    extra = {"A": set(), "L": {"ms", "late_ms@none", "late_ms@3"}}  # numbers_of's own
     quoted = re.findall(r'#f\((\w), "([^"]+)", "([^"]+)"\)', source)
     assert len(quoted) > 5
     for rows, row, key in quoted:
-        assert row in ablation.ROWS and (rows == "L") == row.startswith("lookahead"), row
-        assert key in {k for k, _, _ in columns[rows]}, (rows, key)
+        assert row in (live if rows == "L" else ablation.ROWS), (rows, row)
+        assert key in {k for k, _, _ in columns[rows]} | extra[rows], (rows, key)
     # the contrasts: two rows of one table, a column the tables have
     contrasts = build.CONTRAST.findall(source)
     assert len(contrasts) > 10
     every = {k for cols in columns.values() for k, _, _ in cols}
     held = json.loads((ROOT / "docs" / "results" / build.HELD).read_text())["rows"]
     for macro, a, b, key in contrasts:
-        assert a in ablation.ROWS and b in ablation.ROWS and key in every, (a, b, key)
-        assert a.startswith("lookahead") == b.startswith("lookahead"), (a, b)
+        assert key in every, (a, b, key)
+        assert {a, b} <= set(ablation.ROWS) or {a, b} <= set(live), (a, b)
         if macro == "vt":  # the rows scored on the test songs: both in that table
             assert a in held and b in held, (a, b)
     # the baselines' figures: every (style, row, key) asked is one the committed JSON gives

@@ -2,23 +2,26 @@
 docs/paper/build.py -- the paper draft's tables, figures and numbers, rebuilt from run
 folders, and the PDF compiled from them.
 
-    python docs/paper/build.py --runs runs      # from ablation.py's two tables (below)
+    python docs/paper/build.py --runs runs      # from ablation.py's table (below)
     python docs/paper/build.py --quick          # tiny runs made first, in a temporary folder
 
-The runs come from two commands (each resumable; hours on 2 CPU cores; the exact command
-of each table, with its --rows, is in its table.json and in the draft's captions):
+The runs come from one command (resumable; hours on 2 CPU cores; the exact command, with
+its --rows, is in its table.json and in the draft's appendix):
 
     python experiments/ablation.py [--rows ...]       # runs/ablation: phase 3's settings, 3 seeds
-    python experiments/ablation.py --table lookahead  # runs/lookahead: phase 5's lookahead, 3 seeds
 
-and, when they are there, three optional files of figures (a dash in the draft otherwise):
+The other tables are committed JSON in --results (docs/results), each naming the command
+that made it: the baselines (experiments/baselines.py), the rows the prose leans on scored
+on the test songs (choices-test.json), and the lookahead as the runner played it over the
+test songs (live-lookahead.json, experiments/live.py). When they are there, three optional
+files of figures (a dash in the draft otherwise):
 runs/speed.json (python tests/benchmark_codec.py --json runs/speed.json), runs/bench.json
 (python tests/benchmark.py --threads 1 --json runs/bench.json) and runs/quantization.json
 (python solo_onnx/onnx_runner.py solo_onnx --loss data/demo --json runs/quantization.json).
 
 Writes into --out (docs/paper/build by default): numbers.json (every figure the prose
 quotes, already formatted: paper.typ reads them from there, so no number in the text
-is typed by hand), ablation.typ, architecture.typ and lookahead.typ (the tables),
+is typed by hand), ablation.typ, architecture.typ, lookahead.typ and the others (the tables),
 lookahead.png (the curve), and paper.pdf. --quick builds everything from 2-step runs on
 a 5-song corpus: the numbers mean nothing, but every step that makes the real draft
 runs (the test suite builds it this way).
@@ -44,11 +47,14 @@ ABLATION_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3
                     ("plays_with_band_rhythm", "rhythm", 2),
                     ("plays_with_band_harmony", "harmony", 2),
                     ("overfitting_warnings", "overfit warnings", 1))
+# The lookahead table: live.py's takes, as the runner played them, without guidance and
+# with guidance 3 (the key's suffix); the training run's two figures first.
+PLAYED = (("kick_auc_own", "kick AUC"), ("plays_with_band_rhythm", "rhythm"),
+          ("plays_with_band_harmony", "harmony"))
 LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 3),
-                     ("kick_auc_own", "kick AUC offline", 3),
-                     ("kick_auc_mismatched", "other band", 3),
-                     ("kick_auc_wall_clock", "kick AUC on the wall clock", 3),
-                     ("late_ms", "late (ms)", 0))
+                     *((f"{key}@{coef}", f"{label}{mark}", 3 if key.startswith("kick") else 2)
+                       for coef, mark in (("none", ""), ("3", " (g)")) for key, label in PLAYED),
+                     ("kick_auc_mismatched@3", "other band (g)", 3))
 # The architecture rows of ablation.py's phase 3 table get a table of their own, beside the
 # default they change (no-chord-aux: trained before the chord aid, as they were); the other
 # rows are the training choices.
@@ -75,6 +81,11 @@ HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
 # the test songs (phase 5): where the live harmony is lost. A dash in the draft without it.
 CHANGES = "chord-changes.json"
 CHANGES_COMMAND = "python experiments/chord_changes.py (its command: docs/phase5-streaming.md)"
+# experiments/live.py's rows that change only the lookahead, played by the runner over the
+# test songs: Table "lookahead" and the curve.
+LIVE = "live-lookahead.json"
+LIVE_COMMAND = ("python experiments/live.py --rows random random-lookahead-0 random-lookahead-40 "
+                "random-lookahead-160 --cfg-coef 3")
 # The true lead's figures (the same for every run: they score the data, not a model).
 TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
              "note_in_chord_true_mismatched")
@@ -126,16 +137,18 @@ def provenance(table):
             "seeds": ", ".join(map(str, table["seeds"])), "machine": where}
 
 
-def typst_table(table, columns, first, rows=None, params=False):
+def typst_table(table, columns, first, rows=None, params=False, labels=None):
     """A Typst table: one line per row (those named, else all), mean ± standard deviation over
-    the seeds; with params, each row's parameter count after its name."""
+    the seeds; with params, each row's parameter count after its name; labels: {row: what
+    its first cell says} instead of its name."""
     rows = [name for name in rows or table["rows"] if name in table["rows"]]
     head = [first, *(["params (M)"] if params else []), *[label for _, label, _ in columns]]
     cells = []
     for name in rows:
         row = table["rows"][name]
         size = [f"{row['runs'][0]['params_m']:.1f}"] if params else []
-        cells.append([name, *size, *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
+        cells.append([(labels or {}).get(name, name), *size,
+                      *[cell(row["mean_sd"].get(key), d) for key, _, d in columns]])
     quoted = ", ".join(f"[{c}]" for line in [head, *cells] for c in line)
     return (f"#set text(size: 7.5pt)\n#table(columns: {len(head)}, "
             f"align: (left, {', '.join(['right'] * (len(head) - 1))}), stroke: 0.4pt, inset: 3pt, "
@@ -228,6 +241,33 @@ def counted_of(counted, true_lead):
             "harmony": f"{(own - other) / gap:.2f}"}
 
 
+def lookahead_of(live):
+    """live.py's JSON of the lookahead rows -> a table shaped as ablation.py's table.json
+    ({rows: {name: {what, runs, mean_sd}}, seeds, command}), the rows in order of lookahead.
+    Each run is one seed: its lookahead, its training figures, and its takes' figures as
+    "<figure>@<guidance>"; late_ms is each guidance's lateness, the mean over seeds."""
+    import statistics
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from live import LIVE as RECIPE  # the live recipe's flags: its lookahead
+    rows = {}
+    for name, row in live["rows"].items():
+        flags = row["flags"] if "--lookahead-ms" in row["flags"] else RECIPE
+        ms = float(flags[flags.index("--lookahead-ms") + 1])
+        runs = [{"seed": int(seed), "lookahead_ms": ms, **row["training_seeds"][seed],
+                 **{f"{key}@{coef}": value for coef, taken in row["guidance"].items()
+                    for key, value in taken["seeds"][seed].items()}}
+                for seed in map(str, live["seeds"])]
+        keys = [key for key in runs[0] if key not in ("seed", "lookahead_ms")]
+        rows[name] = {"what": row["what"], "runs": runs,
+                      "late_ms": {coef: taken["late_ms_mean"]
+                                  for coef, taken in row["guidance"].items()},
+                      "mean_sd": {key: [statistics.fmean(v := [r[key] for r in runs]),
+                                        statistics.stdev(v)] for key in keys}}
+    order = sorted(rows, key=lambda name: rows[name]["runs"][0]["lookahead_ms"])
+    return {**{key: live[key] for key in ("command", "seeds", "split", "variant", "chunk_ms")},
+            "rows": {name: rows[name] for name in order}}
+
+
 def numbers_of(ablation, lookahead):
     """numbers.json: every figure the prose quotes, formatted as the tables format it."""
     rows = {name: {key: cell(row["mean_sd"].get(key), d)
@@ -237,13 +277,16 @@ def numbers_of(ablation, lookahead):
             for name, row in ablation["rows"].items()}
     first = next(iter(ablation["rows"].values()))["runs"][0]
     ahead = {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in LOOKAHEAD_COLUMNS}
+             | {"ms": f"{row['runs'][0]['lookahead_ms']:g}"}
+             | {f"late_ms@{coef}": f"{late:.0f}" for coef, late in row["late_ms"].items()}
              for name, row in lookahead["rows"].items()}
     return {"ablation": {"rows": rows, "provenance": provenance(ablation),
                          "n_seeds": len(ablation["seeds"])},
             "true_lead": {key: f"{first[key]:.3f}" for key in TRUE_LEAD},
             "counted": counted_of(ablation["counting_listener"], first),
             "lookahead": {"rows": ahead, "provenance": provenance(lookahead),
-                          "runner_delay_ms": f"{lookahead['runner_delay_ms']:g}"}}
+                          "split": lookahead["split"], "variant": lookahead["variant"],
+                          "chunk_ms": f"{lookahead['chunk_ms']:g}"}}
 
 
 def held_of(held):
@@ -383,9 +426,8 @@ def references_page(source, root):
 
 
 def quick_runs(tmp, corpus=None):
-    """2-step runs of five rows of the phase 3 table and two of the lookahead table, one
-    seed, on a 5-song demo corpus (built here unless given), and the steps' benchmark on
-    30 frames -> the runs folder."""
+    """2-step runs of five rows of the phase 3 table, one seed, on a 5-song demo corpus
+    (built here unless given), and the steps' benchmark on 30 frames -> the runs folder."""
     python, runs = sys.executable, tmp / "runs"
     steps = [] if corpus else [[python, ROOT / "data.py", "--out", tmp / "data", "--demo-songs",
                                 "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
@@ -394,9 +436,6 @@ def quick_runs(tmp, corpus=None):
     steps += [[python, ablation, "--quick", "--rows", "default", "no-chord-aux",
                "no-solo-dropout", "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
                "--out", runs / "ablation"],
-              [python, ablation, "--quick", "--table", "lookahead", "--rows",
-               "lookahead-0ms", "lookahead-80ms", "--seeds", "0", "--data", corpus,
-               "--out", runs / "lookahead", "--runner-delay-ms", "80"],
               [python, ROOT / "tests" / "benchmark.py", "--presets", "tiny", "--frames", "30",
                "--plain-steps", "10", "--threads", "1", "--json", runs / "bench.json"]]
     for command in steps:
@@ -417,7 +456,6 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     import typst
     from figures import baselines_figure, lookahead_figure, system_figure
     ablation = read_table(runs, "ablation", "python experiments/ablation.py")
-    lookahead = read_table(runs, "lookahead", "python experiments/ablation.py --table lookahead")
     # the default corpus's baselines are the draft's first results; the other styles' optional
     styles = {style: table for style in ("random", "lines", "riff")
               if (table := read_rows(path := Path(results) / f"baselines-{style}.json",
@@ -425,20 +463,21 @@ def build(runs, out, results=ROOT / "docs" / "results"):
                                      optional=style != "random"))}
     held = read_rows(Path(results) / HELD, HELD_COMMAND + f" and copy its table.json to {HELD}")
     changes = read_rows(Path(results) / CHANGES, CHANGES_COMMAND, optional=True)
+    live = read_rows(Path(results) / LIVE, LIVE_COMMAND + f" and copy its live.json to {LIVE}")
     copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
               "ablation.json": Path(runs) / "ablation" / "table.json",
-              "lookahead.json": Path(runs) / "lookahead" / "table.json",
               **{f"baselines-{style}.json": Path(results) / f"baselines-{style}.json"
-                 for style in styles}, HELD: Path(results) / HELD,
+                 for style in styles}, HELD: Path(results) / HELD, LIVE: Path(results) / LIVE,
               **{name: Path(runs) / name for name in ("speed.json", "bench.json",
                                                       "quantization.json")
                  if (Path(runs) / name).exists()}}  # the optional figures
     try:
+        lookahead = lookahead_of(live)
         parts = made_parts(runs, ablation, lookahead, styles, held, changes)
     except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
         raise SystemExit(f"{runs}: a table lacks what the draft reads ({type(err).__name__}: "
-                         f"{err}): make it again (ablation.py, baselines.py), or build with "
-                         "--quick") from None
+                         f"{err}): make it again (ablation.py, baselines.py, live.py), or build "
+                         "with --quick") from None
     numbers = json.loads(parts["numbers.json"])
     with guard.staged(out) as stage:
         for name, text in parts.items():
@@ -456,9 +495,10 @@ def build(runs, out, results=ROOT / "docs" / "results"):
 
 
 def made_parts(runs, ablation, lookahead, styles, held, changes=None):
-    """{file name: text} of the tables and numbers.json, made from the two tables, the
-    baselines' JSON, the rows scored on the test songs (held) and, when given, the live
-    recipes sampled on time (changes: chord_changes.py's JSON)."""
+    """{file name: text} of the tables and numbers.json, made from ablation.py's table, the
+    lookahead rows as played (lookahead_of), the baselines' JSON, the rows scored on the
+    test songs (held) and, when given, the live recipes sampled on time (changes:
+    chord_changes.py's JSON)."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
     # a row of an experiment since removed from ablation.py stays in its table.json (the
     # record of what ran) and out of the draft (docs/log.md keeps it)
@@ -476,17 +516,18 @@ def made_parts(runs, ablation, lookahead, styles, held, changes=None):
                                             ARCHITECTURE_ROWS, params=True),
             "pitch.typ": typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS),
             "held.typ": typst_table(held, HELD_COLUMNS, "row"),
-            "lookahead.typ": typst_table(lookahead, LOOKAHEAD_COLUMNS, "row"),
+            "lookahead.typ": typst_table(lookahead, LOOKAHEAD_COLUMNS, "L (ms)", labels={
+                name: row["ms"] for name, row in numbers["lookahead"]["rows"].items()}),
             "baselines.typ": baselines_typst(baselines, TOKEN_COLUMNS),
             "audio.typ": baselines_typst(baselines, AUDIO_COLUMNS),
             "numbers.json": json.dumps(numbers, indent=2, ensure_ascii=False)}
 
 
 def again(out, tmp):
-    """A runs folder made of the tables a build folder already holds (its ablation.json,
-    lookahead.json and the optional figures): the draft rebuilt without the runs."""
+    """A runs folder made of the tables a build folder already holds (its ablation.json and
+    the optional figures): the draft rebuilt without the runs."""
     runs = tmp / "runs"
-    for name, table in (("ablation", "ablation.json"), ("lookahead", "lookahead.json")):
+    for name, table in (("ablation", "ablation.json"),):
         if not (out / table).exists():
             raise SystemExit(f"{out / table} not found: --again rebuilds from a finished build "
                              "folder; build once with --runs first")
@@ -500,10 +541,12 @@ def again(out, tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding ablation/ and "
-                    "lookahead/ (ablation.py's --out of each table)")
+    ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding ablation/ "
+                    "(ablation.py's --out)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="folder holding "
-                    "experiments/baselines.py's baselines-random.json (and -lines, -riff if there)")
+                    "experiments/baselines.py's baselines-random.json (and -lines, -riff if "
+                    "there), "
+                    f"{HELD} and {LIVE}")
     ap.add_argument("--out", default=str(HERE / "build"), help="where the PDF and its parts go")
     ap.add_argument("--again", action="store_true", help="rebuild from the tables --out already "
                     "holds (no runs needed: a changed text or figure, the same numbers)")

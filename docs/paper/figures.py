@@ -1,7 +1,8 @@
 """
 docs/paper/figures.py -- the draft's three figures, drawn from what the build read: the
 system (its sizes from model.py's presets), the test songs beside the baselines (from
-experiments/baselines.py's JSON) and the lookahead curve (from the lookahead table.json).
+experiments/baselines.py's JSON) and the lookahead curve (from experiments/live.py's takes,
+build.lookahead_of).
 
 Each function draws one PNG at print resolution and returns nothing; build.py calls them
 into its staging folder, so a failed drawing leaves the last build as it was.
@@ -121,26 +122,25 @@ def baselines_figure(path, styles):
 
 
 def lookahead_figure(path, table):
-    """Kick AUC against the lookahead L: offline over the own band, on the wall clock (placed
-    by the runner's delay) and offline over another song's band; each seed a dot, the mean a
-    line. 0.5 is chance."""
+    """Kick AUC against the lookahead L, as the runner played each take over the test songs:
+    over the own band without guidance and with it, and, guided, over another song's band;
+    each seed a dot, the mean a line. 0.5 is chance."""
     plt = _pyplot()
-    rows = sorted(table["rows"].values(), key=lambda r: r["runs"][0]["lookahead_ms"])
+    rows = list(table["rows"].values())  # in order of lookahead (build.lookahead_of)
     ms = [r["runs"][0]["lookahead_ms"] for r in rows]
     fig, ax = plt.subplots(figsize=(3.35, 2.0))
-    series = (("kick_auc_own", "offline, own band", "#1f5fa8", "o", "-"),
-              ("kick_auc_wall_clock", "on the wall clock", "#c0561e", "s", "--"),
-              ("kick_auc_mismatched", "offline, another song's band", "#6b6b6b", "^", "-"))
+    series = (("kick_auc_own@3", "own band, guided", "#c0561e", "s", "-"),
+              ("kick_auc_own@none", "own band, unguided", "#1f5fa8", "o", "--"),
+              ("kick_auc_mismatched@3", "another song's band, guided", "#6b6b6b", "^", "-"))
     for key, label, color, marker, line in series:
-        seeds = [[run[key] for run in r["runs"] if run.get(key) is not None] for r in rows]
-        means = [np.mean(s) if s else np.nan for s in seeds]
-        ax.plot(ms, means, color=color, lw=1.0, ls=line, marker=marker, ms=3.2, label=label)
+        seeds = [[run[key] for run in r["runs"]] for r in rows]
+        ax.plot(ms, [np.mean(s) for s in seeds], color=color, lw=1.0, ls=line, marker=marker,
+                ms=3.2, label=label)
         for x, s in zip(ms, seeds):
             ax.plot([x] * len(s), s, color=color, marker=marker, ms=1.8, ls="none", alpha=0.45)
     ax.axhline(0.5, color="#777777", lw=0.6, ls=":")
-    ax.text(ms[0], 0.497, "chance", ha="left", va="top", fontsize=6, color="#555555")
-    low = min(0.45, *[run[k] for r in rows for run in r["runs"] for k, *_ in series
-                      if run.get(k) is not None])
+    ax.text(ms[-1], 0.502, "chance", ha="right", va="bottom", fontsize=6, color="#555555")
+    low = min(0.45, *[run[k] for r in rows for run in r["runs"] for k, *_ in series])
     ax.set_ylim(low - 0.01, None)
     ax.set_xticks(ms)
     ax.set_xlabel("lookahead L (ms)")
