@@ -1,8 +1,9 @@
 """The figures the README and docs/ quote are the figures the commands wrote.
 
 The JSON they come from is what experiments/ablation.py and the benchmarks wrote, as the
-paper's build keeps it in docs/paper/build/ (ablation.json, lookahead.json, bench.json,
-speed.json, quantization.json). Three checks, strictest first:
+paper's build keeps it in docs/paper/build/ (ablation.json, bench.json, speed.json,
+quantization.json), and the JSON of docs/results (lookahead-val.json: ablation.py's
+lookahead table). Three checks, strictest first:
   1. every table row named after a row of a table JSON holds that row's figures, cell by
      cell, as mean ± standard deviation at the column's decimals;
   2. every other "mean ± sd" on the pages is some row's figure at the decimals shown;
@@ -21,7 +22,8 @@ import ablation
 
 BUILD = ROOT / "docs" / "paper" / "build"
 PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "log.md")
-TABLES = {name: json.loads((BUILD / f"{name}.json").read_text()) for name in ("ablation", "lookahead")}
+TABLES = {"ablation": json.loads((BUILD / "ablation.json").read_text()),
+          "lookahead": json.loads((ROOT / "docs" / "results" / "lookahead-val.json").read_text())}
 # The rows the paper leans on, trained again and scored on the test songs: a page's table of
 # them heads its first column "row, test songs".
 TABLES["choices-test"] = json.loads((ROOT / "docs" / "results" / "choices-test.json").read_text())

@@ -229,7 +229,8 @@ def quantization_of(runs):
         return None
     fp32 = raw["losses"]["fp32"]
     return {"fp32": f"{fp32:.4f}", "command": raw["command"],
-            **{f"{v}_cost": shown(raw['losses'][v] - fp32, 4, "+") for v in ("int8", "int4")}}
+            # five decimals: int8's difference is a few hundred-thousandths of a nat
+            **{f"{v}_cost": shown(raw['losses'][v] - fp32, 5, "+") for v in ("int8", "int4")}}
 
 
 def counted_of(counted, true_lead):
