@@ -67,8 +67,8 @@ ROWS = {
                           baseline="random"),
     "random-pitch1": Row("with the pitch aid at weight 1 on the demo's true notes (train.py "
                          "--pitch-aux 1 --pitch-targets truth): a head on the decoder names the "
-                         "lead's pitch class", flags=("--pitch-aux", "1", "--pitch-targets", "truth"),
-                         baseline="random"),
+                         "lead's pitch class",
+                         flags=("--pitch-aux", "1", "--pitch-targets", "truth"), baseline="random"),
     # The lookahead with the chord aid on, as played: L = 80 ms is the recipe itself ("random")
     **{f"random-lookahead-{ms}": Row(f"written {ms} ms ahead instead of 80 (train.py "
                                      f"--lookahead-ms {ms})", flags=("--lookahead-ms", str(ms)),

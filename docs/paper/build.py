@@ -528,12 +528,11 @@ def again(out, tmp):
     """A runs folder made of the tables a build folder already holds (its ablation.json and
     the optional figures): the draft rebuilt without the runs."""
     runs = tmp / "runs"
-    for name, table in (("ablation", "ablation.json"),):
-        if not (out / table).exists():
-            raise SystemExit(f"{out / table} not found: --again rebuilds from a finished build "
-                             "folder; build once with --runs first")
-        (runs / name).mkdir(parents=True)
-        shutil.copy(out / table, runs / name / "table.json")
+    if not (out / "ablation.json").exists():
+        raise SystemExit(f"{out / 'ablation.json'} not found: --again rebuilds from a finished "
+                         "build folder; build once with --runs first")
+    (runs / "ablation").mkdir(parents=True)
+    shutil.copy(out / "ablation.json", runs / "ablation" / "table.json")
     for name in ("speed.json", "bench.json", "quantization.json"):
         if (out / name).exists():
             shutil.copy(out / name, runs / name)
@@ -546,8 +545,7 @@ def main():
                     "(ablation.py's --out)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="folder holding "
                     "experiments/baselines.py's baselines-random.json (and -lines, -riff if "
-                    "there), "
-                    f"{HELD} and {LIVE}")
+                    f"there), {HELD} and {LIVE}")
     ap.add_argument("--out", default=str(HERE / "build"), help="where the PDF and its parts go")
     ap.add_argument("--again", action="store_true", help="rebuild from the tables --out already "
                     "holds (no runs needed: a changed text or figure, the same numbers)")
