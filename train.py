@@ -547,14 +547,16 @@ def train_loop(run):
                 if world.main:  # the others wait: evaluation is rank 0's (docs/scaling.md)
                     evaluate_and_save(run)
                 barrier(world)
-            stop.requested = any_rank(stop.requested, world)  # one rank's Ctrl-C stops all
-            if step % cfg.save_every == 0 or step == cfg.max_steps or stop.requested:
+            # One rank's Ctrl-C stops all, at the same step. Only the handler writes
+            # stop.requested: a Ctrl-C that lands while the ranks agree counts next step.
+            stopping = any_rank(stop.requested, world)
+            if step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
                 rank_rngs = gathered(torch.get_rng_state(), world)  # every rank's dropout
                 if world.main:
                     run.checkpoint("latest", rank_rngs)
                 barrier(world)
             # Ctrl-C was pressed during this step: latest/ now holds its end, exactly.
-            if stop.requested and step < cfg.max_steps:
+            if stopping and step < cfg.max_steps:
                 bar.close()
                 again = command_line("train.py", replace(cfg, resume=True, overwrite=False))
                 if world.many:  # the job's own launcher, whatever its options were

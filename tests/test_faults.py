@@ -192,6 +192,26 @@ def test_ctrl_c_then_resume_is_bit_identical(demo_dataset, uninterrupted, tmp_pa
     assert metric_rows(tmp_path) == metric_rows(uninterrupted), "resumed metrics differ from the whole run's"
 
 
+def test_a_ctrl_c_while_the_ranks_agree_is_not_lost(demo_dataset, tmp_path, monkeypatch):
+    """A Ctrl-C that lands while the ranks agree whether to stop (the all-reduce, where a rank
+    spends much of each step waiting for the others) stops the run at the next step's end;
+    the agreement must not overwrite the flag the handler raised."""
+    cfg = quick_train_config(demo_dataset[0], tmp_path, page_sample_s=0)
+    calls = []
+
+    def agree_while_interrupted(flag, world):
+        calls.append(1)
+        if len(calls) == 2:  # the agreement at the end of step 2
+            os.kill(os.getpid(), signal.SIGINT)  # handled before this call returns the flag
+        return flag
+
+    monkeypatch.setattr(T, "any_rank", agree_while_interrupted)
+    with pytest.raises(SystemExit) as stop:
+        T.train(cfg)
+    assert stop.value.code == 130, "the Ctrl-C was lost: the run went on to its last step"
+    assert json.loads((tmp_path / "latest" / "config.json").read_text())["step"] == 3
+
+
 def test_ctrl_c_in_a_real_run_says_how_to_continue(demo_dataset, tmp_path):
     out = tmp_path / "run"
     args = ["train.py", "--data", demo_dataset[0], "--out", out, "--preset", "tiny", "--window-s", "1",
