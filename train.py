@@ -326,9 +326,10 @@ def setup_run(cfg, world=World()):
     device = start(world, pick_device(cfg.device))
     set_threads(cfg.threads)
     # The order below is part of the result: the seed comes before the model, so its
-    # initial weights repeat; nothing else draws from torch's generator in between.
-    torch.manual_seed(cfg.seed)
+    # initial weights repeat; nothing else draws from torch's generator in between. It
+    # comes after the dataset, which a first run builds here (its codec draws from it).
     meta = ensure_dataset(cfg, world)
+    torch.manual_seed(cfg.seed)
     check_against_data(cfg, meta)
     check_truth_aids(cfg, meta)  # an aid that needs the demo's score, on a dataset without one
     with torch.random.fork_rng():  # a teacher's own weights draw nothing the student's would

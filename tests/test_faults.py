@@ -192,6 +192,25 @@ def test_ctrl_c_then_resume_is_bit_identical(demo_dataset, uninterrupted, tmp_pa
     assert metric_rows(tmp_path) == metric_rows(uninterrupted), "resumed metrics differ from the whole run's"
 
 
+def test_a_first_run_that_builds_the_demo_corpus_trains_as_a_second_run(demo_dataset, tmp_path,
+                                                                        monkeypatch):
+    """python train.py on a fresh clone builds data/demo in its own process, and building
+    draws from torch's generator (the codec's weights): the seed must come after it, so that
+    the first run and every later one start from the same weights and train alike."""
+    monkeypatch.chdir(tmp_path)
+
+    def build_drawing(config):  # what the real build does to the generator, in little
+        torch.rand(1000)
+        shutil.copytree(demo_dataset[0], config.out)
+
+    monkeypatch.setattr(T.data, "build_dataset", build_drawing)
+    first, again = (quick_train_config(T.DEFAULT_DATA, tmp_path / name, page_sample_s=0,
+                                       max_steps=2, listen_test=False) for name in ("a", "b"))
+    T.train(first)     # builds data/demo here
+    T.train(again)     # finds it
+    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
+
+
 def test_a_ctrl_c_while_the_ranks_agree_is_not_lost(demo_dataset, tmp_path, monkeypatch):
     """A Ctrl-C that lands while the ranks agree whether to stop (the all-reduce, where a rank
     spends much of each step waiting for the others) stops the run at the next step's end;
