@@ -246,8 +246,8 @@ def lookahead_of(live):
     """live.py's JSON of the lookahead rows -> a table shaped as ablation.py's table.json
     ({rows: {name: {what, runs, mean_sd}}, seeds, command}), the rows in order of lookahead.
     Each run is one seed: its lookahead, its training figures, and its takes' figures as
-    "<figure>@<guidance>"; late_ms is each guidance's lateness, the mean over seeds."""
-    import statistics
+    "<figure>@<guidance>"; mean_sd is live.py's own, under the same names; late_ms is each
+    guidance's lateness, the mean over seeds."""
     sys.path.insert(0, str(ROOT / "experiments"))
     from live import LIVE as RECIPE  # the live recipe's flags: its lookahead
     rows = {}
@@ -258,12 +258,13 @@ def lookahead_of(live):
                  **{f"{key}@{coef}": value for coef, taken in row["guidance"].items()
                     for key, value in taken["seeds"][seed].items()}}
                 for seed in map(str, live["seeds"])]
-        keys = [key for key in runs[0] if key not in ("seed", "lookahead_ms")]
         rows[name] = {"what": row["what"], "runs": runs,
                       "late_ms": {coef: taken["late_ms_mean"]
                                   for coef, taken in row["guidance"].items()},
-                      "mean_sd": {key: [statistics.fmean(v := [r[key] for r in runs]),
-                                        statistics.stdev(v)] for key in keys}}
+                      "mean_sd": {**row["training"],
+                                  **{f"{key}@{coef}": mean_sd
+                                     for coef, taken in row["guidance"].items()
+                                     for key, mean_sd in taken["mean_sd"].items()}}}
     order = sorted(rows, key=lambda name: rows[name]["runs"][0]["lookahead_ms"])
     return {**{key: live[key] for key in ("command", "seeds", "split", "variant", "chunk_ms")},
             "rows": {name: rows[name] for name in order}}
