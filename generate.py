@@ -75,7 +75,7 @@ class GenerateConfig:
     top_p: float = opt(1.0, "sample among the codes holding this much "
                             "probability (1: all)", above=0, at_most=1)
     guidance: Optional[float] = opt(SAMPLING["guidance"], "classifier-free guidance coefficient "
-                                    "(none: off; 1: same as off); 3 made the solos "
+                                    "(none: off; 1: same as off); 5 made the solos "
                                     "follow the band best (docs/phase3)", flag="--cfg-coef",
                                     at_least=0, at_most=100)
     num_samples: int = opt(1, "solos to generate for the same backing", at_least=1, at_most=64)

@@ -75,9 +75,11 @@ OFF = ("--chord-aux", "0")
 CAUSAL = ("--causal-encoder", "--attn-window", "300")  # phase 5's models, as onnx_export takes
 ROWS = {
     "default": Row("python train.py as it stands (the chord aid at weight 0.3 on the heard "
-                   "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 3)"),
+                   "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 5)"),
+    "default-guidance-3": Row("the default's runs sampled with guidance 3 (MusicGen's "
+                              "coefficient)", runs_of="default", sampling={"guidance": 3.0}),
     "no-chord-aux": Row("no chord aid (the default before it: solo dropout 0.3), sampled as "
-                        "generate.py samples (guidance 3)", OFF),
+                        "generate.py samples (guidance 5)", OFF),
     "no-solo-dropout": Row("no solo dropout (the default before it)",
                            ("--solo-dropout", "0", *OFF)),
     "no-guidance": Row("no solo dropout; sampled without guidance", runs_of="no-solo-dropout",
@@ -88,9 +90,11 @@ ROWS = {
     "guidance-5": Row("no solo dropout; guidance 5", runs_of="no-solo-dropout",
                       sampling={"guidance": 5.0}),
     "guidance-3-top-k-50": Row("no solo dropout; guidance 3 and top-k 50",
-                               runs_of="no-solo-dropout", sampling={"top_k": 50}),
+                               runs_of="no-solo-dropout",
+                               sampling={"guidance": 3.0, "top_k": 50}),
     "guidance-3-temperature-0.8": Row("no solo dropout; guidance 3 at temperature 0.8",
-                                      runs_of="no-solo-dropout", sampling={"temperature": 0.8}),
+                                      runs_of="no-solo-dropout",
+                                      sampling={"guidance": 3.0, "temperature": 0.8}),
     "cross-attention-only": Row("no solo dropout, no time-aligned path (cross-attention only)",
                                 ("--no-aligned-backing", "--solo-dropout", "0", *OFF)),
     "steps-1000": Row("no solo dropout, 1000 steps instead of 500",
@@ -131,11 +135,13 @@ ROWS = {
                                  "parameters)",
                                  ("--pitch-aux", "3", "--d-model", "192", *TRUTH, *OFF)),
     "pitch-aux-1-temperature-0.7": Row("weight 1; guidance 3 at temperature 0.7",
-                                       runs_of="pitch-aux-1", sampling={"temperature": 0.7}),
+                                       runs_of="pitch-aux-1",
+                                       sampling={"guidance": 3.0, "temperature": 0.7}),
     "pitch-aux-1-guidance-5": Row("weight 1; guidance 5", runs_of="pitch-aux-1",
                                   sampling={"guidance": 5.0}),
     "pitch-aux-3-temperature-0.7": Row("weight 3; guidance 3 at temperature 0.7",
-                                       runs_of="pitch-aux-3", sampling={"temperature": 0.7}),
+                                       runs_of="pitch-aux-3",
+                                       sampling={"guidance": 3.0, "temperature": 0.7}),
     "pitch-aux-3-guidance-5": Row("weight 3; guidance 5", runs_of="pitch-aux-3",
                                   sampling={"guidance": 5.0}),
     # The chord aid (train.py --chord-aux): a head on the encoder names the band's harmony

@@ -42,6 +42,7 @@ from sax.files import write_json  # noqa: E402
 from sax.intervals import DRAWS, LEVEL, bootstrap_interval  # noqa: E402
 from sax.listening import (ListeningSet, fit_probes, generated_solos,  # noqa: E402
                            listening_windows, partners, score_solos)
+from sax.sampling import SAMPLING  # noqa: E402
 
 WHAT = {"true": "the true lead (the demo's rule: a chord tone on each of the band's kicks)",
         "rule": "hears the band's audio: a note on each attack, the loudest chroma class",
@@ -165,7 +166,8 @@ def baselines(data_dir, checkpoints=(), split="test", draws=DRAWS):
         training = [{"val_ce": c["metrics"]["val_ce"], "cond_gain": c["metrics"]["cond_gain"],
                      "step": c["step"]} for c in configs]
         rows["model"] = {"what": WHAT["model"], "checkpoints": [str(c) for c in checkpoints],
-                         "training": training, **token_row(probes, ls, runs, song_rows, draws)}
+                         "sampling": dict(SAMPLING), "training": training,
+                         **token_row(probes, ls, runs, song_rows, draws)}
     return {"data": str(data_dir), "style": meta["settings"].get("demo_style", "random"),
             "split": split, "songs": songs, "windows": len(where), "frames": T,
             "draws": draws, "level": LEVEL, "rows": rows}

@@ -13,8 +13,8 @@ inside a chord is placed by how many frames ago the band's chord last changed (f
 no change since the window began are left out: how long ago is not known). Per bin:
 - head: the share of frames whose chord-head guess (its most likely pitch class, from the
   encoder state of that backing frame) is a tone of the band's chord there;
-- solo: note-in-chord of the solos generated over the same windows (guidance 3, as
-  generate.py samples), read by the pitch probe;
+- solo: note-in-chord of the solos generated over the same windows (guidance 3, as the
+  live runner plays, for the offline row too), read by the pitch probe;
 - true: the true lead's note-in-chord (it too holds a note across a change until its next
   kick).
 Means over the row's runs, and each run's figures; and per run, over the whole windows, the
@@ -43,6 +43,7 @@ from sax.listening import (fit_probes, generated_solos, read_pitch_classes,  # n
 # Bins of frames since the change, [low, high): before an 80 ms lookahead hears it (6
 # frames at 75 Hz), the first quarter second, two thirds of one, 1.3 s, and later.
 BINS = ((0, 6), (6, 20), (20, 50), (50, 100), (100, 10 ** 6))
+GUIDANCE = 3.0  # what the live recipes are played with (onnx_export --cfg-coef 3)
 
 
 def frames_since_change(chords):
@@ -87,7 +88,8 @@ def score_run(folder, data, meta, cache, seed):
         memory = model.encode(ls.backing)                 # [N, L + T, D]: frame t at L + t
         guess = model.chord_head(memory[:, -T:]).argmax(-1)
         head = by_bin(tones(ls.chords, guess), ls.chords.any(-1) & (since >= 0), since)
-    solos = generated_solos(model, ls, 16, torch.device("cpu"), seed=seed)
+    # guidance 3 for every row: the coefficient the live runner plays with (runner.json)
+    solos = generated_solos(model, ls, 16, torch.device("cpu"), seed=seed, guidance=GUIDANCE)
     read = {name: read_pitch_classes(probes.pitch, solos[name], probes.span)
             for name in ("own", "true")}
     return {"head": head, "solo": by_bin(tones(ls.chords, read["own"]), counted, since),

@@ -28,6 +28,10 @@ TABLES = {"ablation": json.loads((BUILD / "ablation.json").read_text()),
 # them heads its first column "row, test songs".
 TABLES["choices-test"] = json.loads((ROOT / "docs" / "results" / "choices-test.json").read_text())
 HELD_HEADING = "row, test songs"
+# experiments/sampling.py: sampling settings on the default's runs, chosen on the validation
+# songs (sampling-val.json), the choice checked on the test songs (sampling-test.json).
+SAMPLING = {split: json.loads((ROOT / "docs" / "results" / f"sampling-{split}.json").read_text())
+            for split in ("val", "test")}
 PM = re.compile(r"(-?\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?)")
 # The phase 5 page heads the lookahead table's columns in words of its own.
 LOOKAHEAD_HEADINGS = {"best val CE": "best_val_ce", "conditioning gain": "cond_gain",
@@ -101,7 +105,8 @@ def all_pairs():
     played |= {f"{name} training": {"mean_sd": row["training"]} for name, row in live.items()}
     changes = json.loads((ROOT / "docs" / "results" / "chord-changes.json").read_text())["rows"]
     played |= {f"{name} on time": {"mean_sd": row["listening"]} for name, row in changes.items()}
-    return [mean_sd for table in [*TABLES.values(), {"rows": takes}, {"rows": played}]
+    return [mean_sd for table in [*TABLES.values(), *SAMPLING.values(), {"rows": takes},
+                                  {"rows": played}]
             for row in table["rows"].values() for mean_sd in row["mean_sd"].values()
             if mean_sd is not None]
 
@@ -273,6 +278,28 @@ def test_phase3_quotes_the_paired_differences_on_the_test_songs():
             want = build.contrasts_of({"vs": (), "vt": (TABLES["choices-test"],)}, source,
                                       decimals)[f"test|{a}|{b}|{key}"]
             assert figure == want, f"{a} − {b}, {words}: the page says {figure}, the JSON {want}"
+
+
+def test_phase3_quotes_the_sampling_settings_chosen_on_validation_and_checked_on_test():
+    """Each row of phase 3's two tables of sampling settings is its row of
+    docs/results/sampling-<split>.json: rhythm and harmony as mean ± sd over the five runs,
+    each beside its paired difference from the first setting (guidance 3), worded as the
+    paper's build words a difference."""
+    sys.path.insert(0, str(ROOT / "docs" / "paper"))
+    import build  # docs/paper/build.py
+    page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
+    for split, table in SAMPLING.items():
+        first = next(iter(table["rows"]))
+        assert table["split"] == split and table["draws"] == 3 and first == "guidance=3"
+        for name, row in table["rows"].items():
+            assert [r["seed"] for r in row["runs"]] == [0, 1, 2, 3, 4]
+            cells = []
+            for key in ("plays_with_band_rhythm", "plays_with_band_harmony"):
+                d = [build.shown(x, 2, "+") for x in row["against_first"][key]]
+                cells += [pair(row["mean_sd"][key], 2),
+                          "–" if name == first else f"{d[0]} [{d[1]}, {d[2]}]"]
+            line = f"| `{name}` | " + " | ".join(cells) + " |"
+            assert line in page, line
 
 
 def test_phase3_quotes_the_true_leads_figures():

@@ -73,14 +73,25 @@ PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3)
 # The rows the prose leans on, trained again and scored on the test songs (ablation.py's
 # table.json for them, kept in --results): Table "held" and the #vt(...) contrasts.
 HELD = "choices-test.json"
-HELD_COMMAND = ("python experiments/ablation.py --rows default no-chord-aux no-solo-dropout "
-                "no-guidance cross-attention-only --seeds 0 1 2 3 4 --out runs/ablation-test")
+HELD_COMMAND = ("python experiments/ablation.py --rows default default-guidance-3 no-chord-aux "
+                "no-solo-dropout no-guidance cross-attention-only --seeds 0 1 2 3 4 "
+                "--out runs/ablation-test")
 HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
                 ABLATION_COLUMNS[5])  # val. CE, cond. gain, rhythm, harmony: one column wide
+# Optional: the chord aid's weight and labels trained again on fewer seeds and scored on the
+# test songs (ablation.py's table.json for them and the default): more #vt(...) contrasts.
+CHORD_AID = "chord-aid-test.json"
+CHORD_AID_COMMAND = ("python experiments/ablation.py --rows default chord-aux-0.1 chord-aux-1 "
+                     "chord-aux-1-truth --seeds 0 1 2 --out runs/ablation-test")
 # Optional: experiments/chord_changes.py's rows, the live recipes' solos sampled on time over
 # the test songs (phase 5): where the live harmony is lost. A dash in the draft without it.
 CHANGES = "chord-changes.json"
 CHANGES_COMMAND = "python experiments/chord_changes.py (its command: docs/phase5-streaming.md)"
+# Optional: experiments/sampling.py on the test songs, the sampling choice checked with three
+# draws per seed. A dash in the draft without it.
+SAMPLING = "sampling-test.json"
+SAMPLING_COMMAND = ("python experiments/sampling.py --split test (its command: "
+                    "docs/phase3-training-evaluation.md)")
 # experiments/live.py's rows that change only the lookahead, played by the runner over the
 # test songs: Table "lookahead" and the curve.
 LIVE = "live-lookahead.json"
@@ -310,6 +321,22 @@ def on_time_of(changes):
                      for name, row in changes["rows"].items() if "listening" in row}}
 
 
+def sampling_of(table):
+    """numbers.json's figures of sampling.py's test table: each setting's rhythm and harmony
+    (mean ± sd over the runs) and its paired difference from the first setting with its
+    interval, as "+0.08 [+0.02, +0.13]" (None without it)."""
+    if table is None:
+        return None
+    def words(d):
+        return f"{shown(d[0], 2, '+')} [{shown(d[1], 2, '+')}, {shown(d[2], 2, '+')}]"
+    return {"draws": table["draws"], "rows": {
+        name: {**{key: cell(row["mean_sd"][f"plays_with_band_{key}"], 2)
+                  for key in ("rhythm", "harmony")},
+               **{f"{key}_vs_first": words(row["against_first"][f"plays_with_band_{key}"])
+                  for key in ("rhythm", "harmony")}}
+        for name, row in table["rows"].items()}}
+
+
 def bracket(interval, decimals=2):
     """'[0.73, 0.94]' from [low, high]; an en dash where there is none."""
     if interval is None:
@@ -465,6 +492,8 @@ def build(runs, out, results=ROOT / "docs" / "results"):
                                      optional=style != "random"))}
     held = read_rows(Path(results) / HELD, HELD_COMMAND + f" and copy its table.json to {HELD}")
     changes = read_rows(Path(results) / CHANGES, CHANGES_COMMAND, optional=True)
+    sampling = read_rows(Path(results) / SAMPLING, SAMPLING_COMMAND, optional=True)
+    chord_aid = read_rows(Path(results) / CHORD_AID, CHORD_AID_COMMAND, optional=True)
     live = read_rows(Path(results) / LIVE, LIVE_COMMAND + f" and copy its live.json to {LIVE}")
     copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
               "ablation.json": Path(runs) / "ablation" / "table.json",
@@ -475,7 +504,7 @@ def build(runs, out, results=ROOT / "docs" / "results"):
                  if (Path(runs) / name).exists()}}  # the optional figures
     try:
         lookahead = lookahead_of(live)
-        parts = made_parts(runs, ablation, lookahead, styles, held, changes)
+        parts = made_parts(runs, ablation, lookahead, styles, held, changes, sampling, chord_aid)
     except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
         raise SystemExit(f"{runs}: a table lacks what the draft reads ({type(err).__name__}: "
                          f"{err}): make it again (ablation.py, baselines.py, live.py), or build "
@@ -496,11 +525,13 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     return out / "paper.pdf", pages
 
 
-def made_parts(runs, ablation, lookahead, styles, held, changes=None):
+def made_parts(runs, ablation, lookahead, styles, held, changes=None, sampling=None,
+               chord_aid=None):
     """{file name: text} of the tables and numbers.json, made from ablation.py's table, the
     lookahead rows as played (lookahead_of), the baselines' JSON, the rows scored on the
     test songs (held) and, when given, the live recipes sampled on time (changes:
-    chord_changes.py's JSON)."""
+    chord_changes.py's JSON), the sampling choice on the test songs (sampling.py's) and the
+    chord aid's rows on the test songs (chord_aid: ablation.py's table.json)."""
     apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
     # a row of an experiment since removed from ablation.py stays in its table.json (the
     # record of what ran) and out of the draft (docs/log.md keeps it)
@@ -511,7 +542,10 @@ def made_parts(runs, ablation, lookahead, styles, held, changes=None):
     numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs),
                "baselines": baselines, "held": held_of(held), "on_time": on_time_of(changes),
-               "contrasts": contrasts_of({"vs": (ablation, lookahead), "vt": (held,)},
+               "sampling": sampling_of(sampling),
+               "chord_aid": held_of(chord_aid) if chord_aid else None,
+               "contrasts": contrasts_of({"vs": (ablation, lookahead),
+                                          "vt": (held, *([chord_aid] if chord_aid else []))},
                                          (HERE / "paper.typ").read_text(), decimals)}
     return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),
             "architecture.typ": typst_table(ablation, ARCHITECTURE_COLUMNS, "architecture",
