@@ -60,22 +60,28 @@ def setting_of(text):
     return setting
 
 
-def scored(run, setting, split, draw, sets):
-    """The listening figures of one draw of one setting on one run (cached in its
-    sampling.json, keyed by the whole sampling, the split and the sampling seed)."""
+def scored(run, setting, split, draws, sets, models):
+    """(the run's seed, the listening figures of each draw of one setting on one run), cached
+    in its sampling.json, keyed by the whole sampling, the split and the sampling seed.
+    models: {run: model}, so that a run's checkpoint is read once whatever is left to score."""
     cache_file = Path(run) / "sampling.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     seed = read_json(Path(run) / "best" / "config.json", "a checkpoint")["train"]["seed"]
-    key = json.dumps({**SAMPLING, **setting, "split": split, "seed": seed + 10 * draw},
-                     sort_keys=True)
-    if key not in cache:
-        model, _ = load_model(Path(run) / "best", "cpu")
-        ls, probes = sets(model.cfg.max_frames)
-        figures = listening_test(model, ls, probes, 16, torch.device("cpu"),
-                                 seed=seed + 10 * draw, **setting)
-        cache[key] = {k: figures[k] for k in FIGURES}
-        write_json(cache_file, cache)
-    return seed, cache[key]
+    figures = []
+    for draw in range(draws):
+        key = json.dumps({**SAMPLING, **setting, "split": split, "seed": seed + 10 * draw},
+                         sort_keys=True)
+        if key not in cache:
+            if run not in models:
+                models[run] = load_model(Path(run) / "best", "cpu")[0]
+            model = models[run]
+            ls, probes = sets(model.cfg.max_frames)
+            scores = listening_test(model, ls, probes, 16, torch.device("cpu"),
+                                    seed=seed + 10 * draw, **setting)
+            cache[key] = {k: scores[k] for k in FIGURES}
+            write_json(cache_file, cache)  # after each draw: a Ctrl-C loses at most one
+        figures.append(cache[key])
+    return seed, figures
 
 
 def table(runs, tries, split, draws, data):
@@ -90,16 +96,16 @@ def table(runs, tries, split, draws, data):
                        fit_probes(data, meta, T))
         return made[T]
 
-    rows = {}
+    rows, models = {}, {}
     with tqdm(total=len(tries) * len(runs) * draws, desc=f"listening tests ({split})") as bar:
         for text in tries:
             per_run = []
             for run in runs:
-                got = [scored(run, setting_of(text), split, d, sets) for d in range(draws)]
+                seed, got = scored(run, setting_of(text), split, draws, sets, models)
                 bar.update(draws)
-                per_run.append({"run": str(run), "seed": got[0][0],
-                                **{k: float(np.mean([g[1][k] for g in got])) for k in FIGURES},
-                                "draws": [g[1] for g in got]})
+                per_run.append({"run": str(run), "seed": seed,
+                                **{k: float(np.mean([g[k] for g in got])) for k in FIGURES},
+                                "draws": got})
             rows[text] = {"sampling": {**SAMPLING, **setting_of(text)}, "runs": per_run,
                           "mean_sd": {k: [float(np.mean([r[k] for r in per_run])),
                                           float(np.std([r[k] for r in per_run], ddof=1))

@@ -301,9 +301,8 @@ def test_phase3_quotes_the_sampling_settings_chosen_on_validation_and_checked_on
             assert [r["seed"] for r in row["runs"]] == [0, 1, 2, 3, 4]
             cells = []
             for key in ("plays_with_band_rhythm", "plays_with_band_harmony"):
-                d = [build.shown(x, 2, "+") for x in row["against_first"][key]]
                 cells += [pair(row["mean_sd"][key], 2),
-                          "–" if name == first else f"{d[0]} [{d[1]}, {d[2]}]"]
+                          "–" if name == first else build.difference(*row["against_first"][key])]
             line = f"| `{name}` | " + " | ".join(cells) + " |"
             assert line in page, line
 

@@ -327,14 +327,18 @@ def sampling_of(table):
     interval, as "+0.08 [+0.02, +0.13]" (None without it)."""
     if table is None:
         return None
-    def words(d):
-        return f"{shown(d[0], 2, '+')} [{shown(d[1], 2, '+')}, {shown(d[2], 2, '+')}]"
     return {"draws": table["draws"], "rows": {
         name: {**{key: cell(row["mean_sd"][f"plays_with_band_{key}"], 2)
                   for key in ("rhythm", "harmony")},
-               **{f"{key}_vs_first": words(row["against_first"][f"plays_with_band_{key}"])
+               **{f"{key}_vs_first": difference(*row["against_first"][f"plays_with_band_{key}"])
                   for key in ("rhythm", "harmony")}}
         for name, row in table["rows"].items()}}
+
+
+def difference(mean, low, high, decimals=2):
+    """'+0.08 [+0.02, +0.13]': a paired difference and its interval, signed."""
+    low, high = shown(low, decimals, "+"), shown(high, decimals, "+")
+    return f"{shown(mean, decimals, '+')} [{low}, {high}]"
 
 
 def bracket(interval, decimals=2):
@@ -438,7 +442,7 @@ def contrasts_of(tables, source, decimals_of):
         mean, low, high = paired_interval([value[a][s] for s in seeds],
                                           [value[b][s] for s in seeds])
         d = decimals_of[key]
-        words = (f"{shown(mean, d, '+')} [{shown(low, d, '+')}, {shown(high, d, '+')}]")
+        words = difference(mean, low, high, d)
         if len(seeds) > 1 and low <= 0 <= high:
             words += f", not significant over {len(seeds)} seeds"
         out[("test|" if macro == "vt" else "") + f"{a}|{b}|{key}"] = words
