@@ -1,9 +1,10 @@
 """The figures the README and docs/ quote are the figures the commands wrote.
 
-The JSON they come from is what experiments/ablation.py and the benchmarks wrote, as the
-paper's build keeps it in docs/paper/build/ (ablation.json, bench.json, speed.json,
-quantization.json), and the JSON of docs/results (lookahead-val.json: ablation.py's
-lookahead table). Three checks, strictest first:
+The JSON they come from is what experiments/ablation.py and the benchmarks wrote: the JSON
+of docs/results (ablation-val.json and lookahead-val.json: ablation.py's tables on the
+validation windows; the *-test.json tables on the test songs), and the benchmarks' as the
+paper's build keeps it in docs/paper/build/ (bench.json, speed.json, quantization.json).
+Three checks, strictest first:
   1. every table row named after a row of a table JSON holds that row's figures, cell by
      cell, as mean ± standard deviation at the column's decimals;
   2. every other "mean ± sd" on the pages is some row's figure at the decimals shown;
@@ -21,17 +22,18 @@ from conftest import ROOT
 import ablation
 
 BUILD = ROOT / "docs" / "paper" / "build"
+RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "log.md")
-TABLES = {"ablation": json.loads((BUILD / "ablation.json").read_text()),
-          "lookahead": json.loads((ROOT / "docs" / "results" / "lookahead-val.json").read_text())}
-# The rows the paper leans on, trained again and scored on the test songs: a page's table of
-# them heads its first column "row, test songs".
-TABLES["choices-test"] = json.loads((ROOT / "docs" / "results" / "choices-test.json").read_text())
-# The chord aid's weight and labels, trained again on fewer seeds and scored on the test songs
-# beside the default: its table heads its first column "row, test songs, chord aid".
-TABLES["chord-aid-test"] = json.loads((ROOT / "docs" / "results" / "chord-aid-test.json")
-                                      .read_text())
-HELD_HEADINGS = {"row, test songs": "choices-test", "row, test songs, chord aid": "chord-aid-test"}
+TABLES = {name: json.loads((RESULTS / f"{name}.json").read_text())
+          for name in ("ablation-val", "lookahead-val", "choices-test", "chord-aid-test",
+                       "settings-test")}
+# The rows trained again and scored on the test songs: a page's table of them heads its first
+# column "row, test songs" (the rows the paper leans on, five seeds), "row, test songs, chord
+# aid" (the chord aid's weight and labels beside the default) or "row, test songs, settings"
+# (the other training settings beside no-chord-aux), three seeds each.
+HELD_HEADINGS = {"row, test songs": "choices-test", "row, test songs, chord aid": "chord-aid-test",
+                 "row, test songs, settings": "settings-test"}
+TESTED = [TABLES[name] for name in HELD_HEADINGS.values()]
 # experiments/sampling.py: sampling settings on the default's runs, chosen on the validation
 # songs (sampling-val.json), the choice checked on the test songs (sampling-test.json).
 SAMPLING = {split: json.loads((ROOT / "docs" / "results" / f"sampling-{split}.json").read_text())
@@ -66,10 +68,10 @@ def row_of(cell, first_heading=""):
     cell = cell.strip("*` ")
     if first_heading in HELD_HEADINGS:
         return TABLES[HELD_HEADINGS[first_heading]]["rows"].get(cell)
-    if cell in TABLES["ablation"]["rows"]:
-        return TABLES["ablation"]["rows"][cell]
+    if cell in TABLES["ablation-val"]["rows"]:
+        return TABLES["ablation-val"]["rows"][cell]
     found = re.fullmatch(r"(\d+) ms", cell)
-    return TABLES["lookahead"]["rows"].get(f"lookahead-{found.group(1)}ms") if found else None
+    return TABLES["lookahead-val"]["rows"].get(f"lookahead-{found.group(1)}ms") if found else None
 
 
 def table_rows(page):
@@ -261,7 +263,7 @@ DIFFERENCE = re.compile(r"^- `([\w.-]+)` − `([\w.-]+)`: (.+)$")
 def test_phase3_quotes_the_paired_differences_on_the_test_songs():
     """Each line `a` − `b`: figure d [low, high]; ... of the phase 3 page is the paired
     Student-t interval over the seeds of docs/results/choices-test.json (or
-    chord-aid-test.json, for the rows only it holds), worded as the
+    chord-aid-test.json or settings-test.json, for the rows only they hold), worded as the
     paper's build words it (docs/paper/build.py's contrasts_of): one place computes them."""
     sys.path.insert(0, str(ROOT / "docs" / "paper"))
     import build  # docs/paper/build.py
@@ -280,8 +282,7 @@ def test_phase3_quotes_the_paired_differences_on_the_test_songs():
             words, figure = re.fullmatch(f"({'|'.join(DIFFERENCE_WORDS)}) (.+)", part).groups()
             key = DIFFERENCE_WORDS[words]
             source = f'#vt("{a}", "{b}", "{key}")'
-            tables = (TABLES["choices-test"], TABLES["chord-aid-test"])
-            want = build.contrasts_of({"vs": (), "vt": tables}, source,
+            want = build.contrasts_of({"vs": (), "vt": TESTED}, source,
                                       decimals)[f"test|{a}|{b}|{key}"]
             assert figure == want, f"{a} − {b}, {words}: the page says {figure}, the JSON {want}"
 
@@ -311,7 +312,7 @@ def test_phase3_quotes_the_true_leads_figures():
     """The true lead's figures (the same in every run: they score the data, not a model),
     quoted as the denominators of the plays-with-the-band scores."""
     page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
-    run = TABLES["ablation"]["rows"]["default"]["runs"][0]
+    run = TABLES["ablation-val"]["rows"]["default"]["runs"][0]
     kick, kick_other = run["kick_auc_true"], run["kick_auc_true_mismatched"]
     chord, chord_other = run["note_in_chord_true"], run["note_in_chord_true_mismatched"]
     assert (f"AUC of {kick:.3f} over its own band and {kick_other:.3f} over another song's, "

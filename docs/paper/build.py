@@ -2,29 +2,27 @@
 docs/paper/build.py -- the paper draft's tables, figures and numbers, rebuilt from run
 folders, and the PDF compiled from them.
 
-    python docs/paper/build.py --runs runs      # from ablation.py's table (below)
-    python docs/paper/build.py --quick          # tiny runs made first, in a temporary folder
+    python docs/paper/build.py --runs runs      # with the benchmarks' figures in runs/
+    python docs/paper/build.py --quick          # a tiny benchmark made first, in a temporary folder
 
-The runs come from one command (resumable; hours on 2 CPU cores; the exact command, with
-its --rows, is in its table.json and in the draft's appendix):
-
-    python experiments/ablation.py [--rows ...]       # runs/ablation: phase 3's settings, 3 seeds
-
-The other tables are committed JSON in --results (docs/results), each naming the command
-that made it: the baselines (experiments/baselines.py), the rows the prose leans on scored
-on the test songs (choices-test.json), and the lookahead as the runner played it over the
-test songs (live-lookahead.json, experiments/live.py). When they are there, three optional
-files of figures (a dash in the draft otherwise):
+Every table is committed JSON in --results (docs/results), each naming the command that
+made it (hours of training on 2 CPU cores, resumable), and every one scored on the test
+songs, which chose no checkpoint: the baselines (experiments/baselines.py), the rows the
+prose leans on (choices-test.json, 5 seeds), the other training settings
+(settings-test.json) and the chord aid's weights (chord-aid-test.json), 3 seeds each
+(experiments/ablation.py's table.json), the sampling choice (sampling-test.json), and the
+lookahead as the runner played it (live-lookahead.json, experiments/live.py). When they
+are in --runs, three optional files of figures (a dash in the draft otherwise):
 runs/speed.json (python tests/benchmark_codec.py --json runs/speed.json), runs/bench.json
 (python tests/benchmark.py --threads 1 --json runs/bench.json) and runs/quantization.json
 (python solo_onnx/onnx_runner.py solo_onnx --loss data/demo --json runs/quantization.json).
 
 Writes into --out (docs/paper/build by default): numbers.json (every figure the prose
 quotes, already formatted: paper.typ reads them from there, so no number in the text
-is typed by hand), ablation.typ, architecture.typ, lookahead.typ and the others (the tables),
-lookahead.png (the curve), and paper.pdf. --quick builds everything from 2-step runs on
-a 5-song corpus: the numbers mean nothing, but every step that makes the real draft
-runs (the test suite builds it this way).
+is typed by hand), held.typ, settings.typ, lookahead.typ and the others (the tables),
+lookahead.png (the curve), and paper.pdf. --quick measures the steps' speed on 30 frames
+first: its figures mean nothing, but every step that makes the real draft runs (the test
+suite builds it this way).
 """
 import argparse
 import json
@@ -55,21 +53,12 @@ LOOKAHEAD_COLUMNS = (("best_val_ce", "val. CE", 3), ("cond_gain", "cond. gain", 
                      *((f"{key}@{coef}", f"{label}{mark}", 3 if key.startswith("kick") else 2)
                        for coef, mark in (("none", ""), ("3", " (g)")) for key, label in PLAYED),
                      ("kick_auc_mismatched@3", "other band (g)", 3))
-# The architecture rows of ablation.py's phase 3 table get a table of their own, beside the
-# default they change (no-chord-aux: trained before the chord aid, as they were); the other
-# rows are the training choices.
-ARCHITECTURE_ROWS = ("no-chord-aux", "layers-1", "layers-4", "width-32", "width-64", "width-96",
-                     "width-192")
-ARCHITECTURE_COLUMNS = ABLATION_COLUMNS[:-1] + (("frames_per_s", "frames/s", 0),)
-# The rows with the auxiliary pitch target (train.py --pitch-aux) get a third table, with
-# how often the notes are chord tones over the own band and over another song's, beside
-# the default they extend (no-chord-aux, as for the architecture rows).
-PITCH_ROWS = ("no-chord-aux", "pitch-aux-0.3-tracked", "pitch-aux-0.3", "pitch-aux-1",
-              "pitch-aux-3", "pitch-aux-10", "pitch-aux-3-width-192", "pitch-aux-1-temperature-0.7",
-              "pitch-aux-1-guidance-5", "pitch-aux-3-temperature-0.7", "pitch-aux-3-guidance-5")
-PITCH_COLUMNS = ABLATION_COLUMNS[:4] + (("note_in_chord_own", "in chord own", 3),
-                                        ("note_in_chord_mismatched", "in chord other", 3)) \
-    + ABLATION_COLUMNS[4:6]
+# The other training settings (SETTINGS, below) get a table of their own, beside the default
+# they change (no-chord-aux: trained before the chord aid, as they were), with each row's
+# size, how often its notes are chord tones over the own band, and how many evaluations
+# warned of overfitting (the other band's figures are inside rhythm and harmony).
+SETTINGS_COLUMNS = (ABLATION_COLUMNS[:3] + (("note_in_chord_own", "in chord own", 3),)
+                    + ABLATION_COLUMNS[4:])
 # The rows the prose leans on, trained again and scored on the test songs (ablation.py's
 # table.json for them, kept in --results): Table "held" and the #vt(...) contrasts.
 HELD = "choices-test.json"
@@ -83,6 +72,13 @@ HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
 CHORD_AID = "chord-aid-test.json"
 CHORD_AID_COMMAND = ("python experiments/ablation.py --rows default chord-aux-0.1 chord-aux-1 "
                      "chord-aux-1-truth --seeds 0 1 2 --out runs/ablation-test")
+# The other training settings the prose names (steps, augmentation, size, the pitch aid),
+# trained again on three seeds beside no-chord-aux and no-solo-dropout and scored on the
+# test songs: Table "settings" and more #vt(...) contrasts.
+SETTINGS = "settings-test.json"
+SETTINGS_COMMAND = ("python experiments/ablation.py --rows no-chord-aux no-solo-dropout "
+                    "steps-1000 augment-1 layers-1 width-32 pitch-aux-0.3-tracked pitch-aux-0.3 "
+                    "pitch-aux-3 --out runs/ablation-test")
 # Optional: experiments/chord_changes.py's rows, the live recipes' solos sampled on time over
 # the test songs (phase 5): where the live harmony is lost. A dash in the draft without it.
 CHANGES = "chord-changes.json"
@@ -97,13 +93,6 @@ SAMPLING_COMMAND = ("python experiments/sampling.py --split test (its command: "
 LIVE = "live-lookahead.json"
 LIVE_COMMAND = ("python experiments/live.py --rows random random-lookahead-0 random-lookahead-40 "
                 "random-lookahead-160 --cfg-coef 3")
-# The true lead's figures (the same for every run: they score the data, not a model).
-TRUE_LEAD = ("kick_auc_true", "kick_auc_true_mismatched", "note_in_chord_true",
-             "note_in_chord_true_mismatched")
-
-
-def read_table(runs, name, command):
-    return read_rows(Path(runs) / name / "table.json", command)
 
 
 def read_rows(path, command, optional=False):
@@ -179,13 +168,6 @@ def facts():
             "frame_ms": f"{1e3 / 75:.1f}"}
 
 
-def current_rows():
-    """The names of experiments/ablation.py's rows as the code has them now."""
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from ablation import ROWS
-    return set(ROWS)
-
-
 def optional_json(runs, name):
     """runs/<name> read, or None when this runs folder has none (a figure left out)."""
     path = Path(runs) / name
@@ -244,15 +226,6 @@ def quantization_of(runs):
             **{f"{v}_cost": shown(raw['losses'][v] - fp32, 5, "+") for v in ("int8", "int4")}}
 
 
-def counted_of(counted, true_lead):
-    """listening.counting_listener's note-in-chord (own, mismatched), and its harmony score
-    as listening.plays_with_band scales a solo's: by the true lead's gap."""
-    own, other = counted["note_in_chord_counted_own"], counted["note_in_chord_counted_mismatched"]
-    gap = true_lead["note_in_chord_true"] - true_lead["note_in_chord_true_mismatched"]
-    return {"own": f"{own:.3f}", "mismatched": f"{other:.3f}",
-            "harmony": f"{(own - other) / gap:.2f}"}
-
-
 def lookahead_of(live):
     """live.py's JSON of the lookahead rows -> a table shaped as ablation.py's table.json
     ({rows: {name: {what, runs, mean_sd}}, seeds, command}), the rows in order of lookahead.
@@ -281,25 +254,15 @@ def lookahead_of(live):
             "rows": {name: rows[name] for name in order}}
 
 
-def numbers_of(ablation, lookahead):
-    """numbers.json: every figure the prose quotes, formatted as the tables format it."""
-    rows = {name: {key: cell(row["mean_sd"].get(key), d)
-                   for key, _, d in dict.fromkeys(ABLATION_COLUMNS + ARCHITECTURE_COLUMNS
-                                                  + PITCH_COLUMNS)}
-            | {"params_m": f"{row['runs'][0]['params_m']:.1f}"}
-            for name, row in ablation["rows"].items()}
-    first = next(iter(ablation["rows"].values()))["runs"][0]
+def lookahead_numbers(lookahead):
+    """numbers.json's figures of the lookahead table, formatted as the table formats them."""
     ahead = {name: {key: cell(row["mean_sd"].get(key), d) for key, _, d in LOOKAHEAD_COLUMNS}
              | {"ms": f"{row['runs'][0]['lookahead_ms']:g}"}
              | {f"late_ms@{coef}": f"{late:.0f}" for coef, late in row["late_ms"].items()}
              for name, row in lookahead["rows"].items()}
-    return {"ablation": {"rows": rows, "provenance": provenance(ablation),
-                         "n_seeds": len(ablation["seeds"])},
-            "true_lead": {key: f"{first[key]:.3f}" for key in TRUE_LEAD},
-            "counted": counted_of(ablation["counting_listener"], first),
-            "lookahead": {"rows": ahead, "provenance": provenance(lookahead),
-                          "split": lookahead["split"], "variant": lookahead["variant"],
-                          "chunk_ms": f"{lookahead['chunk_ms']:g}"}}
+    return {"rows": ahead, "provenance": provenance(lookahead),
+            "split": lookahead["split"], "variant": lookahead["variant"],
+            "chunk_ms": f"{lookahead['chunk_ms']:g}"}
 
 
 def held_of(held):
@@ -458,24 +421,15 @@ def references_page(source, root):
     return found[0] if found else None
 
 
-def quick_runs(tmp, corpus=None):
-    """2-step runs of five rows of the phase 3 table, one seed, on a 5-song demo corpus
-    (built here unless given), and the steps' benchmark on 30 frames -> the runs folder."""
-    python, runs = sys.executable, tmp / "runs"
-    steps = [] if corpus else [[python, ROOT / "data.py", "--out", tmp / "data", "--demo-songs",
-                                "5", "--demo-seconds", "8", "--encodec-weights", "untrained"]]
-    corpus = corpus or tmp / "data"
-    ablation = ROOT / "experiments" / "ablation.py"
-    steps += [[python, ablation, "--quick", "--rows", "default", "no-chord-aux",
-               "no-solo-dropout", "layers-1", "pitch-aux-1", "--seeds", "0", "--data", corpus,
-               "--out", runs / "ablation"],
-              [python, ROOT / "tests" / "benchmark.py", "--presets", "tiny", "--frames", "30",
-               "--plain-steps", "10", "--threads", "1", "--json", runs / "bench.json"]]
-    for command in steps:
-        done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"{' '.join(map(str, command[1:]))} failed:\n{done.stdout[-1500:]}"
-                             f"{done.stderr[-1500:]}")
+def quick_runs(tmp):
+    """The steps' benchmark on 30 frames -> a runs folder holding its bench.json."""
+    runs = tmp / "runs"
+    command = [sys.executable, ROOT / "tests" / "benchmark.py", "--presets", "tiny", "--frames",
+               "30", "--plain-steps", "10", "--threads", "1", "--json", runs / "bench.json"]
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(map(str, command[1:]))} failed:\n{done.stdout[-1500:]}"
+                         f"{done.stderr[-1500:]}")
     return runs
 
 
@@ -488,7 +442,6 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     table.json or a failed compile leaves the last build as it was."""
     import typst
     from figures import baselines_figure, lookahead_figure, system_figure
-    ablation = read_table(runs, "ablation", "python experiments/ablation.py")
     # the default corpus's baselines are the draft's first results; the other styles' optional
     styles = {style: table for style in ("random", "lines", "riff")
               if (table := read_rows(path := Path(results) / f"baselines-{style}.json",
@@ -498,17 +451,20 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     changes = read_rows(Path(results) / CHANGES, CHANGES_COMMAND, optional=True)
     sampling = read_rows(Path(results) / SAMPLING, SAMPLING_COMMAND, optional=True)
     chord_aid = read_rows(Path(results) / CHORD_AID, CHORD_AID_COMMAND, optional=True)
+    settings = read_rows(Path(results) / SETTINGS,
+                         SETTINGS_COMMAND + f" and copy its table.json to {SETTINGS}")
     live = read_rows(Path(results) / LIVE, LIVE_COMMAND + f" and copy its live.json to {LIVE}")
     copies = {"paper.typ": HERE / "paper.typ", "references.bib": ROOT / "docs" / "references.bib",
-              "ablation.json": Path(runs) / "ablation" / "table.json",
               **{f"baselines-{style}.json": Path(results) / f"baselines-{style}.json"
-                 for style in styles}, HELD: Path(results) / HELD, LIVE: Path(results) / LIVE,
+                 for style in styles},
+              **{name: Path(results) / name for name in (HELD, SETTINGS, LIVE)},
               **{name: Path(runs) / name for name in ("speed.json", "bench.json",
                                                       "quantization.json")
                  if (Path(runs) / name).exists()}}  # the optional figures
     try:
         lookahead = lookahead_of(live)
-        parts = made_parts(runs, ablation, lookahead, styles, held, changes, sampling, chord_aid)
+        parts = made_parts(runs, lookahead, styles, held, settings, changes, sampling,
+                           chord_aid)
     except (KeyError, IndexError, StopIteration, TypeError, ValueError) as err:
         raise SystemExit(f"{runs}: a table lacks what the draft reads ({type(err).__name__}: "
                          f"{err}): make it again (ablation.py, baselines.py, live.py), or build "
@@ -529,32 +485,26 @@ def build(runs, out, results=ROOT / "docs" / "results"):
     return out / "paper.pdf", pages
 
 
-def made_parts(runs, ablation, lookahead, styles, held, changes=None, sampling=None,
+def made_parts(runs, lookahead, styles, held, settings, changes=None, sampling=None,
                chord_aid=None):
-    """{file name: text} of the tables and numbers.json, made from ablation.py's table, the
-    lookahead rows as played (lookahead_of), the baselines' JSON, the rows scored on the
-    test songs (held) and, when given, the live recipes sampled on time (changes:
-    chord_changes.py's JSON), the sampling choice on the test songs (sampling.py's) and the
-    chord aid's rows on the test songs (chord_aid: ablation.py's table.json)."""
-    apart = ARCHITECTURE_ROWS[1:] + PITCH_ROWS[1:]  # the rows of the size and pitch tables
-    # a row of an experiment since removed from ablation.py stays in its table.json (the
-    # record of what ran) and out of the draft (docs/log.md keeps it)
-    choices = [name for name in ablation["rows"] if name not in apart and name in current_rows()]
+    """{file name: text} of the tables and numbers.json, made from the lookahead rows as
+    played (lookahead_of), the baselines' JSON, the rows scored on the test songs (held,
+    settings: ablation.py's table.json) and, when given, the live recipes
+    sampled on time (changes: chord_changes.py's JSON), the sampling choice on the test
+    songs (sampling.py's) and the chord aid's rows on the test songs (chord_aid)."""
     baselines = {style: baselines_of(table) for style, table in styles.items()}
-    decimals = {key: d for key, _, d in ABLATION_COLUMNS + ARCHITECTURE_COLUMNS + PITCH_COLUMNS
-                + LOOKAHEAD_COLUMNS}
-    numbers = {**numbers_of(ablation, lookahead), "facts": facts(), "speed": speed_of(runs),
+    decimals = {key: d for key, _, d in ABLATION_COLUMNS + SETTINGS_COLUMNS + LOOKAHEAD_COLUMNS}
+    numbers = {"lookahead": lookahead_numbers(lookahead), "facts": facts(), "speed": speed_of(runs),
                "quantization": quantization_of(runs), "bench": bench_of(runs),
-               "baselines": baselines, "held": held_of(held), "on_time": on_time_of(changes),
+               "baselines": baselines, "held": held_of(held), "settings": held_of(settings),
+               "on_time": on_time_of(changes),
                "sampling": sampling_of(sampling),
                "chord_aid": held_of(chord_aid) if chord_aid else None,
-               "contrasts": contrasts_of({"vs": (ablation, lookahead),
-                                          "vt": (held, *([chord_aid] if chord_aid else []))},
+               "contrasts": contrasts_of({"vs": (lookahead,),
+                                          "vt": (held, settings,
+                                                 *([chord_aid] if chord_aid else []))},
                                          (HERE / "paper.typ").read_text(), decimals)}
-    return {"ablation.typ": typst_table(ablation, ABLATION_COLUMNS, "row", choices),
-            "architecture.typ": typst_table(ablation, ARCHITECTURE_COLUMNS, "architecture",
-                                            ARCHITECTURE_ROWS, params=True),
-            "pitch.typ": typst_table(ablation, PITCH_COLUMNS, "row", PITCH_ROWS),
+    return {"settings.typ": typst_table(settings, SETTINGS_COLUMNS, "row", params=True),
             "held.typ": typst_table(held, HELD_COLUMNS, "row"),
             "lookahead.typ": typst_table(lookahead, LOOKAHEAD_COLUMNS, "L (ms)", labels={
                 name: row["ms"] for name, row in numbers["lookahead"]["rows"].items()}),
@@ -564,14 +514,13 @@ def made_parts(runs, ablation, lookahead, styles, held, changes=None, sampling=N
 
 
 def again(out, tmp):
-    """A runs folder made of the tables a build folder already holds (its ablation.json and
-    the optional figures): the draft rebuilt without the runs."""
+    """A runs folder made of the optional figures a build folder already holds: the draft
+    rebuilt without the benchmarks."""
     runs = tmp / "runs"
-    if not (out / "ablation.json").exists():
-        raise SystemExit(f"{out / 'ablation.json'} not found: --again rebuilds from a finished "
+    if not (out / "numbers.json").exists():
+        raise SystemExit(f"{out / 'numbers.json'} not found: --again rebuilds from a finished "
                          "build folder; build once with --runs first")
-    (runs / "ablation").mkdir(parents=True)
-    shutil.copy(out / "ablation.json", runs / "ablation" / "table.json")
+    runs.mkdir()
     for name in ("speed.json", "bench.json", "quantization.json"):
         if (out / name).exists():
             shutil.copy(out / name, runs / name)
@@ -580,21 +529,20 @@ def again(out, tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding ablation/ "
-                    "(ablation.py's --out)")
+    ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding the benchmarks' "
+                    "speed.json, bench.json and quantization.json (each optional)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="folder holding "
                     "experiments/baselines.py's baselines-random.json (and -lines, -riff if "
-                    f"there), {HELD} and {LIVE}")
+                    f"there), {HELD}, {SETTINGS} and {LIVE}")
     ap.add_argument("--out", default=str(HERE / "build"), help="where the PDF and its parts go")
     ap.add_argument("--again", action="store_true", help="rebuild from the tables --out already "
                     "holds (no runs needed: a changed text or figure, the same numbers)")
-    ap.add_argument("--quick", action="store_true", help="tiny runs made first (meaningless "
-                    "numbers, every step exercised)")
-    ap.add_argument("--quick-data", help="--quick: a demo dataset to use instead of building one")
+    ap.add_argument("--quick", action="store_true", help="a tiny benchmark made first "
+                    "(meaningless speed figures, every step exercised)")
     args = ap.parse_args()
     with guard.one_line_errors(), tempfile.TemporaryDirectory() as tmp:
         if args.quick:
-            runs = quick_runs(Path(tmp), args.quick_data)
+            runs = quick_runs(Path(tmp))
         elif args.again:
             runs = again(Path(args.out), Path(tmp))
         else:
