@@ -103,8 +103,8 @@ def codec_per_chunk(codec, tmp, band, hop):
               f"codes shared with a whole-file encode {(base_codes == whole[:, :base_codes.shape[1]]).mean():.1%}")
         results = {}
         for variant, suffix in (("fp32", ""), ("int8", ".int8")):
-            c = onnx_runner.Codec(folder, {"hop": hop}, 1, (f"codec_encoder{suffix}.onnx",
-                                                          f"codec_decoder{suffix}.onnx"))
+            c = onnx_runner.Codec(folder, {"hop": hop, "n_codebooks": 4}, 1,
+                                  (f"codec_encoder{suffix}.onnx", f"codec_decoder{suffix}.onnx"))
             times, codes = [], []
             frames = list(whole.T)
             for start in range(0, (n - n % chunk), chunk):
