@@ -152,6 +152,13 @@ ROWS = {
     "chord-aux-1-truth": Row("the chord aid at weight 1 on the demo's true chords (each tone an "
                              "equal share) instead of the heard chroma",
                              ("--chord-aux", "1", "--chord-targets", "truth")),
+    # The two aids together: the chord aid as it stands and the pitch aid beside it, so
+    # that the decoder is asked to name the note it plays while the encoder names the chord.
+    "chord-pitch-aux-0.3": Row("the chord aid as it stands and the pitch aid at weight 0.3 on "
+                               "the demo's true notes", ("--pitch-aux", "0.3", *TRUTH)),
+    "chord-pitch-aux-0.3-tracked": Row("the chord aid as it stands and the pitch aid at weight "
+                                       "0.3 on the notes data.py tracked",
+                                       ("--pitch-aux", "0.3")),
     # Phase 5's table: causal models that write the solo L ms ahead of the backing they
     # have heard. Sampled as the board's runner samples (no guidance: onnx_runner.py has
     # none). Besides the usual figures, each is scored as the live runner would place it

@@ -9,7 +9,8 @@ Every table is committed JSON in --results (docs/results), each naming the comma
 made it (hours of training on 2 CPU cores, resumable), and every one scored on the test
 songs, which chose no checkpoint: the baselines (experiments/baselines.py), the rows the
 prose leans on (choices-test.json, 5 seeds), the other training settings
-(settings-test.json) and the chord aid's weights (chord-aid-test.json), 3 seeds each
+(settings-test.json) and the chord aid's weights and the pitch aid beside it
+(chord-aid-test.json), 3 seeds each
 (experiments/ablation.py's table.json), the sampling choice (sampling-test.json), and the
 lookahead as the runner played it (live-lookahead.json, experiments/live.py). When they
 are in --runs, three optional files of figures (a dash in the draft otherwise):
@@ -71,7 +72,8 @@ HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
 # test songs (ablation.py's table.json for them and the default): more #vt(...) contrasts.
 CHORD_AID = "chord-aid-test.json"
 CHORD_AID_COMMAND = ("python experiments/ablation.py --rows default chord-aux-0.1 chord-aux-1 "
-                     "chord-aux-1-truth --seeds 0 1 2 --out runs/ablation-test")
+                     "chord-aux-1-truth chord-pitch-aux-0.3 chord-pitch-aux-0.3-tracked "
+                     "--seeds 0 1 2 --out runs/ablation-test")
 # The other training settings the prose names (steps, augmentation, size, the pitch aid),
 # trained again on three seeds beside no-chord-aux and no-solo-dropout and scored on the
 # test songs: Table "settings" and more #vt(...) contrasts.
