@@ -159,6 +159,8 @@ ROWS = {
     "chord-pitch-aux-0.3-tracked": Row("the chord aid as it stands and the pitch aid at weight "
                                        "0.3 on the notes data.py tracked",
                                        ("--pitch-aux", "0.3")),
+    "chord-width-64": Row("the chord aid as it stands, at width 64 instead of 128 (1.0 M "
+                          "parameters)", ("--d-model", "64")),
     # Phase 5's table: causal models that write the solo L ms ahead of the backing they
     # have heard. Sampled as the board's runner samples (no guidance: onnx_runner.py has
     # none). Besides the usual figures, each is scored as the live runner would place it

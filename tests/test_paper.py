@@ -35,7 +35,7 @@ def test_the_draft_builds_to_a_pdf(built):
     # each row's size in millions of parameters
     table = (built / "settings.typ").read_text()
     for cell in ("[no-chord-aux], [2.6]", "[layers-1], [2.1]", "[width-32], [0.5]",
-                 "[steps-1000], [", "[augment-1], [", "[pitch-aux-3], ["):
+                 "[width-64], [1.0]", "[steps-1000], [", "[augment-1], [", "[pitch-aux-3], ["):
         assert cell in table, cell
     # the draft prints no table scored on the validation windows that chose the checkpoints
     assert not (built / "ablation.typ").exists()

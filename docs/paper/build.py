@@ -73,14 +73,14 @@ HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
 CHORD_AID = "chord-aid-test.json"
 CHORD_AID_COMMAND = ("python experiments/ablation.py --rows default chord-aux-0.1 chord-aux-1 "
                      "chord-aux-1-truth chord-pitch-aux-0.3 chord-pitch-aux-0.3-tracked "
-                     "--seeds 0 1 2 --out runs/ablation-test")
+                     "chord-width-64 --seeds 0 1 2 --out runs/ablation-test")
 # The other training settings the prose names (steps, augmentation, size, the pitch aid),
 # trained again on three seeds beside no-chord-aux and no-solo-dropout and scored on the
 # test songs: Table "settings" and more #vt(...) contrasts.
 SETTINGS = "settings-test.json"
 SETTINGS_COMMAND = ("python experiments/ablation.py --rows no-chord-aux no-solo-dropout "
-                    "steps-1000 augment-1 layers-1 width-32 pitch-aux-0.3-tracked pitch-aux-0.3 "
-                    "pitch-aux-3 --out runs/ablation-test")
+                    "solo-dropout-0.5 steps-1000 augment-1 layers-1 width-32 width-64 width-96 "
+                    "pitch-aux-0.3-tracked pitch-aux-0.3 pitch-aux-3 --out runs/ablation-test")
 # Optional: experiments/chord_changes.py's rows, the live recipes' solos sampled on time over
 # the test songs (phase 5): where the live harmony is lost. A dash in the draft without it.
 CHANGES = "chord-changes.json"
