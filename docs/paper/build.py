@@ -79,8 +79,9 @@ CHORD_AID_COMMAND = ("python experiments/ablation.py --rows default chord-aux-0.
 # test songs: Table "settings" and more #vt(...) contrasts.
 SETTINGS = "settings-test.json"
 SETTINGS_COMMAND = ("python experiments/ablation.py --rows no-chord-aux no-solo-dropout "
-                    "solo-dropout-0.5 steps-1000 augment-1 layers-1 width-32 width-64 width-96 "
-                    "pitch-aux-0.3-tracked pitch-aux-0.3 pitch-aux-3 --out runs/ablation-test")
+                    "solo-dropout-0.5 steps-1000 augment-1 layers-1 layers-4 width-32 width-64 "
+                    "width-96 pitch-aux-0.3-tracked pitch-aux-0.3 pitch-aux-3 "
+                    "--out runs/ablation-test")
 # Optional: experiments/chord_changes.py's rows, the live recipes' solos sampled on time over
 # the test songs (phase 5): where the live harmony is lost. A dash in the draft without it.
 CHANGES = "chord-changes.json"
