@@ -152,8 +152,9 @@ ROWS = {
     "chord-aux-1-truth": Row("the chord aid at weight 1 on the demo's true chords (each tone an "
                              "equal share) instead of the heard chroma",
                              ("--chord-aux", "1", "--chord-targets", "truth")),
-    # The two aids together: the chord aid as it stands and the pitch aid beside it, so
-    # that the decoder is asked to name the note it plays while the encoder names the chord.
+    # Beside the chord aid as it stands: the pitch aid (the decoder asked to name the note
+    # it plays while the encoder names the chord), and a narrower model (width 64, which
+    # placed more notes in the chords without the aid).
     "chord-pitch-aux-0.3": Row("the chord aid as it stands and the pitch aid at weight 0.3 on "
                                "the demo's true notes", ("--pitch-aux", "0.3", *TRUTH)),
     "chord-pitch-aux-0.3-tracked": Row("the chord aid as it stands and the pitch aid at weight "

@@ -9,7 +9,7 @@ Every table is committed JSON in --results (docs/results), each naming the comma
 made it (hours of training on 2 CPU cores, resumable), and every one scored on the test
 songs, which chose no checkpoint: the baselines (experiments/baselines.py), the rows the
 prose leans on (choices-test.json, 5 seeds), the other training settings
-(settings-test.json) and the chord aid's weights and the pitch aid beside it
+(settings-test.json) and the chord aid's weights and what was tried beside it
 (chord-aid-test.json), 3 seeds each
 (experiments/ablation.py's table.json), the sampling choice (sampling-test.json), and the
 lookahead as the runner played it (live-lookahead.json, experiments/live.py). When they
