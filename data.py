@@ -61,7 +61,6 @@ from sax.separation import load_separator, separate, ser_db
 from sax.settings import check_settings, opt, parse_settings
 
 
-
 @dataclass
 class DataConfig:
     out: str = opt("data/demo", "dataset folder to write")
@@ -108,6 +107,8 @@ class DataConfig:
     test_fraction: float = opt(0.1,
                                "share of songs for testing (at least one song when there are 3+)",
                                at_least=0, below=1)
+    split_songs: int = opt(0, "val and test from the first N songs only, the rest train: a "
+                              "grown corpus keeps its val and test songs (0: all)", at_least=0)
     seed: int = opt(0, "seed for the demo corpus, the splits, augmentation and the "
                        "untrained codec",
                     at_least=0)
@@ -297,12 +298,13 @@ def assign_splits(sources, cfg):
     validation would reward memorising songs, and look better than the model is.
     """
     # A seeded permutation: the same list of songs always gets the same splits (a longer
-    # list draws new ones, so validation figures compare only within one dataset).
-    order = np.random.default_rng(cfg.seed).permutation(len(sources))
-    n = len(sources)
+    # list draws new ones, unless --split-songs N: the first N split as they would alone,
+    # and the songs past them all train, so that a grown corpus keeps its val and test).
+    n = min(len(sources), cfg.split_songs or len(sources))
+    order = np.random.default_rng(cfg.seed).permutation(n)
     n_val = max(1, round(cfg.val_fraction * n)) if n >= 2 else 0
     n_test = max(1, round(cfg.test_fraction * n)) if n >= 3 else 0
-    for rank, i in enumerate(order):
+    for rank, i in enumerate([*order, *range(n, len(sources))]):
         sources[i]["split"] = ("val" if rank < n_val else
                                "test" if rank < n_val + n_test else "train")
 
@@ -367,7 +369,7 @@ def usable_sources(sources, cfg, out):
 # The codec is named in the key by its codebooks (cache_settings_key), not by --codec;
 # the demo's style by the songs' fingerprints.
 NOT_IN_CACHE_KEY = ("out", "input_dir", "urls", "device", "threads", "demo_songs",
-                    "demo_backing", "overwrite", "shard", "codec", "demo_style")
+                    "demo_backing", "overwrite", "shard", "codec", "demo_style", "split_songs")
 
 
 def cache_settings_key(cfg, codec, numbers):
@@ -550,8 +552,7 @@ def refuse_to_replace(out, cfg):
     """--out must be a folder; one holding a dataset of other settings is kept without --overwrite.
     The same settings again are a resume: songs already done come from the cache."""
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file: give a folder for "
-                         "the dataset (meta.json and the token arrays)")
+        raise SystemExit(f"--out {out} is a file: give a folder for the dataset (meta.json...)")
     if cfg.overwrite or not (out / "meta.json").exists():
         return
     try:
@@ -572,8 +573,7 @@ def write_demo_backing(cfg):
     if path.suffix.lower() not in (".wav", ".flac"):
         raise SystemExit(f"--demo-backing {path}: give a .wav or .flac file name")
     if path.exists() and not cfg.overwrite:
-        raise SystemExit(f"--demo-backing {path} already exists: pass "
-                         "--overwrite or choose another file name")
+        raise SystemExit(f"--demo-backing {path} already exists: pass --overwrite or another name")
     rate = CODECS[cfg.codec]["sample_rate"]
     backing, _, truth = render_demo_song(cfg.demo_songs, cfg.demo_seconds, cfg.seed, rate,
                                          style=cfg.demo_style)

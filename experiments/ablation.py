@@ -72,7 +72,8 @@ class Row:
 # running one again repeats what it trained, and their text says what changes from that.
 TRUTH = ("--pitch-targets", "truth")  # the demo corpus's true notes, not the tracked ones
 OFF = ("--chord-aux", "0")
-CAUSAL = ("--causal-encoder", "--attn-window", "300")  # phase 5's models, as onnx_export takes
+CAUSAL = ("--causal-encoder", "--attn-window", "300")
+MORE_SONGS = ("--demo-songs", "256", "--split-songs", "64")  # a data.py corpus: see songs-256  # phase 5's models, as onnx_export takes
 ROWS = {
     "default": Row("python train.py as it stands (the chord aid at weight 0.3 on the heard "
                    "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 5)"),
@@ -162,6 +163,12 @@ ROWS = {
                                        ("--pitch-aux", "0.3")),
     "chord-width-64": Row("the chord aid as it stands, at width 64 instead of 128 (1.0 M "
                           "parameters)", ("--d-model", "64")),
+    # More of the same: the demo corpus grown to 256 songs (4x the training songs), its
+    # validation and test songs those of the 64-song corpus (data.py --split-songs 64).
+    "songs-256": Row("the default on 256 demo songs instead of 64 (the same val and test "
+                     "songs; 244 train instead of 52)", data=MORE_SONGS),
+    "songs-256-steps-1000": Row("the same, 1000 steps instead of 500",
+                                ("--max-steps", "1000"), data=MORE_SONGS),
     # Phase 5's table: causal models that write the solo L ms ahead of the backing they
     # have heard. Sampled as the board's runner samples (no guidance: onnx_runner.py has
     # none). Besides the usual figures, each is scored as the live runner would place it

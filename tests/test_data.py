@@ -371,6 +371,22 @@ def test_splits_are_by_song(demo_dataset):
     assert meta["songs"][0]["truth"]["chords"], "demo truth must be kept in meta.json"
 
 
+def test_a_grown_corpus_keeps_its_val_and_test_songs_with_split_songs():
+    """--split-songs N: the first N songs split as they would alone, the songs past them all
+    train; without it a longer list draws new splits (so test figures would not compare)."""
+    def splits(n_songs, split_songs=0):
+        sources = [{"name": f"song {i}"} for i in range(n_songs)]
+        data.assign_splits(sources, DataConfig(split_songs=split_songs))
+        return [s["split"] for s in sources]
+    alone = splits(64)
+    grown = splits(256, split_songs=64)
+    assert grown[:64] == alone, "the first 64 songs must split as they do alone"
+    assert set(grown[64:]) == {"train"}, "the songs past --split-songs must all train"
+    assert alone.count("val") == alone.count("test") == 6
+    assert splits(256)[:64] != alone, "without --split-songs a longer list draws new splits"
+    assert splits(32, split_songs=64) == splits(32), "N past the list's end: all songs split"
+
+
 def _write_bad_folder(folder):
     folder.mkdir()
     b, s, _ = render_demo_song(0, 6.0, seed=0)
