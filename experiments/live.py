@@ -69,6 +69,10 @@ ROWS = {
                          "--pitch-aux 1 --pitch-targets truth): a head on the decoder names the "
                          "lead's pitch class",
                          flags=("--pitch-aux", "1", "--pitch-targets", "truth"), baseline="random"),
+    "random-songs-256": Row("on 256 demo songs instead of 64 (244 training songs instead of 52, "
+                            "the same test songs: data.py --demo-songs 256 --split-songs 64)",
+                            corpus="demo-songs-256-split-songs-64",
+                            data=("--demo-songs", "256", "--split-songs", "64"), baseline="random"),
     # The lookahead with the chord aid on, as played: L = 80 ms is the recipe itself ("random")
     **{f"random-lookahead-{ms}": Row(f"written {ms} ms ahead instead of 80 (train.py "
                                      f"--lookahead-ms {ms})", flags=("--lookahead-ms", str(ms)),
