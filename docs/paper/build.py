@@ -69,11 +69,13 @@ HELD_COMMAND = ("python experiments/ablation.py --rows default default-guidance-
 HELD_COLUMNS = (ABLATION_COLUMNS[0], ABLATION_COLUMNS[1], ABLATION_COLUMNS[4],
                 ABLATION_COLUMNS[5])  # val. CE, cond. gain, rhythm, harmony: one column wide
 # Optional: the chord aid's weight and labels trained again on fewer seeds and scored on the
-# test songs (ablation.py's table.json for them and the default): more #vt(...) contrasts.
+# test songs (ablation.py's table.json for them and the default), with the default on a
+# corpus grown to 256 songs (the same test songs): more #vt(...) contrasts.
 CHORD_AID = "chord-aid-test.json"
 CHORD_AID_COMMAND = ("python experiments/ablation.py --rows default chord-aux-0.1 chord-aux-1 "
                      "chord-aux-1-truth chord-pitch-aux-0.3 chord-pitch-aux-0.3-tracked "
-                     "chord-width-64 --seeds 0 1 2 --out runs/ablation-test")
+                     "chord-width-64 songs-256 songs-256-steps-1000 --seeds 0 1 2 "
+                     "--out runs/ablation-test")
 # The other training settings the prose names (steps, augmentation, size, the pitch aid),
 # trained again on three seeds beside no-chord-aux and no-solo-dropout and scored on the
 # test songs: Table "settings" and more #vt(...) contrasts.
