@@ -72,8 +72,8 @@ class Row:
 # running one again repeats what it trained, and their text says what changes from that.
 TRUTH = ("--pitch-targets", "truth")  # the demo corpus's true notes, not the tracked ones
 OFF = ("--chord-aux", "0")
-CAUSAL = ("--causal-encoder", "--attn-window", "300")
-MORE_SONGS = ("--demo-songs", "256", "--split-songs", "64")  # a data.py corpus: see songs-256  # phase 5's models, as onnx_export takes
+CAUSAL = ("--causal-encoder", "--attn-window", "300")  # phase 5's models, as onnx_export takes
+MORE_SONGS = ("--demo-songs", "256", "--split-songs", "64")  # data.py's flags: see songs-256
 ROWS = {
     "default": Row("python train.py as it stands (the chord aid at weight 0.3 on the heard "
                    "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 5)"),
