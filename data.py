@@ -552,7 +552,7 @@ def refuse_to_replace(out, cfg):
     """--out must be a folder; one holding a dataset of other settings is kept without --overwrite.
     The same settings again are a resume: songs already done come from the cache."""
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file: give a folder for the dataset (meta.json...)")
+        raise SystemExit(f"--out {out} is a file: give a folder for the dataset")
     if cfg.overwrite or not (out / "meta.json").exists():
         return
     try:
