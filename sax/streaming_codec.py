@@ -28,12 +28,32 @@ def _conv_layers(module):
 
 def _carried(conv):
     """Steps of a streamed convolution's state: what whole-file padding puts on the left of
-    a Conv1d ((kernel - 1) * dilation - (stride - 1) inputs), or the overhang of a
-    ConvTranspose1d into the next chunk (kernel - stride outputs)."""
+    a Conv1d ((kernel - 1) * dilation - (stride - 1) inputs), or the inputs before the chunk
+    that a ConvTranspose1d's outputs still depend on (kernel / stride - 1: see _polyphase)."""
     k, s = conv.kernel_size[0], conv.stride[0]
     if isinstance(conv, torch.nn.ConvTranspose1d):
-        return k - s
+        if k % s or conv.padding[0] or conv.dilation[0] != 1 or conv.groups != 1:
+            raise ValueError(f"a transposed convolution of kernel {k}, stride {s}: the "
+                             "streamed codec takes kernels that are a multiple of the stride")
+        return k // s - 1
     return (k - 1) * conv.dilation[0] - (s - 1)
+
+
+def _polyphase(tr, x):
+    """A ConvTranspose1d as a plain convolution: x [1, C_in, past + n] (its state, then the
+    chunk) -> [1, C_out, n * stride], what the whole-file layer gives for the chunk.
+
+    Output step t * s + r (s the stride, r < s) sums W[:, :, j * s + r] x[t - j] over the
+    kernel's k / s taps j: for each phase r, a stride-1 convolution over the inputs. So the
+    s phases are one Conv1d of C_out * s channels (taps reversed, as a convolution reads
+    them), interleaved after. Same sums; ONNX Runtime runs a Conv1d faster than its
+    ConvTranspose, and the state is the last inputs, as for any convolution."""
+    c_in, c_out, k = tr.weight.shape
+    s = tr.stride[0]
+    w = tr.weight.reshape(c_in, c_out, k // s, s).permute(1, 3, 0, 2).flip(-1)
+    y = torch.nn.functional.conv1d(x, w.reshape(c_out * s, c_in, k // s))   # [1, C_out * s, n]
+    y = y.reshape(1, c_out, s, -1).transpose(2, 3).reshape(1, c_out, -1)    # phases interleaved
+    return y + tr.bias[None, :, None]
 
 
 class StreamingSEANet(torch.nn.Module):
@@ -41,8 +61,8 @@ class StreamingSEANet(torch.nn.Module):
 
     The state, per layer that needs one: a convolution's last (kernel - 1) * dilation
     - (stride - 1) inputs (what whole-file padding would have put on its left); a
-    transposed convolution's last kernel - stride outputs, which the next chunk's first
-    inputs still add to; the LSTM's (h, c). Zeros to begin with: silence before the music.
+    transposed convolution's last kernel / stride - 1 inputs, which the next chunk's first
+    outputs still depend on; the LSTM's (h, c). Zeros to begin with: silence before the music.
     """
 
     def __init__(self, seanet):
@@ -55,9 +75,9 @@ class StreamingSEANet(torch.nn.Module):
             if kind == "SConv1d" and _carried(layer.conv.conv):
                 conv = layer.conv.conv
                 state.append(torch.zeros(1, conv.in_channels, _carried(conv), device=device))
-            elif kind == "SConvTranspose1d":
+            elif kind == "SConvTranspose1d" and _carried(layer.convtr.convtr):
                 tr = layer.convtr.convtr
-                state.append(torch.zeros(1, tr.out_channels, _carried(tr), device=device))
+                state.append(torch.zeros(1, tr.in_channels, _carried(tr), device=device))
             elif kind == "SLSTM":
                 lstm = layer.lstm
                 state.extend([torch.zeros(lstm.num_layers, 1, lstm.hidden_size, device=device)] * 2)
@@ -75,21 +95,13 @@ class StreamingSEANet(torch.nn.Module):
         state, new = list(state), []
 
         def run(kind, layer, x):
-            if kind == "SConv1d":
-                conv = layer.conv.conv
+            if kind in ("SConv1d", "SConvTranspose1d"):
+                conv = layer.conv.conv if kind == "SConv1d" else layer.convtr.convtr
                 pad = _carried(conv)
                 if pad:
                     x = torch.cat([state.pop(0), x], dim=-1)       # the past, then the chunk
-                    new.append(x[..., x.size(-1) - pad:])
-                return conv(x)
-            if kind == "SConvTranspose1d":
-                tr = layer.convtr.convtr
-                y = tr(x)                                   # [1, C, (n - 1) * stride + kernel]
-                tail, n = _carried(tr), x.size(-1) * tr.stride[0]
-                # the last chunk's overhang added in; this chunk's overhang kept (bias once)
-                y = torch.cat([y[..., :tail] + state.pop(0), y[..., tail:]], dim=-1)
-                new.append(y[..., n:] - tr.bias[None, :, None])
-                return y[..., :n]
+                    new.append(x[..., -pad:])  # a constant slice: no shape arithmetic in ONNX
+                return conv(x) if kind == "SConv1d" else _polyphase(conv, x)
             if kind == "SLSTM":
                 seq = x.permute(2, 0, 1)                                   # [n, 1, C]
                 out, (h, c) = layer.lstm(seq, (state.pop(0), state.pop(0)))

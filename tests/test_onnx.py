@@ -289,6 +289,24 @@ def test_codec_graphs_carry_their_state_like_the_pytorch_modules(exported):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(b).max())
 
 
+@pytest.mark.parametrize("stride, taps", [(8, 2), (5, 2), (4, 3), (3, 1)])
+def test_a_transposed_convolution_streams_as_a_plain_one(stride, taps):
+    """streaming_codec._polyphase, chunk by chunk with the last inputs carried, equals
+    ConvTranspose1d on the whole input (cut where EnCodec's causal layer cuts it) to 1e-5."""
+    from sax.streaming_codec import _carried, _polyphase
+    torch.manual_seed(stride)
+    tr = torch.nn.ConvTranspose1d(6, 5, stride * taps, stride)
+    x = torch.randn(1, 6, 11)
+    with torch.no_grad():
+        whole = tr(x)[..., :11 * stride]
+        past, got = torch.zeros(1, 6, _carried(tr)), []
+        for a, b in ((0, 3), (3, 4), (4, 11)):
+            chunk = torch.cat([past, x[..., a:b]], dim=-1)
+            got.append(_polyphase(tr, chunk))
+            past = chunk[..., chunk.shape[-1] - _carried(tr):]
+    assert torch.allclose(torch.cat(got, dim=-1), whole, atol=1e-5)
+
+
 def test_streamed_codec_equals_a_whole_file_encode_after_its_first_frames(exported):
     """Carrying the state, a stream's codes are a whole-file encode's (how the training data were
     encoded) once the first 0.2 s are past, but for a near tie; decoded audio too (to 1e-5) after
