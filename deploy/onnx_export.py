@@ -12,7 +12,8 @@ existing folder without --overwrite):
     encoder_step.onnx, decoder_step.onnx             one frame through the transformer, fp32
     decoder_step.cfg.onnx                            guidance's decoder step (two rows)
     *.int8.onnx, *.int4.onnx                          the same with 8-bit or 4-bit weights
-    codec_encoder.onnx, codec_decoder.onnx           EnCodec for fixed windows of audio and codes
+    codec_encoder.onnx, codec_decoder.onnx           EnCodec a chunk at a time, its state carried
+    codec_decoder.int8.onnx                          the decoder with its LSTM in int8 (int8, int4)
     runner.json                                      the runner's numbers, each graph's SHA-256
     onnx_runner.py, sound_card.py, guard.py          the runner, its live side, its output checks
 
@@ -37,7 +38,7 @@ import torch
 from sax.settings import check_settings, opt, parse_settings
 from model import rope_angles
 # the runner checks the graphs and its numbers with the same digests
-from onnx_runner import FORMAT, numbers_digest, sha256
+from onnx_runner import CODEC_DECODER_INT8, FORMAT, numbers_digest, sha256
 from sax.codec import load_codec_for, require_causal_codec
 from sax.files import write_json
 from sax.machine import check_install, set_threads
@@ -415,6 +416,23 @@ def export_codec(codec, n_codebooks, chunk_frames, hop, folder):
         export_graph(module, (example, *state), folder / f"{name}.onnx", [x, *names],
                      [y, *[f"new_{n}" for n in names]],
                      {x: {2: "length"}, y: {2: "length"}})  # any number of frames
+    quantize_codec_decoder(folder / "codec_decoder.onnx", folder / CODEC_DECODER_INT8)
+
+
+def quantize_codec_decoder(source, out):
+    """The int8 and int4 variants' codec decoder: its two LSTM layers (57% of its weights, the
+    recurrent half read again at every frame) in int8, ONNX Runtime's dynamic quantization (DynamicQuantizeLSTM,
+    7-bit weights as quantize_step's), the rest fp32. Only the decoder: the encoder's codes
+    are what the model hears, and they tip at near ties when its sums move (docs/phase5)."""
+    import logging
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    root = logging.getLogger()
+    level, _ = root.level, root.setLevel(logging.ERROR)  # the quantizer's notes, node by node
+    try:
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, reduce_range=True,
+                         op_types_to_quantize=["LSTM"])
+    finally:
+        root.setLevel(level)
 
 
 def write_onnx_folder(model, codec, config, numbers, cfg, folder):
@@ -432,7 +450,7 @@ def write_onnx_folder(model, codec, config, numbers, cfg, folder):
     shutil.copy(Path(guard.__file__), folder / "guard.py")
     graphs = [f"{step}{variant}.onnx" for variant in ("", ".int8", ".int4") for step in
               ("encoder_step", "decoder_step", f"decoder_step{GUIDED}")]
-    graphs += ["codec_encoder.onnx", "codec_decoder.onnx"]
+    graphs += ["codec_encoder.onnx", "codec_decoder.onnx", CODEC_DECODER_INT8]
     runner = {"format": FORMAT, "checkpoint": str(cfg.checkpoint), "step": config["step"],
               "n_codebooks": mcfg.n_codebooks, "card": mcfg.card, "d_model": mcfg.d_model,
               "n_heads": mcfg.n_heads,

@@ -61,9 +61,12 @@ except ImportError as err:
 
 from sound_card import Live, open_sound_card  # noqa: E402 (beside this file: --live's two threads)
 
-# runner.json's "format": 4 since guidance's null condition runs no encoder step
-# (3: the codec graphs carry their state)
-FORMAT = 4
+# runner.json's "format": 5 since the int8 and int4 variants decode with the LSTM in int8
+# (4: guidance's null condition runs no encoder step; 3: the codec graphs carry their state)
+FORMAT = 5
+# The codec decoder of the int8 and int4 variants: its LSTM in int8
+# (onnx_export.quantize_codec_decoder)
+CODEC_DECODER_INT8 = "codec_decoder.int8.onnx"
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
                "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
                "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
@@ -111,8 +114,9 @@ def read_folder(folder, variants=tuple(STEP_GRAPHS)):
         raise SystemExit(f"{path} was edited: its numbers are not those the graphs were "
                          "exported with (the chunk is --chunk-ms's to choose): export the "
                          "folder again, or restore the file")
-    check_graphs_named(folder, numbers, ["codec_encoder.onnx", "codec_decoder.onnx",
-                                         *[g for v in variants for g in STEP_GRAPHS[v]]])
+    codec = ["codec_encoder.onnx", "codec_decoder.onnx"]
+    codec += [CODEC_DECODER_INT8] if set(variants) - {"fp32"} else []
+    check_graphs_named(folder, numbers, [*codec, *[g for v in variants for g in STEP_GRAPHS[v]]])
     return numbers
 
 
@@ -134,9 +138,11 @@ def check_graphs_named(folder, numbers, names):
 
 
 def present_variants(folder):
-    """The variants whose two step graphs are in the folder."""
+    """The variants whose two step graphs (and for int8 and int4, the int8-LSTM codec decoder) are
+    in the folder."""
     return [v for v, graphs in STEP_GRAPHS.items()
-            if all((Path(folder) / g).exists() for g in graphs)]
+            if all((Path(folder) / g).exists()
+                   for g in graphs + (() if v == "fp32" else (CODEC_DECODER_INT8,)))]
 
 
 def check_numbers(numbers, path):
@@ -425,7 +431,9 @@ class Codec:
     Any number of frames per call; the audio and the frames must come in order, once."""
 
     def __init__(self, folder, numbers, threads=1,
-                 graphs=("codec_encoder.onnx", "codec_decoder.onnx")):
+                 graphs=("codec_encoder.onnx", "codec_decoder.onnx"), variant="fp32"):
+        if variant != "fp32":  # int8 and int4 decode with the LSTM in int8
+            graphs = (graphs[0], CODEC_DECODER_INT8)
         self.encoder, self.decoder = (session(Path(folder) / g, threads) for g in graphs)
         self.hop = numbers["hop"]
         # Zeros to begin with: silence before the music (the state's shapes are fixed).
@@ -656,7 +664,7 @@ def live(args, numbers, out, open_stream=open_sound_card):
               "(export one trained with --attn-window for long sets)")
     solo_stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
                              args.temperature, args.top_k, args.seed, cfg_coef=args.cfg_coef)
-    codec = Codec(args.folder, numbers, args.threads)
+    codec = Codec(args.folder, numbers, args.threads, variant=args.variant)
     # The session exists before the stream opens: the card may call back at once.
     session = Live(None, codec, numbers, args.seconds, block, args.play_mix, args.prime_ms)
     session.stream = open_stream(session.callback, rate, block,
@@ -894,7 +902,7 @@ def take(args, numbers, out):
     args.cfg_coef = chosen_guidance(args, numbers)
     stream = SoloStream(args.folder, numbers, n_frames, args.variant, args.threads,
                         args.temperature, args.top_k, args.seed, cfg_coef=args.cfg_coef)
-    codec = Codec(args.folder, numbers, args.threads)
+    codec = Codec(args.folder, numbers, args.threads, variant=args.variant)
     print(f"{args.backing}: {len(backing) / numbers['sample_rate']:.1f} s, {args.variant} graphs, "
           f"{args.threads} thread(s), "
           f"{'paced like a live input' if not args.no_pace else 'as fast as possible'}")

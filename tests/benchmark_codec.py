@@ -8,9 +8,10 @@ Prints, side by side in one run (the machine is shared: compare within a run):
      40 and 80 ms chunks: the fixed windows of before (each chunk encoded with 200 ms of
      the audio before it, each decode in a window of context + chunk frames) against the
      graphs that carry their state (StreamingEncoder and StreamingDecoder, what
-     onnx_export.py writes now), in fp32 and with ONNX Runtime's dynamic int8 weights;
-     and how many codes each way shares with a whole-file encode, the int8 graphs with
-     the fp32 ones;
+     onnx_export.py writes now), in fp32, with the int8 and int4 variants' decoder (its
+     LSTM in int8; the fp32 encoder), and with every weight in ONNX Runtime's dynamic int8;
+     how many codes each way shares with a whole-file encode and with the fp32 graphs, and
+     the decoded audio's SNR against the fp32 graphs';
   2. the whole runner (onnx_runner.py in its own process, 10 s backing, --no-pace, one
      thread, top-k 250) for each preset, int8 and int4 step graphs, 40 and 80 ms chunks:
      real-time factor and the end-to-end delay (chunk + delay pattern + compute), p50 and
@@ -73,13 +74,14 @@ def codec_per_chunk(codec, tmp, band, hop):
         folder = tmp / f"chunk{chunk}"
         folder.mkdir()
         onnx_export.export_codec(codec, 4, chunk, hop, folder)  # stateful, fp32
+        logging.getLogger().setLevel(logging.ERROR)  # again: importing the quantizer reset it
         window = CONTEXT_FRAMES + chunk
         onnx_export.export_graph(WindowEncoder(codec), (torch.zeros(1, 1, window * hop),),
                                  folder / "window_encoder.onnx", ["audio"], ["codes"], None)
         onnx_export.export_graph(WindowDecoder(codec), (torch.zeros(1, 4, window, dtype=torch.long),),
                                  folder / "window_decoder.onnx", ["codes"], ["audio"], None)
-        for name in ("codec_encoder", "codec_decoder"):
-            quantize_dynamic(str(folder / f"{name}.onnx"), str(folder / f"{name}.int8.onnx"),
+        for name in ("codec_encoder", "codec_decoder"):  # all of it, dynamically: not used
+            quantize_dynamic(str(folder / f"{name}.onnx"), str(folder / f"{name}.dynamic8.onnx"),
                              weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "ConvTranspose",
                                                                                 "LSTM", "MatMul"])
         # the baseline, as the runner ran it: context + chunk samples in, the chunk's frames kept
@@ -101,25 +103,36 @@ def codec_per_chunk(codec, tmp, band, hop):
         row = figures[chunk * 1000 // 75] = {"window_fp32": {"p50": base[0], "p99": base[1]}}
         print(f"    fixed windows (200 ms context), fp32: p50 {base[0]:5.1f} ms  p99 {base[1]:5.1f} ms; "
               f"codes shared with a whole-file encode {(base_codes == whole[:, :base_codes.shape[1]]).mean():.1%}")
-        results = {}
-        for variant, suffix in (("fp32", ""), ("int8", ".int8")):
-            c = onnx_runner.Codec(folder, {"hop": hop, "n_codebooks": 4}, 1,
-                                  (f"codec_encoder{suffix}.onnx", f"codec_decoder{suffix}.onnx"))
-            times, codes = [], []
+        results, audio = {}, {}
+        # fp32 (the fp32 variant's); the fp32 encoder with the decoder whose LSTM is int8 (the
+        # int8 and int4 variants'); every weight dynamically quantized to int8 (not used)
+        for variant, graphs, runner_variant in (
+                ("fp32", ("codec_encoder.onnx", "codec_decoder.onnx"), "fp32"),
+                ("lstm8", ("codec_encoder.onnx", "codec_decoder.onnx"), "int8"),
+                ("int8", ("codec_encoder.dynamic8.onnx", "codec_decoder.dynamic8.onnx"), "fp32")):
+            c = onnx_runner.Codec(folder, {"hop": hop, "n_codebooks": 4}, 1, graphs, runner_variant)
+            times, codes, sound = [], [], []
             frames = list(whole.T)
             for start in range(0, (n - n % chunk), chunk):
                 t0 = time.perf_counter()
                 codes.append(c.encode(band[start * hop:(start + chunk) * hop]))
-                c.decode_new(frames[:start + chunk], start)
+                sound.append(c.decode_new(frames[:start + chunk], start))
                 times.append((time.perf_counter() - t0) * 1e3)
-            results[variant] = np.concatenate(codes, -1)
+            results[variant], audio[variant] = np.concatenate(codes, -1), np.concatenate(sound)
             p50, p99 = percentiles(times[2:])
             shared = (results[variant] == whole[:, :results[variant].shape[1]]).mean()
             row[f"state_{variant}"] = {"p50": p50, "p99": p99, "speedup": base[0] / p50,
                                       "codes_shared_with_whole_file": float(shared)}
-            same = (results["int8"] == results["fp32"]).mean() if variant == "int8" else None
-            extra = "" if same is None else f"; codes shared with the fp32 graphs' {same:.1%}"
-            print(f"    state carried, {variant}:             p50 {p50:5.1f} ms  p99 {p99:5.1f} ms "
+            extra = ""
+            if variant != "fp32":
+                same = (results[variant] == results["fp32"]).mean()
+                error = np.sum((audio[variant] - audio["fp32"]) ** 2)
+                snr = row[f"state_{variant}"]["audio_snr_db"] = float(
+                    10 * np.log10(np.sum(audio["fp32"] ** 2) / max(error, 1e-30)))
+                row[f"state_{variant}"]["vs_fp32"] = p50 / row["state_fp32"]["p50"]
+                extra = (f"; codes shared with the fp32 graphs' {same:.1%}; decoded audio "
+                         f"{snr:.0f} dB SNR against theirs; time {p50 / row['state_fp32']['p50']:.2f}x fp32's")
+            print(f"    state carried, {variant:8s}:         p50 {p50:5.1f} ms  p99 {p99:5.1f} ms "
                   f"({base[0] / p50:4.1f}x faster); codes shared with a whole-file encode {shared:.1%}{extra}")
     return figures
 
