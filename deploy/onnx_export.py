@@ -421,9 +421,10 @@ def export_codec(codec, n_codebooks, chunk_frames, hop, folder):
 
 def quantize_codec_decoder(source, out):
     """The int8 and int4 variants' codec decoder: its two LSTM layers (57% of its weights, the
-    recurrent half read again at every frame) in int8, ONNX Runtime's dynamic quantization (DynamicQuantizeLSTM,
-    7-bit weights as quantize_step's), the rest fp32. Only the decoder: the encoder's codes
-    are what the model hears, and they tip at near ties when its sums move (docs/phase5)."""
+    recurrent half read again at every frame) in int8 by ONNX Runtime's dynamic quantization
+    (DynamicQuantizeLSTM, 7-bit weights as quantize_step's), the rest fp32. Only the decoder:
+    the encoder's codes are what the model hears, and they tip at near ties when its sums
+    move (docs/phase5)."""
     import logging
     from onnxruntime.quantization import QuantType, quantize_dynamic
     root = logging.getLogger()

@@ -70,6 +70,9 @@ CODEC_DECODER_INT8 = "codec_decoder.int8.onnx"
 STEP_GRAPHS = {"fp32": ("encoder_step.onnx", "decoder_step.onnx"),
                "int8": ("encoder_step.int8.onnx", "decoder_step.int8.onnx"),
                "int4": ("encoder_step.int4.onnx", "decoder_step.int4.onnx")}
+CODEC_GRAPHS = {"fp32": ("codec_encoder.onnx", "codec_decoder.onnx"),
+                "int8": ("codec_encoder.onnx", CODEC_DECODER_INT8),
+                "int4": ("codec_encoder.onnx", CODEC_DECODER_INT8)}
 # Guidance: the one-row encoder step, and the decoder step on two rows (onnx_export.GUIDED)
 GUIDED_GRAPHS = {v: (encoder, decoder.replace("_step.", "_step.cfg."))
                  for v, (encoder, decoder) in STEP_GRAPHS.items()}
@@ -114,9 +117,8 @@ def read_folder(folder, variants=tuple(STEP_GRAPHS)):
         raise SystemExit(f"{path} was edited: its numbers are not those the graphs were "
                          "exported with (the chunk is --chunk-ms's to choose): export the "
                          "folder again, or restore the file")
-    codec = ["codec_encoder.onnx", "codec_decoder.onnx"]
-    codec += [CODEC_DECODER_INT8] if set(variants) - {"fp32"} else []
-    check_graphs_named(folder, numbers, [*codec, *[g for v in variants for g in STEP_GRAPHS[v]]])
+    names = [g for v in variants for g in CODEC_GRAPHS[v] + STEP_GRAPHS[v]]
+    check_graphs_named(folder, numbers, list(dict.fromkeys(names)))
     return numbers
 
 
@@ -138,11 +140,9 @@ def check_graphs_named(folder, numbers, names):
 
 
 def present_variants(folder):
-    """The variants whose two step graphs (and for int8 and int4, the int8-LSTM codec decoder) are
-    in the folder."""
-    return [v for v, graphs in STEP_GRAPHS.items()
-            if all((Path(folder) / g).exists()
-                   for g in graphs + (() if v == "fp32" else (CODEC_DECODER_INT8,)))]
+    """The variants whose step graphs and codec graphs are all in the folder."""
+    return [v for v in STEP_GRAPHS
+            if all((Path(folder) / g).exists() for g in STEP_GRAPHS[v] + CODEC_GRAPHS[v])]
 
 
 def check_numbers(numbers, path):
@@ -430,10 +430,8 @@ class Codec:
     (data.StreamingEncoder, StreamingDecoder): encode a chunk of audio, decode new frames.
     Any number of frames per call; the audio and the frames must come in order, once."""
 
-    def __init__(self, folder, numbers, threads=1,
-                 graphs=("codec_encoder.onnx", "codec_decoder.onnx"), variant="fp32"):
-        if variant != "fp32":  # int8 and int4 decode with the LSTM in int8
-            graphs = (graphs[0], CODEC_DECODER_INT8)
+    def __init__(self, folder, numbers, threads=1, graphs=None, variant="fp32"):
+        graphs = graphs or CODEC_GRAPHS[variant]  # int8 and int4: the decoder's LSTM in int8
         self.encoder, self.decoder = (session(Path(folder) / g, threads) for g in graphs)
         self.hop = numbers["hop"]
         # Zeros to begin with: silence before the music (the state's shapes are fixed).

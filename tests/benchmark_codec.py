@@ -107,8 +107,7 @@ def codec_per_chunk(codec, tmp, band, hop):
         # fp32 (the fp32 variant's); the fp32 encoder with the decoder whose LSTM is int8 (the
         # int8 and int4 variants'); every weight dynamically quantized to int8 (not used)
         for variant, graphs, runner_variant in (
-                ("fp32", ("codec_encoder.onnx", "codec_decoder.onnx"), "fp32"),
-                ("lstm8", ("codec_encoder.onnx", "codec_decoder.onnx"), "int8"),
+                ("fp32", None, "fp32"), ("lstm8", None, "int8"),
                 ("int8", ("codec_encoder.dynamic8.onnx", "codec_decoder.dynamic8.onnx"), "fp32")):
             c = onnx_runner.Codec(folder, {"hop": hop, "n_codebooks": 4}, 1, graphs, runner_variant)
             times, codes, sound = [], [], []
