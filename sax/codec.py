@@ -156,8 +156,8 @@ def encode_audio(codec, audio, chunk_s=30.0, context_s=1.0):
     not cross a chunk boundary: a frame right after one may differ slightly from a
     whole-file encode, a price paid once every 30 s. The 32 kHz encoder looks ahead as
     well as back, so each of its chunks is encoded with context_s of audio on both sides
-    and only the chunk's own frames are kept: the codes then equal a whole-file encode
-    (tests/test_codec32.py).
+    and only the chunk's own frames are kept: the codes then equal a whole-file encode but
+    where float rounding tips a near tie in the quantizer (tests/test_codec32.py).
     """
     hop = codec.sample_rate // codec.frame_rate
     chunk = int(chunk_s * codec.frame_rate) * hop  # a whole number of frames per chunk

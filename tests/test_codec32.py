@@ -39,12 +39,16 @@ def test_the_numbers_are_read_from_the_models(codec):
 
 def test_chunked_encode_and_decode_equal_whole_file(codec):
     """A non-causal codec needs context on both sides of a chunk: with it, a 2 s chunked
-    encode numbers every frame as a whole-file encode does, and the decode matches."""
+    encode numbers every frame as a whole-file encode does and gives the same codes, but where
+    float rounding tips a near tie in the quantizer (measured: 0 frames of 450 on an AVX-512
+    machine, 1 on an AVX2 one at one thread and 0 at two, as the kernels sum in another order;
+    without the context, 30 frames differ, around every chunk edge), and the decode matches."""
     backing, solo, _ = render_demo_song(1, 9.0, 0, RATE)
     audio = (backing + solo).astype(np.float32)
     whole, chunked = encode_audio(codec, audio, chunk_s=60.0), encode_audio(codec, audio, chunk_s=2.0)
-    assert whole.shape == (4, 450) and whole.dtype == np.int16
-    assert np.array_equal(whole, chunked), f"{(whole != chunked).any(0).sum()} frames differ"
+    assert whole.shape == chunked.shape == (4, 450) and whole.dtype == np.int16
+    differ = (whole != chunked).any(0)
+    assert differ.sum() <= 2, f"{differ.sum()} frames differ: {np.flatnonzero(differ)}"
     assert len(set(whole[0].tolist())) > 50, "the filled codebooks should give varied codes"
     a, b = decode_codes(codec, whole, chunk_s=60.0), decode_codes(codec, whole, chunk_s=2.0)
     assert len(a) == len(b) == 450 * 640
