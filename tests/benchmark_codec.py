@@ -128,9 +128,9 @@ def codec_per_chunk(codec, tmp, band, hop):
                 error = np.sum((audio[variant] - audio["fp32"]) ** 2)
                 snr = row[f"state_{variant}"]["audio_snr_db"] = float(
                     10 * np.log10(np.sum(audio["fp32"] ** 2) / max(error, 1e-30)))
-                row[f"state_{variant}"]["vs_fp32"] = p50 / row["state_fp32"]["p50"]
+                ratio = row[f"state_{variant}"]["vs_fp32"] = p50 / row["state_fp32"]["p50"]
                 extra = (f"; codes shared with the fp32 graphs' {same:.1%}; decoded audio "
-                         f"{snr:.0f} dB SNR against theirs; time {p50 / row['state_fp32']['p50']:.2f}x fp32's")
+                         f"{snr:.0f} dB SNR against theirs; time {ratio:.2f}x fp32's")
             print(f"    state carried, {variant:8s}:         p50 {p50:5.1f} ms  p99 {p99:5.1f} ms "
                   f"({base[0] / p50:4.1f}x faster); codes shared with a whole-file encode {shared:.1%}{extra}")
     return figures

@@ -64,6 +64,16 @@ def test_unknown_row_and_bad_seed_say_so(tmp_path, rows):
         A.main(A.AblationConfig(rows=["quick"], seeds=["x"], out=str(tmp_path)))
 
 
+def test_the_live_table_trains_on_the_grown_corpus_of_the_songs_rows():
+    """experiments/live.py's random-songs-256 and this table's songs-256 rows name one build
+    (live.py keeps its own copy of the flags, so as not to import this file's torch)."""
+    import live
+    row = live.ROWS["random-songs-256"]
+    assert row.data == A.ROWS["songs-256"].data == A.ROWS["songs-256-steps-1000"].data
+    cfg = A.AblationConfig(data="data/demo")
+    assert A.data_folder(cfg, "songs-256") == f"data/demo-{row.corpus}"
+
+
 def test_a_row_with_its_own_dataset_builds_it_once(tmp_path, monkeypatch):
     monkeypatch.setattr(A, "ROWS", {"aug": A.Row("augmented", data=("--augment", "1")),
                                     "aug-greedy": A.Row("the same runs", runs_of="aug", sampling={"top_k": 1})})
