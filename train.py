@@ -51,7 +51,7 @@ from sax.evaluation import (EvalSet, describe, evaluate, evaluation_set, finish,
 from sax.files import atomic_write, log_metrics, read_metrics
 from sax.machine import DEVICES, check_install, pick_device, set_threads
 from sax.pages import RunPage, plot_curves
-from sax.past import held_past, hidden_tokens
+from sax.past import hidden_tokens, read_past
 from sax.precision import choose_precision, scaled_step
 from sax.resume import (Progress, StopSignal, refuse_to_overwrite, resume_run, resumed_settings,
                         stop_on_bad_loss)
@@ -111,6 +111,9 @@ class TrainConfig:
                                 "so that a causal model learns to follow the band out of a "
                                 "stale past (0: off; sax/past.py, docs/phase5)",
                           at_least=0, below=1)
+    solo_swap: float = opt(0.0, "the same spans, read from another window's solo: a wrong "
+                                "note to leave for the band's chord (0: off; sax/past.py)",
+                           at_least=0, below=1)
     pitch_aux: float = opt(0.0, "weight of the pitch aid, an auxiliary loss: a head on the "
                                 "decoder names the pitch class the solo plays in each frame "
                                 "(0: off; docs/phase3)", at_least=0, at_most=1000)
@@ -429,7 +432,8 @@ def train_step(run):
         K = solo.size(1)
         hide = hidden_tokens(cfg.solo_dropout, (cfg.batch_size, K, run.T + K - 1), run.gen,
                              run.device)
-        past = held_past(solo, cfg.solo_hold, run.model.cfg.frame_rate, run.gen, run.device)
+        past = read_past(solo, cfg.solo_hold, cfg.solo_swap, run.model.cfg.frame_rate, run.gen,
+                         run.device)
         if i not in mine:
             continue  # another rank's micro-batch
         aids |= {"past": past} if past is not None else {}  # a keyword only when on

@@ -65,6 +65,9 @@ ROWS = {
                        baseline="random"),
     "random-hold-0.15": Row("with held spans three times as often (train.py --solo-hold 0.15)",
                             flags=("--solo-hold", "0.15"), baseline="random"),
+    "random-swap": Row("with foreign spans in the solo's past (train.py --solo-swap 0.01): a "
+                       "wrong note of its own to leave for the band's chord",
+                       flags=("--solo-swap", "0.01"), baseline="random"),
     "random-distill": Row("distilled from an offline teacher (weight 1): python train.py as it "
                           "stands, which plays with the band offline", distill=True,
                           baseline="random"),

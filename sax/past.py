@@ -7,12 +7,15 @@ the lead's note on a chord change it has not yet heard, so its own past is still
 note when the change reaches it. Teacher forcing never showed it such a past (the true
 lead had already moved), so it learned to continue what it hears itself play.
 
-Two corruptions of the past, the targets left whole:
+Three corruptions of the past, the targets left whole:
 - hidden tokens (--solo-dropout): each past token replaced by the special token, so that
   the model leans on the band for what it cannot read;
 - held spans (--solo-hold): a span of frames reads as a copy of the frame before it, as if
   the soloist had held on where the lead moved on, so that the model learns to follow the
-  band out of a stale past (the same spirit as scheduled sampling, at no extra forward pass).
+  band out of a stale past (the same spirit as scheduled sampling, at no extra forward pass);
+- foreign spans (--solo-swap): a span of frames reads another window's solo at the same
+  frames, a note that most often is not of the band's chord, so that the model learns to
+  leave a wrong note of its own for what the band says.
 """
 import torch
 
@@ -55,3 +58,26 @@ def held_past(solo, rate, frame_rate, gen, device="cpu"):
     B, K, T = solo.shape
     source = held_frames(rate, B, T, max(1, round(HOLD_S * frame_rate)), gen)    # [B, T]
     return solo.gather(2, source[:, None, :].expand(B, K, T)).to(device)
+
+
+def foreign_past(solo, rate, frame_rate, gen, device="cpu"):
+    """--solo-swap: solo codes [B, K, T] -> the past as the decoder reads it, [B, K, T] on
+    device: spans placed as held_frames places them, every frame of a span read from the
+    next row's solo (another window) at the same frame; None when rate is 0 (and then
+    nothing is drawn from gen)."""
+    if rate <= 0:
+        return None
+    B, K, T = solo.shape
+    source = held_frames(rate, B, T, max(1, round(HOLD_S * frame_rate)), gen)    # [B, T]
+    inside = (source != torch.arange(T))[:, None, :]                            # [B, 1, T]
+    return torch.where(inside, solo.roll(1, dims=0), solo).to(device)
+
+
+def read_past(solo, hold, swap, frame_rate, gen, device="cpu"):
+    """The past as train.py hands it to the decoder: held spans (rate `hold`), then foreign
+    spans over them (rate `swap`) -> [B, K, T] on device; None when both are off (and then
+    nothing is drawn from gen, so such a run draws the random stream of the runs before)."""
+    past = held_past(solo, hold, frame_rate, gen)
+    swapped = foreign_past(solo if past is None else past, swap, frame_rate, gen)
+    past = swapped if swapped is not None else past
+    return None if past is None else past.to(device)

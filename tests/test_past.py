@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import ModelConfig, SoloTransformer, codebook_cross_entropy, teacher_forcing
-from sax.past import HOLD_S, held_frames, held_past, hidden_tokens
+from sax.past import HOLD_S, foreign_past, held_frames, held_past, hidden_tokens, read_past
 
 
 def test_held_frames_read_the_frame_before_their_span_and_no_further_back():
@@ -48,6 +48,23 @@ def test_off_draws_nothing_and_leaves_the_solo_alone():
             assert match, f"row {b} frame {t} reads no frame of its own solo"
 
 
+def test_foreign_spans_read_the_next_rows_solo_at_the_same_frames():
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    solo = torch.randint(0, 32, (3, 4, 200))
+    assert foreign_past(solo, 0.0, 75, gen) is None and read_past(solo, 0, 0, 75, gen) is None
+    assert torch.equal(gen.get_state(), state), "an aid that is off drew random numbers"
+    past = foreign_past(solo, 0.05, 75, gen)
+    own = (past == solo).all(1)                                                   # [B, T]
+    other = (past == solo.roll(1, dims=0)).all(1)
+    assert (own | other).all(), "a frame reads neither its own solo nor the next row's"
+    assert 0.1 < (~own).float().mean() < 0.6, "spans too rare or too common"
+    # held spans first, then foreign ones over them: both corruptions are in the past
+    both = read_past(solo, 0.05, 0.05, 75, torch.Generator().manual_seed(5))
+    held = held_past(solo, 0.05, 75, torch.Generator().manual_seed(5))
+    assert not torch.equal(both, held) and ((both == held).all(1)).float().mean() > 0.3
+
+
 def test_spans_last_at_most_a_quarter_second():
     gen = torch.Generator().manual_seed(1)
     source = held_frames(0.02, 8, 3000, round(HOLD_S * 75), gen)
@@ -80,3 +97,8 @@ def test_solo_hold_trains_and_is_refused_out_of_range(demo_dataset, tmp_path):
     assert held["best_val_ce"] != plain["best_val_ce"], "the held past changed nothing"
     with pytest.raises(SystemExit, match="solo-hold"):
         T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path, solo_hold=1.0))
+    swapped = T.train(quick_train_config(demo_dataset[0], tmp_path / "c", solo_swap=0.2,
+                                         max_steps=3))
+    assert swapped["best_val_ce"] not in (plain["best_val_ce"], held["best_val_ce"])
+    with pytest.raises(SystemExit, match="solo-swap"):
+        T.check_train_settings(quick_train_config(demo_dataset[0], tmp_path, solo_swap=1.0))
