@@ -107,7 +107,9 @@ def played_cells(m):
 def all_pairs():
     """Every figure of the table JSONs (and of docs/results/takes.json and live*.json) as (mean, sd)."""
     takes = json.loads((ROOT / "docs" / "results" / "takes.json").read_text())["rows"]
-    live = {name: row for path in LIVE for name, row in json.loads(path.read_text())["rows"].items()}
+    # keyed by file and row: a row may be trained again in another table (random, say)
+    live = {f"{path.name} {name}": row for path in LIVE
+            for name, row in json.loads(path.read_text())["rows"].items()}
     played = {f"{name} {coef}": entry for name, row in live.items()
               for coef, entry in row["guidance"].items()}
     played |= {f"{name} training": {"mean_sd": row["training"]} for name, row in live.items()}
