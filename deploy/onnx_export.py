@@ -20,6 +20,8 @@ existing folder without --overwrite):
 The steps are SamplerState's encoder and decoder steps rewritten as pure
 functions; tests/test_onnx.py holds their logits, tokens and loss equal to PyTorch's.
 """
+import contextlib
+import logging
 import math
 import os
 import shutil
@@ -352,15 +354,12 @@ def quantize_step(folder, name):
     At one frame per call every weight is read once per frame, so the bytes of the
     weights are most of a step's time (docs/phase5-streaming.md measures both variants).
     """
-    import logging
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  MatMulNBitsQuantizer)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    root = logging.getLogger()
-    level, _ = root.level, root.setLevel(logging.ERROR)  # the quantizers' notes, node by node
-    try:
+    with quiet_quantizers():
         # int8: every MatMul with a constant weight (the linear layers and the heads), one
         # scale per output channel; activations are quantized on the fly, per call, to
         # unsigned 8 bits. Attention's own matmuls (both sides computed) stay fp32. The
@@ -386,8 +385,6 @@ def quantize_step(folder, name):
         quantizer.process()
         quantizer.model.save_model_to_file(str(folder / f"{name}.int4.onnx"),
                                            use_external_data_format=False)
-    finally:
-        root.setLevel(level)  # the caller's logging as it was, even when a quantizer fails
     (folder / f"{name}.pre.onnx").unlink()
 
 
@@ -425,13 +422,20 @@ def quantize_codec_decoder(source, out):
     (DynamicQuantizeLSTM, 7-bit weights as quantize_step's), the rest fp32. Only the decoder:
     the encoder's codes are what the model hears, and they tip at near ties when its sums
     move (docs/phase5)."""
-    import logging
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    root = logging.getLogger()
-    level, _ = root.level, root.setLevel(logging.ERROR)  # the quantizer's notes, node by node
-    try:
+    with quiet_quantizers():
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, reduce_range=True,
                          op_types_to_quantize=["LSTM"])
+
+
+@contextlib.contextmanager
+def quiet_quantizers():
+    """ONNX Runtime's quantizers log a note per node: errors only while they run, and the
+    caller's logging as it was afterwards, even when a quantizer fails."""
+    root = logging.getLogger()
+    level, _ = root.level, root.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
         root.setLevel(level)
 
