@@ -79,6 +79,8 @@ ROWS = {
                    "chroma, solo dropout 0.3), sampled as generate.py samples (guidance 5)"),
     "default-guidance-3": Row("the default's runs sampled with guidance 3 (MusicGen's "
                               "coefficient)", runs_of="default", sampling={"guidance": 3.0}),
+    "cond-dropout-0.2": Row("the null backing for guidance trained on 20% of the windows "
+                            "instead of 10%", ("--cond-dropout", "0.2")),
     "no-chord-aux": Row("no chord aid (the default before it: solo dropout 0.3), sampled as "
                         "generate.py samples (guidance 5)", OFF),
     "no-solo-dropout": Row("no solo dropout (the default before it)",

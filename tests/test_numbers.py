@@ -26,20 +26,25 @@ RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "log.md")
 TABLES = {name: json.loads((RESULTS / f"{name}.json").read_text())
           for name in ("ablation-val", "lookahead-val", "choices-test", "chord-aid-test",
-                       "settings-test")}
+                       "settings-test", "cond-dropout-test")}
 # The rows trained again and scored on the test songs: a page's table of them heads its first
 # column "row, test songs" (the rows the paper leans on, five seeds), "row, test songs, chord
 # aid" (the chord aid's weight and labels beside the default), "row, test songs, more songs"
-# (the default on a grown corpus: rows of the same JSON) or "row, test songs, settings" (the
-# other training settings beside no-chord-aux), three seeds each.
+# (the default on a grown corpus: rows of the same JSON), "row, test songs, settings" (the
+# other training settings beside no-chord-aux) or "row, test songs, null backing" (the
+# null backing's share beside the default, both trained again), three seeds each.
 HELD_HEADINGS = {"row, test songs": "choices-test", "row, test songs, chord aid": "chord-aid-test",
                  "row, test songs, more songs": "chord-aid-test",
-                 "row, test songs, settings": "settings-test"}
+                 "row, test songs, settings": "settings-test",
+                 "row, test songs, null backing": "cond-dropout-test"}
 TESTED = [TABLES[name] for name in dict.fromkeys(HELD_HEADINGS.values())]
 # experiments/sampling.py: sampling settings on the default's runs, chosen on the validation
-# songs (sampling-val.json), the choice checked on the test songs (sampling-test.json).
-SAMPLING = {split: json.loads((ROOT / "docs" / "results" / f"sampling-{split}.json").read_text())
-            for split in ("val", "test")}
+# songs (sampling-val.json), the choice checked on the test songs (sampling-test.json); then
+# settings beside guidance 5 on the default's runs trained again (sampling-g5-<split>.json).
+# Each file: (its split, the setting the others are compared with).
+SAMPLING_FILES = {"sampling-val": ("val", "guidance=3"), "sampling-test": ("test", "guidance=3"),
+                  "sampling-g5-val": ("val", "guidance=5")}
+SAMPLING = {name: json.loads((RESULTS / f"{name}.json").read_text()) for name in SAMPLING_FILES}
 PM = re.compile(r"(-?\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?)")
 # The phase 5 page heads the lookahead table's columns in words of its own.
 LOOKAHEAD_HEADINGS = {"best val CE": "best_val_ce", "conditioning gain": "cond_gain",
@@ -292,16 +297,16 @@ def test_phase3_quotes_the_paired_differences_on_the_test_songs():
 
 
 def test_phase3_quotes_the_sampling_settings_chosen_on_validation_and_checked_on_test():
-    """Each row of phase 3's two tables of sampling settings is its row of
-    docs/results/sampling-<split>.json: rhythm and harmony as mean ± sd over the five runs,
-    each beside its paired difference from the first setting (guidance 3), worded as the
-    paper's build words a difference."""
+    """Each row of phase 3's tables of sampling settings is its row of its JSON
+    (SAMPLING_FILES): rhythm and harmony as mean ± sd over the five runs, each beside its
+    paired difference from the first setting, worded as the paper's build words a
+    difference."""
     sys.path.insert(0, str(ROOT / "docs" / "paper"))
     import build  # docs/paper/build.py
     page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
-    for split, table in SAMPLING.items():
+    for file, table in SAMPLING.items():
         first = next(iter(table["rows"]))
-        assert table["split"] == split and table["draws"] == 3 and first == "guidance=3"
+        assert (table["split"], first) == SAMPLING_FILES[file] and table["draws"] == 3
         for name, row in table["rows"].items():
             assert [r["seed"] for r in row["runs"]] == [0, 1, 2, 3, 4]
             cells = []
