@@ -81,6 +81,8 @@ ROWS = {
                               "coefficient)", runs_of="default", sampling={"guidance": 3.0}),
     "cond-dropout-0.2": Row("the null backing for guidance trained on 20% of the windows "
                             "instead of 10%", ("--cond-dropout", "0.2")),
+    "cond-dropout-0.05": Row("the null backing for guidance trained on 5% of the windows "
+                             "instead of 10%", ("--cond-dropout", "0.05")),
     "no-chord-aux": Row("no chord aid (the default before it: solo dropout 0.3), sampled as "
                         "generate.py samples (guidance 5)", OFF),
     "no-solo-dropout": Row("no solo dropout (the default before it)",
