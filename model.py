@@ -73,19 +73,17 @@ class ModelConfig:
     # also add backing frames s-K+1..s (encoder states) to the decoder input at step s
     aligned_backing: bool = True
     # training aid (train.py --pitch-aux): a 13-way head that reads, from decoder step s,
-    # the pitch class the lead plays in frame s (or a rest). Only the loss uses it.
+    # the lead's pitch class in frame s or a rest (or the band's chord). Only the loss uses it.
     pitch_head: bool = False
     # training aid (train.py --chord-aux): a 12-way head on the encoder that names the
-    # band's harmony in each backing frame (its pitch classes, as a distribution). The
-    # decoder finds the band's chord in the encoder states; this hands it the chord there
-    # plainly instead of leaving the encoder to find it from the solo's loss alone. Only
-    # the loss uses it.
+    # band's harmony in each backing frame (its pitch classes, as a distribution), so that
+    # the encoder states hold the chord plainly instead of leaving the encoder to find it
+    # from the solo's loss alone. Only the loss uses it.
     chord_head: bool = False
-    # training aid (train.py --ahead-aux): a 13-way head on the encoder that, at the
-    # position from which the decoder writes solo frame t, names what the band plays in
-    # frame t: its chord (12 pitch classes) and whether a kick falls there. With a
-    # lookahead of L frames that position has heard the band only up to frame t - L, so
-    # the head asks the states to carry the band's near future. Only the loss uses it.
+    # training aid (train.py --ahead-aux): a 13-way head on the encoder that, at the position
+    # whence the decoder writes solo frame t, names the band's chord (12 pitch classes) and
+    # whether a kick falls in frame t. With a lookahead of L frames that position heard the
+    # band up to frame t - L only: the states must carry its near future. Only the loss uses it.
     ahead_head: bool = False
 
     def __post_init__(self):
@@ -491,7 +489,8 @@ class SoloTransformer(nn.Module):
         instead of solo itself (--solo-hold, sax/past.py). The targets stay whole.
         The training aids (train.py), each giving aux[name] its loss: pitch [B, T] long,
         the lead's pitch class in each frame (12: a rest, -100: not counted; the pitch
-        head, read at steps 0 .. T-1); chords [B, T, 12] float, the band's harmony in each
+        head, read at steps 0 .. T-1), or [B, T, 12] float as chords are (it names the
+        band's chord, its 13th class unread); chords [B, T, 12] float, the band's harmony in each
         backing frame as a distribution (all 0: not counted; the chord head); ahead, the
         same chords and kicks [B, T] bool (anticipation_loss); teacher [B, K, S, card],
         another model's logits on the same windows (distillation).
@@ -505,15 +504,9 @@ class SoloTransformer(nn.Module):
         memory = self.encode(backing)                                    # [B, L + T, D]
         x = self.decode(memory, dec_in)                                  # [B, S, D]
         aux = {}
-        if chords is not None:
-            # Frame t of the backing is encoder position L + t (L: the lookahead's blanks).
-            # A row whose backing was dropped hears no band: it has no chord to name.
-            guess = self.chord_head(memory[:, -chords.size(1):]).float()  # [B, T, 12]
-            if cond_drop is not None:
-                chords = chords.masked_fill(cond_drop[:, None, None], 0.0)
-            ce = -(chords * guess.log_softmax(-1)).sum()                 # soft targets
-            # the mean over the counted frames: each of them sums to 1
-            aux["chord"] = ce / chords.sum().clamp(min=1)
+        if chords is not None:  # backing frame t is encoder position L + t (L: the lookahead)
+            aux["chord"] = self.named_chord(self.chord_head(memory[:, -chords.size(1):]), chords,
+                                            cond_drop)
         aux |= {"ahead": self.anticipation_loss(memory, *ahead, cond_drop)} if ahead else {}
         logits = self.logits(x)                                          # [B, K, S, card]
         if teacher is not None:  # another model's distributions: distillation
@@ -521,11 +514,11 @@ class SoloTransformer(nn.Module):
         codes = codebook_cross_entropy(logits, target, self.cfg.card)
         if pitch is None:
             return (*codes, aux)
-        T = pitch.size(1)
         # Step s writes codebook 0 of frame s, the frame whose note it must choose.
-        guess = self.pitch_logits(x[:, :T])                             # [B, T, 13]
-        ce = F.cross_entropy(guess.float().transpose(1, 2), pitch, ignore_index=-100,
-                             reduction="sum")
+        guess = self.pitch_logits(x[:, :pitch.size(1)]).float()         # [B, T, 13]
+        if pitch.is_floating_point():  # the band's chord, [B, T, 12] (--pitch-targets chord)
+            return (*codes, aux | {"pitch": self.named_chord(guess[..., :12], pitch, cond_drop)})
+        ce = F.cross_entropy(guess.transpose(1, 2), pitch, ignore_index=-100, reduction="sum")
         aux["pitch"] = ce / (pitch != -100).sum().clamp(min=1)           # 0, not nan, if none count
         return (*codes, aux)
 
@@ -538,11 +531,18 @@ class SoloTransformer(nn.Module):
         chords, kicks = chords[:, L:], kicks[:, L:].float()              # the frames it names
         counted = chords.sum(-1) > 0                                     # [B, T - L]: real frames
         if cond_drop is not None:  # a row that hears no band has no future to name
-            chords = chords.masked_fill(cond_drop[:, None, None], 0.0)
             counted = counted & ~cond_drop[:, None]
-        chord_ce = -(chords * guess[..., :12].log_softmax(-1)).sum() / chords.sum().clamp(min=1)
         kick_ce = F.binary_cross_entropy_with_logits(guess[..., 12], kicks, reduction="none")
-        return chord_ce + kick_ce[counted].sum() / counted.sum().clamp(min=1)
+        return (self.named_chord(guess[..., :12], chords, cond_drop)
+                + kick_ce[counted].sum() / counted.sum().clamp(min=1))
+
+    @staticmethod
+    def named_chord(guess, chords, cond_drop=None):
+        """Cross-entropy of logits guess [B, T, 12] against chords [B, T, 12], the mean over the
+        counted frames (each sums to 1; all 0: not counted); rows of cond_drop [B] hear no band."""
+        if cond_drop is not None:
+            chords = chords.masked_fill(cond_drop[:, None, None], 0.0)
+        return -(chords * guess.float().log_softmax(-1)).sum() / chords.sum().clamp(min=1)
 
 
 def teacher_forcing(solo, card):

@@ -117,9 +117,9 @@ class TrainConfig:
     pitch_aux: float = opt(0.0, "weight of the pitch aid, an auxiliary loss: a head on the "
                                 "decoder names the pitch class the solo plays in each frame "
                                 "(0: off; docs/phase3)", at_least=0, at_most=1000)
-    pitch_targets: str = opt("tracked", "--pitch-aux's notes: tracked in the solo's audio "
-                                        "by data.py, or the demo corpus's truth",
-                             ["tracked", "truth"])
+    pitch_targets: str = opt("tracked", "--pitch-aux's notes: tracked in the solo's audio by "
+                                        "data.py, the demo's truth, or the band's chord (chord)",
+                             ["tracked", "truth", "chord"])
     chord_aux: float = opt(0.3, "weight of the chord aid, an auxiliary loss: a head on the "
                                 "encoder names the band's pitch classes in each frame "
                                 "(0: off; 0.3: the seeds table of docs/phase3)",
@@ -339,7 +339,8 @@ def setup_run(cfg, world=World()):
         teacher = load_teacher(cfg.distill_from, meta, device) if cfg.distill_from else None
     for name in missing_heard(cfg, meta):
         flag, what = {"notes": ("--pitch-aux", "tracked the solo's notes"),
-                      "chroma": ("--chord-aux", "heard the band's chroma")}[name]
+                      "chroma": ("--chord-aux" if cfg.chord_aux or cfg.pitch_targets != "chord"
+                                 else "--pitch-aux", "heard the band's chroma")}[name]
         raise SystemExit(f"{flag}: the dataset in {cfg.data} was built before data.py {what}. "
                          f"Fix: python data.py --out {cfg.data} with the settings it was built "
                          f"with (its songs are done again, with their {name}), or turn the "

@@ -81,6 +81,9 @@ ROWS = {
                               "coefficient)", runs_of="default", sampling={"guidance": 3.0}),
     "cond-dropout-0.2": Row("the null backing for guidance trained on 20% of the windows "
                             "instead of 10%", ("--cond-dropout", "0.2")),
+    "chord-decoder-0.3": Row("the chord aid as it stands and the band's chord also named "
+                             "from the decoder (the pitch head on the heard chroma, weight 0.3)",
+                             ("--pitch-aux", "0.3", "--pitch-targets", "chord")),
     "cond-dropout-0.05": Row("the null backing for guidance trained on 5% of the windows "
                              "instead of 10%", ("--cond-dropout", "0.05")),
     "no-chord-aux": Row("no chord aid (the default before it: solo dropout 0.3), sampled as "

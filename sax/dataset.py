@@ -238,7 +238,8 @@ def check_truth_aids(cfg, meta):
     """train.py's aids that read the demo corpus's score, on a dataset that has none: one line."""
     needs = [(cfg.pitch_aux and cfg.pitch_targets == "truth", "--pitch-targets truth",
               "lead's true notes", "the notes data.py tracked, --pitch-targets tracked"),
-             (cfg.chord_aux and cfg.chord_targets == "truth", "--chord-targets truth",
+             ((cfg.chord_aux or cfg.pitch_aux and cfg.pitch_targets == "chord")
+              and cfg.chord_targets == "truth", "--chord-targets truth",
               "band's chords", "the chroma data.py heard, --chord-targets heard"),
              (cfg.ahead_aux, "--ahead-aux", "band's kicks", "--ahead-aux 0")]
     for on, flag, what, fix in needs:
@@ -250,11 +251,15 @@ def check_truth_aids(cfg, meta):
 def aid_targets(run, where, backing, solo):
     """The training aids' targets for a batch of windows found at `where`, as the keywords
     of SoloTransformer.loss (only those that are on):
-    --pitch-aux, the notes the lead plays, [B, T]; --chord-aux, the band's harmony,
+    --pitch-aux, the notes the lead plays, [B, T] (--pitch-targets chord: the band's
+    harmony, as --chord-aux's); --chord-aux, the band's harmony,
     [B, T, 12]; --ahead-aux, the harmony and the kicks ([B, T] bool, the frame of each).
     From what data.py heard, or with --*-targets truth the demo's score."""
     cfg, pitch, chords, ahead = run.cfg, None, None, None
-    if cfg.pitch_aux:
+    if cfg.pitch_aux and cfg.pitch_targets == "chord":  # the band's chord, named from the decoder
+        truth = run.meta if cfg.chord_targets == "truth" else None
+        pitch = chord_targets(run.train_w, where, backing, truth).to(run.device)
+    elif cfg.pitch_aux:
         truth = run.meta if cfg.pitch_targets == "truth" else None
         pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
     if cfg.chord_aux:
@@ -271,9 +276,11 @@ def aid_targets(run, where, backing, solo):
 
 def heard_wanted(cfg):
     """What the training aids read that data.py heard beside the tokens (the dataset must
-    be of a format that stores it, HEARD_SINCE): "notes" for --pitch-aux on the
-    tracked notes, "chroma" for --chord-aux or --ahead-aux on the heard chroma (the default)."""
-    chroma = max(cfg.chord_aux, cfg.ahead_aux) > 0 and cfg.chord_targets == "heard"
+    be of a format that stores it, HEARD_SINCE): "notes" for --pitch-aux on the tracked
+    notes, "chroma" for --chord-aux, --ahead-aux or --pitch-targets chord on the heard chroma
+    (the default)."""
+    chroma = ((max(cfg.chord_aux, cfg.ahead_aux) > 0 or cfg.pitch_aux > 0
+               and cfg.pitch_targets == "chord") and cfg.chord_targets == "heard")
     return [name for name, on in (("notes", cfg.pitch_aux > 0 and cfg.pitch_targets == "tracked"),
                                   ("chroma", chroma)) if on]
 

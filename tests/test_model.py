@@ -4,7 +4,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from model import PRESETS, ModelConfig, SoloTransformer, attention, attention_mask, build_delay_pattern, codebook_cross_entropy, preset_config, revert_delay_pattern
+from model import PRESETS, ModelConfig, SoloTransformer, attention, attention_mask, build_delay_pattern, codebook_cross_entropy, preset_config, revert_delay_pattern, teacher_forcing
 from sax.checkpoints import model_config_of
 from sax.sampling import StreamingSampler, sample_next, sample_solo, sample_solo_plain
 
@@ -344,6 +344,38 @@ def test_the_chord_head_trains_and_leaves_the_rest_as_it_was():
         memory = ahead.encode(backing)                                          # [B, 3 + T, D]
         want = -(chords * ahead.chord_head(memory[:, 3:]).log_softmax(-1)).sum() / 96
         assert torch.allclose(ahead.loss(backing, solo, chords=chords)[2]["chord"], want)
+
+
+def test_the_pitch_head_names_the_bands_chord_from_the_decoder():
+    """pitch given as chords are ([B, T, 12] float, train.py --pitch-targets chord): aux["pitch"]
+    is the soft cross-entropy of the pitch head's first 12 classes, read from decoder step t,
+    against the band's chord in frame t; frames of all zeros and rows with the null backing
+    are not counted, and the head trains down on a chord the backing spells out."""
+    model = tiny_model(pitch_head=True).train()
+    backing, solo = random_codes(8, 4, 12), random_codes(8, 4, 12, seed=2)
+    root = backing[:, 0] % 12                                                       # [B, T]
+    chords = torch.zeros(8, 12, 12).scatter_(2, torch.stack([root, (root + 4) % 12,
+                                                             (root + 7) % 12], -1), 1 / 3)
+    chords[:, :2] = 0.0  # two frames of no chord: not counted
+    with torch.no_grad():
+        dec_in = teacher_forcing(solo, model.cfg.card)[1]
+        guess = model.pitch_logits(model.decode(model.encode(backing), dec_in)[:, :12])[..., :12]
+        want = -(chords * guess.log_softmax(-1)).sum() / (8 * 10)
+        assert torch.allclose(model.loss(backing, solo, pitch=chords)[2]["pitch"], want)
+        drop = torch.zeros(8, dtype=torch.bool)
+        drop[:3] = True
+        other = chords.clone()
+        other[:3] = torch.roll(other[:3], 1, dims=-1)  # dropped rows: their chords are not read
+        assert torch.equal(model.loss(backing, solo, cond_drop=drop, pitch=chords)[2]["pitch"],
+                           model.loss(backing, solo, cond_drop=drop, pitch=other)[2]["pitch"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):  # the decoder reaches the band through the encoder: slower than its head
+        ce, _, aux = model.loss(backing, solo, pitch=chords)
+        optimizer.zero_grad()
+        (ce + aux["pitch"]).backward()
+        optimizer.step()
+    # the floor is log 3 (three equal tones), about 1.10
+    assert aux["pitch"].item() < 1.4, f"the decoder did not learn to name the chord: {aux}"
 
 
 def test_a_checkpoint_of_a_removed_experiment_is_one_line():

@@ -521,12 +521,22 @@ def test_chord_aux_trains_on_the_bands_chroma_and_is_refused_without_it(demo_dat
     assert all("pitch_ce" not in r for r in rows)
     model, _ = load_model(tmp_path / "a" / "best", "cpu")
     assert model.cfg.chord_head and model.chord_head is not None
+    # --pitch-targets chord: the pitch head on the decoder names the same chroma (12 classes)
+    T.train(quick_train_config(data_dir, tmp_path / "c", chord_aux=0.0, pitch_aux=1.0,
+                               pitch_targets="chord", max_steps=6, listen_test=False))
+    rows = [r for r in map(json.loads, (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert abs(rows[0]["pitch_ce"] - untrained) < 0.3 and rows[-1]["pitch_ce"] < untrained - 0.05, \
+        [r["pitch_ce"] for r in rows]
+    assert all("chord_ce" not in r for r in rows)
 
     stripped = json.loads((data_dir / "meta.json").read_text())
     stripped["format"] = 2  # built before data.py heard the chroma
     older = dataset_with_meta(data_dir, tmp_path / "older", stripped)
     with pytest.raises(SystemExit, match="built before data.py heard the band's chroma.*--chord-aux 0"):
         T.train(quick_train_config(older, tmp_path / "b", chord_aux=1.0))
+    with pytest.raises(SystemExit, match="built before data.py heard the band's chroma.*--pitch-aux 0"):
+        T.train(quick_train_config(older, tmp_path / "b", chord_aux=0.0, pitch_aux=1.0,
+                                   pitch_targets="chord"))
     for song in stripped["songs"]:
         song.pop("truth", None)
     stripped["format"] = 3
