@@ -256,20 +256,17 @@ def aid_targets(run, where, backing, solo):
     [B, T, 12]; --ahead-aux, the harmony and the kicks ([B, T] bool, the frame of each).
     From what data.py heard, or with --*-targets truth the demo's score."""
     cfg, pitch, chords, ahead = run.cfg, None, None, None
-    if cfg.pitch_aux and cfg.pitch_targets == "chord":  # the band's chord, named from the decoder
+    named = cfg.pitch_aux and cfg.pitch_targets == "chord"  # the band's chord, from the decoder
+    if cfg.chord_aux or cfg.ahead_aux or named:  # the band's harmony, once for every aid naming it
         truth = run.meta if cfg.chord_targets == "truth" else None
-        pitch = chord_targets(run.train_w, where, backing, truth).to(run.device)
-    elif cfg.pitch_aux:
+        harmony = chord_targets(run.train_w, where, backing, truth).to(run.device)
+        chords = harmony if cfg.chord_aux else None
+    if cfg.pitch_aux:
         truth = run.meta if cfg.pitch_targets == "truth" else None
-        pitch = pitch_targets(run.train_w, where, solo, truth).to(run.device)
-    if cfg.chord_aux:
-        truth = run.meta if cfg.chord_targets == "truth" else None
-        chords = chord_targets(run.train_w, where, backing, truth).to(run.device)
+        pitch = harmony if named else pitch_targets(run.train_w, where, solo, truth).to(run.device)
     if cfg.ahead_aux:
-        truth = run.meta if cfg.chord_targets == "truth" else None
-        ahead = (chord_targets(run.train_w, where, backing, truth).to(run.device),
-                 kick_frames(run.meta, where, backing.size(-1), run.meta["codec"]["frame_rate"],
-                             1).to(run.device))
+        ahead = (harmony, kick_frames(run.meta, where, backing.size(-1),
+                                      run.meta["codec"]["frame_rate"], 1).to(run.device))
     aids = {"pitch": pitch, "chords": chords, "ahead": ahead}
     return {name: value for name, value in aids.items() if value is not None}
 
