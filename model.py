@@ -50,8 +50,7 @@ class ModelConfig:
     # backing, the null condition of classifier-free guidance.
     frame_rate: float = 75.0      # codec frames per second; used only to turn frames into seconds
     d_model: int = 128            # D: width of every token vector
-    # H: attention heads; D must divide by H and D / H must be even (RoPE)
-    n_heads: int = 4
+    n_heads: int = 4              # H: attention heads; D / H must be a whole, even number (RoPE)
     n_enc_layers: int = 2         # encoder blocks (read the backing)
     n_dec_layers: int = 2         # decoder blocks (write the solo)
     d_ff: int = 512               # hidden width of each feed-forward block
@@ -73,8 +72,10 @@ class ModelConfig:
     # also add backing frames s-K+1..s (encoder states) to the decoder input at step s
     aligned_backing: bool = True
     # training aid (train.py --pitch-aux): a 13-way head that reads, from decoder step s,
-    # the lead's pitch class in frame s or a rest (or the band's chord). Only the loss uses it.
+    # the lead's pitch class in frame s or a rest (or the band's chord). Only the loss uses it,
     pitch_head: bool = False
+    # and the pitch plan's draws (train.py --pitch-plan, sax/plan.py): the note, then its codes
+    pitch_plan: bool = False
     # training aid (train.py --chord-aux): a 12-way head on the encoder that names the
     # band's harmony in each backing frame (its pitch classes, as a distribution), so that
     # the encoder states hold the chord plainly instead of leaving the encoder to find it
@@ -99,6 +100,7 @@ class ModelConfig:
         # backing frame; a shorter window would leave it no backing frame to look at.
         assert self.attn_window is None or self.attn_window >= self.n_codebooks, (
             f"attn_window={self.attn_window} must be at least n_codebooks={self.n_codebooks}")
+        assert self.pitch_head or not self.pitch_plan, "the pitch plan is drawn from the pitch head"
         assert self.lookahead >= 0 and (self.lookahead == 0 or self.causal_encoder), (
             f"lookahead={self.lookahead}: a causal model's own setting, 0 or more "
             "(an offline model hears the whole backing anyway)")
@@ -156,9 +158,8 @@ def build_delay_pattern(codes, special):
 
 def revert_delay_pattern(seq):
     """delayed sequence [B, K, S] -> codes [B, K, T]; the exact inverse of build_delay_pattern."""
-    B, K, S = seq.shape
-    T = S - K + 1
-    return torch.stack([seq[:, k, k:k + T] for k in range(K)], dim=1)  # [B, K, T]
+    T = seq.size(2) - seq.size(1) + 1                                            # S - K + 1
+    return torch.stack([seq[:, k, k:k + T] for k in range(seq.size(1))], dim=1)  # [B, K, T]
 
 
 # ----------------------------------------------------------------------------
@@ -226,8 +227,7 @@ def apply_rope(x, cos, sin):
     (x1, x2) turned by angle a is (x1 cos a - x2 sin a, x2 cos a + x1 sin a).
     """
     x1, x2 = x.chunk(2, dim=-1)                            # 2 x [..., L, hd/2]
-    # [..., L, hd]: each pair turned by 90 degrees
-    turned = torch.cat((-x2, x1), dim=-1)
+    turned = torch.cat((-x2, x1), dim=-1)                # [..., L, hd]: each pair turned 90 degrees
     return x * cos.to(x.dtype) + turned * sin.to(x.dtype)  # [..., L, hd]
 
 
@@ -249,8 +249,7 @@ class MultiHeadAttention(nn.Module):
 
     def split_heads(self, x):
         B, L, D = x.shape
-        # [B, L, D] -> [B, H, L, hd]
-        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)
+        return x.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)  # -> [B, H, L, hd]
 
     def merge_heads(self, x):
         B, H, L, hd = x.shape
@@ -285,8 +284,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v = qk[0], qk[1], qkv[2]               # 3 x [B, H, L, hd]
             if cache is not None:
                 cache.append(k, v)
-                # [B, H, C, hd]: the past and now
-                k, v = cache.filled()
+                k, v = cache.filled()                    # [B, H, C, hd]: the past and now
         y = attention(q, k, v, mask, "sdpa" if fused else self.impl)  # [B, H, L, hd]
         return self.dropout(self.out_proj(self.merge_heads(y)))      # [B, L, D]
 
@@ -362,7 +360,7 @@ class SoloTransformer(nn.Module):
         self.align_conv = nn.Conv1d(D, D, kernel_size=K) if cfg.aligned_backing else None
         self.register_buffer("k_index", torch.arange(K).view(1, K, 1), persistent=False)  # [1,K,1]
         self.apply(self._init_weights)
-        # The training aids' heads (sampling never reads them): pitch, 12 classes and a rest;
+        # The training aids' heads (only a pitch plan is sampled): pitch, 12 classes and a rest;
         # chord, 12; anticipation, 12 and a kick. Made last, in this order, so that every
         # other weight draws the random numbers it would draw without them.
         for name, n, on in (("pitch_head", 13, cfg.pitch_head), ("chord_head", 12, cfg.chord_head),
@@ -370,6 +368,8 @@ class SoloTransformer(nn.Module):
             setattr(self, name, nn.Linear(D, n) if on else None)
             if on:
                 self._init_weights(getattr(self, name))
+        # The pitch plan's bias of each codebook's codes for each class (12 and a rest).
+        self.pitch_bias = nn.Parameter(torch.zeros(K, 13, cfg.card)) if cfg.pitch_plan else None
 
     @staticmethod
     def _init_weights(m):
@@ -382,16 +382,14 @@ class SoloTransformer(nn.Module):
 
     def embed(self, table, tokens):
         """tokens [B, K, L] -> the sum over K of each codebook's embedding: [B, L, D]."""
-        rows = table[self.k_index, tokens]                                          # [B, K, L, D]
-        return rows.sum(dim=1)                                                      # [B, L, D]
+        return table[self.k_index, tokens].sum(dim=1)                 # [B, K, L, D] -> [B, L, D]
 
     def rope(self, start, length, device):
         positions = torch.arange(start, start + length, device=device)
         return rope_angles(positions, self.cfg.d_model // self.cfg.n_heads)  # 2 x [L, hd]
 
     def null_condition(self, backing, drop):
-        """Classifier-free guidance: rows of `drop` [B] get the null backing (all special
-        tokens)."""
+        """Classifier-free guidance: rows of drop [B] hear the null backing (special tokens)."""
         return torch.where(drop[:, None, None], torch.full_like(backing, self.cfg.card), backing)
 
     def heard(self, backing):
@@ -477,23 +475,23 @@ class SoloTransformer(nn.Module):
     # ------------------------------------------------------------------------
 
     def loss(self, backing, solo, cond_drop=None, input_drop=None, pitch=None, chords=None,
-             ahead=None, teacher=None, past=None):
+             ahead=None, teacher=None, past=None, plan=None):
         """backing, solo codes [B, K, T] -> (mean cross-entropy, per-codebook cross-entropy
         [K], aux), aux a dict of the training aids' cross-entropies ({} without them).
 
-        cond_drop [B] bool: rows whose backing is replaced by the null condition
-        (classifier-free guidance training; train.py draws it).
-        input_drop [B, K, S] bool: decoder inputs (the solo's past) hidden behind the
-        special token, so the model must lean on the band for what it cannot read
-        (train.py's --solo-dropout). past [B, K, T]: the solo as the decoder reads its past
-        instead of solo itself (--solo-hold, sax/past.py). The targets stay whole.
-        The training aids (train.py), each giving aux[name] its loss: pitch [B, T] long,
-        the lead's pitch class in each frame (12: a rest, -100: not counted; the pitch
-        head, read at steps 0 .. T-1), or [B, T, 12] float as chords are (it names the
-        band's chord, its 13th class unread); chords [B, T, 12] float, the band's harmony in each
-        backing frame as a distribution (all 0: not counted; the chord head); ahead, the
-        same chords and kicks [B, T] bool (anticipation_loss); teacher [B, K, S, card],
-        another model's logits on the same windows (distillation).
+        cond_drop [B] bool: rows whose backing is replaced by the null condition (classifier-
+        free guidance training; train.py draws it). input_drop [B, K, S] bool: decoder inputs
+        (the solo's past) hidden behind the special token, so the model must lean on the band
+        for what it cannot read (--solo-dropout). past [B, K, T]: the solo as the decoder reads
+        its past instead of solo itself (--solo-hold, sax/past.py). The targets stay whole.
+        The training aids (train.py), each giving aux[name] its loss: pitch [B, T] long, the
+        lead's pitch class in each frame (12: a rest, -100: not counted; the pitch head, read
+        at steps 0 .. T-1), or [B, T, 12] float as chords are (it names the band's chord, its
+        13th class unread); chords [B, T, 12] float, the band's harmony in each backing frame
+        as a distribution (all 0: not counted; the chord head); ahead, the same chords and
+        kicks [B, T] bool (anticipation_loss); teacher [B, K, S, card], another model's logits
+        on the same windows (distillation). plan [B, K, S]: the class of the note each
+        position sounds (the pitch plan, teacher-forced, sax/plan.py).
         """
         if cond_drop is not None:
             backing = self.null_condition(backing, cond_drop)
@@ -509,6 +507,8 @@ class SoloTransformer(nn.Module):
                                             cond_drop)
         aux |= {"ahead": self.anticipation_loss(memory, *ahead, cond_drop)} if ahead else {}
         logits = self.logits(x)                                          # [B, K, S, card]
+        if plan is not None:  # each code head's bias for its frame's class (13: no note named, 0)
+            logits = logits + F.pad(self.pitch_bias, (0, 0, 0, 1))[self.k_index, plan]
         if teacher is not None:  # another model's distributions: distillation
             aux["distill"] = distillation(logits, teacher, target, self.cfg.card, cond_drop)
         codes = codebook_cross_entropy(logits, target, self.cfg.card)

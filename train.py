@@ -40,7 +40,7 @@ from tqdm import tqdm
 import data
 from model import PRESETS, SoloTransformer, preset_config
 from sax.checkpoints import push_to_hub, save_checkpoint
-from sax.dataset import (Windows, aid_targets, check_truth_aids, load_dataset, missing_heard,
+from sax.dataset import (Windows, aid_targets, check_aids, load_dataset, missing_heard,
                          unigram_entropy)
 from sax.demo import DEMO_VERSION
 from sax.distill import load_teacher, teacher_logits
@@ -120,6 +120,7 @@ class TrainConfig:
     pitch_targets: str = opt("tracked", "--pitch-aux's notes: tracked in the solo's audio by "
                                         "data.py, the demo's truth, or the band's chord (chord)",
                              ["tracked", "truth", "chord"])
+    pitch_plan: bool = opt(False, "with --pitch-aux: the note first, then its codes (sax/plan.py)")
     chord_aux: float = opt(0.3, "weight of the chord aid, an auxiliary loss: a head on the "
                                 "encoder names the band's pitch classes in each frame "
                                 "(0: off; 0.3: the seeds table of docs/phase3)",
@@ -334,7 +335,7 @@ def setup_run(cfg, world=World()):
     meta = ensure_dataset(cfg, world)
     torch.manual_seed(cfg.seed)
     check_against_data(cfg, meta)
-    check_truth_aids(cfg, meta)  # an aid that needs the demo's score, on a dataset without one
+    check_aids(cfg, meta)  # an aid that needs the demo's score (on a dataset without), or another
     with torch.random.fork_rng():  # a teacher's own weights draw nothing the student's would
         teacher = load_teacher(cfg.distill_from, meta, device) if cfg.distill_from else None
     for name in missing_heard(cfg, meta):
@@ -387,7 +388,7 @@ def model_config(cfg, numbers, T):
                          attn_impl=cfg.attn_impl, cond_dropout=cfg.cond_dropout,
                          aligned_backing=cfg.aligned_backing, pitch_head=cfg.pitch_aux > 0,
                          chord_head=cfg.chord_aux > 0, ahead_head=cfg.ahead_aux > 0,
-                         **dropout, **depth, **width)
+                         pitch_plan=cfg.pitch_plan, **dropout, **depth, **width)
 
 
 def start_or_resume(out, model, optimizer, scaler, gen, cfg, device, world=World()):
@@ -522,8 +523,7 @@ def train(cfg):
         raise SystemExit(f"--target-batch {cfg.target_batch} over {world.size} processes: a "
                          f"multiple of --batch-size x processes ({cfg.batch_size * world.size}), "
                          "so that every rank computes the same number of micro-batches")
-    # One process at a time in a run folder; under torchrun the job is that process (rank 0)
-    try:
+    try:  # one process at a time in a run folder; under torchrun the job is that process (rank 0)
         with guard.FolderLock(cfg.out, "train.py") if world.main else nullcontext():
             return train_loop(setup_run(cfg, world))
     finally:

@@ -489,6 +489,9 @@ def export_onnx(model, codec, config, numbers, cfg, out):
         raise SystemExit("onnx_export.py needs a causal model (trained with "
                          f"--causal-encoder): {cfg.checkpoint} reads the "
                          "whole backing at once, which no live input can give")
+    if model.cfg.pitch_plan:
+        raise SystemExit(f"onnx_export.py: {cfg.checkpoint} draws a pitch plan (--pitch-plan), "
+                         "which the runner's graphs do not: sample it with generate.py --stream")
     model = model.float().cpu().eval()
     out = refuse_to_replace(out, cfg)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -84,6 +84,9 @@ ROWS = {
     "chord-decoder-0.3": Row("the chord aid as it stands and the band's chord also named "
                              "from the decoder (the pitch head on the heard chroma, weight 0.3)",
                              ("--pitch-aux", "0.3", "--pitch-targets", "chord")),
+    "pitch-plan": Row("the chord aid as it stands and the pitch plan: each frame's pitch class "
+                      "drawn from the pitch head (weight 1, on the notes data.py tracked), "
+                      "then its codes", ("--pitch-aux", "1", "--pitch-plan")),
     "cond-dropout-0.05": Row("the null backing for guidance trained on 5% of the windows "
                              "instead of 10%", ("--cond-dropout", "0.05")),
     "no-chord-aux": Row("no chord aid (the default before it: solo dropout 0.3), sampled as "

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from sax.pitch import event_frames
+from sax.plan import check_plan, teacher_plan
 
 # The dataset's format: 2 since the solo's notes are tracked (<split>_notes.npy), 3 since
 # the band's chroma is heard (<split>_chroma.npy). HEARD_SINCE: the format that first
@@ -234,8 +235,10 @@ def kick_frames(meta, where, T, frame_rate, span):
     return kicks
 
 
-def check_truth_aids(cfg, meta):
-    """train.py's aids that read the demo corpus's score, on a dataset that has none: one line."""
+def check_aids(cfg, meta):
+    """train.py's aids that read the demo corpus's score, on a dataset that has none, or that
+    need another aid (the pitch plan, sax/plan.py): one line."""
+    check_plan(cfg)
     needs = [(cfg.pitch_aux and cfg.pitch_targets == "truth", "--pitch-targets truth",
               "lead's true notes", "the notes data.py tracked, --pitch-targets tracked"),
              ((cfg.chord_aux or cfg.pitch_aux and cfg.pitch_targets == "chord")
@@ -267,7 +270,8 @@ def aid_targets(run, where, backing, solo):
     if cfg.ahead_aux:
         ahead = (harmony, kick_frames(run.meta, where, backing.size(-1),
                                       run.meta["codec"]["frame_rate"], 1).to(run.device))
-    aids = {"pitch": pitch, "chords": chords, "ahead": ahead}
+    plan = teacher_plan(pitch, solo.size(1)) if cfg.pitch_plan else None  # sax/plan.py
+    aids = {"pitch": pitch, "chords": chords, "ahead": ahead, "plan": plan}
     return {name: value for name, value in aids.items() if value is not None}
 
 

@@ -8,6 +8,7 @@ import functools
 import torch
 
 from model import build_delay_pattern, revert_delay_pattern, rope_angles
+from sax.plan import PlanDraw
 
 
 class KVCache:
@@ -87,6 +88,14 @@ def guided_logits(logits, cfg_coef):
     return cond + (cfg_coef - 1.0) * (cond - uncond)
 
 
+def chooser(cfg_coef, opts, generator):
+    """The samplers' draw, guidance first when on: logits [B or 2B, K, n] -> choices [B, K]."""
+    def choose(logits):
+        logits = logits if cfg_coef is None else guided_logits(logits, cfg_coef)
+        return sample_next(logits, generator=generator, **opts)
+    return choose
+
+
 def sampling(fn):
     """Decorator of the samplers: no autograd, and the model in eval mode while they run.
 
@@ -163,14 +172,15 @@ def sample_solo_plain(model, backing, n_frames=None, temperature=1.0, top_k=0, t
     check_backing_reach(cfg, T, n_frames)
     template = generation_template(n_frames, K, cfg.card, B, backing.device, prompt)  # [B, K, S]
     backing = _prepare(model, backing, cfg_coef)                                   # [B or 2B, K, T]
-    gen = torch.Generator(device=backing.device).manual_seed(seed)
+    choose = chooser(cfg_coef, dict(temperature=temperature, top_k=top_k, top_p=top_p),
+                     torch.Generator(device=backing.device).manual_seed(seed))
+    plan = PlanDraw(model, B, template.size(-1), backing.device) if cfg.pitch_plan else None
     tokens = torch.full((B, K, 1), cfg.card, dtype=torch.long, device=backing.device)  # start token
     for s in range(template.size(-1)):
         inp = tokens if cfg_coef is None else tokens.repeat(2, 1, 1)
-        logits = model(backing, inp)[:, :, -1]                                 # [B or 2B, K, card]
-        if cfg_coef is not None:
-            logits = guided_logits(logits, cfg_coef)
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)             # [B, K]
+        x = model.decode(model.encode(backing), inp)[:, -1:]                    # [B or 2B, 1, D]
+        logits = model.logits(x)[:, :, 0]                                      # [B or 2B, K, card]
+        nxt = choose(logits if plan is None else plan(x, logits, s, choose))  # [B, K]
         nxt = torch.where(template[..., s] >= 0, template[..., s], nxt)       # forced positions win
         tokens = torch.cat([tokens, nxt[..., None]], dim=-1)
     return revert_delay_pattern(tokens[..., 1:])                               # [B, K, n_frames]
@@ -231,6 +241,7 @@ class SamplerState:
         self.aligned = None  # aligned-path input of every step, offline: [B, S, D]
         self.recent = None  # streaming: encoder states of the last K frames [B, K, D], oldest first
         self.n_backing = 0  # encoder frames available
+        self.x = None  # the decoder's state at the last step, [B, 1, D]
 
     def decoder_step(self, tokens):
         """tokens [B, K] (the previous step's codes) -> logits [B, K, card] for this step."""
@@ -261,7 +272,7 @@ class SamplerState:
                 seen = cache_x.positions() > s - cfg.attn_window if cfg.attn_window else None
                 mask = seen[None, :] if cfg.attn_window else None
             x = block(x, rope, kv=kv, cross_mask=mask, cache=cache, fused=True)  # [B, 1, D]
-        self.step += 1
+        self.step, self.x = self.step + 1, x  # the state, for a pitch plan (sax/plan.py)
         return model.logits(x)[:, :, 0]                                        # [B, K, card]
 
     def encoder_step(self, frame):
@@ -303,11 +314,11 @@ def sample_solo(model, backing, n_frames=None, temperature=1.0, top_k=0, top_p=1
     gen = torch.Generator(device=backing.device).manual_seed(seed)
     tokens = torch.full((B, K), cfg.card, dtype=torch.long, device=backing.device)  # start token
     out = torch.empty(B, K, S, dtype=torch.long, device=backing.device)
+    choose = chooser(cfg_coef, dict(temperature=temperature, top_k=top_k, top_p=top_p), gen)
+    plan = PlanDraw(model, B, S, backing.device) if cfg.pitch_plan else None
     for s in range(S):
         logits = state.decoder_step(tokens if cfg_coef is None else tokens.repeat(2, 1))
-        if cfg_coef is not None:
-            logits = guided_logits(logits, cfg_coef)
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)             # [B, K]
+        nxt = choose(logits if plan is None else plan(state.x, logits, s, choose))  # [B, K]
         tokens = torch.where(template[..., s] >= 0, template[..., s], nxt)    # forced positions win
         out[..., s] = tokens
         if progress is not None:
@@ -349,6 +360,9 @@ class StreamingSampler:
         rows = batch if cfg_coef is None else 2 * batch
         self.state = SamplerState.streaming(model, rows, self.template.size(-1), device, dtype)
         self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.choose = chooser(cfg_coef, self.opts, self.gen)
+        self.plan = (PlanDraw(model, batch, self.template.size(-1), device) if cfg.pitch_plan
+                     else None)
         self.tokens = torch.full((batch, self.K), cfg.card, dtype=torch.long, device=device)
         self.recent = []  # the last K delayed columns, from which finished frames are read
         # Anticipation (cfg.lookahead = L): the model hears L frames of "nothing" before the
@@ -365,9 +379,9 @@ class StreamingSampler:
         s = self.state.step
         tokens = self.tokens if self.cfg_coef is None else self.tokens.repeat(2, 1)
         logits = self.state.decoder_step(tokens)
-        if self.cfg_coef is not None:
-            logits = guided_logits(logits, self.cfg_coef)
-        nxt = sample_next(logits, generator=self.gen, **self.opts)                 # [B, K]
+        if self.plan is not None:  # the frame's note first (sax/plan.py)
+            logits = self.plan(self.state.x, logits, s, self.choose)
+        nxt = self.choose(logits)                                                  # [B, K]
         self.tokens = torch.where(self.template[..., s] >= 0, self.template[..., s], nxt)
         self.recent = (self.recent + [self.tokens])[-self.K:]
         if s < self.K - 1:

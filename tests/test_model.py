@@ -386,3 +386,57 @@ def test_a_checkpoint_of_a_removed_experiment_is_one_line():
     assert model_config_of({"model": {**asdict(cfg), "pitch_first": False}}, "c.json") == cfg
     with pytest.raises(SystemExit, match="c.json: trained with pitch_first, an experiment"):
         model_config_of({"model": {**asdict(cfg), "pitch_first": True}}, "c.json")
+
+
+def test_the_pitch_plan_biases_each_codebook_by_its_frames_class():
+    """pitch_plan (train.py --pitch-plan, sax/plan.py): codebook k at step s reads the class of
+    frame s - k (NO_CLASS: none, or unknown); the loss adds that class's row of pitch_bias to
+    the logits, none for NO_CLASS; training hides the plan of about UNPLANNED of the windows;
+    every other weight starts as without the plan."""
+    from sax.plan import NO_CLASS, UNPLANNED, plan_steps, teacher_plan
+    steps = plan_steps(torch.tensor([[2, 12, -100]]), 2, 4)                      # [1, K, S]
+    assert steps.tolist() == [[[2, 12, NO_CLASS, NO_CLASS], [NO_CLASS, 2, 12, NO_CLASS]]]
+    head, model = tiny_model(pitch_head=True), tiny_model(pitch_head=True, pitch_plan=True)
+    for name, weight in head.state_dict().items():
+        assert torch.equal(weight, model.state_dict()[name]), f"{name} starts otherwise with the plan"
+    with torch.no_grad():
+        model.pitch_bias.normal_(0, 2.0)
+    backing, solo = random_codes(3, 4, 10), random_codes(3, 4, 10, seed=2)
+    pitch = torch.randint(-1, 13, (3, 10), generator=torch.Generator().manual_seed(3))
+    pitch[pitch < 0] = -100
+    plan = plan_steps(pitch, 4, 13)
+    target, dec_in = teacher_forcing(solo, CARD)
+    with torch.no_grad():
+        logits = model(backing, dec_in)                                           # [B, K, S, card]
+        for b in range(3):  # written out: codebook k at step s sounds frame s - k's note
+            for k in range(4):
+                for t in range(10):
+                    if pitch[b, t] >= 0:
+                        logits[b, k, t + k] += model.pitch_bias[k, pitch[b, t]]
+        got = model.loss(backing, solo, plan=plan)[0]
+        assert torch.allclose(got, codebook_cross_entropy(logits, target, CARD)[0])
+        unplanned = model.loss(backing, solo, plan=torch.full_like(plan, NO_CLASS))[0]
+        assert torch.allclose(model.loss(backing, solo)[0], unplanned) and not torch.allclose(got, unplanned)
+    torch.manual_seed(0)
+    hidden = (teacher_plan(torch.zeros(4000, 5, dtype=torch.long), 4) == NO_CLASS).all(-1).all(-1)
+    assert abs(hidden.float().mean() - UNPLANNED) < 0.03
+
+
+@pytest.mark.parametrize("cfg_coef", [None, 3.0])
+def test_the_pitch_plan_is_drawn_then_sounded(cfg_coef):
+    """Sampling with a plan: the cached, reference and streaming samplers draw the same classes
+    and codes; a pitch head sure of class 5, whose bias makes code 7 certain, writes 7 in
+    every real position, guided or not."""
+    model = tiny_model(pitch_head=True, pitch_plan=True, causal_encoder=True)
+    with torch.no_grad():
+        model.pitch_bias.normal_(0, 2.0)
+    backing = random_codes(1, 4, 12)
+    cached = sample_solo(model, backing, seed=4, cfg_coef=cfg_coef)
+    assert torch.equal(cached, sample_solo_plain(model, backing, seed=4, cfg_coef=cfg_coef))
+    assert torch.equal(cached, stream_all(StreamingSampler(model, 12, seed=4, cfg_coef=cfg_coef), backing))
+    with torch.no_grad():
+        model.pitch_head.bias[5] = 50.0
+        model.pitch_bias.zero_()
+        model.pitch_bias[:, 5, 7] = 60.0
+    assert (sample_solo(model, backing, seed=4, cfg_coef=cfg_coef) == 7).all()
+    assert not (sample_solo(tiny_model(causal_encoder=True), backing, seed=4) == 7).all()

@@ -592,3 +592,29 @@ def test_pitch_aux_trains_on_the_notes_and_is_refused_without_them(demo_dataset,
     assert not (tmp_path / "b").exists()
     with pytest.raises(SystemExit, match="--pitch-aux -1.0: must be at least 0"):
         T.check_train_settings(quick_train_config(data_dir, tmp_path / "b", pitch_aux=-1.0))
+
+
+def test_the_pitch_plan_trains_samples_and_is_refused_where_it_cannot_work(demo_dataset, tmp_path):
+    """--pitch-plan with --pitch-aux (sax/plan.py): the run logs the pitch head's loss, saves a
+    model with the plan's bias, trained away from zero, and its listening test samples with
+    the plan; without the pitch head on notes it is refused in one line, and the ONNX export
+    (whose runner draws no plan) refuses its checkpoint."""
+    data_dir, _ = demo_dataset
+    summary = T.train(quick_train_config(data_dir, tmp_path / "plan", pitch_aux=1.0, pitch_plan=True,
+                                         page_sample_s=0.5))
+    rows = [r for r in map(json.loads, (tmp_path / "plan" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(rows) == 6 and all(math.isfinite(r["pitch_ce"]) for r in rows)
+    model, _ = load_model(tmp_path / "plan" / "best", "cpu")
+    assert model.cfg.pitch_plan and model.pitch_bias.abs().max() > 0
+    assert summary["best"]["listening_windows"] > 0 and math.isfinite(summary["best"]["note_in_chord_own"])
+    for bad in (dict(pitch_aux=0.0), dict(pitch_aux=1.0, pitch_targets="chord")):
+        with pytest.raises(SystemExit, match="--pitch-plan draws the notes the pitch head names"):
+            T.train(quick_train_config(data_dir, tmp_path / "bad", pitch_plan=True, **bad))
+        assert not (tmp_path / "bad").exists()
+    sys.path.insert(0, str(ROOT / "deploy"))
+    import onnx_export as E
+    causal = SoloTransformer(ModelConfig(card=8, d_model=16, n_heads=2, n_enc_layers=1, n_dec_layers=1,
+                                         d_ff=32, causal_encoder=True, pitch_head=True, pitch_plan=True))
+    with pytest.raises(SystemExit, match="draws a pitch plan"):
+        E.export_onnx(causal, None, {}, {}, dataclasses.make_dataclass("C", [("checkpoint", str)])("c"),
+                      tmp_path / "onnx")
