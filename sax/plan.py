@@ -19,6 +19,8 @@ without a plan: the validation loss, read without one, stays the codes' own.
 """
 import torch
 
+from model import build_delay_pattern
+
 NO_CLASS = 13  # no note named: model.loss pads the bias table with a row of zeros for it
 UNPLANNED = 0.3  # the share of training windows whose plan is hidden
 
@@ -31,21 +33,20 @@ def check_plan(cfg):
                          "--pitch-targets tracked or truth")
 
 
-def plan_steps(pitch, K, S):
+def plan_steps(pitch, K):
     """The planned class of each position of the delay pattern: pitch [B, T] (0-11 a class,
     12 a rest, -100 unknown) -> [B, K, S], codebook k at step s reads frame s - k's class
-    (NO_CLASS where that frame does not exist or its note is unknown)."""
-    T = pitch.size(1)
+    (NO_CLASS where that frame does not exist or its note is unknown): each frame's class,
+    once per codebook, laid out as the codes are."""
     known = pitch.masked_fill(pitch < 0, NO_CLASS)                              # [B, T]
-    return torch.stack([torch.nn.functional.pad(known, (k, S - T - k), value=NO_CLASS)
-                        for k in range(K)], dim=1)                              # [B, K, S]
+    return build_delay_pattern(known[:, None].expand(-1, K, -1), NO_CLASS)[0]  # [B, K, S]
 
 
 def teacher_plan(pitch, K):
     """Training's plan for windows whose notes are pitch [B, T]: plan_steps, with every class
     of a random UNPLANNED share of the windows hidden (torch's own generator, as dropout)."""
     hidden = torch.rand(pitch.size(0), device=pitch.device) < UNPLANNED           # [B]
-    return plan_steps(pitch.masked_fill(hidden[:, None], -100), K, pitch.size(1) + K - 1)
+    return plan_steps(pitch.masked_fill(hidden[:, None], -100), K)
 
 
 class PlanDraw:

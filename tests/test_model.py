@@ -394,7 +394,7 @@ def test_the_pitch_plan_biases_each_codebook_by_its_frames_class():
     the logits, none for NO_CLASS; training hides the plan of about UNPLANNED of the windows;
     every other weight starts as without the plan."""
     from sax.plan import NO_CLASS, UNPLANNED, plan_steps, teacher_plan
-    steps = plan_steps(torch.tensor([[2, 12, -100]]), 2, 4)                      # [1, K, S]
+    steps = plan_steps(torch.tensor([[2, 12, -100]]), 2)                      # [1, K, S]
     assert steps.tolist() == [[[2, 12, NO_CLASS, NO_CLASS], [NO_CLASS, 2, 12, NO_CLASS]]]
     head, model = tiny_model(pitch_head=True), tiny_model(pitch_head=True, pitch_plan=True)
     for name, weight in head.state_dict().items():
@@ -404,7 +404,7 @@ def test_the_pitch_plan_biases_each_codebook_by_its_frames_class():
     backing, solo = random_codes(3, 4, 10), random_codes(3, 4, 10, seed=2)
     pitch = torch.randint(-1, 13, (3, 10), generator=torch.Generator().manual_seed(3))
     pitch[pitch < 0] = -100
-    plan = plan_steps(pitch, 4, 13)
+    plan = plan_steps(pitch, 4)
     target, dec_in = teacher_forcing(solo, CARD)
     with torch.no_grad():
         logits = model(backing, dec_in)                                           # [B, K, S, card]
