@@ -14,12 +14,19 @@ no change since the window began are left out: how long ago is not known). Per b
 - head: the share of frames whose chord-head guess (its most likely pitch class, from the
   encoder state of that backing frame) is a tone of the band's chord there;
 - solo: note-in-chord of the solos generated over the same windows (guidance 3, as the
-  live runner plays, for the offline row too), read by the pitch probe;
+  live runner plays, for the offline row too; --guidance 5 as generate.py samples), read
+  by the pitch probe;
 - true: the true lead's note-in-chord (it too holds a note across a change until its next
   kick).
 Means over the row's runs, and each run's figures; and per run, over the whole windows, the
 listening test's figures of the same solos beside those over another song's band (kick AUC,
 note-in-chord, plays with the band: `listening`), with their mean and sd over the row's runs.
+
+The same three figures by beat of the bar (`beats`: the demo band plays a chord to a bar, so
+beat 1 is where it changes), and, once for the windows, what the chord aid's labels say there
+(`heard`): the share of the heard chroma's weight on the chord's tones, and how often its
+loudest class is one of them. The demo's walking bass, the loudest of the band, plays the
+root on beat 1, chord tones on 2 and 3 and a step to the next bar's root on 4.
 """
 import argparse
 import json
@@ -35,7 +42,7 @@ guard.quiet_ctrl_c(__name__)
 import torch  # noqa: E402
 
 from sax.checkpoints import load_model  # noqa: E402
-from sax.dataset import load_dataset  # noqa: E402
+from sax.dataset import Windows, load_dataset  # noqa: E402
 from sax.files import write_json  # noqa: E402
 from sax.listening import (fit_probes, generated_solos, read_pitch_classes,  # noqa: E402
                            score_solos, scoring_set, scoring_split)
@@ -43,7 +50,7 @@ from sax.listening import (fit_probes, generated_solos, read_pitch_classes,  # n
 # Bins of frames since the change, [low, high): before an 80 ms lookahead hears it (6
 # frames at 75 Hz), the first quarter second, two thirds of one, 1.3 s, and later.
 BINS = ((0, 6), (6, 20), (20, 50), (50, 100), (100, 10 ** 6))
-GUIDANCE = 3.0  # what the live recipes are played with (onnx_export --cfg-coef 3)
+GUIDANCE = 3.0  # what the live recipes are played with (onnx_export --cfg-coef 3): --guidance
 
 
 def frames_since_change(chords):
@@ -61,11 +68,47 @@ def frames_since_change(chords):
 def by_bin(hits, counted, since):
     """hits, counted [N, T] bool -> per bin of BINS, the share of counted frames hit (None
     for an empty bin)."""
+    return shares(hits, counted, [(since >= low) & (since < high) for low, high in BINS])
+
+
+def shares(hits, counted, groups):
+    """hits, counted [N, T] and groups ([N, T] masks) -> per group, the share of its counted
+    frames hit (hits may be float: a weight per frame; None for an empty group)."""
     out = []
-    for low, high in BINS:
-        frames = counted & (since >= low) & (since < high)
+    for group in groups:
+        frames = counted & group
         out.append(float(hits[frames].float().mean()) if frames.any() else None)
     return out
+
+
+def beats_of_bar(meta, where, T):
+    """[N, T] long: the beat of the bar (0 to 3) each frame of the windows at `where` falls
+    in (demo corpus, four beats to the bar from the song's start; frame f of a copy played
+    `tempo` times faster is at f / frame_rate * tempo seconds of the song)."""
+    songs, fr = {song["id"]: song for song in meta["songs"]}, meta["codec"]["frame_rate"]
+    frames = torch.arange(T, dtype=torch.float64)
+    out = torch.empty(len(where), T, dtype=torch.long)
+    for i, (song, variant, first) in enumerate(where):
+        truth, v = songs[song]["truth"], songs[song]["variants"][variant]
+        seconds = (first + frames) / fr * v["tempo"]
+        out[i] = torch.floor(seconds * truth["tempo_bpm"] / 60.0).long() % 4
+    return out
+
+
+def scoring_windows(data, meta, T):
+    """What every run with windows of T frames is scored on: {ls, probes, beats, heard}, the
+    last the chord aid's labels by beat (see the module's docstring)."""
+    ls = scoring_set(data, meta, T)[1]
+    windows = Windows(data, scoring_split(meta), meta, T)
+    where = windows.fixed()[2]                       # the windows scoring_set read, in order
+    beats = beats_of_bar(meta, where, T)
+    chroma = windows.chroma_at(where)                                   # [N, T, 12]
+    inside = ls.chords.any(-1) & (chroma.sum(-1) > 0)
+    groups = [beats == b for b in range(4)]
+    heard = {"weight_on_chord": shares((chroma * ls.chords).sum(-1), inside, groups),
+             "top_class_in_chord": shares(tones(ls.chords, chroma.argmax(-1)), inside, groups),
+             "frames": [int((inside & g).sum()) for g in groups]}
+    return {"ls": ls, "probes": fit_probes(data, meta, T), "beats": beats, "heard": heard}
 
 
 def tones(chords, pitch_class):
@@ -74,27 +117,32 @@ def tones(chords, pitch_class):
 
 
 @torch.no_grad()
-def score_run(folder, data, meta, cache, seed):
+def score_run(folder, data, meta, cache, seed, guidance=GUIDANCE):
     """One run's {head, solo, true} by bin (head None without a chord head)."""
     model, _ = load_model(Path(folder) / "best")
     T = model.cfg.max_frames
     if T not in cache:
-        cache[T] = (scoring_set(data, meta, T)[1], fit_probes(data, meta, T))
-    ls, probes = cache[T]
+        cache[T] = scoring_windows(data, meta, T)
+    ls, probes, beats = cache[T]["ls"], cache[T]["probes"], cache[T]["beats"]
     since = frames_since_change(ls.chords)
     counted = ls.harmony_frames(model.cfg.card)
-    head = None
+    on_beat = [beats == b for b in range(4)]
+    head = head_beats = None
     if model.chord_head is not None:
         memory = model.encode(ls.backing)                 # [N, L + T, D]: frame t at L + t
-        guess = model.chord_head(memory[:, -T:]).argmax(-1)
-        head = by_bin(tones(ls.chords, guess), ls.chords.any(-1) & (since >= 0), since)
-    # guidance 3 for every row: the coefficient the live runner plays with (runner.json)
-    solos = generated_solos(model, ls, 16, torch.device("cpu"), seed=seed, guidance=GUIDANCE)
-    read = {name: read_pitch_classes(probes.pitch, solos[name], probes.span)
-            for name in ("own", "true")}
-    return {"head": head, "solo": by_bin(tones(ls.chords, read["own"]), counted, since),
-            "true": by_bin(tones(ls.chords, read["true"]), counted, since),
+        guessed = tones(ls.chords, model.chord_head(memory[:, -T:]).argmax(-1))
+        head = by_bin(guessed, ls.chords.any(-1) & (since >= 0), since)
+        head_beats = shares(guessed, ls.chords.any(-1), on_beat)
+    # the same guidance for every row: by default 3, the live runner's (runner.json)
+    solos = generated_solos(model, ls, 16, torch.device("cpu"), seed=seed, guidance=guidance)
+    hit = {name: tones(ls.chords, read_pitch_classes(probes.pitch, solos[name], probes.span))
+           for name in ("own", "true")}
+    return {"head": head, "solo": by_bin(hit["own"], counted, since),
+            "true": by_bin(hit["true"], counted, since),
             "frames": [int((counted & (since >= a) & (since < b)).sum()) for a, b in BINS],
+            "beats": {"head": head_beats, "solo": shares(hit["own"], counted, on_beat),
+                      "true": shares(hit["true"], counted, on_beat),
+                      "frames": [int((counted & g).sum()) for g in on_beat]},
             # the same solos over every frame, beside those over another song's band
             "listening": {key: value for key, value in score_solos(probes, ls, solos).items()
                           if key in LISTENING}}
@@ -131,6 +179,8 @@ def main(argv=None):
     parser.add_argument("--row", nargs="+", action="append", required=True,
                         metavar=("NAME", "RUN"), help="a row: its name, then run folders")
     parser.add_argument("--out", required=True, help="the JSON to write")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE,
+                        help="the solos' guidance (3: the live runner's; 5: generate.py's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -140,15 +190,19 @@ def main(argv=None):
             raise SystemExit(f"--row {name}: name a run folder after it")
         runs = {}
         for folder in folders:
-            runs[folder] = score_run(folder, args.data, meta, cache, seed=0)
+            runs[folder] = score_run(folder, args.data, meta, cache, seed=0, guidance=args.guidance)
             print(name, folder, json.dumps(runs[folder]), flush=True)
+        beats = [run["beats"] for run in runs.values()]
         rows[name] = {"runs": runs, **{key: mean_of(list(runs.values()), key)
                                        for key in ("head", "solo", "true")},
+                      "beats": {key: mean_of(beats, key) for key in ("head", "solo", "true")},
                       "listening": mean_and_sd(list(runs.values()))}
     write_json(Path(args.out), {"command": " ".join(["python experiments/chord_changes.py",
                                                      *(argv or sys.argv[1:])]),
                                 "data": args.data, "split": scoring_split(meta),
-                                "bins_frames": [list(b) for b in BINS], "rows": rows})
+                                "guidance": args.guidance,
+                                "bins_frames": [list(b) for b in BINS], "rows": rows,
+                                "heard_by_beat": {str(T): w["heard"] for T, w in cache.items()}})
     print(f"wrote {args.out}")
 
 

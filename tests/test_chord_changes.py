@@ -28,6 +28,28 @@ def test_by_bin_shares_the_counted_frames_of_each_bin():
     assert C.by_bin(hits, counted, since)[0] == 0.0
 
 
+def test_shares_weigh_float_hits_and_leave_empty_groups_none():
+    hits = torch.tensor([[0.2, 0.4, 1.0, 0.0]])
+    counted = torch.tensor([[True, True, False, True]])
+    groups = [torch.tensor([[True, True, True, False]]), torch.tensor([[False, False, True, False]])]
+    first, second = C.shares(hits, counted, groups)
+    assert abs(first - 0.3) < 1e-6 and second is None   # frame 3 is not in the first group
+
+
+def test_beats_of_bar_count_four_to_the_bar_from_the_songs_start():
+    """120 bpm at 75 frames a second: a beat is 37.5 frames; a copy played twice as fast
+    (tempo 2) changes beat every 18.75 of its frames, and a window starting at frame 300
+    (4 s of the song: bar 2) starts on beat 1."""
+    meta = {"codec": {"frame_rate": 75},
+            "songs": [{"id": "s", "truth": {"tempo_bpm": 120.0},
+                       "variants": [{"tempo": 1.0}, {"tempo": 2.0}]}]}
+    beats = C.beats_of_bar(meta, [("s", 0, 0), ("s", 1, 0), ("s", 0, 300)], 160)
+    assert beats[0, :38].eq(0).all() and beats[0, 38:75].eq(1).all() and beats[0, 75] == 2
+    assert beats[0, 150] == 0                               # the next bar
+    assert beats[1, :19].eq(0).all() and beats[1, 19] == 1 and beats[1, 75] == 0
+    assert beats[2].tolist() == beats[0].tolist()
+
+
 def test_a_run_is_scored_by_bin(trained, tmp_path, demo_dataset):
     """The bins of the true lead, weighted by their frames, give sax.listening's note-in-chord
     over the same frames (those after a change): the two paths read the same notes."""
@@ -57,3 +79,17 @@ def test_a_run_is_scored_by_bin(trained, tmp_path, demo_dataset):
     every = int(ls.harmony_frames(meta["codec"]["card"]).sum())
     whole = run["listening"]["note_in_chord_own"] * every
     assert hits - 1e-3 <= whole <= hits + every - sum(run["frames"]) + 1e-3
+    # by beat of the bar: the four beats share every counted frame, so the true lead's and
+    # the solo's beats, weighted by their frames, give their whole-window note-in-chord
+    beats = run["beats"]
+    assert row["beats"]["solo"] == beats["solo"] and sum(beats["frames"]) == every
+    for name, key in (("true", None), ("solo", "note_in_chord_own")):
+        weighted = sum(x * n for x, n in zip(beats[name], beats["frames"]) if n) / every
+        whole = (run["listening"][key] if key else note_in_chord(
+            probes.pitch, ls.solo, ls.chords, ls.harmony_frames(meta["codec"]["card"]), probes.span))
+        assert abs(weighted - whole) < 1e-6, name
+    # the chord aid's labels by beat: the heard chroma's weight on the chord, and its top class
+    heard = table["heard_by_beat"][str(T)]
+    assert len(heard["frames"]) == 4 and sum(heard["frames"]) > 0
+    values = [x for x in heard["weight_on_chord"] + heard["top_class_in_chord"] if x is not None]
+    assert values and all(0 <= x <= 1 for x in values)
