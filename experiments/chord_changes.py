@@ -81,6 +81,22 @@ def shares(hits, counted, groups):
     return out
 
 
+WRONG = ("semitone_off", "further_off", "changes_per_frame")
+
+
+def wrong_notes(pitch_class, chords, counted):
+    """How a solo's notes ([N, T] pitch classes) miss the chord over the counted frames: the
+    share of them a semitone from one of its tones (the demo's lead plays no such neighbour),
+    the share further off, and how often the class read changes from one counted frame to
+    the next."""
+    near = tones(chords, (pitch_class + 1) % 12) | tones(chords, (pitch_class - 1) % 12)
+    miss, n = counted & ~tones(chords, pitch_class), counted.sum().clamp(min=1)
+    both = counted[:, 1:] & counted[:, :-1]
+    changed = (pitch_class[:, 1:] != pitch_class[:, :-1]) & both
+    return dict(zip(WRONG, (float((miss & near).sum() / n), float((miss & ~near).sum() / n),
+                            float(changed.sum() / both.sum().clamp(min=1)))))
+
+
 def beats_of_bar(meta, where, T):
     """[N, T] long: the beat of the bar (0 to 3) each frame of the windows at `where` falls
     in (demo corpus, four beats to the bar from the song's start; frame f of a copy played
@@ -135,14 +151,17 @@ def score_run(folder, data, meta, cache, seed, guidance=GUIDANCE):
         head_beats = shares(guessed, ls.chords.any(-1), on_beat)
     # the same guidance for every row: by default 3, the live runner's (runner.json)
     solos = generated_solos(model, ls, 16, torch.device("cpu"), seed=seed, guidance=guidance)
-    hit = {name: tones(ls.chords, read_pitch_classes(probes.pitch, solos[name], probes.span))
-           for name in ("own", "true")}
+    read = {name: read_pitch_classes(probes.pitch, solos[name], probes.span)
+            for name in ("own", "true")}
+    hit = {name: tones(ls.chords, pitch_class) for name, pitch_class in read.items()}
     return {"head": head, "solo": by_bin(hit["own"], counted, since),
             "true": by_bin(hit["true"], counted, since),
             "frames": [int((counted & (since >= a) & (since < b)).sum()) for a, b in BINS],
             "beats": {"head": head_beats, "solo": shares(hit["own"], counted, on_beat),
                       "true": shares(hit["true"], counted, on_beat),
                       "frames": [int((counted & g).sum()) for g in on_beat]},
+            "wrong": {name: wrong_notes(pitch_class, ls.chords, counted)
+                      for name, pitch_class in read.items()},
             # the same solos over every frame, beside those over another song's band
             "listening": {key: value for key, value in score_solos(probes, ls, solos).items()
                           if key in LISTENING}}
@@ -196,6 +215,9 @@ def main(argv=None):
         rows[name] = {"runs": runs, **{key: mean_of(list(runs.values()), key)
                                        for key in ("head", "solo", "true")},
                       "beats": {key: mean_of(beats, key) for key in ("head", "solo", "true")},
+                      "wrong": {name: {key: statistics.fmean(run["wrong"][name][key]
+                                                             for run in runs.values())
+                                       for key in WRONG} for name in ("own", "true")},
                       "listening": mean_and_sd(list(runs.values()))}
     write_json(Path(args.out), {"command": " ".join(["python experiments/chord_changes.py",
                                                      *(argv or sys.argv[1:])]),

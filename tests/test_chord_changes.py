@@ -36,6 +36,16 @@ def test_shares_weigh_float_hits_and_leave_empty_groups_none():
     assert abs(first - 0.3) < 1e-6 and second is None   # frame 3 is not in the first group
 
 
+def test_wrong_notes_tell_a_neighbour_from_a_note_further_off():
+    chords = torch.zeros(1, 5, 12, dtype=torch.bool)
+    chords[0, :, [0, 4, 7, 11]] = True                       # Cmaj7 throughout
+    pitch_class = torch.tensor([[0, 1, 1, 2, 9]])            # in, a semitone off twice, 2 off twice
+    counted = torch.tensor([[True, True, True, True, False]])
+    wrong = C.wrong_notes(pitch_class, chords, counted)
+    assert wrong["semitone_off"] == 0.5 and wrong["further_off"] == 0.25
+    assert abs(wrong["changes_per_frame"] - 2 / 3) < 1e-6   # 0 -> 1, 1 -> 1, 1 -> 2
+
+
 def test_beats_of_bar_count_four_to_the_bar_from_the_songs_start():
     """120 bpm at 75 frames a second: a beat is 37.5 frames; a copy played twice as fast
     (tempo 2) changes beat every 18.75 of its frames, and a window starting at frame 300
@@ -88,6 +98,14 @@ def test_a_run_is_scored_by_bin(trained, tmp_path, demo_dataset):
         whole = (run["listening"][key] if key else note_in_chord(
             probes.pitch, ls.solo, ls.chords, ls.harmony_frames(meta["codec"]["card"]), probes.span))
         assert abs(weighted - whole) < 1e-6, name
+    # the notes that miss the chord: a semitone off or further, a share of the counted frames
+    for name in ("own", "true"):
+        wrong = run["wrong"][name]
+        hits = (run["listening"]["note_in_chord_own"] if name == "own" else
+                note_in_chord(probes.pitch, ls.solo, ls.chords,
+                              ls.harmony_frames(meta["codec"]["card"]), probes.span))
+        assert abs(wrong["semitone_off"] + wrong["further_off"] + hits - 1) < 1e-5, name
+        assert 0 <= wrong["changes_per_frame"] <= 1 and row["wrong"][name] == wrong
     # the chord aid's labels by beat: the heard chroma's weight on the chord, and its top class
     heard = table["heard_by_beat"][str(T)]
     assert len(heard["frames"]) == 4 and sum(heard["frames"]) > 0
