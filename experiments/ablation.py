@@ -163,6 +163,9 @@ ROWS = {
     "chord-aux-1-truth": Row("the chord aid at weight 1 on the demo's true chords (each tone an "
                              "equal share) instead of the heard chroma",
                              ("--chord-aux", "1", "--chord-targets", "truth")),
+    "chord-aux-0.3-truth": Row("the chord aid at its weight 0.3 on the demo's true chords "
+                               "instead of the heard chroma (on beat 4 mostly the walking "
+                               "bass's step to the next root)", ("--chord-targets", "truth")),
     # Beside the chord aid as it stands: the pitch aid (the decoder asked to name the note
     # it plays while the encoder names the chord), and a narrower model (width 64, which
     # placed more notes in the chords without the aid).

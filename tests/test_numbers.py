@@ -27,7 +27,7 @@ PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if
 TABLES = {name: json.loads((RESULTS / f"{name}.json").read_text())
           for name in ("ablation-val", "lookahead-val", "choices-test", "chord-aid-test",
                        "settings-test", "cond-dropout-test", "cond-dropout-0.05-test",
-                       "chord-decoder-test", "pitch-plan-test")}
+                       "chord-decoder-test", "pitch-plan-test", "chord-truth-test")}
 # The rows trained again and scored on the test songs: a page's table of them heads its first
 # column "row, test songs" (the rows the paper leans on, five seeds), "row, test songs, chord
 # aid" (the chord aid's weight and labels beside the default), "row, test songs, more songs"
@@ -40,7 +40,8 @@ HELD_HEADINGS = {"row, test songs": "choices-test", "row, test songs, chord aid"
                  "row, test songs, null backing": "cond-dropout-test",
                  "row, test songs, less null backing": "cond-dropout-0.05-test",
                  "row, test songs, chord from the decoder": "chord-decoder-test",
-                 "row, test songs, the note first": "pitch-plan-test"}
+                 "row, test songs, the note first": "pitch-plan-test",
+                 "row, test songs, the true chords at the aid's weight": "chord-truth-test"}
 TESTED = [TABLES[name] for name in dict.fromkeys(HELD_HEADINGS.values())]
 # experiments/sampling.py: sampling settings on the default's runs, chosen on the validation
 # songs (sampling-val.json), the choice checked on the test songs (sampling-test.json); then
@@ -604,6 +605,33 @@ def test_phase5_quotes_the_emulated_board():
         codes = (f"equal over {r['frames']} frames" if r["codes_equal"]
                  else f"part at frame {r['first_differing_frame']} of {r['frames']}")
         assert f"| {graphs} | {gap} | {codes} |" in page, v
+
+
+def test_phase3_quotes_the_chord_aid_and_the_solo_by_beat():
+    """docs/phase3's tables of the chord aid's labels, the chord head, the solo and the true
+    lead by beat of the bar, and of how the solos miss the chord:
+    docs/results/chord-beats.json (experiments/chord_changes.py, guidance 5)."""
+    page = (ROOT / "docs" / "phase3-training-evaluation.md").read_text()
+    r = json.loads((ROOT / "docs" / "results" / "chord-beats.json").read_text())
+    assert r["split"] == "test" and r["guidance"] == 5.0
+    assert all(len(row["runs"]) == 3 for row in r["rows"].values())
+    cells = lambda xs: " | ".join(f"{x:.2f}" for x in xs) + " |"  # noqa: E731
+    (heard,) = r["heard_by_beat"].values()
+    assert ("| the chord aid's labels | the heard chroma's weight on the chord's tones | "
+            + cells(heard["weight_on_chord"])) in page
+    assert "| the chord aid's labels | its loudest class a chord tone | " + cells(
+        heard["top_class_in_chord"]) in page
+    for name, row in r["rows"].items():
+        for key, what in (("head", "chord head"), ("solo", "solo")):
+            assert f"| {name} | {what} | " + cells(row["beats"][key]) in page, (name, key)
+        wrong = row["wrong"]["own"]
+        assert (f"| {name} | {wrong['semitone_off']:.2f} | {wrong['further_off']:.2f} | "
+                f"{wrong['changes_per_frame']:.3f} |") in page, name
+    first = next(iter(r["rows"].values()))
+    assert "| true lead | solo | " + cells(first["beats"]["true"]) in page
+    wrong = first["wrong"]["true"]
+    assert (f"| true lead | {wrong['semitone_off']:.2f} | {wrong['further_off']:.2f} | "
+            f"{wrong['changes_per_frame']:.3f} |") in page
 
 
 def test_phase5_quotes_where_the_live_solo_loses_the_chord():
