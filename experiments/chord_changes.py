@@ -81,19 +81,25 @@ def shares(hits, counted, groups):
     return out
 
 
-WRONG = ("semitone_off", "further_off", "changes_per_frame")
+WRONG = ("semitone_off", "further_off", "semitone_off_by_chance", "changes_per_frame")
 
 
 def wrong_notes(pitch_class, chords, counted):
     """How a solo's notes ([N, T] pitch classes) miss the chord over the counted frames: the
     share of them a semitone from one of its tones (the demo's lead plays no such neighbour),
-    the share further off, and how often the class read changes from one counted frame to
-    the next."""
+    the share further off; the share of its misses that would be a semitone off were each
+    drawn at random from the classes outside the chord (with four-note chords, 6 or 7 of
+    the 8 are); and how often the class read changes from one counted frame to the next."""
     near = tones(chords, (pitch_class + 1) % 12) | tones(chords, (pitch_class - 1) % 12)
     miss, n = counted & ~tones(chords, pitch_class), counted.sum().clamp(min=1)
+    # every class outside the chord, and those of them a semitone from one of its tones
+    outside = ~chords
+    beside = outside & (chords.roll(1, dims=-1) | chords.roll(-1, dims=-1))
+    by_chance = beside.sum(-1) / outside.sum(-1).clamp(min=1)                     # [N, T]
     both = counted[:, 1:] & counted[:, :-1]
     changed = (pitch_class[:, 1:] != pitch_class[:, :-1]) & both
     return dict(zip(WRONG, (float((miss & near).sum() / n), float((miss & ~near).sum() / n),
+                            float(by_chance[miss].mean()) if miss.any() else None,
                             float(changed.sum() / both.sum().clamp(min=1)))))
 
 
@@ -182,6 +188,12 @@ def mean_and_sd(runs):
     return out
 
 
+def mean_or_none(values):
+    """The mean of the values that are numbers (None when none is)."""
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def mean_of(runs, key):
     """The mean over runs of each bin's figure: None for a bin some run has no figure in, and
     None for the whole key when a run has none (a model without a chord head)."""
@@ -215,8 +227,8 @@ def main(argv=None):
         rows[name] = {"runs": runs, **{key: mean_of(list(runs.values()), key)
                                        for key in ("head", "solo", "true")},
                       "beats": {key: mean_of(beats, key) for key in ("head", "solo", "true")},
-                      "wrong": {name: {key: statistics.fmean(run["wrong"][name][key]
-                                                             for run in runs.values())
+                      "wrong": {name: {key: mean_or_none([run["wrong"][name][key]
+                                                          for run in runs.values()])
                                        for key in WRONG} for name in ("own", "true")},
                       "listening": mean_and_sd(list(runs.values()))}
     write_json(Path(args.out), {"command": " ".join(["python experiments/chord_changes.py",

@@ -43,6 +43,8 @@ def test_wrong_notes_tell_a_neighbour_from_a_note_further_off():
     counted = torch.tensor([[True, True, True, True, False]])
     wrong = C.wrong_notes(pitch_class, chords, counted)
     assert wrong["semitone_off"] == 0.5 and wrong["further_off"] == 0.25
+    # outside Cmaj7 (0 4 7 11): 1 3 5 6 8 10 are a semitone from a tone, 2 and 9 are not
+    assert wrong["semitone_off_by_chance"] == 0.75
     assert abs(wrong["changes_per_frame"] - 2 / 3) < 1e-6   # 0 -> 1, 1 -> 1, 1 -> 2
 
 
@@ -106,6 +108,7 @@ def test_a_run_is_scored_by_bin(trained, tmp_path, demo_dataset):
                               ls.harmony_frames(meta["codec"]["card"]), probes.span))
         assert abs(wrong["semitone_off"] + wrong["further_off"] + hits - 1) < 1e-5, name
         assert 0 <= wrong["changes_per_frame"] <= 1 and row["wrong"][name] == wrong
+        assert wrong["semitone_off_by_chance"] is None or 0.5 < wrong["semitone_off_by_chance"] <= 1
     # the chord aid's labels by beat: the heard chroma's weight on the chord, and its top class
     heard = table["heard_by_beat"][str(T)]
     assert len(heard["frames"]) == 4 and sum(heard["frames"]) > 0
