@@ -165,6 +165,8 @@ ROWS = {
                              ("--chord-aux", "1", "--chord-targets", "truth")),
     "chord-solo-dropout-0": Row("the chord aid as it stands, without solo dropout (the decoder "
                                 "sees all of the solo's past in training)", ("--solo-dropout", "0")),
+    "chord-solo-dropout-0.5": Row("the chord aid as it stands, with solo dropout 0.5 instead of "
+                                  "0.3", ("--solo-dropout", "0.5")),
     "chord-aux-0.3-truth": Row("the chord aid at its weight 0.3 on the demo's true chords "
                                "instead of the heard chroma (on beat 4 mostly the walking "
                                "bass's step to the next root)", ("--chord-targets", "truth")),

@@ -27,7 +27,8 @@ PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if
 TABLES = {name: json.loads((RESULTS / f"{name}.json").read_text())
           for name in ("ablation-val", "lookahead-val", "choices-test", "chord-aid-test",
                        "settings-test", "cond-dropout-test", "cond-dropout-0.05-test",
-                       "chord-decoder-test", "pitch-plan-test", "chord-truth-test")}
+                       "chord-decoder-test", "pitch-plan-test", "chord-truth-test",
+                       "chord-solo-dropout-test")}
 # The rows trained again and scored on the test songs: a page's table of them heads its first
 # column "row, test songs" (the rows the paper leans on, five seeds), "row, test songs, chord
 # aid" (the chord aid's weight and labels beside the default), "row, test songs, more songs"
@@ -41,7 +42,8 @@ HELD_HEADINGS = {"row, test songs": "choices-test", "row, test songs, chord aid"
                  "row, test songs, less null backing": "cond-dropout-0.05-test",
                  "row, test songs, chord from the decoder": "chord-decoder-test",
                  "row, test songs, the note first": "pitch-plan-test",
-                 "row, test songs, the true chords at the aid's weight": "chord-truth-test"}
+                 "row, test songs, the true chords at the aid's weight": "chord-truth-test",
+                 "row, test songs, solo dropout beside the aid": "chord-solo-dropout-test"}
 TESTED = [TABLES[name] for name in dict.fromkeys(HELD_HEADINGS.values())]
 # experiments/sampling.py: sampling settings on the default's runs, chosen on the validation
 # songs (sampling-val.json), the choice checked on the test songs (sampling-test.json); then
