@@ -164,7 +164,8 @@ ROWS = {
                              "equal share) instead of the heard chroma",
                              ("--chord-aux", "1", "--chord-targets", "truth")),
     "chord-solo-dropout-0": Row("the chord aid as it stands, without solo dropout (the decoder "
-                                "sees all of the solo's past in training)", ("--solo-dropout", "0")),
+                                "sees all of the solo's past in training)",
+                                ("--solo-dropout", "0")),
     "chord-solo-dropout-0.5": Row("the chord aid as it stands, with solo dropout 0.5 instead of "
                                   "0.3", ("--solo-dropout", "0.5")),
     "chord-aux-0.3-truth": Row("the chord aid at its weight 0.3 on the demo's true chords "
