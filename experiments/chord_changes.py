@@ -90,12 +90,12 @@ def wrong_notes(pitch_class, chords, counted):
     the share further off; the share of its misses that would be a semitone off were each
     drawn at random from the classes outside the chord (with four-note chords, 6 or 7 of
     the 8 are); and how often the class read changes from one counted frame to the next."""
-    near = tones(chords, (pitch_class + 1) % 12) | tones(chords, (pitch_class - 1) % 12)
-    miss, n = counted & ~tones(chords, pitch_class), counted.sum().clamp(min=1)
     # every class outside the chord, and those of them a semitone from one of its tones
-    outside = ~chords
-    beside = outside & (chords.roll(1, dims=-1) | chords.roll(-1, dims=-1))
+    outside = ~chords                                                              # [N, T, 12]
+    beside = outside & (chords.roll(1, dims=-1) | chords.roll(-1, dims=-1))       # [N, T, 12]
     by_chance = beside.sum(-1) / outside.sum(-1).clamp(min=1)                     # [N, T]
+    miss, near = counted & ~tones(chords, pitch_class), tones(beside, pitch_class)
+    n = counted.sum().clamp(min=1)
     both = counted[:, 1:] & counted[:, :-1]
     changed = (pitch_class[:, 1:] != pitch_class[:, :-1]) & both
     return dict(zip(WRONG, (float((miss & near).sum() / n), float((miss & ~near).sum() / n),
